@@ -1,0 +1,173 @@
+//! Parses the keys of `#[outbox(...)]` and `#[handler(...)]`. Unknown and
+//! duplicate keys are errors on the key itself; value checks that need the
+//! rest of the input live in `message.rs` and `handler.rs`.
+
+use proc_macro2::TokenStream;
+use syn::meta::ParseNestedMeta;
+use syn::parse::Parser;
+use syn::{Attribute, Ident, LitInt, LitStr, Path};
+
+use crate::ctxt::Errors;
+
+/// `#[outbox(...)]` on a message type.
+#[derive(Default)]
+pub(crate) struct MessageAttrs {
+    pub(crate) name: Option<LitStr>,
+    pub(crate) version: Option<u32>,
+    pub(crate) group: Option<GroupAttr>,
+    pub(crate) queue: Option<LitStr>,
+    pub(crate) krate: Option<Path>,
+}
+
+/// The value of `group = ...`, before it is checked against the fields.
+pub(crate) enum GroupAttr {
+    /// `group = "constant"`
+    Constant(LitStr),
+    /// `group = field` (one identifier)
+    Ident(Ident),
+    /// `group = 0` (a tuple struct's field)
+    Index(LitInt),
+    /// `group = path::to::function`
+    Function(Path),
+}
+
+/// `#[handler(...)]` arguments.
+#[derive(Default)]
+pub(crate) struct HandlerAttrs {
+    pub(crate) name: Option<LitStr>,
+    pub(crate) max_attempts: Option<u32>,
+    pub(crate) krate: Option<Path>,
+}
+
+const MESSAGE_KEYS: &str = "`name`, `version`, `group`, `queue`, `crate`";
+const HANDLER_KEYS: &str = "`name`, `max_attempts`, `crate`";
+
+pub(crate) fn message_attrs(attrs: &[Attribute], errors: &mut Errors) -> MessageAttrs {
+    let mut out = MessageAttrs::default();
+    for attr in attrs.iter().filter(|a| a.path().is_ident("outbox")) {
+        let result = attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("name") {
+                let lit: LitStr = meta.value()?.parse()?;
+                set_once(&meta, &mut out.name, lit)
+            } else if meta.path.is_ident("version") {
+                let version = positive_u32(&meta)?;
+                set_once(&meta, &mut out.version, version)
+            } else if meta.path.is_ident("group") {
+                let group = group_value(&meta)?;
+                set_once(&meta, &mut out.group, group)
+            } else if meta.path.is_ident("queue") {
+                let lit: LitStr = meta.value()?.parse()?;
+                set_once(&meta, &mut out.queue, lit)
+            } else if meta.path.is_ident("crate") {
+                let path = crate_path(&meta)?;
+                set_once(&meta, &mut out.krate, path)
+            } else {
+                Err(unknown_key(&meta, "#[outbox(...)]", MESSAGE_KEYS))
+            }
+        });
+        if let Err(err) = result {
+            errors.push(err);
+        }
+    }
+    out
+}
+
+pub(crate) fn handler_attrs(args: TokenStream, errors: &mut Errors) -> HandlerAttrs {
+    let mut out = HandlerAttrs::default();
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("name") {
+            let lit: LitStr = meta.value()?.parse()?;
+            set_once(&meta, &mut out.name, lit)
+        } else if meta.path.is_ident("max_attempts") {
+            let attempts = positive_u32(&meta)?;
+            set_once(&meta, &mut out.max_attempts, attempts)
+        } else if meta.path.is_ident("crate") {
+            let path = crate_path(&meta)?;
+            set_once(&meta, &mut out.krate, path)
+        } else {
+            Err(unknown_key(&meta, "#[handler(...)]", HANDLER_KEYS))
+        }
+    });
+    if let Err(err) = parser.parse2(args) {
+        errors.push(err);
+    }
+    out
+}
+
+fn set_once<T>(meta: &ParseNestedMeta<'_>, slot: &mut Option<T>, value: T) -> syn::Result<()> {
+    if slot.is_some() {
+        let key = meta
+            .path
+            .get_ident()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        return Err(meta.error(format_args!("duplicate key `{key}`; give it once")));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+fn unknown_key(meta: &ParseNestedMeta<'_>, attr: &str, keys: &str) -> syn::Error {
+    let key = quote::ToTokens::to_token_stream(&meta.path)
+        .to_string()
+        .replace(' ', "");
+    meta.error(format_args!(
+        "unknown key `{key}` in `{attr}`; expected one of {keys}"
+    ))
+}
+
+fn positive_u32(meta: &ParseNestedMeta<'_>) -> syn::Result<u32> {
+    let key = meta
+        .path
+        .get_ident()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let value = meta.value()?;
+    let lit: LitInt = value.parse().map_err(|err| {
+        syn::Error::new(
+            err.span(),
+            format_args!("`{key}` takes a whole number from 1, such as `{key} = 2`"),
+        )
+    })?;
+    let span = lit.span();
+    match lit.base10_parse::<u32>() {
+        Ok(0) | Err(_) => Err(syn::Error::new(
+            span,
+            format_args!("`{key}` must be a whole number from 1 to {}", u32::MAX),
+        )),
+        Ok(value) => Ok(value),
+    }
+}
+
+fn group_value(meta: &ParseNestedMeta<'_>) -> syn::Result<GroupAttr> {
+    let value = meta.value()?;
+    if value.peek(LitStr) {
+        return value.parse().map(GroupAttr::Constant);
+    }
+    if value.peek(LitInt) {
+        return value.parse().map(GroupAttr::Index);
+    }
+    let path: Path = value.parse().map_err(|err| {
+        syn::Error::new(
+            err.span(),
+            "`group` takes a field (`group = customer_id`), a function path (`group = self::group_of`) or a string (`group = \"all\"`)",
+        )
+    })?;
+    match path.get_ident() {
+        Some(ident) => Ok(GroupAttr::Ident(ident.clone())),
+        None => Ok(GroupAttr::Function(path)),
+    }
+}
+
+fn crate_path(meta: &ParseNestedMeta<'_>) -> syn::Result<Path> {
+    let value = meta.value()?;
+    // Accept `crate = path` and serde's `crate = "path"`.
+    if value.peek(LitStr) {
+        let lit: LitStr = value.parse()?;
+        lit.parse_with(Path::parse_mod_style)
+            .map_err(|_| syn::Error::new(lit.span(), "`crate` takes a path such as `my::outbox`"))
+    } else {
+        Path::parse_mod_style(value)
+            .map_err(|err| syn::Error::new(err.span(), "`crate` takes a path such as `my::outbox`"))
+    }
+}

@@ -1,0 +1,214 @@
+//! [`HandlerContext`]: what a handler can reach besides its message.
+
+use std::any::{Any, type_name};
+use std::fmt;
+
+use uuid::Uuid;
+
+use crate::envelope::Envelope;
+use crate::message::{EncodeError, OutboxMessage};
+use crate::state::State;
+
+/// The second, optional parameter of a `#[handler]`: the envelope being
+/// handled, application [`State`], the store's transaction, and `publish` for
+/// follow-up messages.
+///
+/// When a handler runs under a store-backed consumer, its transaction is the
+/// one that also records the message as handled (the inbox row) and inserts
+/// the messages it publishes, so the handler's writes, the inbox row and the
+/// cascaded messages commit together or not at all.
+///
+/// ```
+/// use outbox_runtime::{handler, Envelope, HandlerContext, OutboxMessage, State};
+///
+/// #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+/// struct OrderPlaced { order_id: i64 }
+///
+/// #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+/// struct SendReceipt { order_id: i64 }
+///
+/// struct Mailer { from: &'static str }
+///
+/// #[handler]
+/// async fn on_order_placed(msg: OrderPlaced, ctx: &mut HandlerContext<'_>) -> anyhow::Result<()> {
+///     let mailer = ctx.state::<Mailer>()?;
+///     assert_eq!(mailer.from, "shop@example.com");
+///     ctx.publish(&SendReceipt { order_id: msg.order_id })?;
+///     Ok(())
+/// }
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// // Handlers stay plain functions: call one directly in a unit test.
+/// let envelope = Envelope::from_message(&OrderPlaced { order_id: 1 })?;
+/// let state = State::new().with(Mailer { from: "shop@example.com" });
+/// let mut ctx = HandlerContext::new(&envelope, &state);
+/// on_order_placed(OrderPlaced { order_id: 1 }, &mut ctx).await?;
+/// assert_eq!(ctx.published()[0].message_type, "SendReceipt");
+/// assert_eq!(ctx.published()[0].headers.causation_id, Some(envelope.id));
+/// # Ok::<(), anyhow::Error>(())
+/// # }).unwrap();
+/// ```
+pub struct HandlerContext<'c> {
+    envelope: &'c Envelope,
+    state: &'c State,
+    handler: &'static str,
+    attempt: u32,
+    transaction: Option<Transaction<'c>>,
+    published: Vec<Envelope>,
+}
+
+struct Transaction<'c> {
+    value: &'c mut (dyn Any + Send),
+    type_name: &'static str,
+}
+
+impl<'c> HandlerContext<'c> {
+    /// A context for handling `envelope`, with no transaction. Use it to call a
+    /// handler directly in a test; consumers build their own.
+    pub fn new(envelope: &'c Envelope, state: &'c State) -> Self {
+        HandlerContext {
+            envelope,
+            state,
+            handler: "",
+            attempt: 1,
+            transaction: None,
+            published: Vec::new(),
+        }
+    }
+
+    /// Gives the handler a transaction, reachable through
+    /// [`transaction`](Self::transaction) as the same type `T` (for a sqlx
+    /// store, `sqlx::Transaction<'static, DB>`).
+    #[must_use]
+    pub fn with_transaction<T: Any + Send>(mut self, transaction: &'c mut T) -> Self {
+        self.transaction = Some(Transaction {
+            value: transaction,
+            type_name: type_name::<T>(),
+        });
+        self
+    }
+
+    /// Names the handler and the attempt number; set by the dispatcher.
+    #[must_use]
+    pub fn for_handler(mut self, handler: &'static str, attempt: u32) -> Self {
+        self.handler = handler;
+        self.attempt = attempt;
+        self
+    }
+
+    /// The envelope being handled.
+    pub fn envelope(&self) -> &'c Envelope {
+        self.envelope
+    }
+
+    /// The id of the message being handled (its inbox key).
+    pub fn message_id(&self) -> Uuid {
+        self.envelope.id
+    }
+
+    /// The name of the handler running (empty when called outside a dispatcher).
+    pub fn handler(&self) -> &'static str {
+        self.handler
+    }
+
+    /// Which attempt this is, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Application state of type `T`, registered at start-up.
+    ///
+    /// The returned reference does not borrow the context, so a handler can
+    /// hold it while it uses the transaction.
+    pub fn state<T: Any + Send + Sync>(&self) -> Result<&'c T, ContextError> {
+        self.state.get::<T>().ok_or(ContextError::MissingState {
+            type_name: type_name::<T>(),
+        })
+    }
+
+    /// The transaction this handler runs in, as type `T`.
+    ///
+    /// Writes made through it commit together with the record that this
+    /// handler has handled this message, and with the messages it publishes.
+    pub fn transaction<T: Any + Send>(&mut self) -> Result<&mut T, ContextError> {
+        let handler = self.handler;
+        let transaction = self
+            .transaction
+            .as_mut()
+            .ok_or(ContextError::NoTransaction { handler })?;
+        let actual = transaction.type_name;
+        transaction
+            .value
+            .downcast_mut::<T>()
+            .ok_or(ContextError::WrongTransaction {
+                requested: type_name::<T>(),
+                actual,
+            })
+    }
+
+    /// Publishes a follow-up message. It is written to the outbox in this
+    /// handler's transaction, so it is sent if and only if the handler commits.
+    /// Its causation id is this message's id; correlation id and trace context
+    /// are carried over.
+    pub fn publish<M: OutboxMessage>(&mut self, message: &M) -> Result<(), EncodeError> {
+        let envelope = Envelope::from_message(message)?.caused_by(self.envelope);
+        self.published.push(envelope);
+        Ok(())
+    }
+
+    /// The messages published so far.
+    pub fn published(&self) -> &[Envelope] {
+        &self.published
+    }
+
+    /// Takes the messages published, leaving none.
+    pub fn take_published(&mut self) -> Vec<Envelope> {
+        std::mem::take(&mut self.published)
+    }
+}
+
+impl fmt::Debug for HandlerContext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerContext")
+            .field("message_id", &self.envelope.id)
+            .field("message_type", &self.envelope.message_type)
+            .field("handler", &self.handler)
+            .field("attempt", &self.attempt)
+            .field(
+                "transaction",
+                &self.transaction.as_ref().map(|t| t.type_name),
+            )
+            .field("published", &self.published.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A handler asked its context for something it does not have.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContextError {
+    /// No state of the requested type was registered.
+    #[error(
+        "no state of type `{type_name}` was registered; add it at start-up with `State::with(value)`"
+    )]
+    MissingState {
+        /// The requested type.
+        type_name: &'static str,
+    },
+    /// The handler runs without a store, so there is no transaction.
+    #[error(
+        "handler `{handler}` asked for a transaction, but it runs without a store; run it through a store-backed consumer, or give one with `HandlerContext::with_transaction`"
+    )]
+    NoTransaction {
+        /// The handler's name.
+        handler: &'static str,
+    },
+    /// The transaction is of another type (another database backend).
+    #[error("asked for a transaction of type `{requested}`, but this store's is `{actual}`")]
+    WrongTransaction {
+        /// What the handler asked for.
+        requested: &'static str,
+        /// What the store provides.
+        actual: &'static str,
+    },
+}

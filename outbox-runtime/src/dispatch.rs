@@ -1,0 +1,272 @@
+//! The [`Dispatcher`]: runs an envelope's handlers through the table.
+
+use std::fmt;
+
+use tracing::Instrument;
+
+use crate::context::HandlerContext;
+use crate::envelope::Envelope;
+use crate::handler::{CatchPanic, HandlerError};
+use crate::message::DecodeError;
+use crate::registry::HandlerRegistration;
+use crate::state::State;
+use crate::table::{DispatchTable, MessageEntry, Miss, TableError};
+
+/// Routes envelopes to their handlers.
+///
+/// ```
+/// use outbox_runtime::{handler, Dispatcher, Envelope, OutboxMessage};
+///
+/// #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+/// struct Ping { n: u32 }
+///
+/// #[handler]
+/// async fn on_ping(msg: Ping) -> anyhow::Result<()> {
+///     anyhow::ensure!(msg.n < 10, "ping {} is too big", msg.n);
+///     Ok(())
+/// }
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let dispatcher = Dispatcher::from_registry()?;
+///
+/// let report = dispatcher.dispatch(&Envelope::from_message(&Ping { n: 1 })?).await?;
+/// assert!(report.succeeded());
+///
+/// let report = dispatcher.dispatch(&Envelope::from_message(&Ping { n: 99 })?).await?;
+/// assert_eq!(report.failures().count(), 1);
+///
+/// let unknown = Envelope::from_json(
+///     r#"{"id":"0193a5d2-7c1e-7b6a-9f0e-3f1c2d4b5a69","type":"Pong","version":1,
+///         "group":"g","payload":{},"created_at":"2026-11-28T10:00:00Z"}"#,
+/// )?;
+/// let err = dispatcher.dispatch(&unknown).await.unwrap_err();
+/// assert!(err.is_poison());
+/// assert_eq!(err.to_string(), "unknown message type `Pong`");
+/// # Ok::<(), anyhow::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct Dispatcher {
+    table: DispatchTable,
+    state: State,
+}
+
+impl Dispatcher {
+    /// A dispatcher over `table`, with no application state.
+    pub fn new(table: DispatchTable) -> Self {
+        Dispatcher {
+            table,
+            state: State::new(),
+        }
+    }
+
+    /// A dispatcher over every registration linked into this binary; see
+    /// [`DispatchTable::from_registry`].
+    pub fn from_registry() -> Result<Self, TableError> {
+        DispatchTable::from_registry().map(Self::new)
+    }
+
+    /// Adds application state that handlers read with
+    /// [`HandlerContext::state`].
+    #[must_use]
+    pub fn with_state<T: std::any::Any + Send + Sync>(mut self, value: T) -> Self {
+        self.state.insert(value);
+        self
+    }
+
+    /// Replaces the application state.
+    #[must_use]
+    pub fn with_state_map(mut self, state: State) -> Self {
+        self.state = state;
+        self
+    }
+
+    /// The dispatch table.
+    pub fn table(&self) -> &DispatchTable {
+        &self.table
+    }
+
+    /// The application state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Finds the table entry for an envelope.
+    ///
+    /// Unknown types and unsupported versions are poison
+    /// ([`DispatchError::is_poison`]).
+    pub fn route(&self, envelope: &Envelope) -> Result<&MessageEntry, DispatchError> {
+        self.table
+            .lookup(&envelope.message_type, envelope.version)
+            .map_err(|miss| match miss {
+                Miss::UnknownType => DispatchError::UnknownType {
+                    message_type: envelope.message_type.clone(),
+                },
+                Miss::UnsupportedVersion { supported } => DispatchError::UnsupportedVersion {
+                    message_type: envelope.message_type.clone(),
+                    version: envelope.version,
+                    supported,
+                },
+            })
+    }
+
+    /// Runs every handler of the envelope's message type, without a store (no
+    /// transaction, no inbox), each on its first attempt. A handler's failure
+    /// does not stop the others; the report says which failed and what each
+    /// published.
+    ///
+    /// Fails only when the envelope itself is poison: unknown type, unsupported
+    /// version, or a payload that does not decode.
+    pub async fn dispatch(&self, envelope: &Envelope) -> Result<DispatchReport, DispatchError> {
+        let entry = self.route(envelope)?;
+        let span = tracing::info_span!(
+            "outbox.dispatch",
+            message.id = %envelope.id,
+            message.type = %envelope.message_type,
+            message.version = envelope.version,
+            message.group = %envelope.group,
+        );
+        async {
+            let mut outcomes = Vec::with_capacity(entry.handlers().len());
+            for &handler in entry.handlers() {
+                let mut ctx =
+                    HandlerContext::new(envelope, &self.state).for_handler(handler.name, 1);
+                let result = invoke(handler, envelope, &mut ctx).await;
+                if let Err(HandlerError::Decode(err)) = result {
+                    return Err(DispatchError::Decode(err));
+                }
+                outcomes.push(HandlerOutcome {
+                    handler: handler.name,
+                    result,
+                    published: ctx.take_published(),
+                });
+            }
+            Ok(DispatchReport { outcomes })
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// Runs one handler on one envelope in `ctx`: decodes the payload, calls the
+/// handler, and turns a panic into [`HandlerError::Panicked`]. Consumers with a
+/// store call this once per handler, inside the handler's transaction.
+pub async fn invoke(
+    handler: &'static HandlerRegistration,
+    envelope: &Envelope,
+    ctx: &mut HandlerContext<'_>,
+) -> Result<(), HandlerError> {
+    let span = tracing::debug_span!(
+        "outbox.handler",
+        handler = handler.name,
+        attempt = ctx.attempt()
+    );
+    let result = CatchPanic((handler.call)(&envelope.payload, ctx))
+        .instrument(span)
+        .await;
+    if let Err(err) = &result {
+        tracing::warn!(
+            handler = handler.name,
+            message.id = %envelope.id,
+            error = %err,
+            "handler failed"
+        );
+    }
+    result
+}
+
+/// What happened to each handler of one envelope.
+#[derive(Debug)]
+pub struct DispatchReport {
+    outcomes: Vec<HandlerOutcome>,
+}
+
+impl DispatchReport {
+    /// One outcome per handler, in the table's handler order.
+    pub fn outcomes(&self) -> &[HandlerOutcome] {
+        &self.outcomes
+    }
+
+    /// Whether every handler succeeded (also true for a message with no handlers).
+    pub fn succeeded(&self) -> bool {
+        self.outcomes.iter().all(|o| o.result.is_ok())
+    }
+
+    /// The handlers that failed.
+    pub fn failures(&self) -> impl Iterator<Item = &HandlerOutcome> {
+        self.outcomes.iter().filter(|o| o.result.is_err())
+    }
+
+    /// Every message the handlers published, in order.
+    pub fn published(&self) -> impl Iterator<Item = &Envelope> {
+        self.outcomes.iter().flat_map(|o| &o.published)
+    }
+}
+
+/// What happened to one handler.
+#[derive(Debug)]
+pub struct HandlerOutcome {
+    /// The handler's name.
+    pub handler: &'static str,
+    /// Its result.
+    pub result: Result<(), HandlerError>,
+    /// The messages it published (discarded by a store-backed consumer when
+    /// the handler fails).
+    pub published: Vec<Envelope>,
+}
+
+/// An envelope cannot be dispatched. Every variant is poison: redelivering
+/// the same envelope to the same binary fails the same way, so it belongs in
+/// dead letters, not in a retry loop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DispatchError {
+    /// No message type of that name is registered.
+    #[error("unknown message type `{message_type}`")]
+    UnknownType {
+        /// The envelope's type.
+        message_type: String,
+    },
+    /// The name is known but not at this version.
+    #[error(
+        "unsupported version {version} of message `{message_type}` (this binary handles {})",
+        Versions(supported)
+    )]
+    UnsupportedVersion {
+        /// The envelope's type.
+        message_type: String,
+        /// The envelope's version.
+        version: u32,
+        /// The versions this binary has.
+        supported: Vec<u32>,
+    },
+    /// The payload does not decode into the registered type.
+    #[error(transparent)]
+    Decode(DecodeError),
+}
+
+impl DispatchError {
+    /// Whether retrying cannot help. True for every current variant; check it
+    /// rather than matching, as later variants may be transient.
+    pub fn is_poison(&self) -> bool {
+        match self {
+            DispatchError::UnknownType { .. }
+            | DispatchError::UnsupportedVersion { .. }
+            | DispatchError::Decode(_) => true,
+        }
+    }
+}
+
+struct Versions<'a>(&'a [u32]);
+
+impl fmt::Display for Versions<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, v) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "v{v}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,224 @@
+//! The [`Envelope`]: one message on the wire, as stored in the outbox and sent
+//! as an SQS message body.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::message::{EncodeError, OutboxMessage};
+
+/// One message on the wire.
+///
+/// The JSON form is documented by `schemas/envelope.schema.json`:
+///
+/// ```json
+/// {
+///   "id": "0193a5d2-7c1e-7b6a-9f0e-3f1c2d4b5a69",
+///   "type": "orders.status_changed",
+///   "version": 1,
+///   "group": "customer-42",
+///   "payload": { "order_id": 7, "customer_id": "customer-42" },
+///   "created_at": "2026-11-28T10:00:00Z",
+///   "headers": { "correlation_id": "0193a5d2-7c1e-7b6a-9f0e-3f1c2d4b5a69" }
+/// }
+/// ```
+///
+/// Build one from a message with [`Envelope::from_message`]; parse one from
+/// untrusted input with [`Envelope::from_json`], which says where the input
+/// is wrong.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[schemars(title = "Envelope")]
+pub struct Envelope {
+    /// Unique id, time-ordered (UUID v7). Also the SQS deduplication id and the
+    /// inbox key.
+    pub id: Uuid,
+    /// The message name (`OutboxMessage::NAME`).
+    #[serde(rename = "type")]
+    pub message_type: String,
+    /// The schema version of the payload (`OutboxMessage::VERSION`), from 1.
+    #[schemars(range(min = 1))]
+    pub version: u32,
+    /// The message group: order is kept within a group.
+    #[schemars(length(min = 1, max = 128))]
+    pub group: String,
+    /// The message itself, as its serde representation.
+    #[schemars(with = "serde_json::Value")]
+    pub payload: Box<RawValue>,
+    /// When the message was created (enqueued), UTC.
+    pub created_at: DateTime<Utc>,
+    /// Tracing and correlation headers.
+    #[serde(default)]
+    pub headers: Headers,
+}
+
+/// Envelope headers: correlation, causation and W3C trace context, plus any
+/// custom string headers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Headers {
+    /// The id shared by every message of one conversation: the id of the first
+    /// message when it has no parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<Uuid>,
+    /// The id of the message whose handler published this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<Uuid>,
+    /// W3C trace context of the producer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// Other headers.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, String>,
+}
+
+impl Envelope {
+    /// Wraps a message in a new envelope with a fresh time-ordered id.
+    ///
+    /// Fails when the message does not serialize or its group key is not a
+    /// valid SQS message group (1 to 128 ASCII letters, digits, punctuation). The
+    /// correlation id is the envelope's own id; use [`Envelope::caused_by`] for a
+    /// message published while handling another.
+    ///
+    /// ```
+    /// # use outbox_runtime::{Envelope, OutboxMessage};
+    /// #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+    /// struct Ping { n: u32 }
+    ///
+    /// let envelope = Envelope::from_message(&Ping { n: 1 })?;
+    /// assert_eq!(envelope.message_type, "Ping");
+    /// assert_eq!(envelope.group, "Ping");
+    /// assert_eq!(envelope.payload.get(), r#"{"n":1}"#);
+    /// # Ok::<(), outbox_runtime::EncodeError>(())
+    /// ```
+    pub fn from_message<M: OutboxMessage>(message: &M) -> Result<Self, EncodeError> {
+        let group = message.group_key().into_owned();
+        if let Err(reason) = check_group(&group) {
+            return Err(EncodeError::InvalidGroup {
+                message: M::NAME,
+                group,
+                reason,
+            });
+        }
+        let id = Uuid::now_v7();
+        Ok(Envelope {
+            id,
+            message_type: M::NAME.to_owned(),
+            version: M::VERSION,
+            group,
+            payload: message.encode()?,
+            created_at: Utc::now(),
+            headers: Headers {
+                correlation_id: Some(id),
+                ..Headers::default()
+            },
+        })
+    }
+
+    /// Marks this envelope as published while handling `parent`: the
+    /// causation id is the parent's id and the correlation id and trace context
+    /// are carried over.
+    #[must_use]
+    pub fn caused_by(mut self, parent: &Envelope) -> Self {
+        self.headers.causation_id = Some(parent.id);
+        self.headers.correlation_id = Some(parent.headers.correlation_id.unwrap_or(parent.id));
+        if self.headers.traceparent.is_none() {
+            self.headers
+                .traceparent
+                .clone_from(&parent.headers.traceparent);
+        }
+        self
+    }
+
+    /// Parses an envelope from JSON received from the outside (an SQS body, an
+    /// HTTP request). The error names where the input is wrong.
+    ///
+    /// ```
+    /// # use outbox_runtime::Envelope;
+    /// let err = Envelope::from_json(r#"{"id": "nope"}"#).unwrap_err();
+    /// assert!(err.to_string().starts_with("malformed envelope at `id`"), "{err}");
+    /// ```
+    pub fn from_json(json: &str) -> Result<Self, EnvelopeError> {
+        let mut de = serde_json::Deserializer::from_str(json);
+        let envelope: Envelope =
+            serde_path_to_error::deserialize(&mut de).map_err(|err| EnvelopeError::Malformed {
+                path: err.path().to_string(),
+                source: err.into_inner(),
+            })?;
+        de.end().map_err(|source| EnvelopeError::Malformed {
+            path: String::from("."),
+            source,
+        })?;
+        envelope.validate()?;
+        Ok(envelope)
+    }
+
+    /// Serializes the envelope to its JSON wire form.
+    pub fn to_json(&self) -> String {
+        // Every field is a string, number, UUID, timestamp or already-valid
+        // JSON, so serialization cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|err| unreachable!("envelope serializes: {err}"))
+    }
+
+    /// Checks what the type system cannot: the invariants of the wire format.
+    pub fn validate(&self) -> Result<(), EnvelopeError> {
+        let invalid =
+            |field: &'static str, reason: String| EnvelopeError::Invalid { field, reason };
+        if self.message_type.is_empty() {
+            return Err(invalid("type", "must not be empty".into()));
+        }
+        if self.version == 0 {
+            return Err(invalid("version", "must be 1 or more".into()));
+        }
+        if let Err(reason) = check_group(&self.group) {
+            return Err(invalid("group", reason));
+        }
+        Ok(())
+    }
+
+    /// The JSON Schema of the envelope, as checked in at `schemas/envelope.schema.json`.
+    pub fn json_schema() -> schemars::Schema {
+        schemars::schema_for!(Envelope)
+    }
+}
+
+/// The rules SQS applies to a `MessageGroupId`: 1 to 128 characters, ASCII
+/// letters, digits and punctuation.
+pub(crate) fn check_group(group: &str) -> Result<(), String> {
+    if group.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if group.len() > 128 {
+        return Err(format!("is {} bytes long, the limit is 128", group.len()));
+    }
+    if let Some(c) = group.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "contains {c:?}; only ASCII letters, digits and punctuation are allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// An envelope received from outside is unusable. Such a message is poison.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// Not JSON, or not the envelope's shape.
+    #[error("malformed envelope at `{path}`: {source}")]
+    Malformed {
+        /// Where the input is wrong, as `headers.causation_id` (`.` is the root).
+        path: String,
+        /// What serde reported.
+        source: serde_json::Error,
+    },
+    /// Well-formed, but a field breaks a rule of the wire format.
+    #[error("invalid envelope: `{field}` {reason}")]
+    Invalid {
+        /// The field at fault.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}

@@ -1,0 +1,178 @@
+//! The transactional outbox for Rust, declared with two macros.
+//!
+//! Mark message structs with `#[derive(OutboxMessage)]` and async functions
+//! with `#[handler]`. The macros generate, at compile time, the serializers,
+//! the JSON Schemas and a link-time registration of every message and
+//! handler, so a consumer routes envelopes to typed handlers with no
+//! reflection and no registration list.
+//!
+//! ```
+//! use outbox_runtime::{handler, Dispatcher, Envelope, HandlerContext, OutboxMessage};
+//!
+//! #[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+//! #[outbox(name = "orders.status_changed", version = 1, group = customer_id)]
+//! pub struct OrderStatusChanged {
+//!     pub order_id: i64,
+//!     pub customer_id: String,
+//! }
+//!
+//! #[handler]
+//! async fn record_status(msg: OrderStatusChanged, ctx: &mut HandlerContext<'_>) -> anyhow::Result<()> {
+//!     println!("order {} changed (message {})", msg.order_id, ctx.message_id());
+//!     Ok(())
+//! }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let dispatcher = Dispatcher::from_registry()?;
+//! let envelope = Envelope::from_message(&OrderStatusChanged { order_id: 7, customer_id: "c-1".into() })?;
+//! assert_eq!(envelope.group, "c-1");
+//! let report = dispatcher.dispatch(&envelope).await?;
+//! assert!(report.succeeded());
+//! # Ok::<(), anyhow::Error>(())
+//! # }).unwrap();
+//! ```
+//!
+//! See `ARCHITECTURE.md` in the repository for how data flows from the app's
+//! transaction to a handler, and [`registry`] for the linker caveat.
+
+#![warn(missing_docs)]
+#![warn(clippy::unwrap_used)]
+
+mod context;
+mod dispatch;
+mod envelope;
+mod handler;
+mod hash;
+mod message;
+pub mod registry;
+mod state;
+mod table;
+
+pub use crate::context::{ContextError, HandlerContext};
+pub use crate::dispatch::{DispatchError, DispatchReport, Dispatcher, HandlerOutcome, invoke};
+pub use crate::envelope::{Envelope, EnvelopeError, Headers};
+pub use crate::handler::{BoxError, HandlerError, IntoHandlerResult};
+pub use crate::message::{DecodeError, EncodeError, GroupKey, GroupSpec, OutboxMessage};
+pub use crate::state::State;
+pub use crate::table::{
+    DispatchTable, HandlerInfo, MessageEntry, MessageInfo, TableError, TableProblem,
+};
+
+/// Derives [`OutboxMessage`] and registers the type in the dispatch table.
+///
+/// Keys of `#[outbox(...)]`, all optional:
+///
+/// | key | meaning | default |
+/// |---|---|---|
+/// | `name = "orders.created"` | the stable message name on the wire | the type's name |
+/// | `version = 2` | the payload's schema version, from 1 | `1` |
+/// | `group = customer_id` | the message group: a field (its type implements [`GroupKey`]) | one group per type |
+/// | `group = self::group_of` | ... or a function `fn(&Self) -> impl Into<String>` (a path with `::`) | |
+/// | `group = "all"` | ... or a constant | |
+/// | `queue = "billing"` | the logical queue it is published to | the default queue |
+/// | `crate = my::reexport` | where `outbox_runtime` is, if renamed | `::outbox_runtime` |
+///
+/// The type must also implement `serde::Serialize`, `serde::Deserialize` and
+/// `schemars::JsonSchema` (schemars 1). Structs and enums work, in serde's
+/// representation; generic types cannot be messages.
+///
+/// ```
+/// use outbox_runtime::OutboxMessage;
+///
+/// #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+/// #[outbox(name = "payments.event", version = 3, group = Self::account)]
+/// #[serde(tag = "kind")]
+/// enum PaymentEvent {
+///     Authorized { account: String, cents: u64 },
+///     Refunded { account: String, cents: u64 },
+/// }
+///
+/// impl PaymentEvent {
+///     fn account(&self) -> &str {
+///         match self {
+///             PaymentEvent::Authorized { account, .. } | PaymentEvent::Refunded { account, .. } => account,
+///         }
+///     }
+/// }
+///
+/// let event = PaymentEvent::Refunded { account: "acct-9".into(), cents: 500 };
+/// assert_eq!(event.group_key(), "acct-9");
+/// assert_eq!(event.encode()?.get(), r#"{"kind":"Refunded","account":"acct-9","cents":500}"#);
+/// # Ok::<(), outbox_runtime::EncodeError>(())
+/// ```
+///
+/// A group field must exist:
+///
+/// ```compile_fail
+/// use outbox_runtime::OutboxMessage;
+///
+/// #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+/// #[outbox(group = custmer_id)]
+/// struct OrderPlaced {
+///     customer_id: String,
+/// }
+/// ```
+pub use outbox_macros::OutboxMessage;
+
+/// Registers an `async fn` as a handler of its first parameter's message type.
+///
+/// The function stays as written and callable. Its parameters are the message
+/// (by value) and, optionally, `&mut HandlerContext<'_>`; it returns
+/// `Result<(), E>` for any `E` that converts into `Box<dyn Error + Send + Sync>`.
+///
+/// Keys of `#[handler(...)]`, all optional:
+///
+/// | key | meaning | default |
+/// |---|---|---|
+/// | `name = "billing.charge"` | the handler's stable name: its inbox key | the function's path, `crate::module::function` |
+/// | `max_attempts = 5` | how many times a failing message is tried before it is dead-lettered | the consumer's default |
+/// | `crate = my::reexport` | where `outbox_runtime` is, if renamed | `::outbox_runtime` |
+///
+/// Several handlers may handle one message type; each is tracked on its own.
+///
+/// ```
+/// use outbox_runtime::{handler, HandlerContext, OutboxMessage};
+///
+/// #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+/// struct UserSignedUp { email: String }
+///
+/// #[handler(name = "email.welcome", max_attempts = 5)]
+/// async fn send_welcome(msg: UserSignedUp) -> Result<(), std::io::Error> {
+///     println!("welcome, {}", msg.email);
+///     Ok(())
+/// }
+/// ```
+///
+/// A handler must be `async`:
+///
+/// ```compile_fail
+/// use outbox_runtime::{handler, OutboxMessage};
+///
+/// #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+/// struct UserSignedUp { email: String }
+///
+/// #[handler]
+/// fn send_welcome(msg: UserSignedUp) -> anyhow::Result<()> {
+///     Ok(())
+/// }
+/// ```
+pub use outbox_macros::handler;
+
+/// Not public API: what the macros' expansions refer to, so that user crates
+/// need no dependency but `outbox-runtime`.
+#[doc(hidden)]
+pub mod __private {
+    pub use ::core;
+    pub use ::linkme;
+    pub use ::std::borrow::Cow;
+    pub use ::std::boxed::Box;
+    pub use ::std::string::String;
+
+    pub use crate::context::HandlerContext;
+    pub use crate::handler::IntoHandlerResult;
+    pub use crate::message::{GroupKey, GroupSpec, OutboxMessage};
+    pub use crate::registry::{
+        HANDLERS, HandlerFuture, HandlerRegistration, MESSAGES, MessageRegistration,
+    };
+    pub use serde_json::value::RawValue;
+}

@@ -1,0 +1,287 @@
+//! The dispatch table built from link-time registrations, and the dispatcher
+//! running handlers through it.
+
+use std::sync::Mutex;
+
+use outbox_runtime::{
+    DispatchError, DispatchTable, Dispatcher, Envelope, GroupSpec, HandlerContext, HandlerError,
+    OutboxMessage,
+};
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+#[outbox(name = "orders.placed", version = 1, group = customer_id)]
+struct OrderPlaced {
+    order_id: i64,
+    customer_id: String,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+#[outbox(name = "orders.placed", version = 2, group = customer_id, queue = "orders-v2")]
+struct OrderPlacedV2 {
+    order_id: i64,
+    customer_id: u64,
+    total_cents: u64,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+#[outbox(name = "receipts.send", group = "receipts")]
+struct SendReceipt {
+    order_id: i64,
+}
+
+/// Records what the handlers saw, reached through the dispatcher's state.
+#[derive(Default)]
+struct Seen(Mutex<Vec<String>>);
+
+impl Seen {
+    fn push(&self, entry: String) {
+        self.0.lock().unwrap().push(entry);
+    }
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut self.0.lock().unwrap())
+    }
+}
+
+mod billing {
+    use super::*;
+
+    #[outbox_runtime::handler]
+    pub(crate) async fn charge(
+        msg: OrderPlaced,
+        ctx: &mut HandlerContext<'_>,
+    ) -> anyhow::Result<()> {
+        ctx.state::<Seen>()?
+            .push(format!("charge {}", msg.order_id));
+        anyhow::ensure!(msg.order_id >= 0, "negative order id {}", msg.order_id);
+        ctx.publish(&SendReceipt {
+            order_id: msg.order_id,
+        })?;
+        Ok(())
+    }
+}
+
+mod shipping {
+    use super::*;
+
+    #[outbox_runtime::handler(name = "shipping.reserve", max_attempts = 3)]
+    pub(crate) async fn reserve(
+        msg: OrderPlaced,
+        ctx: &mut HandlerContext<'_>,
+    ) -> Result<(), std::io::Error> {
+        ctx.state::<Seen>()
+            .map_err(std::io::Error::other)?
+            .push(format!("reserve {}", msg.order_id));
+        if msg.customer_id == "panic" {
+            panic!("reserve exploded for {}", msg.order_id);
+        }
+        Ok(())
+    }
+
+    #[outbox_runtime::handler]
+    pub(crate) async fn reserve_v2(
+        msg: OrderPlacedV2,
+        ctx: &mut HandlerContext<'_>,
+    ) -> anyhow::Result<()> {
+        ctx.state::<Seen>()?
+            .push(format!("reserve_v2 {} {}", msg.order_id, msg.total_cents));
+        Ok(())
+    }
+}
+
+fn dispatcher() -> Dispatcher {
+    Dispatcher::from_registry()
+        .unwrap()
+        .with_state(Seen::default())
+}
+
+fn seen(dispatcher: &Dispatcher) -> Vec<String> {
+    dispatcher.state().get::<Seen>().unwrap().take()
+}
+
+#[test]
+fn the_table_lists_every_message_and_handler() {
+    let table = DispatchTable::from_registry().unwrap();
+    let described = table.describe();
+    let rows: Vec<_> = described
+        .iter()
+        .map(|m| {
+            (
+                m.name,
+                m.version,
+                m.handlers.iter().map(|h| h.name).collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "orders.placed",
+                1,
+                vec!["dispatch::billing::charge", "shipping.reserve"]
+            ),
+            ("orders.placed", 2, vec!["dispatch::shipping::reserve_v2"]),
+            ("receipts.send", 1, vec![]),
+        ]
+    );
+    assert_eq!(described[0].group, GroupSpec::Field("customer_id"));
+    assert_eq!(described[0].rust_type, "dispatch::OrderPlaced");
+    assert_eq!(described[1].queue, Some("orders-v2"));
+    assert_eq!(described[2].group, GroupSpec::Constant("receipts"));
+    assert_eq!(described[0].handlers[1].max_attempts, Some(3));
+
+    let shown = table.to_string();
+    assert!(shown.starts_with("message  "), "{shown}");
+    assert!(shown.contains("shipping.reserve"), "{shown}");
+    assert!(shown.contains("(none)"), "{shown}");
+}
+
+#[tokio::test]
+async fn a_message_runs_every_handler_of_its_version() {
+    let dispatcher = dispatcher();
+    let placed = Envelope::from_message(&OrderPlaced {
+        order_id: 5,
+        customer_id: "c-9".into(),
+    })
+    .unwrap();
+    let report = dispatcher.dispatch(&placed).await.unwrap();
+    assert!(report.succeeded());
+    assert_eq!(seen(&dispatcher), ["charge 5", "reserve 5"]);
+
+    let published: Vec<_> = report.published().collect();
+    assert_eq!(published.len(), 1);
+    assert_eq!(published[0].message_type, "receipts.send");
+    assert_eq!(published[0].group, "receipts");
+    assert_eq!(published[0].headers.causation_id, Some(placed.id));
+    assert_eq!(published[0].headers.correlation_id, Some(placed.id));
+
+    let v2 = Envelope::from_message(&OrderPlacedV2 {
+        order_id: 6,
+        customer_id: 42,
+        total_cents: 990,
+    })
+    .unwrap();
+    assert_eq!(v2.group, "42");
+    dispatcher.dispatch(&v2).await.unwrap();
+    assert_eq!(seen(&dispatcher), ["reserve_v2 6 990"]);
+}
+
+#[tokio::test]
+async fn one_failing_handler_does_not_stop_the_other() {
+    let dispatcher = dispatcher();
+    let placed = Envelope::from_message(&OrderPlaced {
+        order_id: -1,
+        customer_id: "c".into(),
+    })
+    .unwrap();
+    let report = dispatcher.dispatch(&placed).await.unwrap();
+    assert_eq!(seen(&dispatcher), ["charge -1", "reserve -1"]);
+    let failures: Vec<_> = report.failures().map(|o| o.handler).collect();
+    assert_eq!(failures, ["dispatch::billing::charge"]);
+    let err = report
+        .failures()
+        .next()
+        .unwrap()
+        .result
+        .as_ref()
+        .unwrap_err();
+    assert!(matches!(err, HandlerError::Failed(_)));
+    assert!(!err.is_permanent());
+    assert_eq!(err.to_string(), "handler failed: negative order id -1");
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_a_failure_of_that_handler_only() {
+    let dispatcher = dispatcher();
+    let placed = Envelope::from_message(&OrderPlaced {
+        order_id: 3,
+        customer_id: "panic".into(),
+    })
+    .unwrap();
+    let report = dispatcher.dispatch(&placed).await.unwrap();
+    let outcomes = report.outcomes();
+    assert!(outcomes[0].result.is_ok());
+    let Err(HandlerError::Panicked(message)) = &outcomes[1].result else {
+        panic!("expected a panic outcome, got {:?}", outcomes[1].result);
+    };
+    assert_eq!(message, "reserve exploded for 3");
+}
+
+fn envelope_json(message_type: &str, version: u32, payload: &str) -> Envelope {
+    Envelope::from_json(&format!(
+        r#"{{"id":"0193a5d2-7c1e-7b6a-9f0e-3f1c2d4b5a69","type":"{message_type}","version":{version},
+            "group":"g","payload":{payload},"created_at":"2026-11-28T10:00:00Z"}}"#
+    ))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn unknown_types_unsupported_versions_and_bad_payloads_are_distinct_poison() {
+    let dispatcher = dispatcher();
+
+    let err = dispatcher
+        .dispatch(&envelope_json("orders.shipped", 1, "{}"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DispatchError::UnknownType { .. }), "{err:?}");
+    assert!(err.is_poison());
+
+    let err = dispatcher
+        .dispatch(&envelope_json("orders.placed", 7, "{}"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, DispatchError::UnsupportedVersion { version: 7, .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "unsupported version 7 of message `orders.placed` (this binary handles v1, v2)"
+    );
+
+    let bad = envelope_json(
+        "orders.placed",
+        1,
+        r#"{"order_id":"seven","customer_id":"c"}"#,
+    );
+    let err = dispatcher.dispatch(&bad).await.unwrap_err();
+    let DispatchError::Decode(decode) = &err else {
+        panic!("expected a decode error, got {err:?}")
+    };
+    assert_eq!(decode.path, "order_id");
+    assert!(err.is_poison());
+    assert!(
+        err.to_string().starts_with(
+            "payload of `orders.placed` v1 does not decode at `order_id`: invalid type"
+        ),
+        "{err}"
+    );
+    assert!(
+        seen(&dispatcher).is_empty(),
+        "no handler ran for poison messages"
+    );
+}
+
+#[test]
+fn handlers_stay_callable_as_written() {
+    let state = outbox_runtime::State::new().with(Seen::default());
+    let envelope = Envelope::from_message(&OrderPlaced {
+        order_id: 1,
+        customer_id: "c".into(),
+    })
+    .unwrap();
+    let mut ctx = HandlerContext::new(&envelope, &state);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(billing::charge(
+        OrderPlaced {
+            order_id: 1,
+            customer_id: "c".into(),
+        },
+        &mut ctx,
+    ))
+    .unwrap();
+    assert_eq!(ctx.published().len(), 1);
+    assert_eq!(state.get::<Seen>().unwrap().take(), ["charge 1"]);
+}
