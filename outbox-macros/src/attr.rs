@@ -46,24 +46,25 @@ pub(crate) fn message_attrs(attrs: &[Attribute], errors: &mut Errors) -> Message
     let mut out = MessageAttrs::default();
     for attr in attrs.iter().filter(|a| a.path().is_ident("outbox")) {
         let result = attr.parse_nested_meta(|meta| {
-            if meta.path.is_ident("name") {
-                let lit: LitStr = meta.value()?.parse()?;
-                set_once(&meta, &mut out.name, lit)
+            let key = if meta.path.is_ident("name") {
+                meta.value()?
+                    .parse()
+                    .map(|lit| set_once(&meta, &mut out.name, lit))
             } else if meta.path.is_ident("version") {
-                let version = positive_u32(&meta)?;
-                set_once(&meta, &mut out.version, version)
+                positive_u32(&meta).map(|n| set_once(&meta, &mut out.version, n))
             } else if meta.path.is_ident("group") {
-                let group = group_value(&meta)?;
-                set_once(&meta, &mut out.group, group)
+                group_value(&meta).map(|g| set_once(&meta, &mut out.group, g))
             } else if meta.path.is_ident("queue") {
-                let lit: LitStr = meta.value()?.parse()?;
-                set_once(&meta, &mut out.queue, lit)
+                meta.value()?
+                    .parse()
+                    .map(|lit| set_once(&meta, &mut out.queue, lit))
             } else if meta.path.is_ident("crate") {
-                let path = crate_path(&meta)?;
-                set_once(&meta, &mut out.krate, path)
+                crate_path(&meta).map(|p| set_once(&meta, &mut out.krate, p))
             } else {
+                skip_value(&meta)?;
                 Err(unknown_key(&meta, "#[outbox(...)]", MESSAGE_KEYS))
-            }
+            };
+            record(key, errors)
         });
         if let Err(err) = result {
             errors.push(err);
@@ -75,18 +76,19 @@ pub(crate) fn message_attrs(attrs: &[Attribute], errors: &mut Errors) -> Message
 pub(crate) fn handler_attrs(args: TokenStream, errors: &mut Errors) -> HandlerAttrs {
     let mut out = HandlerAttrs::default();
     let parser = syn::meta::parser(|meta| {
-        if meta.path.is_ident("name") {
-            let lit: LitStr = meta.value()?.parse()?;
-            set_once(&meta, &mut out.name, lit)
+        let key = if meta.path.is_ident("name") {
+            meta.value()?
+                .parse()
+                .map(|lit| set_once(&meta, &mut out.name, lit))
         } else if meta.path.is_ident("max_attempts") {
-            let attempts = positive_u32(&meta)?;
-            set_once(&meta, &mut out.max_attempts, attempts)
+            positive_u32(&meta).map(|n| set_once(&meta, &mut out.max_attempts, n))
         } else if meta.path.is_ident("crate") {
-            let path = crate_path(&meta)?;
-            set_once(&meta, &mut out.krate, path)
+            crate_path(&meta).map(|p| set_once(&meta, &mut out.krate, p))
         } else {
+            skip_value(&meta)?;
             Err(unknown_key(&meta, "#[handler(...)]", HANDLER_KEYS))
-        }
+        };
+        record(key, errors)
     });
     if let Err(err) = parser.parse2(args) {
         errors.push(err);
@@ -94,6 +96,27 @@ pub(crate) fn handler_attrs(args: TokenStream, errors: &mut Errors) -> HandlerAt
     out
 }
 
+/// Records a key's error and goes on to the next key, so every bad key is
+/// reported in one compile. The value was consumed, so parsing can resume.
+fn record(key: syn::Result<syn::Result<()>>, errors: &mut Errors) -> syn::Result<()> {
+    match key {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) | Err(err) => errors.push(err),
+    }
+    Ok(())
+}
+
+/// Consumes `= value` or `(...)` after an unknown key.
+fn skip_value(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+    if meta.input.peek(syn::Token![=]) {
+        meta.value()?.parse::<syn::Expr>()?;
+    } else if meta.input.peek(syn::token::Paren) {
+        meta.parse_nested_meta(|nested| skip_value(&nested))?;
+    }
+    Ok(())
+}
+
+/// Stores a key's value; a key given twice is an error on the second.
 fn set_once<T>(meta: &ParseNestedMeta<'_>, slot: &mut Option<T>, value: T) -> syn::Result<()> {
     if slot.is_some() {
         let key = meta
@@ -111,9 +134,10 @@ fn unknown_key(meta: &ParseNestedMeta<'_>, attr: &str, keys: &str) -> syn::Error
     let key = quote::ToTokens::to_token_stream(&meta.path)
         .to_string()
         .replace(' ', "");
-    meta.error(format_args!(
-        "unknown key `{key}` in `{attr}`; expected one of {keys}"
-    ))
+    syn::Error::new_spanned(
+        &meta.path,
+        format_args!("unknown key `{key}` in `{attr}`; expected one of {keys}"),
+    )
 }
 
 fn positive_u32(meta: &ParseNestedMeta<'_>) -> syn::Result<u32> {

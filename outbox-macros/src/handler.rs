@@ -77,23 +77,26 @@ impl<'a> Handler<'a> {
 
         let mut message_ty = None;
         let mut context_ty = None;
-        for (position, input) in sig.inputs.iter().enumerate() {
-            match input {
-                FnArg::Receiver(receiver) => errors.error_spanned_by(
-                    receiver,
+        let mut position = 0;
+        for input in &sig.inputs {
+            let FnArg::Typed(typed) = input else {
+                errors.error_spanned_by(
+                    input,
                     "a handler cannot take `self`; make it a free function that takes the message",
+                );
+                continue;
+            };
+            match position {
+                0 => message_ty = Some(check_message_param(&typed.ty, &mut errors)),
+                1 => context_ty = Some(check_context_param(&typed.ty, &mut errors)),
+                _ => errors.error_spanned_by(
+                    input,
+                    "a handler takes at most two parameters: the message, then `&mut HandlerContext<'_>`; reach other values through `ctx.state::<T>()`",
                 ),
-                FnArg::Typed(typed) => match position {
-                    0 => message_ty = Some(check_message_param(&typed.ty, &mut errors)),
-                    1 => context_ty = Some(check_context_param(&typed.ty, &mut errors)),
-                    _ => errors.error_spanned_by(
-                        input,
-                        "a handler takes at most two parameters: the message, then `&mut HandlerContext<'_>`; reach other values through `ctx.state::<T>()`",
-                    ),
-                },
             }
+            position += 1;
         }
-        if sig.inputs.is_empty() {
+        if position == 0 && sig.receiver().is_none() {
             errors.push(syn::Error::new(
                 sig.paren_token.span.join(),
                 "a handler takes the message as its first parameter, such as `async fn on_order(msg: OrderPlaced)`",

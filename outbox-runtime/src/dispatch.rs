@@ -14,7 +14,7 @@ use crate::table::{DispatchTable, MessageEntry, Miss, TableError};
 
 /// Routes envelopes to their handlers.
 ///
-/// ```
+/// ```standalone_crate
 /// use outbox_runtime::{handler, Dispatcher, Envelope, OutboxMessage};
 ///
 /// #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]

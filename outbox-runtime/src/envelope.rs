@@ -31,13 +31,17 @@ use crate::message::{EncodeError, OutboxMessage};
 /// untrusted input with [`Envelope::from_json`], which says where the input
 /// is wrong.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
-#[schemars(title = "Envelope")]
+#[schemars(
+    title = "Envelope",
+    description = "One outbox message on the wire: the body of an SQS message. `payload` is the message's serde representation, described by the schema of its `type` at its `version`."
+)]
 pub struct Envelope {
     /// Unique id, time-ordered (UUID v7). Also the SQS deduplication id and the
     /// inbox key.
     pub id: Uuid,
     /// The message name (`OutboxMessage::NAME`).
     #[serde(rename = "type")]
+    #[schemars(length(min = 1))]
     pub message_type: String,
     /// The schema version of the payload (`OutboxMessage::VERSION`), from 1.
     #[schemars(range(min = 1))]

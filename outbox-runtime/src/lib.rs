@@ -6,7 +6,7 @@
 //! handler, so a consumer routes envelopes to typed handlers with no
 //! reflection and no registration list.
 //!
-//! ```
+//! ```standalone_crate
 //! use outbox_runtime::{handler, Dispatcher, Envelope, HandlerContext, OutboxMessage};
 //!
 //! #[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]

@@ -17,7 +17,7 @@ use crate::registry::{HANDLERS, HandlerRegistration, MESSAGES, MessageRegistrati
 /// every problem at once. Read-only afterwards: inspect it with
 /// [`messages`](Self::messages) or print it (`Display` renders a table).
 ///
-/// ```
+/// ```standalone_crate
 /// use outbox_runtime::{handler, DispatchTable, OutboxMessage};
 ///
 /// #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]

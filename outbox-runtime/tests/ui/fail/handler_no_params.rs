@@ -1,0 +1,13 @@
+use outbox_runtime::{handler, OutboxMessage};
+
+#[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+struct OrderPlaced {
+    order_id: i64,
+}
+
+#[handler]
+async fn on_nothing() -> anyhow::Result<()> {
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use outbox_runtime::OutboxMessage;
+
+#[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+#[outbox(group = "all orders")]
+struct OrderPlaced {
+    order_id: i64,
+}
+
+fn main() {}

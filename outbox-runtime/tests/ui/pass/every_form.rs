@@ -1,0 +1,97 @@
+//! Every supported form of both macros, in one crate, with the resulting
+//! dispatch table checked.
+
+use outbox_runtime as renamed;
+use outbox_runtime::{handler, DispatchTable, GroupSpec, HandlerContext, OutboxMessage};
+
+#[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+#[outbox(name = "orders.placed", version = 2, group = customer_id, queue = "orders")]
+pub struct OrderPlaced {
+    pub order_id: i64,
+    pub customer_id: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+#[outbox(group = 1)]
+struct Pair(u64, u64);
+
+#[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+#[outbox(group = self::by_account)]
+enum Payment {
+    Authorized { account: String },
+    Refunded { account: String },
+}
+
+fn by_account(payment: &Payment) -> &str {
+    match payment {
+        Payment::Authorized { account } | Payment::Refunded { account } => account,
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+#[outbox(group = "ticks", crate = renamed)]
+struct Tick;
+
+#[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+#[outbox(group = r#type, crate = "outbox_runtime")]
+struct RawField {
+    r#type: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("custom failure")]
+struct CustomError;
+
+#[handler]
+async fn with_context(msg: OrderPlaced, ctx: &mut HandlerContext<'_>) -> anyhow::Result<()> {
+    let _ = (msg.order_id, ctx.message_id());
+    Ok(())
+}
+
+#[handler(name = "orders.audit", max_attempts = 7)]
+pub async fn without_context(msg: OrderPlaced) -> Result<(), CustomError> {
+    let _ = msg;
+    Ok(())
+}
+
+#[handler]
+async fn explicit_lifetimes<'a, 'b>(msg: Pair, ctx: &'a mut HandlerContext<'b>) -> Result<(), std::io::Error> {
+    let _ = (msg.0, ctx);
+    Ok(())
+}
+
+#[handler]
+async fn boxed_error(_: Payment, _ctx: &mut outbox_runtime::HandlerContext<'_>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    Ok(())
+}
+
+#[handler(crate = renamed)]
+async fn r#async(msg: Tick) -> anyhow::Result<()> {
+    let _ = msg;
+    Ok(())
+}
+
+fn main() {
+    let table = DispatchTable::from_registry().expect("valid table");
+    let messages = table.describe();
+    let names: Vec<_> = messages.iter().map(|m| (m.name, m.version)).collect();
+    assert_eq!(
+        names,
+        [("Pair", 1), ("Payment", 1), ("RawField", 1), ("Tick", 1), ("orders.placed", 2)]
+    );
+    let placed = table.message("orders.placed", 2).unwrap();
+    assert_eq!(placed.registration().group, GroupSpec::Field("customer_id"));
+    assert_eq!(placed.registration().queue, Some("orders"));
+    let handlers: Vec<_> = placed.handlers().iter().map(|h| (h.name, h.max_attempts)).collect();
+    let with_context = format!("{}::with_context", module_path!());
+    assert_eq!(handlers, [("orders.audit", Some(7)), (with_context.as_str(), None)]);
+    let tick_handler = table.message("Tick", 1).unwrap().handlers()[0].name;
+    assert_eq!(tick_handler, format!("{}::async", module_path!()));
+
+    assert_eq!(Pair(1, 2).group_key(), "2");
+    assert_eq!(Payment::Refunded { account: "a-1".into() }.group_key(), "a-1");
+    assert_eq!(Tick.group_key(), "ticks");
+    assert_eq!(RawField { r#type: "t".into() }.group_key(), "t");
+    assert_eq!(OrderPlaced::QUEUE, Some("orders"));
+    assert_eq!(<Pair as OutboxMessage>::QUEUE, None);
+}
