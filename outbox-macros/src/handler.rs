@@ -127,7 +127,7 @@ impl<'a> Handler<'a> {
                 Some(name) => HandlerName::Given(name),
                 None => HandlerName::Path(format!("::{}", sig.ident.unraw())),
             },
-            max_attempts: max_attempts,
+            max_attempts,
             message_ty,
             context_ty,
             output_ty,

@@ -158,6 +158,11 @@ pub use outbox_macros::OutboxMessage;
 /// ```
 pub use outbox_macros::handler;
 
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
+
 /// Not public API: what the macros' expansions refer to, so that user crates
 /// need no dependency but `outbox-runtime`.
 #[doc(hidden)]

@@ -1,0 +1,3 @@
+pub mod billing;
+pub mod ledger;
+pub mod shipping;
