@@ -36,10 +36,10 @@ impl<'a> Handler<'a> {
             max_attempts,
             krate,
         } = attr::handler_attrs(args, &mut errors);
-        if let Some(name) = &name {
-            if name.value().trim().is_empty() {
-                errors.error_spanned_by(name, "the handler name must not be empty");
-            }
+        if let Some(name) = &name
+            && name.value().trim().is_empty()
+        {
+            errors.error_spanned_by(name, "the handler name must not be empty");
         }
 
         let sig = &func.sig;

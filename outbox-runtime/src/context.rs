@@ -5,7 +5,7 @@ use std::fmt;
 
 use uuid::Uuid;
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Outgoing};
 use crate::message::{EncodeError, OutboxMessage};
 use crate::state::State;
 
@@ -43,8 +43,8 @@ use crate::state::State;
 /// let state = State::new().with(Mailer { from: "shop@example.com" });
 /// let mut ctx = HandlerContext::new(&envelope, &state);
 /// on_order_placed(OrderPlaced { order_id: 1 }, &mut ctx).await?;
-/// assert_eq!(ctx.published()[0].message_type, "SendReceipt");
-/// assert_eq!(ctx.published()[0].headers.causation_id, Some(envelope.id));
+/// assert_eq!(ctx.published()[0].envelope.message_type, "SendReceipt");
+/// assert_eq!(ctx.published()[0].envelope.headers.causation_id, Some(envelope.id));
 /// # Ok::<(), anyhow::Error>(())
 /// # }).unwrap();
 /// ```
@@ -54,7 +54,7 @@ pub struct HandlerContext<'c> {
     handler: &'static str,
     attempt: u32,
     transaction: Option<Transaction<'c>>,
-    published: Vec<Envelope>,
+    published: Vec<Outgoing>,
 }
 
 struct Transaction<'c> {
@@ -151,18 +151,19 @@ impl<'c> HandlerContext<'c> {
     /// Its causation id is this message's id; correlation id and trace context
     /// are carried over.
     pub fn publish<M: OutboxMessage>(&mut self, message: &M) -> Result<(), EncodeError> {
-        let envelope = Envelope::from_message(message)?.caused_by(self.envelope);
-        self.published.push(envelope);
+        let mut outgoing = Outgoing::new(message)?;
+        outgoing.envelope = outgoing.envelope.caused_by(self.envelope);
+        self.published.push(outgoing);
         Ok(())
     }
 
     /// The messages published so far.
-    pub fn published(&self) -> &[Envelope] {
+    pub fn published(&self) -> &[Outgoing] {
         &self.published
     }
 
     /// Takes the messages published, leaving none.
-    pub fn take_published(&mut self) -> Vec<Envelope> {
+    pub fn take_published(&mut self) -> Vec<Outgoing> {
         std::mem::take(&mut self.published)
     }
 }

@@ -5,7 +5,7 @@ use std::fmt;
 use tracing::Instrument;
 
 use crate::context::HandlerContext;
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Outgoing};
 use crate::handler::{CatchPanic, HandlerError};
 use crate::message::DecodeError;
 use crate::registry::HandlerRegistration;
@@ -198,7 +198,7 @@ impl DispatchReport {
     }
 
     /// Every message the handlers published, in order.
-    pub fn published(&self) -> impl Iterator<Item = &Envelope> {
+    pub fn published(&self) -> impl Iterator<Item = &Outgoing> {
         self.outcomes.iter().flat_map(|o| &o.published)
     }
 }
@@ -212,7 +212,7 @@ pub struct HandlerOutcome {
     pub result: Result<(), HandlerError>,
     /// The messages it published (discarded by a store-backed consumer when
     /// the handler fails).
-    pub published: Vec<Envelope>,
+    pub published: Vec<Outgoing>,
 }
 
 /// An envelope cannot be dispatched. Every variant is poison: redelivering

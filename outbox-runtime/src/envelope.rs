@@ -188,6 +188,26 @@ impl Envelope {
     }
 }
 
+/// An envelope on its way into the outbox, with the logical queue it is
+/// published to (`OutboxMessage::QUEUE`; `None` is the default queue).
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    /// The envelope.
+    pub envelope: Envelope,
+    /// Its logical queue.
+    pub queue: Option<&'static str>,
+}
+
+impl Outgoing {
+    /// Wraps a message for the outbox; see [`Envelope::from_message`].
+    pub fn new<M: OutboxMessage>(message: &M) -> Result<Self, EncodeError> {
+        Ok(Outgoing {
+            envelope: Envelope::from_message(message)?,
+            queue: M::QUEUE,
+        })
+    }
+}
+
 /// The rules SQS applies to a `MessageGroupId`: 1 to 128 characters, ASCII
 /// letters, digits and punctuation.
 pub(crate) fn check_group(group: &str) -> Result<(), String> {

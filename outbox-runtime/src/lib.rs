@@ -38,25 +38,49 @@
 #![warn(missing_docs)]
 #![warn(clippy::unwrap_used)]
 
+mod backoff;
 mod context;
 mod dispatch;
 mod envelope;
 mod handler;
 mod hash;
 mod message;
+mod metrics;
+mod pump;
 pub mod registry;
+mod relay;
 mod state;
+mod store;
 mod table;
+mod transport;
+mod worker;
 
+pub use crate::backoff::Backoff;
 pub use crate::context::{ContextError, HandlerContext};
 pub use crate::dispatch::{DispatchError, DispatchReport, Dispatcher, HandlerOutcome, invoke};
-pub use crate::envelope::{Envelope, EnvelopeError, Headers};
+pub use crate::envelope::{Envelope, EnvelopeError, Headers, Outgoing};
 pub use crate::handler::{BoxError, HandlerError, IntoHandlerResult};
 pub use crate::message::{DecodeError, EncodeError, GroupKey, GroupSpec, OutboxMessage};
+pub use crate::metrics::{Metrics, MetricsSnapshot};
+pub use crate::pump::{Pump, PumpError, PumpFuture, RelayWaker, commit_and_pump};
+pub use crate::relay::{DrainReport, Relay, RelayConfig, RelayError};
 pub use crate::state::State;
+#[cfg(feature = "postgres")]
+pub use crate::store::postgres::PgStore;
+#[cfg(feature = "sqlite")]
+pub use crate::store::sqlite::SqliteStore;
+pub use crate::store::{
+    ClaimedMessage, CleanupReport, DeadLetter, EnqueueError, OutboxStats, PublishFailure,
+    RetentionPolicy, Store, StoreError, StoreExt, Tx,
+};
 pub use crate::table::{
     DispatchTable, HandlerInfo, MessageEntry, MessageInfo, TableError, TableProblem,
 };
+pub use crate::transport::in_process::{InProcessConfig, InProcessQueue, InProcessStats};
+pub use crate::transport::{
+    Delivery, EntryError, PublishEntry, Receipt, Receiver, Transport, TransportError,
+};
+pub use crate::worker::{BatchReport, Worker, WorkerConfig};
 
 /// Derives [`OutboxMessage`] and registers the type in the dispatch table.
 ///

@@ -148,7 +148,7 @@ async fn a_message_runs_every_handler_of_its_version() {
     assert!(report.succeeded());
     assert_eq!(seen(&dispatcher), ["charge 5", "reserve 5"]);
 
-    let published: Vec<_> = report.published().collect();
+    let published: Vec<_> = report.published().map(|o| &o.envelope).collect();
     assert_eq!(published.len(), 1);
     assert_eq!(published[0].message_type, "receipts.send");
     assert_eq!(published[0].group, "receipts");

@@ -53,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
             anyhow::bail!("handler {} failed: {:?}", failed.handler, failed.result);
         }
         handled += 1;
-        queue.extend(report.published().cloned());
+        queue.extend(report.published().map(|o| o.envelope.clone()));
     }
 
     let records = dispatcher

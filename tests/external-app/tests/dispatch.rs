@@ -47,6 +47,7 @@ async fn envelopes_reach_the_right_handlers() {
         .published()
         .next()
         .expect("billing publishes a payment")
+        .envelope
         .clone();
     assert_eq!(
         (

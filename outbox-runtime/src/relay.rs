@@ -1,0 +1,296 @@
+//! The [`Relay`]: claims pending outbox rows and publishes them through a
+//! transport, keeping per-group order.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tracing::Instrument;
+
+use crate::backoff::Backoff;
+use crate::metrics::Metrics;
+use crate::pump::RelayWaker;
+use crate::store::{ClaimedMessage, PublishFailure, Store, StoreError};
+use crate::transport::{PublishEntry, Transport};
+
+/// Settings of a [`Relay`].
+#[derive(Clone, Copy, Debug)]
+pub struct RelayConfig {
+    /// Rows claimed per batch.
+    pub batch_size: u32,
+    /// How long a claim is exclusive. A relay that dies holds its groups this
+    /// long; one that takes longer than this to publish a batch may see the
+    /// batch published twice (deduplicated by id downstream).
+    pub lease: Duration,
+    /// Publish attempts per row before it is dead-lettered. Attempts that fail
+    /// because the whole transport is down are not counted against it.
+    pub max_attempts: u32,
+    /// Delay between attempts of one row.
+    pub backoff: Backoff,
+    /// How often [`Relay::run`] drains without being woken: the sweep that
+    /// recovers lost pumps and retries rows whose backoff ran out.
+    pub sweep_interval: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            batch_size: 100,
+            lease: Duration::from_secs(30),
+            max_attempts: 10,
+            backoff: Backoff::default(),
+            sweep_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What one [`Relay::drain`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Batches claimed.
+    pub batches: u64,
+    /// Rows published.
+    pub published: u64,
+    /// Rows whose attempt failed and that will be retried.
+    pub retried: u64,
+    /// Rows dead-lettered.
+    pub dead: u64,
+    /// Set when the drain stopped early because the transport is down; the
+    /// rows wait out their backoff.
+    pub transport_down: Option<String>,
+}
+
+/// A relay could not drain.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// The store failed; rows stay pending (their leases run out).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Claims pending rows from a [`Store`] and publishes them through a
+/// [`Transport`]: in sequence order, one relay per group at a time, a group
+/// stopped at its first failure, failures retried with backoff and then
+/// dead-lettered. Safe to run in several processes at once.
+pub struct Relay<S, T> {
+    store: S,
+    transport: Arc<T>,
+    config: RelayConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl<S: Clone, T> Clone for Relay<S, T> {
+    fn clone(&self) -> Self {
+        Relay {
+            store: self.store.clone(),
+            transport: Arc::clone(&self.transport),
+            config: self.config,
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+impl<S, T> std::fmt::Debug for Relay<S, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store, T: Transport> Relay<S, T> {
+    /// A relay with the default settings.
+    pub fn new(store: S, transport: Arc<T>) -> Self {
+        Relay {
+            store,
+            transport,
+            config: RelayConfig::default(),
+            metrics: Arc::default(),
+        }
+    }
+
+    /// Replaces the settings.
+    #[must_use]
+    pub fn with_config(mut self, config: RelayConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Shares counters with other parts (a worker, a dashboard).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Publishes batches until no row can be claimed: the outbox is empty,
+    /// or every remaining group waits on a backoff or another relay's lease.
+    /// Stops early, without error, when the transport is down.
+    pub async fn drain(&self) -> Result<DrainReport, RelayError> {
+        let mut report = DrainReport::default();
+        loop {
+            let batch = self
+                .store
+                .claim(self.config.batch_size, self.config.lease)
+                .await?;
+            if batch.is_empty() {
+                return Ok(report);
+            }
+            report.batches += 1;
+            let span = tracing::info_span!("outbox.relay.batch", rows = batch.len());
+            self.publish_batch(batch, &mut report)
+                .instrument(span)
+                .await?;
+            if report.transport_down.is_some() {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// Drains whenever `waker` wakes it and every `sweep_interval`, until
+    /// `shutdown` resolves. Store errors are logged and retried at the next
+    /// sweep.
+    pub async fn run(&self, waker: RelayWaker, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            match self.drain().await {
+                Ok(report) if report.published + report.retried + report.dead > 0 => {
+                    tracing::debug!(?report, "relay drained");
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "relay drain failed; retrying at the next sweep")
+                }
+            }
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = waker.woken() => {}
+                () = tokio::time::sleep(self.config.sweep_interval) => {}
+            }
+        }
+    }
+
+    async fn publish_batch(
+        &self,
+        batch: Vec<ClaimedMessage>,
+        report: &mut DrainReport,
+    ) -> Result<(), RelayError> {
+        let bodies: Vec<String> = batch.iter().map(|m| m.envelope.to_json()).collect();
+        let mut published = Vec::new();
+        let mut failures = Vec::new();
+        let mut skipped = Vec::new();
+        let mut blocked: HashSet<&str> = HashSet::new();
+        let max_batch = self.transport.max_batch().max(1);
+
+        let mut rest = batch.iter().zip(&bodies).peekable();
+        while rest.peek().is_some() {
+            let mut chunk: Vec<(&ClaimedMessage, PublishEntry<'_>)> = Vec::with_capacity(max_batch);
+            while chunk.len() < max_batch {
+                let Some((message, body)) = rest.next() else {
+                    break;
+                };
+                if blocked.contains(message.envelope.group.as_str()) {
+                    skipped.push(message.seq);
+                    continue;
+                }
+                chunk.push((
+                    message,
+                    PublishEntry {
+                        envelope: &message.envelope,
+                        queue: message.queue.as_deref(),
+                        body: body.clone(),
+                    },
+                ));
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            let entries: Vec<PublishEntry<'_>> = chunk.iter().map(|(_, e)| e.clone()).collect();
+            match self.transport.publish(&entries).await {
+                Ok(results) => {
+                    for ((message, _), result) in chunk.iter().zip(results) {
+                        match result {
+                            Ok(()) => published.push(message.seq),
+                            Err(err) => {
+                                blocked.insert(message.envelope.group.as_str());
+                                failures.push(self.failure(
+                                    message,
+                                    err.to_string(),
+                                    err.permanent,
+                                    true,
+                                ));
+                            }
+                        }
+                    }
+                }
+                Err(err) => {
+                    // Nothing in this chunk is known to be published; nothing
+                    // after it is attempted.
+                    tracing::warn!(error = %err, "transport unavailable; rows wait out their backoff");
+                    for (message, _) in &chunk {
+                        failures.push(self.failure(message, err.to_string(), false, false));
+                    }
+                    skipped.extend(rest.by_ref().map(|(m, _)| m.seq));
+                    report.transport_down = Some(err.to_string());
+                }
+            }
+        }
+
+        // Mark what was published first: it is the only state that must not
+        // be lost (a lost failure record just means one more attempt).
+        self.store.mark_published(&published).await?;
+        self.store.record_failures(&failures).await?;
+        self.store.release(&skipped).await?;
+
+        let dead = failures.iter().filter(|f| f.retry_at.is_none()).count() as u64;
+        report.published += published.len() as u64;
+        report.dead += dead;
+        report.retried += failures.len() as u64 - dead;
+        self.metrics.add_published(published.len() as u64);
+        self.metrics.add_publish_failures(failures.len() as u64);
+        self.metrics.add_relay_dead(dead);
+        Ok(())
+    }
+
+    /// The failure record of one attempt: retry after a backoff, or dead when
+    /// the error is permanent or the row is out of attempts. Transport-wide
+    /// outages (`counts == false`) never dead-letter a row.
+    fn failure(
+        &self,
+        message: &ClaimedMessage,
+        error: String,
+        permanent: bool,
+        counts: bool,
+    ) -> PublishFailure {
+        let attempt = message.attempts + 1;
+        let out_of_attempts = counts && attempt >= self.config.max_attempts;
+        let retry_at = if permanent || out_of_attempts {
+            tracing::error!(
+                message.id = %message.envelope.id,
+                message.type = %message.envelope.message_type,
+                message.group = %message.envelope.group,
+                attempt,
+                %error,
+                "outbox row dead-lettered"
+            );
+            None
+        } else {
+            let delay = chrono::Duration::from_std(self.config.backoff.delay(attempt))
+                .unwrap_or(chrono::Duration::days(1));
+            let now = Utc::now();
+            Some(now.checked_add_signed(delay).unwrap_or(now))
+        };
+        PublishFailure {
+            seq: message.seq,
+            error,
+            retry_at,
+        }
+    }
+}

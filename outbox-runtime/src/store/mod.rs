@@ -1,0 +1,354 @@
+//! The outbox store: the tables the app writes in its own transaction, the
+//! relay claims from, and the consumer records handled messages in.
+//!
+//! One trait, [`Store`], with one implementation per database, each behind a
+//! cargo feature: [`PgStore`](crate::PgStore) (`postgres`) for production and
+//! [`SqliteStore`](crate::SqliteStore) (`sqlite`) for the embedded default.
+//! Both keep the same three tables, created by embedded migrations tracked in
+//! their own table (`_outbox_migrations`), so they never collide with the
+//! app's own `sqlx` migrations:
+//!
+//! | table | rows |
+//! |---|---|
+//! | `outbox` | one per message: `seq` (order), `id`, type, version, group, queue, payload, headers, created/available-at, attempts, last error, status (`pending` / `published` / `dead`), published-at, lease |
+//! | `outbox_inbox` | one per (message id, handler) that committed: the idempotency record |
+//! | `outbox_dead_letters` | one per message a consumer gave up on: poison, or a handler out of attempts |
+//!
+//! A row the relay cannot publish stays in `outbox` with status `dead` and its
+//! last error; a message a consumer cannot handle goes to
+//! `outbox_dead_letters` with the envelope as received. Both are kept until an
+//! operator replays or purges them.
+//!
+//! # Claiming, ordering and concurrency
+//!
+//! The first pending row of each group (its *head*) is the group's lock: a
+//! relay claims a group by leasing its head (`lease_until`), and then takes
+//! that group's following rows in sequence order. Another relay skips a group
+//! whose head is leased, so no two relays publish one group at once, and a
+//! group whose head failed (and waits out its backoff in `available_at`) is
+//! not overtaken by its later rows. A relay that dies loses its lease when it
+//! expires; its rows are claimed again (at-least-once; the SQS deduplication
+//! id and the inbox absorb the repeat).
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::envelope::{Envelope, Outgoing};
+
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
+
+/// A message claimed by a relay, to be published.
+#[derive(Clone, Debug)]
+pub struct ClaimedMessage {
+    /// Its position in the outbox; order within a group follows it.
+    pub seq: i64,
+    /// The envelope to publish.
+    pub envelope: Envelope,
+    /// Its logical queue (`None`: the default queue).
+    pub queue: Option<String>,
+    /// How many publish attempts failed before this one.
+    pub attempts: u32,
+}
+
+/// A failed publish attempt, recorded by [`Store::record_failures`].
+#[derive(Clone, Debug)]
+pub struct PublishFailure {
+    /// The row.
+    pub seq: i64,
+    /// What went wrong, stored as the row's last error.
+    pub error: String,
+    /// When to try again; `None` dead-letters the row (status `dead`).
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
+/// A message a consumer gave up on.
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    /// The message id, when the body was an envelope.
+    pub message_id: Option<Uuid>,
+    /// The handler that gave up, or `None` when the message itself is poison.
+    pub handler: Option<String>,
+    /// The message type, when known.
+    pub message_type: Option<String>,
+    /// The message group, when known.
+    pub group: Option<String>,
+    /// The body as received.
+    pub body: String,
+    /// Why.
+    pub error: String,
+    /// How many times it was received.
+    pub attempts: u32,
+}
+
+/// What a retention pass deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CleanupReport {
+    /// Published outbox rows deleted.
+    pub published_deleted: u64,
+    /// Inbox rows deleted.
+    pub inbox_deleted: u64,
+}
+
+/// Retention: how long handled data is kept, and how much one statement
+/// deletes (bounded, so no statement holds long locks).
+#[derive(Clone, Copy, Debug)]
+pub struct RetentionPolicy {
+    /// Published outbox rows older than this (by `published_at`) are deleted.
+    pub published_for: Duration,
+    /// Inbox rows older than this (by `handled_at`) are deleted. Keep it
+    /// longer than any redelivery can take (SQS keeps messages up to 14 days).
+    pub inbox_for: Duration,
+    /// Rows deleted per statement.
+    pub batch_size: u32,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        RetentionPolicy {
+            published_for: Duration::from_secs(24 * 3600),
+            inbox_for: Duration::from_secs(15 * 24 * 3600),
+            batch_size: 1000,
+        }
+    }
+}
+
+/// The state of the outbox, for dashboards and stuck-message alarms.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct OutboxStats {
+    /// Rows waiting to be published.
+    pub pending: u64,
+    /// Age of the oldest pending row, by `created_at`.
+    pub oldest_pending_age: Option<Duration>,
+    /// Published rows not yet deleted by retention.
+    pub published: u64,
+    /// Rows the relay gave up on.
+    pub dead: u64,
+    /// Messages consumers gave up on.
+    pub dead_letters: u64,
+}
+
+/// A store failure. Transient ones (connection lost, lock timeout) are worth
+/// retrying; see [`StoreError::is_transient`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database reported an error.
+    #[error("outbox store: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The embedded migrations failed.
+    #[error("outbox store migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A row holds data that is not a valid envelope (edited by hand, or
+    /// written by an incompatible version).
+    #[error("outbox row {seq} is corrupt: {reason}")]
+    CorruptRow {
+        /// The row.
+        seq: i64,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl StoreError {
+    /// Whether the operation may succeed if retried (I/O, pool, lock errors).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(err) => {
+                matches!(
+                    err,
+                    sqlx::Error::Io(_)
+                        | sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::WorkerCrashed
+                        | sqlx::Error::Protocol(_)
+                ) || err
+                    .as_database_error()
+                    .is_some_and(|db| is_transient_code(db.code().as_deref()))
+            }
+            StoreError::Migrate(_) | StoreError::CorruptRow { .. } => false,
+        }
+    }
+}
+
+/// SQLSTATE classes worth a retry: connection exceptions (08), serialization
+/// failures and deadlocks (40), operator intervention (57: admin shutdown,
+/// `pg_terminate_backend`); SQLite's busy and locked.
+fn is_transient_code(code: Option<&str>) -> bool {
+    match code {
+        Some(code) => {
+            code.starts_with("08")
+                || code.starts_with("40")
+                || code.starts_with("57")
+                || code == "5"
+                || code == "6"
+        }
+        None => false,
+    }
+}
+
+/// The store's transaction type for a database.
+pub type Tx<DB> = sqlx::Transaction<'static, DB>;
+
+/// An outbox store on one database. Implemented by
+/// [`PgStore`](crate::PgStore) and [`SqliteStore`](crate::SqliteStore).
+///
+/// App code uses [`enqueue`](Self::enqueue) inside its own transaction; the
+/// relay, the consumer and retention use the rest.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// The sqlx database.
+    type Database: sqlx::Database;
+
+    /// Creates or updates the outbox tables (idempotent; safe to run from
+    /// several processes at once).
+    fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Inserts messages into the outbox on `conn`: the app's open
+    /// transaction. Does not commit and does not talk to any queue. All
+    /// messages go in one statement, in order.
+    fn enqueue_all<'c>(
+        &'c self,
+        conn: &'c mut <Self::Database as sqlx::Database>::Connection,
+        messages: &'c [Outgoing],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c;
+
+    /// Claims up to `limit` pending rows for publishing, leased for `lease`,
+    /// in sequence order, at most one relay per group (see the module docs).
+    fn claim(
+        &self,
+        limit: u32,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Vec<ClaimedMessage>, StoreError>> + Send;
+
+    /// Marks rows published, in one statement.
+    fn mark_published(&self, seqs: &[i64]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Records failed publish attempts (attempts + 1, last error, backoff or
+    /// dead), in one statement.
+    fn record_failures(
+        &self,
+        failures: &[PublishFailure],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Gives back the lease of claimed rows that were not attempted.
+    fn release(&self, seqs: &[i64]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Begins the transaction a handler runs in.
+    fn begin(&self) -> impl Future<Output = Result<Tx<Self::Database>, StoreError>> + Send;
+
+    /// Whether `handler` already committed its handling of `message_id`.
+    fn inbox_contains<'t>(
+        &'t self,
+        tx: &'t mut Tx<Self::Database>,
+        message_id: Uuid,
+        handler: &'t str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 't;
+
+    /// Records that `handler` handled `message_id`, in the handler's transaction.
+    fn inbox_insert<'t>(
+        &'t self,
+        tx: &'t mut Tx<Self::Database>,
+        message_id: Uuid,
+        handler: &'t str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
+
+    /// Keeps a message a consumer gave up on.
+    fn dead_letter(
+        &self,
+        entry: &DeadLetter,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Deletes published rows and inbox rows past the policy's ages, in
+    /// bounded batches until none is left.
+    fn cleanup(
+        &self,
+        policy: &RetentionPolicy,
+    ) -> impl Future<Output = Result<CleanupReport, StoreError>> + Send;
+
+    /// Counts for dashboards and alarms.
+    fn stats(&self) -> impl Future<Output = Result<OutboxStats, StoreError>> + Send;
+}
+
+/// Enqueue helpers for single messages, on every store.
+pub trait StoreExt: Store {
+    /// Inserts one message into the outbox in the app's transaction and
+    /// returns its envelope (for its id). Does not commit.
+    fn enqueue<'c, M: crate::OutboxMessage>(
+        &'c self,
+        conn: &'c mut <Self::Database as sqlx::Database>::Connection,
+        message: &M,
+    ) -> impl Future<Output = Result<Envelope, EnqueueError>> + Send + 'c {
+        // Encoded before the future, so the message need not be `Sync`.
+        let outgoing = Outgoing::new(message);
+        async move {
+            let outgoing = outgoing?;
+            self.enqueue_all(conn, std::slice::from_ref(&outgoing))
+                .await?;
+            Ok(outgoing.envelope)
+        }
+    }
+}
+
+impl<S: Store> StoreExt for S {}
+
+/// A message could not be enqueued. Nothing was written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnqueueError {
+    /// The message cannot become an envelope.
+    #[error(transparent)]
+    Encode(#[from] crate::EncodeError),
+    /// The insert failed; the app's transaction should be rolled back.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Rebuilds an envelope from a row's columns.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn envelope_from_row(
+    seq: i64,
+    id: Uuid,
+    message_type: String,
+    version: i64,
+    group: String,
+    payload: String,
+    headers: &str,
+    created_at: DateTime<Utc>,
+) -> Result<Envelope, StoreError> {
+    let corrupt = |reason: String| StoreError::CorruptRow { seq, reason };
+    let version = u32::try_from(version)
+        .map_err(|_| corrupt(format!("version {version} is out of range")))?;
+    let payload = serde_json::value::RawValue::from_string(payload)
+        .map_err(|err| corrupt(format!("payload is not JSON: {err}")))?;
+    let headers =
+        serde_json::from_str(headers).map_err(|err| corrupt(format!("headers: {err}")))?;
+    Ok(Envelope {
+        id,
+        message_type,
+        version,
+        group,
+        payload,
+        created_at,
+        headers,
+    })
+}
+
+pub(crate) fn headers_json(envelope: &Envelope) -> String {
+    serde_json::to_string(&envelope.headers).unwrap_or_else(|_| String::from("{}"))
+}
+
+pub(crate) fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn attempts_from(seq: i64, attempts: i64) -> Result<u32, StoreError> {
+    u32::try_from(attempts).map_err(|_| StoreError::CorruptRow {
+        seq,
+        reason: format!("attempts {attempts} is out of range"),
+    })
+}

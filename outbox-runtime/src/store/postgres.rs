@@ -1,0 +1,345 @@
+//! [`PgStore`]: the outbox on PostgreSQL. Batches use `UNNEST`, claims use
+//! `FOR UPDATE SKIP LOCKED` on group heads.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::migrate::Migrator;
+use sqlx::{PgConnection, PgPool, Postgres, Row};
+use uuid::Uuid;
+
+use super::{
+    ClaimedMessage, CleanupReport, DeadLetter, OutboxStats, PublishFailure, RetentionPolicy, Store,
+    StoreError, Tx, attempts_from, envelope_from_row, headers_json, millis,
+};
+use crate::envelope::Outgoing;
+
+static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The outbox on PostgreSQL (RDS, Aurora, or any server from 12 on).
+///
+/// ```no_run
+/// # async fn example(pool: sqlx::PgPool) -> anyhow::Result<()> {
+/// use outbox_runtime::{OutboxMessage, PgStore, Store, StoreExt};
+///
+/// #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+/// struct OrderPlaced { order_id: i64 }
+///
+/// let store = PgStore::new(pool.clone());
+/// store.migrate().await?;
+///
+/// let mut tx = pool.begin().await?;
+/// sqlx::query("insert into orders (id) values ($1)").bind(7_i64).execute(&mut *tx).await?;
+/// store.enqueue(&mut tx, &OrderPlaced { order_id: 7 }).await?;
+/// tx.commit().await?; // the order and its message, or neither
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// A store on `pool`. Run [`Store::migrate`] once before use.
+    pub fn new(pool: PgPool) -> Self {
+        PgStore { pool }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn migrator() -> Migrator {
+    let mut migrator = Migrator::with_migrations(MIGRATIONS.iter().cloned().collect());
+    migrator.dangerous_set_table_name("_outbox_migrations");
+    migrator
+}
+
+fn claimed_from_row(row: &sqlx::postgres::PgRow) -> Result<ClaimedMessage, StoreError> {
+    let seq: i64 = row.try_get("seq")?;
+    let version: i32 = row.try_get("version")?;
+    let attempts: i32 = row.try_get("attempts")?;
+    let headers: String = row.try_get("headers")?;
+    Ok(ClaimedMessage {
+        seq,
+        envelope: envelope_from_row(
+            seq,
+            row.try_get("id")?,
+            row.try_get("message_type")?,
+            i64::from(version),
+            row.try_get("group_key")?,
+            row.try_get("payload")?,
+            &headers,
+            row.try_get("created_at")?,
+        )?,
+        queue: row.try_get("queue")?,
+        attempts: attempts_from(seq, i64::from(attempts))?,
+    })
+}
+
+impl Store for PgStore {
+    type Database = Postgres;
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        migrator().run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn enqueue_all<'c>(
+        &'c self,
+        conn: &'c mut PgConnection,
+        messages: &'c [Outgoing],
+    ) -> Result<(), StoreError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let n = messages.len();
+        let (mut ids, mut types, mut versions, mut groups) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut queues, mut payloads, mut headers, mut created) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for Outgoing { envelope, queue } in messages {
+            ids.push(envelope.id);
+            types.push(envelope.message_type.as_str());
+            versions.push(i32::try_from(envelope.version).unwrap_or(i32::MAX));
+            groups.push(envelope.group.as_str());
+            queues.push(*queue);
+            payloads.push(envelope.payload.get());
+            headers.push(headers_json(envelope));
+            created.push(envelope.created_at);
+        }
+        sqlx::query(
+            "INSERT INTO outbox (id, message_type, version, group_key, queue, payload, headers, created_at)
+             SELECT id, message_type, version, group_key, queue, payload::json, headers::json, created_at
+             FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[])
+                  WITH ORDINALITY AS m(id, message_type, version, group_key, queue, payload, headers, created_at, ord)
+             ORDER BY ord",
+        )
+        .bind(&ids)
+        .bind(&types)
+        .bind(&versions)
+        .bind(&groups)
+        .bind(&queues)
+        .bind(&payloads)
+        .bind(&headers)
+        .bind(&created)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn claim(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedMessage>, StoreError> {
+        let rows = sqlx::query(
+            "WITH heads AS (
+                 SELECT o.seq, o.group_key FROM outbox o
+                 WHERE o.status = 'pending'
+                   AND o.available_at <= now()
+                   AND (o.lease_until IS NULL OR o.lease_until < now())
+                   AND NOT EXISTS (
+                       SELECT 1 FROM outbox e
+                       WHERE e.status = 'pending' AND e.group_key = o.group_key AND e.seq < o.seq)
+                 ORDER BY o.seq
+                 LIMIT $1
+                 FOR UPDATE SKIP LOCKED
+             ),
+             picked AS (
+                 SELECT o.seq FROM outbox o JOIN heads h ON h.group_key = o.group_key
+                 WHERE o.status = 'pending'
+                 ORDER BY o.seq
+                 LIMIT $1
+             )
+             UPDATE outbox SET lease_until = now() + $2 * interval '1 millisecond'
+             FROM picked WHERE outbox.seq = picked.seq
+             RETURNING outbox.seq, outbox.id, outbox.message_type, outbox.version, outbox.group_key,
+                       outbox.queue, outbox.payload::text AS payload, outbox.headers::text AS headers,
+                       outbox.created_at, outbox.attempts",
+        )
+        .bind(i64::from(limit))
+        .bind(millis(lease))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claimed = rows
+            .iter()
+            .map(claimed_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        claimed.sort_unstable_by_key(|m| m.seq);
+        Ok(claimed)
+    }
+
+    async fn mark_published(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE outbox SET status = 'published', published_at = now(), lease_until = NULL
+             WHERE seq = ANY($1)",
+        )
+        .bind(seqs)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn record_failures(&self, failures: &[PublishFailure]) -> Result<(), StoreError> {
+        if failures.is_empty() {
+            return Ok(());
+        }
+        let seqs: Vec<i64> = failures.iter().map(|f| f.seq).collect();
+        let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
+        let retry_at: Vec<Option<DateTime<Utc>>> = failures.iter().map(|f| f.retry_at).collect();
+        sqlx::query(
+            "UPDATE outbox AS o SET
+                 attempts = o.attempts + 1,
+                 last_error = f.error,
+                 available_at = COALESCE(f.retry_at, o.available_at),
+                 status = CASE WHEN f.retry_at IS NULL THEN 'dead' ELSE 'pending' END,
+                 lease_until = NULL
+             FROM UNNEST($1::int8[], $2::text[], $3::timestamptz[]) AS f(seq, error, retry_at)
+             WHERE o.seq = f.seq",
+        )
+        .bind(&seqs)
+        .bind(&errors)
+        .bind(&retry_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn release(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE outbox SET lease_until = NULL WHERE seq = ANY($1) AND status = 'pending'",
+        )
+        .bind(seqs)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn begin(&self) -> Result<Tx<Postgres>, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+
+    async fn inbox_contains<'t>(
+        &'t self,
+        tx: &'t mut Tx<Postgres>,
+        message_id: Uuid,
+        handler: &'t str,
+    ) -> Result<bool, StoreError> {
+        let found =
+            sqlx::query("SELECT 1 FROM outbox_inbox WHERE message_id = $1 AND handler = $2")
+                .bind(message_id)
+                .bind(handler)
+                .fetch_optional(&mut **tx)
+                .await?;
+        Ok(found.is_some())
+    }
+
+    async fn inbox_insert<'t>(
+        &'t self,
+        tx: &'t mut Tx<Postgres>,
+        message_id: Uuid,
+        handler: &'t str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO outbox_inbox (message_id, handler) VALUES ($1, $2)")
+            .bind(message_id)
+            .bind(handler)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn dead_letter(&self, entry: &DeadLetter) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO outbox_dead_letters (message_id, handler, message_type, group_key, body, error, attempts)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(entry.message_id)
+        .bind(&entry.handler)
+        .bind(&entry.message_type)
+        .bind(&entry.group)
+        .bind(&entry.body)
+        .bind(&entry.error)
+        .bind(i32::try_from(entry.attempts).unwrap_or(i32::MAX))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn cleanup(&self, policy: &RetentionPolicy) -> Result<CleanupReport, StoreError> {
+        let batch = i64::from(policy.batch_size.max(1));
+        let mut report = CleanupReport::default();
+        loop {
+            let deleted = sqlx::query(
+                "DELETE FROM outbox WHERE seq IN (
+                     SELECT seq FROM outbox
+                     WHERE status = 'published' AND published_at < now() - $1 * interval '1 millisecond'
+                     ORDER BY seq LIMIT $2)",
+            )
+            .bind(millis(policy.published_for))
+            .bind(batch)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            report.published_deleted += deleted;
+            if deleted < batch.unsigned_abs() {
+                break;
+            }
+        }
+        loop {
+            let deleted = sqlx::query(
+                "DELETE FROM outbox_inbox WHERE (message_id, handler) IN (
+                     SELECT message_id, handler FROM outbox_inbox
+                     WHERE handled_at < now() - $1 * interval '1 millisecond'
+                     LIMIT $2)",
+            )
+            .bind(millis(policy.inbox_for))
+            .bind(batch)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            report.inbox_deleted += deleted;
+            if deleted < batch.unsigned_abs() {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn stats(&self) -> Result<OutboxStats, StoreError> {
+        let row = sqlx::query(
+            "SELECT
+                 count(*) FILTER (WHERE status = 'pending') AS pending,
+                 count(*) FILTER (WHERE status = 'published') AS published,
+                 count(*) FILTER (WHERE status = 'dead') AS dead,
+                 (EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE status = 'pending')) * 1000)::int8 AS oldest_ms,
+                 (SELECT count(*) FROM outbox_dead_letters) AS dead_letters
+             FROM outbox",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let count = |name: &str| -> Result<u64, StoreError> {
+            Ok(u64::try_from(row.try_get::<i64, _>(name)?).unwrap_or(0))
+        };
+        let oldest: Option<i64> = row.try_get("oldest_ms")?;
+        Ok(OutboxStats {
+            pending: count("pending")?,
+            oldest_pending_age: oldest.map(|ms| Duration::from_millis(ms.max(0).unsigned_abs())),
+            published: count("published")?,
+            dead: count("dead")?,
+            dead_letters: count("dead_letters")?,
+        })
+    }
+}

@@ -1,0 +1,383 @@
+//! [`SqliteStore`]: the outbox in an SQLite file, the embedded default.
+//!
+//! SQLite has one writer at a time, so a claim runs in a `BEGIN IMMEDIATE`
+//! transaction: it takes the write lock first, and two relays (in one process
+//! or several) claim one after the other. Times are Unix milliseconds.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool};
+use uuid::Uuid;
+
+use super::{
+    ClaimedMessage, CleanupReport, DeadLetter, OutboxStats, PublishFailure, RetentionPolicy, Store,
+    StoreError, Tx, attempts_from, envelope_from_row, headers_json, millis,
+};
+use crate::envelope::Outgoing;
+
+static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The outbox in SQLite: the embedded default, for local development, tests
+/// and single-process apps.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// A store on `pool`. Run [`Store::migrate`] once before use. The pool
+    /// should use WAL mode and a busy timeout; [`SqliteStore::open`] sets
+    /// them.
+    pub fn new(pool: SqlitePool) -> Self {
+        SqliteStore { pool }
+    }
+
+    /// Opens (creating if missing) the database at `url`, such as
+    /// `sqlite://outbox.db` or `sqlite::memory:`, with WAL, a 5 s busy
+    /// timeout and foreign keys on, and runs the migrations.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        // An in-memory database exists once per connection: keep one.
+        let max = if url.contains(":memory:") || url.contains("mode=memory") {
+            1
+        } else {
+            8
+        };
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max)
+            .connect_with(options)
+            .await?;
+        let store = SqliteStore::new(pool);
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn migrator() -> Migrator {
+    let mut migrator = Migrator::with_migrations(MIGRATIONS.iter().cloned().collect());
+    migrator.dangerous_set_table_name("_outbox_migrations");
+    migrator
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn uuid_column(seq: i64, value: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(value).map_err(|err| StoreError::CorruptRow {
+        seq,
+        reason: format!("id {value:?} is not a UUID: {err}"),
+    })
+}
+
+fn time_column(seq: i64, ms: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::CorruptRow {
+        seq,
+        reason: format!("time {ms} is out of range"),
+    })
+}
+
+fn claimed_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ClaimedMessage, StoreError> {
+    let seq: i64 = row.try_get("seq")?;
+    let id: String = row.try_get("id")?;
+    let headers: String = row.try_get("headers")?;
+    let attempts: i64 = row.try_get("attempts")?;
+    Ok(ClaimedMessage {
+        seq,
+        envelope: envelope_from_row(
+            seq,
+            uuid_column(seq, &id)?,
+            row.try_get("message_type")?,
+            row.try_get("version")?,
+            row.try_get("group_key")?,
+            row.try_get("payload")?,
+            &headers,
+            time_column(seq, row.try_get("created_at")?)?,
+        )?,
+        queue: row.try_get("queue")?,
+        attempts: attempts_from(seq, attempts)?,
+    })
+}
+
+/// A JSON array of the values, for `json_each(?)`: SQLite's way to bind a list.
+fn json_list<T: serde::Serialize>(values: &[T]) -> String {
+    serde_json::to_string(values).unwrap_or_else(|_| String::from("[]"))
+}
+
+impl Store for SqliteStore {
+    type Database = Sqlite;
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        migrator().run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn enqueue_all<'c>(
+        &'c self,
+        conn: &'c mut SqliteConnection,
+        messages: &'c [Outgoing],
+    ) -> Result<(), StoreError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        // One multi-row INSERT per chunk; SQLite allows 32,766 bound
+        // parameters, 9 per row.
+        for chunk in messages.chunks(3000) {
+            let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
+                "INSERT INTO outbox (id, message_type, version, group_key, queue, payload, headers, created_at, available_at) ",
+            );
+            insert.push_values(chunk, |mut row, Outgoing { envelope, queue }| {
+                let created = envelope.created_at.timestamp_millis();
+                row.push_bind(envelope.id.hyphenated().to_string())
+                    .push_bind(envelope.message_type.clone())
+                    .push_bind(i64::from(envelope.version))
+                    .push_bind(envelope.group.clone())
+                    .push_bind(queue.map(str::to_owned))
+                    .push_bind(envelope.payload.get().to_owned())
+                    .push_bind(headers_json(envelope))
+                    .push_bind(created)
+                    .push_bind(created);
+            });
+            insert.build().execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn claim(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedMessage>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let now = now_ms();
+        let groups: Vec<String> = sqlx::query_scalar(
+            "SELECT o.group_key FROM outbox o
+             WHERE o.status = 'pending'
+               AND o.available_at <= ?1
+               AND (o.lease_until IS NULL OR o.lease_until < ?1)
+               AND NOT EXISTS (
+                   SELECT 1 FROM outbox e
+                   WHERE e.status = 'pending' AND e.group_key = o.group_key AND e.seq < o.seq)
+             ORDER BY o.seq
+             LIMIT ?2",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        if groups.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "UPDATE outbox SET lease_until = ?1
+             WHERE seq IN (
+                 SELECT seq FROM outbox
+                 WHERE status = 'pending' AND group_key IN (SELECT value FROM json_each(?2))
+                 ORDER BY seq LIMIT ?3)
+             RETURNING seq, id, message_type, version, group_key, queue, payload, headers, created_at, attempts",
+        )
+        .bind(now.saturating_add(millis(lease)))
+        .bind(json_list(&groups))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut claimed = rows
+            .iter()
+            .map(claimed_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        claimed.sort_unstable_by_key(|m| m.seq);
+        Ok(claimed)
+    }
+
+    async fn mark_published(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE outbox SET status = 'published', published_at = ?1, lease_until = NULL
+             WHERE seq IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(now_ms())
+        .bind(json_list(seqs))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn record_failures(&self, failures: &[PublishFailure]) -> Result<(), StoreError> {
+        if failures.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(i64, &str, Option<i64>)> = failures
+            .iter()
+            .map(|f| {
+                (
+                    f.seq,
+                    f.error.as_str(),
+                    f.retry_at.map(|t| t.timestamp_millis()),
+                )
+            })
+            .collect();
+        sqlx::query(
+            "UPDATE outbox SET
+                 attempts = attempts + 1,
+                 last_error = f.value ->> 1,
+                 available_at = COALESCE(f.value ->> 2, available_at),
+                 status = CASE WHEN f.value ->> 2 IS NULL THEN 'dead' ELSE 'pending' END,
+                 lease_until = NULL
+             FROM json_each(?1) AS f
+             WHERE outbox.seq = f.value ->> 0",
+        )
+        .bind(json_list(&rows))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn release(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE outbox SET lease_until = NULL
+             WHERE seq IN (SELECT value FROM json_each(?1)) AND status = 'pending'",
+        )
+        .bind(json_list(seqs))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn begin(&self) -> Result<Tx<Sqlite>, StoreError> {
+        // IMMEDIATE: a handler's transaction writes (the inbox row at least);
+        // taking the write lock up front avoids a deadlock-prone upgrade.
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    async fn inbox_contains<'t>(
+        &'t self,
+        tx: &'t mut Tx<Sqlite>,
+        message_id: Uuid,
+        handler: &'t str,
+    ) -> Result<bool, StoreError> {
+        let found =
+            sqlx::query("SELECT 1 FROM outbox_inbox WHERE message_id = ?1 AND handler = ?2")
+                .bind(message_id.hyphenated().to_string())
+                .bind(handler)
+                .fetch_optional(&mut **tx)
+                .await?;
+        Ok(found.is_some())
+    }
+
+    async fn inbox_insert<'t>(
+        &'t self,
+        tx: &'t mut Tx<Sqlite>,
+        message_id: Uuid,
+        handler: &'t str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO outbox_inbox (message_id, handler, handled_at) VALUES (?1, ?2, ?3)",
+        )
+        .bind(message_id.hyphenated().to_string())
+        .bind(handler)
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn dead_letter(&self, entry: &DeadLetter) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO outbox_dead_letters (message_id, handler, message_type, group_key, body, error, attempts, dead_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(entry.message_id.map(|id| id.hyphenated().to_string()))
+        .bind(&entry.handler)
+        .bind(&entry.message_type)
+        .bind(&entry.group)
+        .bind(&entry.body)
+        .bind(&entry.error)
+        .bind(i64::from(entry.attempts))
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn cleanup(&self, policy: &RetentionPolicy) -> Result<CleanupReport, StoreError> {
+        let batch = i64::from(policy.batch_size.max(1));
+        let mut report = CleanupReport::default();
+        let published_before = now_ms().saturating_sub(millis(policy.published_for));
+        loop {
+            let deleted = sqlx::query(
+                "DELETE FROM outbox WHERE seq IN (
+                     SELECT seq FROM outbox WHERE status = 'published' AND published_at < ?1
+                     ORDER BY seq LIMIT ?2)",
+            )
+            .bind(published_before)
+            .bind(batch)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            report.published_deleted += deleted;
+            if deleted < batch.unsigned_abs() {
+                break;
+            }
+        }
+        let inbox_before = now_ms().saturating_sub(millis(policy.inbox_for));
+        loop {
+            let deleted = sqlx::query(
+                "DELETE FROM outbox_inbox WHERE (message_id, handler) IN (
+                     SELECT message_id, handler FROM outbox_inbox WHERE handled_at < ?1 LIMIT ?2)",
+            )
+            .bind(inbox_before)
+            .bind(batch)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            report.inbox_deleted += deleted;
+            if deleted < batch.unsigned_abs() {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn stats(&self) -> Result<OutboxStats, StoreError> {
+        let row = sqlx::query(
+            "SELECT
+                 (SELECT count(*) FROM outbox WHERE status = 'pending') AS pending,
+                 (SELECT count(*) FROM outbox WHERE status = 'published') AS published,
+                 (SELECT count(*) FROM outbox WHERE status = 'dead') AS dead,
+                 (SELECT min(created_at) FROM outbox WHERE status = 'pending') AS oldest,
+                 (SELECT count(*) FROM outbox_dead_letters) AS dead_letters",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let count = |name: &str| -> Result<u64, StoreError> {
+            Ok(u64::try_from(row.try_get::<i64, _>(name)?).unwrap_or(0))
+        };
+        let oldest: Option<i64> = row.try_get("oldest")?;
+        Ok(OutboxStats {
+            pending: count("pending")?,
+            oldest_pending_age: oldest.map(|created| {
+                Duration::from_millis(now_ms().saturating_sub(created).max(0).unsigned_abs())
+            }),
+            published: count("published")?,
+            dead: count("dead")?,
+            dead_letters: count("dead_letters")?,
+        })
+    }
+}

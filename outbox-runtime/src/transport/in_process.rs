@@ -1,0 +1,391 @@
+//! [`InProcessQueue`]: an in-memory FIFO queue with SQS FIFO semantics.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::{Delivery, EntryError, PublishEntry, Receipt, Receiver, Transport, TransportError};
+
+/// Settings of an [`InProcessQueue`]. The defaults follow SQS.
+#[derive(Clone, Copy, Debug)]
+pub struct InProcessConfig {
+    /// How long a received message stays invisible before it is delivered
+    /// again, unless acknowledged or released.
+    pub visibility_timeout: Duration,
+    /// How long a deduplication id is remembered (SQS: 5 minutes).
+    pub dedup_window: Duration,
+    /// The largest body accepted (SQS: 256 KiB).
+    pub max_body_bytes: usize,
+    /// Entries per publish call (SQS: 10).
+    pub max_batch: usize,
+}
+
+impl Default for InProcessConfig {
+    fn default() -> Self {
+        InProcessConfig {
+            visibility_timeout: Duration::from_secs(30),
+            dedup_window: Duration::from_secs(300),
+            max_body_bytes: 256 * 1024,
+            max_batch: 10,
+        }
+    }
+}
+
+/// Counters of an [`InProcessQueue`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct InProcessStats {
+    /// Messages accepted (duplicates excluded).
+    pub sent: u64,
+    /// Messages dropped as duplicates within the deduplication window.
+    pub duplicates_dropped: u64,
+    /// Deliveries (redeliveries included).
+    pub delivered: u64,
+    /// Messages acknowledged (deleted).
+    pub acked: u64,
+    /// Messages released for a retry.
+    pub released: u64,
+    /// Messages in the queue now, in flight or not.
+    pub queued: u64,
+}
+
+/// An in-memory FIFO queue with message groups, for the embedded default and
+/// tests. It behaves like an SQS FIFO queue: order within a group, one
+/// group's messages held while any of them is in flight, a visibility
+/// timeout with redelivery, a receive count, and deduplication by envelope
+/// id within a window.
+///
+/// Clones share one queue. It implements both [`Transport`] (for the relay)
+/// and [`Receiver`] (for workers).
+#[derive(Clone)]
+pub struct InProcessQueue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: InProcessConfig,
+    state: Mutex<State>,
+    arrived: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    groups: HashMap<String, Group>,
+    /// Groups with messages, in round-robin order.
+    order: VecDeque<String>,
+    seen: HashSet<Uuid>,
+    seen_order: VecDeque<(Instant, Uuid)>,
+    /// receipt number -> (group, message id)
+    receipts: HashMap<u64, (String, Uuid)>,
+    next_receipt: u64,
+    unavailable: bool,
+    stats: InProcessStats,
+}
+
+#[derive(Default)]
+struct Group {
+    messages: VecDeque<Queued>,
+    in_flight: usize,
+}
+
+struct Queued {
+    id: Uuid,
+    body: String,
+    receive_count: u32,
+    /// When it may be delivered (a release delay or a visibility timeout).
+    visible_at: Instant,
+    /// The receipt number of the current delivery, while in flight.
+    receipt: Option<u64>,
+}
+
+impl InProcessQueue {
+    /// A queue with the default settings.
+    pub fn new() -> Self {
+        Self::with_config(InProcessConfig::default())
+    }
+
+    /// A queue with the given settings.
+    pub fn with_config(config: InProcessConfig) -> Self {
+        InProcessQueue {
+            inner: Arc::new(Inner {
+                config,
+                state: Mutex::new(State::default()),
+                arrived: Notify::new(),
+            }),
+        }
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> InProcessStats {
+        let state = self.lock();
+        let mut stats = state.stats;
+        stats.queued = state.groups.values().map(|g| g.messages.len() as u64).sum();
+        stats
+    }
+
+    /// Makes every call fail with [`TransportError::Unavailable`] until set
+    /// back: the queue-is-down case, for fault-injection tests.
+    pub fn set_available(&self, available: bool) {
+        self.lock().unavailable = !available;
+        if available {
+            self.inner.arrived.notify_waiters();
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the queue's invariants
+        // intact (every mutation is completed before anything can panic), so
+        // a poisoned lock is still usable.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn check_available(state: &State) -> Result<(), TransportError> {
+        if state.unavailable {
+            Err(TransportError::Unavailable(
+                "the in-process queue is switched off".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn take_visible(&self, max: usize) -> Result<Vec<Delivery>, TransportError> {
+        let mut state = self.lock();
+        Self::check_available(&state)?;
+        let now = Instant::now();
+        let visibility = self.inner.config.visibility_timeout;
+        let mut out = Vec::new();
+        let groups = state.order.len();
+        let State {
+            groups: queues,
+            order,
+            receipts,
+            next_receipt,
+            stats,
+            ..
+        } = &mut *state;
+        for _ in 0..groups {
+            if out.len() >= max {
+                break;
+            }
+            let Some(name) = order.front().cloned() else {
+                break;
+            };
+            order.rotate_left(1);
+            let Some(group) = queues.get_mut(&name) else {
+                continue;
+            };
+            // Deliveries whose visibility timeout passed become visible again.
+            if group.in_flight > 0 {
+                for message in group.messages.iter_mut() {
+                    if message.receipt.is_some() && message.visible_at <= now {
+                        if let Some(old) = message.receipt.take() {
+                            receipts.remove(&old);
+                        }
+                        group.in_flight -= 1;
+                    }
+                }
+            }
+            if group.in_flight > 0 {
+                continue;
+            }
+            for message in group.messages.iter_mut() {
+                if out.len() >= max || message.visible_at > now {
+                    break;
+                }
+                let receipt = *next_receipt;
+                *next_receipt += 1;
+                message.receipt = Some(receipt);
+                message.receive_count += 1;
+                message.visible_at = now + visibility;
+                group.in_flight += 1;
+                receipts.insert(receipt, (name.clone(), message.id));
+                stats.delivered += 1;
+                out.push(Delivery {
+                    body: message.body.clone(),
+                    group: name.clone(),
+                    receive_count: message.receive_count,
+                    receipt: Receipt(receipt.to_string()),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Finds the in-flight message a receipt refers to.
+    fn locate(state: &mut State, receipt: &Receipt) -> Result<(String, usize), TransportError> {
+        let stale = || TransportError::StaleReceipt(receipt.clone());
+        let number: u64 = receipt.0.parse().map_err(|_| stale())?;
+        let (group, id) = state.receipts.get(&number).cloned().ok_or_else(stale)?;
+        let queue = state.groups.get(&group).ok_or_else(stale)?;
+        let at = queue
+            .messages
+            .iter()
+            .position(|m| m.id == id && m.receipt == Some(number))
+            .ok_or_else(stale)?;
+        state.receipts.remove(&number);
+        Ok((group, at))
+    }
+}
+
+impl Default for InProcessQueue {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for InProcessQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InProcessQueue")
+            .field("config", &self.inner.config)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Transport for InProcessQueue {
+    fn max_batch(&self) -> usize {
+        self.inner.config.max_batch
+    }
+
+    async fn publish(
+        &self,
+        entries: &[PublishEntry<'_>],
+    ) -> Result<Vec<Result<(), EntryError>>, TransportError> {
+        let config = self.inner.config;
+        let results = {
+            let mut state = self.lock();
+            Self::check_available(&state)?;
+            let now = Instant::now();
+            while let Some(&(at, id)) = state.seen_order.front() {
+                if now.duration_since(at) < config.dedup_window {
+                    break;
+                }
+                state.seen_order.pop_front();
+                state.seen.remove(&id);
+            }
+            let mut failed_groups: HashSet<&str> = HashSet::new();
+            let mut results = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let group = entry.envelope.group.as_str();
+                if failed_groups.contains(group) {
+                    results.push(Err(EntryError {
+                        message: "an earlier message of its group in this batch failed".into(),
+                        permanent: false,
+                    }));
+                    continue;
+                }
+                if entry.body.len() > config.max_body_bytes {
+                    failed_groups.insert(group);
+                    results.push(Err(EntryError {
+                        message: format!(
+                            "body is {} bytes, the limit is {}",
+                            entry.body.len(),
+                            config.max_body_bytes
+                        ),
+                        permanent: true,
+                    }));
+                    continue;
+                }
+                let id = entry.envelope.id;
+                if !state.seen.insert(id) {
+                    state.stats.duplicates_dropped += 1;
+                    results.push(Ok(()));
+                    continue;
+                }
+                state.seen_order.push_back((now, id));
+                if !state.groups.contains_key(group) {
+                    state.order.push_back(group.to_owned());
+                }
+                state
+                    .groups
+                    .entry(group.to_owned())
+                    .or_default()
+                    .messages
+                    .push_back(Queued {
+                        id,
+                        body: entry.body.clone(),
+                        receive_count: 0,
+                        visible_at: now,
+                        receipt: None,
+                    });
+                state.stats.sent += 1;
+                results.push(Ok(()));
+            }
+            results
+        };
+        self.inner.arrived.notify_waiters();
+        Ok(results)
+    }
+}
+
+impl Receiver for InProcessQueue {
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, TransportError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            // Registered before looking, so a publish in between is not missed.
+            let arrived = self.inner.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            let deliveries = self.take_visible(max.max(1))?;
+            if !deliveries.is_empty() {
+                return Ok(deliveries);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            // Wake for new messages, or to notice delays and visibility
+            // timeouts running out.
+            let nap = (deadline - now).min(Duration::from_millis(20));
+            let _ = tokio::time::timeout(nap, arrived).await;
+        }
+    }
+
+    async fn ack(&self, receipts: &[Receipt]) -> Result<(), TransportError> {
+        let mut state = self.lock();
+        Self::check_available(&state)?;
+        let mut first_error = None;
+        for receipt in receipts {
+            match Self::locate(&mut state, receipt) {
+                Ok((group, at)) => {
+                    let queue = state.groups.get_mut(&group).expect("located above");
+                    queue.messages.remove(at);
+                    queue.in_flight -= 1;
+                    if queue.messages.is_empty() {
+                        state.groups.remove(&group);
+                        state.order.retain(|g| *g != group);
+                    }
+                    state.stats.acked += 1;
+                }
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn release(&self, receipt: &Receipt, delay: Duration) -> Result<(), TransportError> {
+        {
+            let mut state = self.lock();
+            Self::check_available(&state)?;
+            let (group, at) = Self::locate(&mut state, receipt)?;
+            let queue = state.groups.get_mut(&group).expect("located above");
+            let message = &mut queue.messages[at];
+            message.receipt = None;
+            message.visible_at = Instant::now() + delay;
+            queue.in_flight -= 1;
+            state.stats.released += 1;
+        }
+        self.inner.arrived.notify_waiters();
+        Ok(())
+    }
+}

@@ -1,0 +1,112 @@
+//! Transports: how the relay publishes envelopes and how a consumer receives
+//! them. Shaped after SQS FIFO, the production transport: batches of at most
+//! [`Transport::max_batch`] entries with a result per entry, a message group
+//! and a deduplication id per message, receipts to acknowledge or release.
+//!
+//! [`InProcessQueue`](crate::InProcessQueue) implements both sides in memory
+//! with the same semantics: the embedded default and the tests' transport.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::envelope::Envelope;
+
+pub(crate) mod in_process;
+
+/// One message to publish.
+#[derive(Clone, Debug)]
+pub struct PublishEntry<'a> {
+    /// The envelope; its `group` is the message group and its `id` the
+    /// deduplication id.
+    pub envelope: &'a Envelope,
+    /// The logical queue (`None`: the default).
+    pub queue: Option<&'a str>,
+    /// The body to send: the envelope's JSON.
+    pub body: String,
+}
+
+/// Why one entry of a batch was not published.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct EntryError {
+    /// What the transport said.
+    pub message: String,
+    /// Whether retrying cannot help (too large, malformed): the row is
+    /// dead-lettered at once instead of blocking its group.
+    pub permanent: bool,
+}
+
+/// The sending side of a transport, used by the relay.
+///
+/// Contract, so that group order holds: entries are sent in the given order,
+/// and an entry is never accepted after an earlier entry of the same group
+/// in the same call failed (the transport fails it too).
+pub trait Transport: Send + Sync + 'static {
+    /// The most entries one [`publish`](Self::publish) call takes (10 for SQS).
+    fn max_batch(&self) -> usize;
+
+    /// Publishes a batch of at most [`max_batch`](Self::max_batch) entries.
+    ///
+    /// `Ok` carries one result per entry, in order. `Err` means the whole
+    /// call failed and nothing is known to be published (the queue is down).
+    fn publish(
+        &self,
+        entries: &[PublishEntry<'_>],
+    ) -> impl Future<Output = Result<Vec<Result<(), EntryError>>, TransportError>> + Send;
+}
+
+/// A message received from a transport.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// The body as sent: an envelope's JSON, or anything a stranger sent.
+    pub body: String,
+    /// The message group, as the transport reports it.
+    pub group: String,
+    /// How many times this message was received, this time included.
+    pub receive_count: u32,
+    /// The handle to acknowledge or release it with.
+    pub receipt: Receipt,
+}
+
+/// An opaque handle to acknowledge or release one delivery.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Receipt(pub String);
+
+/// The receiving side of a transport, used by the worker.
+///
+/// Contract (SQS FIFO's): while a delivered message of a group is neither
+/// acknowledged nor released, and its visibility timeout has not passed, no
+/// later message of that group is delivered.
+pub trait Receiver: Send + Sync + 'static {
+    /// Receives up to `max` messages, waiting up to `wait` for the first.
+    fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Vec<Delivery>, TransportError>> + Send;
+
+    /// Acknowledges handled messages: they are deleted.
+    fn ack(&self, receipts: &[Receipt]) -> impl Future<Output = Result<(), TransportError>> + Send;
+
+    /// Makes a message visible again after `delay` (for a retry).
+    fn release(
+        &self,
+        receipt: &Receipt,
+        delay: Duration,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send;
+}
+
+/// A transport call failed as a whole.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The queue cannot be reached or refused the call; retry later.
+    #[error("queue unavailable: {0}")]
+    Unavailable(String),
+    /// A receipt is no longer valid: the message was redelivered since.
+    #[error("receipt {0:?} is no longer valid (the message was delivered again)")]
+    StaleReceipt(Receipt),
+    /// No queue is configured for a message's logical queue.
+    #[error("no queue is configured for logical queue `{0}`")]
+    UnknownQueue(String),
+}
