@@ -146,6 +146,15 @@ impl<'c> HandlerContext<'c> {
             })
     }
 
+    /// The connection of this handler's transaction on database `DB`, for
+    /// sqlx queries: `sqlx::query("...").execute(ctx.db::<sqlx::Postgres>()?)`.
+    ///
+    /// Writes through it commit together with the inbox record and the
+    /// messages this handler publishes.
+    pub fn db<DB: sqlx::Database>(&mut self) -> Result<&mut DB::Connection, ContextError> {
+        Ok(&mut **self.transaction::<sqlx::Transaction<'static, DB>>()?)
+    }
+
     /// Publishes a follow-up message. It is written to the outbox in this
     /// handler's transaction, so it is sent if and only if the handler commits.
     /// Its causation id is this message's id; correlation id and trace context

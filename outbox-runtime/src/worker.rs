@@ -338,9 +338,20 @@ impl<S: Store, R: Receiver> Worker<S, R> {
             tx.rollback().await?;
             return Ok(HandlerRun::Failed(err));
         }
-        self.store
+        if let Err(err) = self
+            .store
             .inbox_insert(&mut tx, envelope.id, handler.name)
-            .await?;
+            .await
+        {
+            // Another worker committed this handler for this message since we
+            // looked: its effects stand, ours roll back.
+            tx.rollback().await?;
+            return if err.is_unique_violation() {
+                Ok(HandlerRun::AlreadyHandled)
+            } else {
+                Err(err)
+            };
+        }
         self.store.enqueue_all(&mut tx, &published).await?;
         tx.commit().await?;
         if !published.is_empty()

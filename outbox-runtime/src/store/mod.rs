@@ -176,6 +176,19 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// Whether a unique constraint refused the write (for the inbox: another
+    /// consumer committed the same handler for the same message first).
+    pub fn is_unique_violation(&self) -> bool {
+        match self {
+            StoreError::Database(err) => err
+                .as_database_error()
+                .is_some_and(|db| db.is_unique_violation()),
+            StoreError::Migrate(_) | StoreError::CorruptRow { .. } => false,
+        }
+    }
+}
+
 /// SQLSTATE classes worth a retry: connection exceptions (08), serialization
 /// failures and deadlocks (40), operator intervention (57: admin shutdown,
 /// `pg_terminate_backend`); SQLite's busy and locked.

@@ -389,3 +389,184 @@ impl Receiver for InProcessQueue {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Envelope, OutboxMessage};
+
+    #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+    struct Note {
+        group: String,
+        n: u32,
+    }
+
+    impl OutboxMessage for Note {
+        const NAME: &'static str = "note";
+        const VERSION: u32 = 1;
+        fn group_key(&self) -> std::borrow::Cow<'_, str> {
+            std::borrow::Cow::Borrowed(&self.group)
+        }
+    }
+
+    fn envelope(group: &str, n: u32) -> Envelope {
+        Envelope::from_message(&Note {
+            group: group.into(),
+            n,
+        })
+        .unwrap()
+    }
+
+    async fn send(queue: &InProcessQueue, envelopes: &[&Envelope]) -> Vec<Result<(), EntryError>> {
+        let entries: Vec<_> = envelopes
+            .iter()
+            .map(|e| PublishEntry {
+                envelope: e,
+                queue: None,
+                body: e.to_json(),
+            })
+            .collect();
+        queue.publish(&entries).await.unwrap()
+    }
+
+    fn ns(deliveries: &[Delivery]) -> Vec<(String, u64)> {
+        deliveries
+            .iter()
+            .map(|d| {
+                let v: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+                (d.group.clone(), v["payload"]["n"].as_u64().unwrap())
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_group_is_held_while_any_of_its_messages_is_in_flight() {
+        let queue = InProcessQueue::new();
+        let (a1, a2, b1) = (envelope("a", 1), envelope("a", 2), envelope("b", 1));
+        send(&queue, &[&a1, &a2, &b1]).await;
+
+        let first = queue.receive(1, Duration::ZERO).await.unwrap();
+        assert_eq!(ns(&first), [("a".into(), 1)]);
+        // a1 is in flight: a2 is held, b flows.
+        let second = queue.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(ns(&second), [("b".into(), 1)]);
+        queue.ack(&[first[0].receipt.clone()]).await.unwrap();
+        let third = queue.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(ns(&third), [("a".into(), 2)]);
+    }
+
+    #[tokio::test]
+    async fn unacknowledged_messages_come_back_after_the_visibility_timeout() {
+        let queue = InProcessQueue::with_config(InProcessConfig {
+            visibility_timeout: Duration::from_millis(30),
+            ..InProcessConfig::default()
+        });
+        let (a1, a2) = (envelope("a", 1), envelope("a", 2));
+        send(&queue, &[&a1, &a2]).await;
+        let first = queue.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(first.len(), 2);
+        assert!(queue.receive(10, Duration::ZERO).await.unwrap().is_empty());
+
+        let again = queue.receive(10, Duration::from_millis(500)).await.unwrap();
+        assert_eq!(
+            ns(&again),
+            [("a".into(), 1), ("a".into(), 2)],
+            "redelivered in order"
+        );
+        assert_eq!(again[0].receive_count, 2);
+        let stale = queue.ack(&[first[0].receipt.clone()]).await.unwrap_err();
+        assert!(matches!(stale, TransportError::StaleReceipt(_)), "{stale}");
+        queue
+            .ack(&[again[0].receipt.clone(), again[1].receipt.clone()])
+            .await
+            .unwrap();
+        assert_eq!(queue.stats().queued, 0);
+    }
+
+    #[tokio::test]
+    async fn a_released_message_waits_out_its_delay_and_keeps_its_place() {
+        let queue = InProcessQueue::new();
+        let (a1, a2) = (envelope("a", 1), envelope("a", 2));
+        send(&queue, &[&a1, &a2]).await;
+        let got = queue.receive(1, Duration::ZERO).await.unwrap();
+        queue
+            .release(&got[0].receipt, Duration::from_millis(50))
+            .await
+            .unwrap();
+        assert!(
+            queue.receive(10, Duration::ZERO).await.unwrap().is_empty(),
+            "a2 does not overtake a1"
+        );
+        let later = queue.receive(10, Duration::from_millis(500)).await.unwrap();
+        assert_eq!(ns(&later), [("a".into(), 1), ("a".into(), 2)]);
+    }
+
+    #[tokio::test]
+    async fn duplicates_are_dropped_within_the_window() {
+        let queue = InProcessQueue::new();
+        let a1 = envelope("a", 1);
+        send(&queue, &[&a1, &a1]).await;
+        send(&queue, &[&a1]).await;
+        let stats = queue.stats();
+        assert_eq!(
+            (stats.sent, stats.duplicates_dropped, stats.queued),
+            (1, 2, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_entry_fails_with_the_rest_of_its_group_only() {
+        let big = Envelope::from_message(&Note {
+            group: "a".repeat(100),
+            n: 1,
+        })
+        .unwrap();
+        let mut after = envelope("x", 2);
+        after.group.clone_from(&big.group);
+        let other = envelope("b", 3);
+        let queue = InProcessQueue::with_config(InProcessConfig {
+            max_body_bytes: other.to_json().len() + 50,
+            ..InProcessConfig::default()
+        });
+        let results = send(&queue, &[&big, &after, &other]).await;
+        assert!(results[0].as_ref().is_err_and(|e| e.permanent));
+        assert!(
+            results[1].as_ref().is_err_and(|e| !e.permanent),
+            "never accepted behind a failure"
+        );
+        assert!(results[2].is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_switched_off_queue_refuses_every_call() {
+        let queue = InProcessQueue::new();
+        queue.set_available(false);
+        let a1 = envelope("a", 1);
+        let entry = PublishEntry {
+            envelope: &a1,
+            queue: None,
+            body: a1.to_json(),
+        };
+        assert!(matches!(
+            queue.publish(&[entry]).await,
+            Err(TransportError::Unavailable(_))
+        ));
+        assert!(queue.receive(1, Duration::ZERO).await.is_err());
+        queue.set_available(true);
+        assert!(queue.receive(1, Duration::ZERO).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_receiver_wakes_when_a_message_arrives() {
+        let queue = InProcessQueue::new();
+        let receiver = queue.clone();
+        let waiting =
+            tokio::spawn(async move { receiver.receive(10, Duration::from_secs(5)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let started = Instant::now();
+        send(&queue, &[&envelope("a", 1)]).await;
+        let got = waiting.await.unwrap().unwrap();
+        assert_eq!(got.len(), 1);
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,312 @@
+//! What the scenarios need from each database beyond the `Store` trait: the
+//! app's own tables, and read-backs for assertions.
+
+use std::path::PathBuf;
+
+use outbox_runtime::{HandlerContext, PgStore, SqliteStore, Store, Tx};
+use sqlx::{Postgres, Row, Sqlite};
+
+/// One handler effect, in the order effects were committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Effect {
+    pub(crate) kind: String,
+    pub(crate) message_id: String,
+    pub(crate) group: String,
+    pub(crate) n: i64,
+}
+
+/// One outbox row, as the scenarios inspect it.
+#[derive(Clone, Debug)]
+pub(crate) struct Row_ {
+    pub(crate) status: String,
+    pub(crate) attempts: i64,
+    pub(crate) last_error: Option<String>,
+    pub(crate) available_in_future: bool,
+}
+
+pub(crate) trait TestDb: Store {
+    async fn create_app_tables(&self);
+    /// An app write in the app's transaction.
+    async fn insert_order(&self, tx: &mut Tx<Self::Database>, id: i64);
+    async fn orders(&self) -> i64;
+    async fn effects(&self) -> Vec<Effect>;
+    async fn outbox_rows(&self) -> Vec<Row_>;
+    async fn inbox_count(&self) -> i64;
+    async fn dead_letter_errors(&self) -> Vec<(Option<String>, String)>;
+    /// Ages published rows and inbox rows for retention tests.
+    async fn age_published(&self, n_oldest: i64, hours: i64);
+    async fn age_inbox(&self, n_oldest: i64, hours: i64);
+    async fn insert_inbox(&self, message_id: &str, handler: &str);
+}
+
+/// Records a handler effect through the handler's transaction, whichever
+/// store it runs on.
+pub(crate) async fn record_effect(
+    ctx: &mut HandlerContext<'_>,
+    kind: &str,
+    group: &str,
+    n: i64,
+) -> anyhow::Result<()> {
+    let id = ctx.message_id().to_string();
+    if let Ok(conn) = ctx.db::<Postgres>() {
+        sqlx::query("INSERT INTO effects (kind, message_id, grp, n) VALUES ($1, $2, $3, $4)")
+            .bind(kind)
+            .bind(&id)
+            .bind(group)
+            .bind(n)
+            .execute(conn)
+            .await?;
+    } else {
+        sqlx::query("INSERT INTO effects (kind, message_id, grp, n) VALUES (?1, ?2, ?3, ?4)")
+            .bind(kind)
+            .bind(&id)
+            .bind(group)
+            .bind(n)
+            .execute(ctx.db::<Sqlite>()?)
+            .await?;
+    }
+    Ok(())
+}
+
+/// A store on a fresh SQLite file; the directory is removed when the guard drops.
+pub(crate) async fn sqlite_store() -> (SqliteStore, TempDir) {
+    let dir = TempDir::new();
+    let url = format!("sqlite://{}", dir.0.join("outbox.db").display());
+    (SqliteStore::open(&url).await.expect("sqlite opens"), dir)
+}
+
+pub(crate) struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let path = std::env::temp_dir().join(format!("outbox-test-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&path).expect("temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn effect_rows<R: Row>(rows: Vec<R>) -> Vec<Effect>
+where
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+{
+    rows.into_iter()
+        .map(|r| Effect {
+            kind: r.get("kind"),
+            message_id: r.get("message_id"),
+            group: r.get("grp"),
+            n: r.get("n"),
+        })
+        .collect()
+}
+
+impl TestDb for PgStore {
+    async fn create_app_tables(&self) {
+        sqlx::raw_sql(
+            "CREATE TABLE effects (id BIGSERIAL PRIMARY KEY, kind TEXT NOT NULL, message_id TEXT NOT NULL, grp TEXT NOT NULL, n BIGINT NOT NULL);
+             CREATE TABLE orders (id BIGINT PRIMARY KEY);",
+        )
+        .execute(self.pool())
+        .await
+        .expect("app tables");
+    }
+
+    async fn insert_order(&self, tx: &mut Tx<Postgres>, id: i64) {
+        sqlx::query("INSERT INTO orders (id) VALUES ($1)")
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .expect("order insert");
+    }
+
+    async fn orders(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM orders")
+            .fetch_one(self.pool())
+            .await
+            .expect("orders")
+    }
+
+    async fn effects(&self) -> Vec<Effect> {
+        effect_rows(
+            sqlx::query("SELECT kind, message_id, grp, n FROM effects ORDER BY id")
+                .fetch_all(self.pool())
+                .await
+                .expect("effects"),
+        )
+    }
+
+    async fn outbox_rows(&self) -> Vec<Row_> {
+        sqlx::query(
+            "SELECT status, attempts::int8 AS attempts, last_error, available_at > now() AS future
+             FROM outbox ORDER BY seq",
+        )
+        .fetch_all(self.pool())
+        .await
+        .expect("outbox rows")
+        .into_iter()
+        .map(|r| Row_ {
+            status: r.get("status"),
+            attempts: r.get("attempts"),
+            last_error: r.get("last_error"),
+            available_in_future: r.get("future"),
+        })
+        .collect()
+    }
+
+    async fn inbox_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox_inbox")
+            .fetch_one(self.pool())
+            .await
+            .expect("inbox")
+    }
+
+    async fn dead_letter_errors(&self) -> Vec<(Option<String>, String)> {
+        sqlx::query_as("SELECT handler, error FROM outbox_dead_letters ORDER BY id")
+            .fetch_all(self.pool())
+            .await
+            .expect("dead letters")
+    }
+
+    async fn age_published(&self, n_oldest: i64, hours: i64) {
+        sqlx::query(
+            "UPDATE outbox SET published_at = now() - $2 * interval '1 hour'
+             WHERE seq IN (SELECT seq FROM outbox WHERE status = 'published' ORDER BY seq LIMIT $1)",
+        )
+        .bind(n_oldest)
+        .bind(hours)
+        .execute(self.pool())
+        .await
+        .expect("age published");
+    }
+
+    async fn age_inbox(&self, n_oldest: i64, hours: i64) {
+        sqlx::query(
+            "UPDATE outbox_inbox SET handled_at = now() - $2 * interval '1 hour'
+             WHERE (message_id, handler) IN (SELECT message_id, handler FROM outbox_inbox ORDER BY handled_at, message_id LIMIT $1)",
+        )
+        .bind(n_oldest)
+        .bind(hours)
+        .execute(self.pool())
+        .await
+        .expect("age inbox");
+    }
+
+    async fn insert_inbox(&self, message_id: &str, handler: &str) {
+        sqlx::query("INSERT INTO outbox_inbox (message_id, handler) VALUES ($1::uuid, $2)")
+            .bind(message_id)
+            .bind(handler)
+            .execute(self.pool())
+            .await
+            .expect("inbox insert");
+    }
+}
+
+impl TestDb for SqliteStore {
+    async fn create_app_tables(&self) {
+        sqlx::raw_sql(
+            "CREATE TABLE effects (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, message_id TEXT NOT NULL, grp TEXT NOT NULL, n INTEGER NOT NULL);
+             CREATE TABLE orders (id INTEGER PRIMARY KEY);",
+        )
+        .execute(self.pool())
+        .await
+        .expect("app tables");
+    }
+
+    async fn insert_order(&self, tx: &mut Tx<Sqlite>, id: i64) {
+        sqlx::query("INSERT INTO orders (id) VALUES (?1)")
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .expect("order insert");
+    }
+
+    async fn orders(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM orders")
+            .fetch_one(self.pool())
+            .await
+            .expect("orders")
+    }
+
+    async fn effects(&self) -> Vec<Effect> {
+        effect_rows(
+            sqlx::query("SELECT kind, message_id, grp, n FROM effects ORDER BY id")
+                .fetch_all(self.pool())
+                .await
+                .expect("effects"),
+        )
+    }
+
+    async fn outbox_rows(&self) -> Vec<Row_> {
+        let now = chrono::Utc::now().timestamp_millis();
+        sqlx::query("SELECT status, attempts, last_error, available_at > ?1 AS future FROM outbox ORDER BY seq")
+            .bind(now)
+            .fetch_all(self.pool())
+            .await
+            .expect("outbox rows")
+            .into_iter()
+            .map(|r| Row_ {
+                status: r.get("status"),
+                attempts: r.get("attempts"),
+                last_error: r.get("last_error"),
+                available_in_future: r.get("future"),
+            })
+            .collect()
+    }
+
+    async fn inbox_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox_inbox")
+            .fetch_one(self.pool())
+            .await
+            .expect("inbox")
+    }
+
+    async fn dead_letter_errors(&self) -> Vec<(Option<String>, String)> {
+        sqlx::query_as("SELECT handler, error FROM outbox_dead_letters ORDER BY id")
+            .fetch_all(self.pool())
+            .await
+            .expect("dead letters")
+    }
+
+    async fn age_published(&self, n_oldest: i64, hours: i64) {
+        sqlx::query(
+            "UPDATE outbox SET published_at = published_at - ?2 * 3600000
+             WHERE seq IN (SELECT seq FROM outbox WHERE status = 'published' ORDER BY seq LIMIT ?1)",
+        )
+        .bind(n_oldest)
+        .bind(hours)
+        .execute(self.pool())
+        .await
+        .expect("age published");
+    }
+
+    async fn age_inbox(&self, n_oldest: i64, hours: i64) {
+        sqlx::query(
+            "UPDATE outbox_inbox SET handled_at = handled_at - ?2 * 3600000
+             WHERE (message_id, handler) IN (SELECT message_id, handler FROM outbox_inbox ORDER BY handled_at, message_id LIMIT ?1)",
+        )
+        .bind(n_oldest)
+        .bind(hours)
+        .execute(self.pool())
+        .await
+        .expect("age inbox");
+    }
+
+    async fn insert_inbox(&self, message_id: &str, handler: &str) {
+        sqlx::query(
+            "INSERT INTO outbox_inbox (message_id, handler, handled_at) VALUES (?1, ?2, ?3)",
+        )
+        .bind(message_id)
+        .bind(handler)
+        .bind(chrono::Utc::now().timestamp_millis())
+        .execute(self.pool())
+        .await
+        .expect("inbox insert");
+    }
+}

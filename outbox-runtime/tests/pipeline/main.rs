@@ -1,0 +1,195 @@
+//! The data path end to end, on both stores: app transaction → outbox rows →
+//! relay → in-process queue → worker → dispatcher → handler (→ outbox, for
+//! cascades). Every scenario runs against the real PostgreSQL (a fresh
+//! database per test, from `#[sqlx::test]`) and against an SQLite file.
+
+mod db;
+mod scenarios;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use outbox_runtime::{
+    Backoff, Dispatcher, HandlerContext, InProcessConfig, InProcessQueue, Metrics, OutboxMessage,
+    Relay, RelayConfig, Worker, WorkerConfig, handler,
+};
+
+use crate::db::TestDb;
+
+/// One step of a group's work. The handler records it as an effect in its
+/// transaction; the fields script failures and cascades.
+#[derive(
+    Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage,
+)]
+#[outbox(name = "test.step", group = group)]
+pub(crate) struct Step {
+    pub(crate) group: String,
+    pub(crate) n: i64,
+    /// Fail the first `fail_first` attempts.
+    #[serde(default)]
+    pub(crate) fail_first: u32,
+    /// Publish a `Followup`, then fail on the first attempt anyway: the
+    /// cascade must roll back with the handler.
+    #[serde(default)]
+    pub(crate) cascade: bool,
+    /// Makes the body as large as a test needs.
+    #[serde(default)]
+    pub(crate) pad: String,
+}
+
+/// Published by the `Step` handler (a cascade).
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+#[outbox(name = "test.followup", group = group)]
+pub(crate) struct Followup {
+    pub(crate) group: String,
+    pub(crate) n: i64,
+}
+
+/// Always fails; gives up after two attempts.
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+#[outbox(name = "test.doomed", group = group)]
+pub(crate) struct Doomed {
+    pub(crate) group: String,
+}
+
+#[handler(name = "step.record")]
+async fn record_step(msg: Step, ctx: &mut HandlerContext<'_>) -> anyhow::Result<()> {
+    db::record_effect(ctx, "step", &msg.group, msg.n).await?;
+    if msg.cascade {
+        ctx.publish(&Followup {
+            group: msg.group.clone(),
+            n: msg.n,
+        })?;
+        anyhow::ensure!(ctx.attempt() > 1, "cascading step fails its first attempt");
+    }
+    anyhow::ensure!(
+        ctx.attempt() > msg.fail_first,
+        "step {} fails attempt {} of its first {}",
+        msg.n,
+        ctx.attempt(),
+        msg.fail_first
+    );
+    Ok(())
+}
+
+#[handler(name = "followup.record")]
+async fn record_followup(msg: Followup, ctx: &mut HandlerContext<'_>) -> anyhow::Result<()> {
+    db::record_effect(ctx, "followup", &msg.group, msg.n).await
+}
+
+#[handler(name = "doomed.fail", max_attempts = 2)]
+async fn always_fail(msg: Doomed) -> anyhow::Result<()> {
+    anyhow::bail!("{} is doomed", msg.group)
+}
+
+/// A store, a queue, a relay and a worker wired together with fast retries.
+pub(crate) struct Harness<S: TestDb> {
+    pub(crate) store: S,
+    pub(crate) queue: Arc<InProcessQueue>,
+    pub(crate) relay: Relay<S, InProcessQueue>,
+    pub(crate) worker: Worker<S, InProcessQueue>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+pub(crate) fn fast_backoff() -> Backoff {
+    Backoff {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(100),
+        multiplier: 2.0,
+        jitter: false,
+    }
+}
+
+impl<S: TestDb> Harness<S> {
+    pub(crate) async fn new(store: S) -> Self {
+        Self::with_queue(store, InProcessConfig::default()).await
+    }
+
+    pub(crate) async fn with_queue(store: S, queue: InProcessConfig) -> Self {
+        store.migrate().await.expect("migrations run");
+        store.create_app_tables().await;
+        let queue = Arc::new(InProcessQueue::with_config(queue));
+        let metrics = Arc::new(Metrics::default());
+        let dispatcher = Arc::new(Dispatcher::from_registry().expect("dispatch table"));
+        let relay = Relay::new(store.clone(), Arc::clone(&queue))
+            .with_config(RelayConfig {
+                batch_size: 50,
+                backoff: fast_backoff(),
+                max_attempts: 3,
+                ..RelayConfig::default()
+            })
+            .with_metrics(Arc::clone(&metrics));
+        let worker = Worker::new(store.clone(), Arc::clone(&queue), dispatcher)
+            .with_config(WorkerConfig {
+                wait: Duration::from_millis(50),
+                retry_backoff: fast_backoff(),
+                retention: None,
+                ..WorkerConfig::default()
+            })
+            .with_metrics(Arc::clone(&metrics));
+        Harness {
+            store,
+            queue,
+            relay,
+            worker,
+            metrics,
+        }
+    }
+
+    /// Relays and consumes until the outbox has nothing pending and the
+    /// queue is empty, or fails after `limit`.
+    pub(crate) async fn settle(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            self.relay.drain().await.expect("relay drains");
+            self.worker.run_once().await.expect("worker runs");
+            let stats = self.store.stats().await.expect("stats");
+            if stats.pending == 0 && self.queue.stats().queued == 0 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not settled after {limit:?}: {stats:?}, queue {:?}",
+                self.queue.stats()
+            );
+        }
+    }
+}
+
+/// Runs each scenario on both stores.
+macro_rules! on_both_stores {
+    ($($scenario:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[sqlx::test(migrations = false)]
+                async fn $scenario(pool: sqlx::PgPool) {
+                    crate::scenarios::$scenario(outbox_runtime::PgStore::new(pool)).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    let (store, _dir) = crate::db::sqlite_store().await;
+                    crate::scenarios::$scenario(store).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    rolled_back_transaction_leaves_nothing,
+    committed_message_is_handled_exactly_once,
+    redelivery_is_suppressed_by_the_inbox,
+    cascade_commits_with_the_inbox_row,
+    publish_failures_back_off_and_count_attempts,
+    oversized_message_is_dead_lettered_without_blocking_other_groups,
+    failing_handler_stops_its_group_only,
+    exhausted_handler_is_dead_lettered,
+    poison_is_dead_lettered_and_acknowledged,
+    concurrent_relays_publish_once_in_group_order,
+    retention_deletes_only_what_it_should,
+    ten_thousand_messages_in_fifty_groups,
+);

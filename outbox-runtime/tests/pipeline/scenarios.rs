@@ -1,0 +1,550 @@
+//! The scenarios, written once for any store.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use outbox_runtime::{
+    Backoff, Envelope, InProcessConfig, Outgoing, PublishEntry, Relay, RelayConfig,
+    RetentionPolicy, StoreExt, Transport,
+};
+
+use crate::db::TestDb;
+use crate::{Doomed, Harness, Step};
+
+fn step(group: &str, n: i64) -> Step {
+    Step {
+        group: group.into(),
+        n,
+        fail_first: 0,
+        cascade: false,
+        pad: String::new(),
+    }
+}
+
+/// Commits one app transaction holding an order row and the given steps.
+async fn commit_steps<S: TestDb>(store: &S, order: i64, steps: &[Step]) {
+    let mut tx = store.begin().await.expect("begin");
+    store.insert_order(&mut tx, order).await;
+    let outgoing: Vec<Outgoing> = steps
+        .iter()
+        .map(|s| Outgoing::new(s).expect("encodes"))
+        .collect();
+    store
+        .enqueue_all(&mut tx, &outgoing)
+        .await
+        .expect("enqueue");
+    tx.commit().await.expect("commit");
+}
+
+/// Effects per group, in commit order: (n, message id).
+fn by_group(effects: &[crate::db::Effect], kind: &str) -> BTreeMap<String, Vec<i64>> {
+    let mut groups: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for e in effects.iter().filter(|e| e.kind == kind) {
+        groups.entry(e.group.clone()).or_default().push(e.n);
+    }
+    groups
+}
+
+pub(crate) async fn rolled_back_transaction_leaves_nothing<S: TestDb>(store: S) {
+    let h = Harness::new(store).await;
+    let mut tx = h.store.begin().await.expect("begin");
+    h.store.insert_order(&mut tx, 1).await;
+    h.store
+        .enqueue(&mut tx, &step("g", 1))
+        .await
+        .expect("enqueue");
+    // Enqueue does not commit: another connection sees nothing yet.
+    assert_eq!(h.store.stats().await.expect("stats").pending, 0);
+    tx.rollback().await.expect("rollback");
+
+    assert_eq!(h.store.orders().await, 0);
+    assert!(h.store.outbox_rows().await.is_empty());
+    h.settle(Duration::from_secs(10)).await;
+    assert!(h.store.effects().await.is_empty());
+    assert_eq!(h.queue.stats().sent, 0, "nothing reached the queue");
+}
+
+pub(crate) async fn committed_message_is_handled_exactly_once<S: TestDb>(store: S) {
+    let h = Harness::new(store).await;
+    commit_steps(&h.store, 1, &[step("g", 1)]).await;
+    assert_eq!(h.store.orders().await, 1);
+    assert_eq!(h.store.stats().await.expect("stats").pending, 1);
+
+    h.settle(Duration::from_secs(10)).await;
+    let effects = h.store.effects().await;
+    assert_eq!(effects.len(), 1, "{effects:?}");
+    assert_eq!(
+        (
+            effects[0].kind.as_str(),
+            effects[0].group.as_str(),
+            effects[0].n
+        ),
+        ("step", "g", 1)
+    );
+    assert_eq!(h.store.inbox_count().await, 1);
+    let rows = h.store.outbox_rows().await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "published");
+    assert_eq!(h.queue.stats().sent, 1);
+    assert_eq!(h.metrics.snapshot().handled, 1);
+}
+
+pub(crate) async fn redelivery_is_suppressed_by_the_inbox<S: TestDb>(store: S) {
+    // A queue that forgets deduplication ids at once, like SQS after 5
+    // minutes: only the inbox stands between a repeat and a second effect.
+    let h = Harness::with_queue(
+        store,
+        InProcessConfig {
+            dedup_window: Duration::ZERO,
+            ..InProcessConfig::default()
+        },
+    )
+    .await;
+    commit_steps(&h.store, 1, &[step("g", 1)]).await;
+
+    // A relay claims and publishes, then dies before marking the row.
+    let claimed = h
+        .store
+        .claim(10, Duration::from_millis(1))
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    let body = claimed[0].envelope.to_json();
+    let entry = PublishEntry {
+        envelope: &claimed[0].envelope,
+        queue: None,
+        body,
+    };
+    h.queue
+        .publish(&[entry])
+        .await
+        .expect("publish")
+        .remove(0)
+        .expect("accepted");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    // Its lease runs out; a healthy relay publishes the row again.
+    let report = h.relay.drain().await.expect("drain");
+    assert_eq!(report.published, 1);
+    assert_eq!(h.queue.stats().sent, 2, "the message is in the queue twice");
+
+    h.settle(Duration::from_secs(10)).await;
+    assert_eq!(
+        h.store.effects().await.len(),
+        1,
+        "one effect despite two deliveries"
+    );
+    assert_eq!(h.metrics.snapshot().duplicates_suppressed, 1);
+    assert_eq!(h.queue.stats().acked, 2);
+}
+
+pub(crate) async fn cascade_commits_with_the_inbox_row<S: TestDb>(store: S) {
+    let h = Harness::new(store).await;
+    let mut cascading = step("g", 7);
+    cascading.cascade = true;
+    commit_steps(&h.store, 1, &[cascading]).await;
+
+    // First attempt: the handler writes, publishes a follow-up, then fails.
+    h.relay.drain().await.expect("drain");
+    let report = h.worker.run_once().await.expect("worker");
+    assert_eq!(report.released, 1);
+    assert!(
+        h.store.effects().await.is_empty(),
+        "the failed attempt's write rolled back"
+    );
+    assert_eq!(
+        h.store.outbox_rows().await.len(),
+        1,
+        "its follow-up rolled back too"
+    );
+    assert_eq!(
+        h.store.inbox_count().await,
+        0,
+        "and it is not marked handled"
+    );
+
+    // Second attempt commits all three together; the follow-up then flows.
+    h.settle(Duration::from_secs(10)).await;
+    let effects = h.store.effects().await;
+    let kinds: Vec<_> = effects.iter().map(|e| (e.kind.as_str(), e.n)).collect();
+    assert_eq!(kinds, [("step", 7), ("followup", 7)]);
+    assert_eq!(h.store.inbox_count().await, 2);
+    let rows = h.store.outbox_rows().await;
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.status == "published"), "{rows:?}");
+}
+
+pub(crate) async fn publish_failures_back_off_and_count_attempts<S: TestDb>(store: S) {
+    let h = Harness::new(store).await;
+    commit_steps(&h.store, 1, &[step("g", 1)]).await;
+    let relay = Relay::new(h.store.clone(), Arc::clone(&h.queue)).with_config(RelayConfig {
+        backoff: Backoff {
+            initial: Duration::from_millis(300),
+            max: Duration::from_millis(300),
+            multiplier: 1.0,
+            jitter: false,
+        },
+        max_attempts: 2,
+        ..RelayConfig::default()
+    });
+
+    h.queue.set_available(false);
+    let report = relay.drain().await.expect("drain");
+    assert!(report.transport_down.is_some(), "{report:?}");
+    assert_eq!((report.published, report.retried, report.dead), (0, 1, 0));
+    let row = &h.store.outbox_rows().await[0];
+    assert_eq!((row.status.as_str(), row.attempts), ("pending", 1));
+    assert!(
+        row.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("switched off")),
+        "{row:?}"
+    );
+    assert!(row.available_in_future, "the retry waits out its backoff");
+
+    // Back up, but the row is still backing off: nothing to claim, no busy loop.
+    h.queue.set_available(true);
+    let report = relay.drain().await.expect("drain");
+    assert_eq!(report.batches, 0);
+
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let report = relay.drain().await.expect("drain");
+    assert_eq!(report.published, 1);
+    assert_eq!(h.store.outbox_rows().await[0].status, "published");
+
+    // A queue that stays down never dead-letters rows, whatever the attempt count.
+    commit_steps(&h.store, 2, &[step("g", 2)]).await;
+    h.queue.set_available(false);
+    let quick = Relay::new(h.store.clone(), Arc::clone(&h.queue)).with_config(RelayConfig {
+        backoff: Backoff {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(1),
+            multiplier: 1.0,
+            jitter: false,
+        },
+        max_attempts: 2,
+        ..RelayConfig::default()
+    });
+    for _ in 0..4 {
+        quick.drain().await.expect("drain");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let row = &h.store.outbox_rows().await[1];
+    assert_eq!((row.status.as_str(), row.attempts), ("pending", 4));
+}
+
+pub(crate) async fn oversized_message_is_dead_lettered_without_blocking_other_groups<S: TestDb>(
+    store: S,
+) {
+    let h = Harness::with_queue(
+        store,
+        InProcessConfig {
+            max_body_bytes: 1024,
+            ..InProcessConfig::default()
+        },
+    )
+    .await;
+    let mut huge = step("g1", 1);
+    huge.pad = "x".repeat(2000);
+    commit_steps(&h.store, 1, &[huge, step("g1", 2), step("g2", 1)]).await;
+
+    h.settle(Duration::from_secs(10)).await;
+    let rows = h.store.outbox_rows().await;
+    let statuses: Vec<_> = rows.iter().map(|r| r.status.as_str()).collect();
+    assert_eq!(statuses, ["dead", "published", "published"]);
+    assert!(
+        rows[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("the limit is 1024")),
+        "{rows:?}"
+    );
+    assert_eq!(h.store.stats().await.expect("stats").dead, 1);
+    let handled = by_group(&h.store.effects().await, "step");
+    assert_eq!(handled["g1"], [2], "the group moves on past its dead row");
+    assert_eq!(handled["g2"], [1]);
+}
+
+pub(crate) async fn failing_handler_stops_its_group_only<S: TestDb>(store: S) {
+    let h = Harness::new(store).await;
+    let mut flaky = step("g1", 1);
+    flaky.fail_first = 2;
+    commit_steps(&h.store, 1, &[flaky, step("g1", 2), step("g2", 1)]).await;
+
+    h.relay.drain().await.expect("drain");
+    let report = h.worker.run_once().await.expect("worker");
+    assert_eq!(report.received, 3);
+    assert_eq!(report.acked, 1, "g2 is handled");
+    assert_eq!(
+        report.released, 2,
+        "g1's failure holds its later message back"
+    );
+    assert_eq!(by_group(&h.store.effects().await, "step").get("g1"), None);
+
+    h.settle(Duration::from_secs(10)).await;
+    let handled = by_group(&h.store.effects().await, "step");
+    assert_eq!(handled["g1"], [1, 2], "order kept through the retries");
+    assert_eq!(handled["g2"], [1]);
+    assert_eq!(h.metrics.snapshot().handler_failures, 2);
+}
+
+pub(crate) async fn exhausted_handler_is_dead_lettered<S: TestDb>(store: S) {
+    let h = Harness::new(store).await;
+    let mut tx = h.store.begin().await.expect("begin");
+    h.store
+        .enqueue(&mut tx, &Doomed { group: "d".into() })
+        .await
+        .expect("enqueue");
+    h.store
+        .enqueue(&mut tx, &step("g", 1))
+        .await
+        .expect("enqueue");
+    tx.commit().await.expect("commit");
+
+    h.settle(Duration::from_secs(10)).await;
+    let dead = h.store.dead_letter_errors().await;
+    assert_eq!(
+        dead,
+        [(
+            Some("doomed.fail".to_owned()),
+            "handler failed: d is doomed".to_owned()
+        )]
+    );
+    assert_eq!(h.store.stats().await.expect("stats").dead_letters, 1);
+    assert_eq!(h.store.effects().await.len(), 1, "the other group flowed");
+    assert_eq!(
+        h.queue.stats().queued,
+        0,
+        "the doomed message was acknowledged, not retried forever"
+    );
+}
+
+pub(crate) async fn poison_is_dead_lettered_and_acknowledged<S: TestDb>(store: S) {
+    let h = Harness::new(store).await;
+    let carrier = |group: &str| Envelope::from_message(&step(group, 0)).expect("envelope");
+    let (p1, p2, p3, p4, ok) = (
+        carrier("p1"),
+        carrier("p2"),
+        carrier("p3"),
+        carrier("p4"),
+        carrier("p1"),
+    );
+    let mut unknown = p2.clone();
+    unknown.message_type = "test.unknown".into();
+    let mut future = p3.clone();
+    future.version = 9;
+    let undecodable = p4.to_json().replace(r#""n":0"#, r#""n":"zero""#);
+    let entries = [
+        (&p1, "not json".to_owned()),
+        (&p2, unknown.to_json()),
+        (&p3, future.to_json()),
+        (&p4, undecodable),
+        (&ok, ok.to_json()),
+    ];
+    let entries: Vec<_> = entries
+        .iter()
+        .map(|(envelope, body)| PublishEntry {
+            envelope,
+            queue: None,
+            body: body.clone(),
+        })
+        .collect();
+    h.queue.publish(&entries).await.expect("publish");
+
+    h.settle(Duration::from_secs(10)).await;
+    let errors: Vec<String> = h
+        .store
+        .dead_letter_errors()
+        .await
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    assert_eq!(errors.len(), 4, "{errors:?}");
+    assert!(
+        errors[0].starts_with("malformed envelope at `.`: expected ident"),
+        "{errors:?}"
+    );
+    assert_eq!(errors[1], "unknown message type `test.unknown`");
+    assert_eq!(
+        errors[2],
+        "unsupported version 9 of message `test.step` (this binary handles v1)"
+    );
+    assert!(
+        errors[3].starts_with("payload of `test.step` v1 does not decode at `n`"),
+        "{errors:?}"
+    );
+    assert_eq!(
+        by_group(&h.store.effects().await, "step")["p1"],
+        [0],
+        "the good message behind poison was handled"
+    );
+    assert_eq!(h.queue.stats().queued, 0);
+}
+
+pub(crate) async fn concurrent_relays_publish_once_in_group_order<S: TestDb>(store: S) {
+    let h = Harness::new(store).await;
+    const GROUPS: i64 = 20;
+    const PER_GROUP: i64 = 50;
+    for n in 0..PER_GROUP {
+        let steps: Vec<Step> = (0..GROUPS).map(|g| step(&format!("g{g}"), n)).collect();
+        commit_steps(&h.store, n, &steps).await;
+    }
+    let total = (GROUPS * PER_GROUP) as usize;
+
+    let second = h.relay.clone();
+    let consume = async {
+        while h.store.effects().await.len() < total {
+            h.worker.run_once().await.expect("worker");
+        }
+    };
+    let (a, b, ()) = tokio::join!(
+        async {
+            let mut published = 0;
+            while published < total as u64 && h.queue.stats().sent < total as u64 {
+                published += h.relay.drain().await.expect("relay a").published;
+            }
+            published
+        },
+        async {
+            let mut published = 0;
+            while h.queue.stats().sent < total as u64 {
+                published += second.drain().await.expect("relay b").published;
+                tokio::task::yield_now().await;
+            }
+            published
+        },
+        async {
+            tokio::time::timeout(Duration::from_secs(60), consume)
+                .await
+                .expect("consumed in time");
+        },
+    );
+    assert_eq!(
+        a + b,
+        total as u64,
+        "every row published once between the two relays ({a} + {b})"
+    );
+    let stats = h.queue.stats();
+    assert_eq!(
+        (stats.sent, stats.duplicates_dropped),
+        (total as u64, 0),
+        "no double publish"
+    );
+
+    let effects = h.store.effects().await;
+    assert_eq!(effects.len(), total);
+    let ids: HashSet<_> = effects.iter().map(|e| e.message_id.as_str()).collect();
+    assert_eq!(ids.len(), total, "each message handled once");
+    for (group, ns) in by_group(&effects, "step") {
+        assert_eq!(
+            ns,
+            (0..PER_GROUP).collect::<Vec<_>>(),
+            "group {group} out of order"
+        );
+    }
+}
+
+pub(crate) async fn retention_deletes_only_what_it_should<S: TestDb>(store: S) {
+    let h = Harness::new(store).await;
+    let steps: Vec<Step> = (0..6).map(|n| step("g", n)).collect();
+    commit_steps(&h.store, 1, &steps).await;
+    h.settle(Duration::from_secs(10)).await;
+    commit_steps(&h.store, 2, &[step("later", 0)]).await; // stays pending
+    h.store
+        .insert_inbox(&uuid::Uuid::now_v7().to_string(), "other.handler")
+        .await;
+
+    h.store.age_published(4, 48).await;
+    h.store.age_inbox(3, 24 * 20).await;
+    let report = h
+        .store
+        .cleanup(&RetentionPolicy {
+            published_for: Duration::from_secs(24 * 3600),
+            inbox_for: Duration::from_secs(15 * 24 * 3600),
+            batch_size: 2,
+        })
+        .await
+        .expect("cleanup");
+    assert_eq!((report.published_deleted, report.inbox_deleted), (4, 3));
+    let statuses: Vec<_> = h
+        .store
+        .outbox_rows()
+        .await
+        .into_iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, ["published", "published", "pending"]);
+    assert_eq!(h.store.inbox_count().await, 4);
+
+    let again = h
+        .store
+        .cleanup(&RetentionPolicy::default())
+        .await
+        .expect("cleanup");
+    assert_eq!(
+        (again.published_deleted, again.inbox_deleted),
+        (0, 0),
+        "idempotent"
+    );
+}
+
+pub(crate) async fn ten_thousand_messages_in_fifty_groups<S: TestDb>(store: S) {
+    let h = Harness::new(store).await;
+    const GROUPS: i64 = 50;
+    const TOTAL: i64 = 10_000;
+    for chunk in 0..(TOTAL / 500) {
+        let steps: Vec<Step> = (chunk * 500..(chunk + 1) * 500)
+            .map(|i| step(&format!("g{}", i % GROUPS), i / GROUPS))
+            .collect();
+        commit_steps(&h.store, chunk, &steps).await;
+    }
+    assert_eq!(h.store.stats().await.expect("stats").pending, TOTAL as u64);
+
+    let second_worker = h.worker.clone();
+    let run = async {
+        let relay = async {
+            while h.store.stats().await.expect("stats").pending > 0 {
+                h.relay.drain().await.expect("relay");
+                tokio::task::yield_now().await;
+            }
+        };
+        let consume = |worker: outbox_runtime::Worker<S, outbox_runtime::InProcessQueue>| {
+            let h = &h;
+            async move {
+                while h.store.stats().await.expect("stats").pending > 0
+                    || h.queue.stats().queued > 0
+                {
+                    worker.run_once().await.expect("worker");
+                }
+            }
+        };
+        tokio::join!(relay, consume(h.worker.clone()), consume(second_worker));
+    };
+    tokio::time::timeout(Duration::from_secs(240), run)
+        .await
+        .expect("drained in time");
+
+    let effects = h.store.effects().await;
+    assert_eq!(effects.len(), TOTAL as usize);
+    let ids: HashSet<_> = effects.iter().map(|e| e.message_id.as_str()).collect();
+    assert_eq!(
+        ids.len(),
+        TOTAL as usize,
+        "every message handled exactly once"
+    );
+    let groups = by_group(&effects, "step");
+    assert_eq!(groups.len(), GROUPS as usize);
+    for (group, ns) in groups {
+        assert_eq!(
+            ns,
+            (0..TOTAL / GROUPS).collect::<Vec<_>>(),
+            "group {group} out of order"
+        );
+    }
+    let metrics = h.metrics.snapshot();
+    assert_eq!(
+        (metrics.published, metrics.handled),
+        (TOTAL as u64, TOTAL as u64)
+    );
+}
