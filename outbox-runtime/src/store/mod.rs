@@ -321,6 +321,34 @@ pub enum EnqueueError {
     Store(#[from] StoreError),
 }
 
+/// Keeps the claimed rows that decode, in sequence order. A corrupt row (edited
+/// by hand, or written by an incompatible version) is dead-lettered at once
+/// with the reason, so it neither stops the relay nor blocks its group.
+pub(crate) async fn sort_out<S: Store>(
+    store: &S,
+    rows: impl Iterator<Item = Result<ClaimedMessage, StoreError>>,
+) -> Result<Vec<ClaimedMessage>, StoreError> {
+    let mut claimed = Vec::new();
+    let mut corrupt = Vec::new();
+    for row in rows {
+        match row {
+            Ok(message) => claimed.push(message),
+            Err(StoreError::CorruptRow { seq, reason }) => {
+                tracing::error!(seq, %reason, "corrupt outbox row dead-lettered");
+                corrupt.push(PublishFailure {
+                    seq,
+                    error: format!("corrupt row: {reason}"),
+                    retry_at: None,
+                });
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    store.record_failures(&corrupt).await?;
+    claimed.sort_unstable_by_key(|m| m.seq);
+    Ok(claimed)
+}
+
 /// Rebuilds an envelope from a row's columns.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn envelope_from_row(

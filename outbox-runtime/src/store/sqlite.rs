@@ -193,12 +193,7 @@ impl Store for SqliteStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        let mut claimed = rows
-            .iter()
-            .map(claimed_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        claimed.sort_unstable_by_key(|m| m.seq);
-        Ok(claimed)
+        super::sort_out(self, rows.iter().map(claimed_from_row)).await
     }
 
     async fn mark_published(&self, seqs: &[i64]) -> Result<(), StoreError> {

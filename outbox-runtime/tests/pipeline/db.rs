@@ -37,6 +37,8 @@ pub(crate) trait TestDb: Store {
     async fn age_published(&self, n_oldest: i64, hours: i64);
     async fn age_inbox(&self, n_oldest: i64, hours: i64);
     async fn insert_inbox(&self, message_id: &str, handler: &str);
+    /// Breaks the first pending row the way a hand edit could.
+    async fn corrupt_first_pending_row(&self);
 }
 
 /// Records a handler effect through the handler's transaction, whichever
@@ -108,6 +110,15 @@ where
 }
 
 impl TestDb for PgStore {
+    async fn corrupt_first_pending_row(&self) {
+        sqlx::query(
+            r#"UPDATE outbox SET headers = '{"correlation_id": 5}' WHERE seq = (SELECT min(seq) FROM outbox WHERE status = 'pending')"#,
+        )
+        .execute(self.pool())
+        .await
+        .expect("corrupt");
+    }
+
     async fn create_app_tables(&self) {
         sqlx::raw_sql(
             "CREATE TABLE effects (id BIGSERIAL PRIMARY KEY, kind TEXT NOT NULL, message_id TEXT NOT NULL, grp TEXT NOT NULL, n BIGINT NOT NULL);
@@ -209,6 +220,13 @@ impl TestDb for PgStore {
 }
 
 impl TestDb for SqliteStore {
+    async fn corrupt_first_pending_row(&self) {
+        sqlx::query("UPDATE outbox SET payload = 'not json' WHERE seq = (SELECT min(seq) FROM outbox WHERE status = 'pending')")
+            .execute(self.pool())
+            .await
+            .expect("corrupt");
+    }
+
     async fn create_app_tables(&self) {
         sqlx::raw_sql(
             "CREATE TABLE effects (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, message_id TEXT NOT NULL, grp TEXT NOT NULL, n INTEGER NOT NULL);

@@ -186,6 +186,7 @@ on_both_stores!(
     cascade_commits_with_the_inbox_row,
     publish_failures_back_off_and_count_attempts,
     oversized_message_is_dead_lettered_without_blocking_other_groups,
+    corrupt_row_is_dead_lettered_without_stopping_the_relay,
     failing_handler_stops_its_group_only,
     exhausted_handler_is_dead_lettered,
     poison_is_dead_lettered_and_acknowledged,

@@ -548,3 +548,26 @@ pub(crate) async fn ten_thousand_messages_in_fifty_groups<S: TestDb>(store: S) {
         (TOTAL as u64, TOTAL as u64)
     );
 }
+
+pub(crate) async fn corrupt_row_is_dead_lettered_without_stopping_the_relay<S: TestDb>(store: S) {
+    let h = Harness::new(store).await;
+    commit_steps(&h.store, 1, &[step("g1", 1), step("g1", 2), step("g2", 1)]).await;
+    h.store.corrupt_first_pending_row().await;
+
+    h.settle(Duration::from_secs(10)).await;
+    let rows = h.store.outbox_rows().await;
+    let statuses: Vec<_> = rows.iter().map(|r| r.status.as_str()).collect();
+    assert_eq!(statuses, ["dead", "published", "published"]);
+    assert!(
+        rows[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("corrupt row: ")),
+        "{rows:?}"
+    );
+    let handled = by_group(&h.store.effects().await, "step");
+    assert_eq!(
+        (handled["g1"].as_slice(), handled["g2"].as_slice()),
+        (&[2][..], &[1][..])
+    );
+}
