@@ -1,63 +1,66 @@
 //! The orders domain's handlers. None of them is listed anywhere: the
 //! dispatch table finds them.
 
-use std::sync::Mutex;
-
+use chrono::Utc;
 use outbox_runtime::{HandlerContext, handler};
 
-use crate::messages::{OrderStatusChanged, OrderSubmitted, SendOrderConfirmation};
+use crate::db::on_db;
+use crate::domain::OrderStatus;
+use crate::messages::{OrderStatusChanged, OrderSubmitted};
+use crate::probe::Probe;
 
-/// Where the handlers write, until the store arrives: status history and
-/// notifications, in memory.
-#[derive(Debug, Default)]
-pub(crate) struct Records {
-    /// (order, status) pairs, in handling order.
-    pub(crate) history: Mutex<Vec<(i64, String)>>,
-    /// Notifications sent.
-    pub(crate) notifications: Mutex<Vec<String>>,
-}
-
-/// Records an order's status history.
+/// Records an order's status history; a submitted order gets a confirmation
+/// through `OrderSubmitted`, published in the same transaction.
 #[handler(name = "orders.record_status")]
 pub(crate) async fn record_status(
     msg: OrderStatusChanged,
     ctx: &mut HandlerContext<'_>,
 ) -> anyhow::Result<()> {
-    let records = ctx.state::<Records>()?;
-    let status = serde_json::to_value(msg.status)?;
-    lock(&records.history)?.push((msg.order_id, status.as_str().unwrap_or_default().to_owned()));
+    observe(ctx);
+    let message_id = ctx.message_id().to_string();
+    on_db!(ctx, |conn| {
+        sqlx::query(
+            "INSERT INTO order_status_history (order_id, status, message_id, changed_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(msg.order_id)
+        .bind(msg.status.as_str())
+        .bind(&message_id)
+        .bind(Utc::now().timestamp_millis())
+        .execute(conn)
+        .await
+    });
+    if msg.status == OrderStatus::Submitted {
+        ctx.publish(&OrderSubmitted {
+            order_id: msg.order_id,
+            customer_id: msg.customer_id,
+        })?;
+    }
     Ok(())
 }
 
-/// Asks for a confirmation when an order is submitted (a cascade).
-#[handler(name = "orders.confirm")]
-pub(crate) async fn confirm(
+/// Sends (here: records) the order confirmation.
+#[handler(name = "notifications.order_confirmation", max_attempts = 5)]
+pub(crate) async fn send_confirmation(
     msg: OrderSubmitted,
     ctx: &mut HandlerContext<'_>,
 ) -> anyhow::Result<()> {
-    ctx.publish(&SendOrderConfirmation {
-        order_id: msg.order_id,
-        customer_id: msg.customer_id,
-    })?;
+    observe(ctx);
+    let body = format!("Order {} is confirmed.", msg.order_id);
+    on_db!(ctx, |conn| {
+        sqlx::query("INSERT INTO notifications (order_id, customer_id, body, sent_at) VALUES ($1, $2, $3, $4)")
+            .bind(msg.order_id)
+            .bind(&msg.customer_id)
+            .bind(&body)
+            .bind(Utc::now().timestamp_millis())
+            .execute(conn)
+            .await
+    });
     Ok(())
 }
 
-/// Writes the notification row.
-#[handler(name = "notifications.send_confirmation", max_attempts = 5)]
-pub(crate) async fn send_confirmation(
-    msg: SendOrderConfirmation,
-    ctx: &mut HandlerContext<'_>,
-) -> anyhow::Result<()> {
-    let records = ctx.state::<Records>()?;
-    lock(&records.notifications)?.push(format!(
-        "order {} confirmed for {}",
-        msg.order_id, msg.customer_id
-    ));
-    Ok(())
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> anyhow::Result<std::sync::MutexGuard<'_, T>> {
-    mutex
-        .lock()
-        .map_err(|_| anyhow::anyhow!("records lock poisoned"))
+/// Reports the message's age to the demo's probe, when one is running.
+fn observe(ctx: &HandlerContext<'_>) {
+    if let Ok(probe) = ctx.state::<Probe>() {
+        probe.observe(ctx.envelope().created_at);
+    }
 }

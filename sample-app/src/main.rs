@@ -1,73 +1,115 @@
 //! The orders sample: the outbox toolkit end to end.
 //!
-//! `cargo run -p sample-app` prints the dispatch table the macros built and
-//! runs orders through it in-process. The store, relay and queue (SQLite by
-//! default, PostgreSQL and SQS when configured) arrive with the store/relay
-//! issue; see ARCHITECTURE.md.
+//! `cargo run -p sample-app` runs the demo on the embedded default (an
+//! SQLite file and the in-process queue; no server needed).
 
+mod db;
+mod demo;
+mod domain;
 mod handlers;
 mod messages;
+mod orders;
+mod probe;
 
-use std::collections::VecDeque;
+use clap::{Parser, Subcommand};
+use outbox_runtime::{PgStore, SqliteStore};
 
-use outbox_runtime::{Dispatcher, Envelope};
+#[derive(Debug, Parser)]
+#[command(about = "The orders sample of the outbox toolkit")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
 
-use crate::handlers::Records;
-use crate::messages::{OrderStatus, OrderStatusChanged, OrderSubmitted};
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create and submit orders and watch the outbox deliver their messages
+    /// (the default).
+    Demo(DemoArgs),
+    /// Print the dispatch table this binary was built with.
+    Table {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// How many orders to create and submit.
+    #[arg(long, default_value_t = 1000)]
+    orders: usize,
+    /// The database: `sqlite://FILE` or `postgres://...`. Default: a fresh
+    /// SQLite file in the temporary directory, removed afterwards.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// Worker tasks consuming the queue.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let orders: i64 = match std::env::args().nth(1).as_deref() {
-        None => 3,
-        Some(n) => n
-            .parse()
-            .map_err(|_| anyhow::anyhow!("usage: sample-app [ORDERS]; `{n}` is not a number"))?,
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Demo(DemoArgs {
+        orders: 1000,
+        database_url: std::env::var("DATABASE_URL").ok(),
+        workers: 4,
+    })) {
+        Command::Demo(args) => demo(args).await,
+        Command::Table { json } => {
+            let table = outbox_runtime::DispatchTable::from_registry()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&table.describe())?);
+            } else {
+                print!("{table}");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let summary = match args.database_url.as_deref() {
+        Some(url) if url.starts_with("postgres:") || url.starts_with("postgresql:") => {
+            println!("store: PostgreSQL; queue: in-process");
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(16)
+                .connect(url)
+                .await?;
+            demo::run(PgStore::new(pool), args.orders, args.workers).await?
+        }
+        Some(url) if url.starts_with("sqlite:") => {
+            println!("store: SQLite ({url}); queue: in-process");
+            demo::run(SqliteStore::open(url).await?, args.orders, args.workers).await?
+        }
+        Some(url) => anyhow::bail!(
+            "unsupported database URL `{url}`: use sqlite://FILE or postgres://USER@HOST:PORT/DATABASE"
+        ),
+        None => {
+            let dir = std::env::temp_dir().join(format!("outbox-sample-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let url = format!("sqlite://{}", dir.join("orders.db").display());
+            println!("store: SQLite ({url}, removed afterwards); queue: in-process");
+            let result = async {
+                demo::run(SqliteStore::open(&url).await?, args.orders, args.workers).await
+            }
+            .await;
+            let _ = std::fs::remove_dir_all(&dir);
+            result?
+        }
     };
-    let dispatcher = Dispatcher::from_registry()?.with_state(Records::default());
-    println!("dispatch table:\n{}", dispatcher.table());
-
-    // What the app would commit with its orders, then deliver: each handled
-    // envelope's published messages are delivered in turn (cascades).
-    let mut queue = VecDeque::new();
-    for order_id in 1..=orders {
-        let customer_id = format!("customer-{}", order_id % 2);
-        for status in [OrderStatus::Created, OrderStatus::Submitted] {
-            queue.push_back(Envelope::from_message(&OrderStatusChanged {
-                order_id,
-                status,
-                customer_id: customer_id.clone(),
-            })?);
-        }
-        queue.push_back(Envelope::from_message(&OrderSubmitted {
-            order_id,
-            customer_id,
-        })?);
-    }
-
-    let mut handled = 0;
-    while let Some(envelope) = queue.pop_front() {
-        // Through the wire format, as a consumer receives it.
-        let received = Envelope::from_json(&envelope.to_json())?;
-        let report = dispatcher.dispatch(&received).await?;
-        if let Some(failed) = report.failures().next() {
-            anyhow::bail!("handler {} failed: {:?}", failed.handler, failed.result);
-        }
-        handled += 1;
-        queue.extend(report.published().map(|o| o.envelope.clone()));
-    }
-
-    let records = dispatcher
-        .state()
-        .get::<Records>()
-        .expect("registered above");
-    let history = records.history.lock().expect("no handler panicked").len();
-    let notifications = records
-        .notifications
-        .lock()
-        .expect("no handler panicked")
-        .len();
-    println!(
-        "orders: {orders}, envelopes handled: {handled}, status changes recorded: {history}, confirmations: {notifications}"
+    summary.print();
+    anyhow::ensure!(
+        summary.is_clean(),
+        "the demo lost or duplicated messages: {summary:?}"
     );
     Ok(())
 }

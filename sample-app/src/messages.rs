@@ -2,17 +2,7 @@
 
 use outbox_runtime::OutboxMessage;
 
-/// An order's lifecycle.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum OrderStatus {
-    /// Created, not yet submitted.
-    Created,
-    /// Submitted by the customer.
-    Submitted,
-}
+use crate::domain::OrderStatus;
 
 /// An order changed status. Grouped by customer: one customer's changes are
 /// handled in order, different customers' in parallel.
@@ -27,22 +17,13 @@ pub(crate) struct OrderStatusChanged {
     pub(crate) customer_id: String,
 }
 
-/// An order was submitted; its confirmation is sent by a handler.
+/// An order was submitted. Published by the status handler (a cascade: a
+/// message a handler produces, committed with the handler's own writes).
 #[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
 #[outbox(name = "orders.submitted", version = 1, group = customer_id)]
 pub(crate) struct OrderSubmitted {
     /// The order.
     pub(crate) order_id: i64,
     /// Its customer.
-    pub(crate) customer_id: String,
-}
-
-/// A confirmation to send, published by the `OrderSubmitted` handler (a cascade).
-#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
-#[outbox(name = "notifications.order_confirmation", version = 1, group = customer_id)]
-pub(crate) struct SendOrderConfirmation {
-    /// The order.
-    pub(crate) order_id: i64,
-    /// Who to notify.
     pub(crate) customer_id: String,
 }

@@ -1,0 +1,222 @@
+//! `sample-app demo`: orders through the whole outbox, on one machine.
+//!
+//! Creates and submits N orders, each in its own app transaction that also
+//! writes the outbox row and is followed by a pump; a relay and workers in
+//! the same process deliver the messages through the in-process queue to the
+//! handlers; a summary reports what happened.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use outbox_runtime::{
+    Dispatcher, InProcessQueue, Metrics, MetricsSnapshot, Relay, RelayWaker, StoreExt, Worker,
+    WorkerConfig, commit_and_pump,
+};
+use tokio::sync::watch;
+
+use crate::db::{AppDb, Table};
+use crate::domain::OrderStatus;
+use crate::messages::OrderStatusChanged;
+use crate::probe::Probe;
+
+/// What the demo did.
+#[derive(Debug)]
+pub(crate) struct Summary {
+    pub(crate) orders: usize,
+    pub(crate) messages: u64,
+    pub(crate) metrics: MetricsSnapshot,
+    /// Status history rows this run added.
+    pub(crate) history_rows: i64,
+    /// Notifications this run added.
+    pub(crate) notifications: i64,
+    pub(crate) elapsed: Duration,
+    pub(crate) latency: Option<(Duration, Duration)>,
+}
+
+impl Summary {
+    /// Whether every message was handled exactly once and nothing was lost.
+    pub(crate) fn is_clean(&self) -> bool {
+        self.metrics.handled == self.messages
+            && self.metrics.dead_lettered == 0
+            && self.history_rows == 2 * self.orders as i64
+            && self.notifications == self.orders as i64
+    }
+
+    pub(crate) fn print(&self) {
+        let secs = self.elapsed.as_secs_f64().max(f64::EPSILON);
+        println!("orders:       {} created and submitted", self.orders);
+        println!(
+            "messages:     {} published, {} handled, {} duplicates suppressed, {} dead letters",
+            self.messages,
+            self.metrics.handled,
+            self.metrics.duplicates_suppressed,
+            self.metrics.dead_lettered
+        );
+        println!(
+            "app tables:   {} status history rows, {} notifications",
+            self.history_rows, self.notifications
+        );
+        println!(
+            "throughput:   {:.0} messages/s ({:.2} s)",
+            self.metrics.handled as f64 / secs,
+            secs
+        );
+        if let Some((p50, p99)) = self.latency {
+            println!(
+                "latency:      enqueue to handler p50 {:.1} ms, p99 {:.1} ms",
+                p50.as_secs_f64() * 1e3,
+                p99.as_secs_f64() * 1e3
+            );
+        }
+    }
+}
+
+/// Runs the demo on `store` with the in-process queue.
+pub(crate) async fn run<S: AppDb>(
+    store: S,
+    orders: usize,
+    workers: usize,
+) -> anyhow::Result<Summary> {
+    store.migrate().await?;
+    store.migrate_app().await?;
+    let before = store.stats().await?;
+    let history_before = store.count(Table::History).await?;
+    let notifications_before = store.count(Table::Notifications).await?;
+
+    let queue = Arc::new(InProcessQueue::new());
+    let metrics = Arc::new(Metrics::default());
+    let waker = RelayWaker::new();
+    let dispatcher = Arc::new(Dispatcher::from_registry()?.with_state(Probe::default()));
+    let relay = Relay::new(store.clone(), Arc::clone(&queue)).with_metrics(Arc::clone(&metrics));
+    let worker = Worker::new(store.clone(), Arc::clone(&queue), Arc::clone(&dispatcher))
+        .with_config(WorkerConfig {
+            wait: Duration::from_millis(200),
+            ..WorkerConfig::default()
+        })
+        .with_metrics(Arc::clone(&metrics))
+        .with_pump(Arc::new(waker.clone()));
+
+    let (stop, stopped) = watch::channel(false);
+    let shutdown = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let relay = relay.clone();
+        let waker = waker.clone();
+        let shutdown = shutdown();
+        tasks.spawn(async move { relay.run(waker, shutdown).await });
+    }
+    for _ in 0..workers.max(1) {
+        let worker = worker.clone();
+        let shutdown = shutdown();
+        tasks.spawn(async move { worker.run(shutdown).await });
+    }
+
+    let started = Instant::now();
+    let mut ids = Vec::with_capacity(orders);
+    for i in 0..orders {
+        let customer_id = format!("customer-{}", i % 50);
+        let mut tx = store.begin().await?;
+        let order_id = store.insert_order(&mut tx, &customer_id).await?;
+        store
+            .enqueue(
+                &mut tx,
+                &OrderStatusChanged {
+                    order_id,
+                    status: OrderStatus::Created,
+                    customer_id,
+                },
+            )
+            .await?;
+        commit_and_pump(tx, &waker).await?;
+        ids.push(order_id);
+    }
+    for &order_id in &ids {
+        crate::orders::submit(&store, &waker, order_id).await?;
+    }
+
+    // Each order: two status changes, then the confirmation they cascade into.
+    let expected = 3 * orders as u64;
+    let mut progress = Progress::new(expected);
+    let mut last_change = (0, Instant::now());
+    loop {
+        let now = metrics.snapshot();
+        let done = now.handled + now.dead_lettered;
+        progress.show(done);
+        if done >= expected {
+            break;
+        }
+        if done != last_change.0 {
+            last_change = (done, Instant::now());
+        } else if last_change.1.elapsed() > Duration::from_secs(60) {
+            anyhow::bail!("no progress for 60 s at {done} of {expected} messages: {now:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = started.elapsed();
+    progress.finish();
+
+    let _ = stop.send(true);
+    while tasks.join_next().await.is_some() {}
+
+    let after = store.stats().await?;
+    let probe = dispatcher
+        .state()
+        .get::<Probe>()
+        .ok_or_else(|| anyhow::anyhow!("probe missing"))?;
+    Ok(Summary {
+        orders,
+        messages: after.published.saturating_sub(before.published),
+        metrics: metrics.snapshot(),
+        history_rows: store.count(Table::History).await? - history_before,
+        notifications: store.count(Table::Notifications).await? - notifications_before,
+        elapsed,
+        latency: probe.percentiles(),
+    })
+}
+
+/// A progress bar on a terminal, a line a second elsewhere.
+struct Progress {
+    total: u64,
+    tty: bool,
+    last_line: Instant,
+}
+
+impl Progress {
+    fn new(total: u64) -> Self {
+        Progress {
+            total,
+            tty: std::io::stdout().is_terminal(),
+            last_line: Instant::now(),
+        }
+    }
+
+    fn show(&mut self, done: u64) {
+        let done = done.min(self.total);
+        if self.tty {
+            let width = 40;
+            let filled = (done * width / self.total.max(1)) as usize;
+            print!(
+                "\rhandling [{}{}] {done}/{}",
+                "#".repeat(filled),
+                ".".repeat(width as usize - filled),
+                self.total
+            );
+            let _ = std::io::stdout().flush();
+        } else if self.last_line.elapsed() >= Duration::from_secs(1) || done == self.total {
+            self.last_line = Instant::now();
+            println!("handled {done}/{}", self.total);
+        }
+    }
+
+    fn finish(&self) {
+        if self.tty {
+            println!();
+        }
+    }
+}

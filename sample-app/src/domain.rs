@@ -1,0 +1,79 @@
+//! The orders domain: statuses and the transitions between them.
+
+use std::fmt;
+
+/// An order's lifecycle.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum OrderStatus {
+    /// Created, not yet submitted.
+    Created,
+    /// Submitted by the customer.
+    Submitted,
+}
+
+impl OrderStatus {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Created => "created",
+            OrderStatus::Submitted => "submitted",
+        }
+    }
+
+    pub(crate) fn parse(value: &str) -> Option<Self> {
+        match value {
+            "created" => Some(OrderStatus::Created),
+            "submitted" => Some(OrderStatus::Submitted),
+            _ => None,
+        }
+    }
+
+    /// The status after submitting, or why an order in this status cannot be submitted.
+    pub(crate) fn submit(self) -> Result<OrderStatus, DomainError> {
+        match self {
+            OrderStatus::Created => Ok(OrderStatus::Submitted),
+            OrderStatus::Submitted => Err(DomainError::InvalidTransition {
+                from: self,
+                to: OrderStatus::Submitted,
+            }),
+        }
+    }
+}
+
+impl fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A domain rule was broken.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DomainError {
+    /// The order cannot move from one status to the other.
+    #[error("an order that is {from} cannot become {to}")]
+    InvalidTransition {
+        /// Its status.
+        from: OrderStatus,
+        /// The status asked for.
+        to: OrderStatus,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_created_orders_can_be_submitted() {
+        assert_eq!(OrderStatus::Created.submit(), Ok(OrderStatus::Submitted));
+        let err = OrderStatus::Submitted.submit().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "an order that is submitted cannot become submitted"
+        );
+        assert_eq!(OrderStatus::parse("created"), Some(OrderStatus::Created));
+        assert_eq!(OrderStatus::parse("shipped"), None);
+    }
+}

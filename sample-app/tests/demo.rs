@@ -1,0 +1,111 @@
+//! The README's main command, run as a user runs it: the built binary, on
+//! the embedded default and on PostgreSQL.
+
+use std::process::Command;
+
+fn sample_app(args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_sample-app"))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("sample-app runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+#[test]
+fn the_demo_handles_every_message_on_the_embedded_default() {
+    let (ok, out) = sample_app(&["demo", "--orders", "40"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("store: SQLite"), "{out}");
+    assert!(
+        out.contains(
+            "messages:     120 published, 120 handled, 0 duplicates suppressed, 0 dead letters"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("app tables:   80 status history rows, 40 notifications"),
+        "{out}"
+    );
+    assert!(
+        out.contains("latency:      enqueue to handler p50"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_demo_runs_on_postgres_with_no_code_change() {
+    let server = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let base = server
+        .rsplit_once('/')
+        .map_or(server.as_str(), |(base, _)| base)
+        .to_owned();
+    let name = format!("outbox_demo_{}", std::process::id());
+    let admin = format!("{base}/postgres");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let pool = sqlx::PgPool::connect(&admin)
+            .await
+            .expect("postgres reachable");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&pool)
+            .await
+            .unwrap();
+    });
+
+    let url = format!("{base}/{name}");
+    let (ok, out) = sample_app(&["demo", "--orders", "30", "--database-url", &url]);
+
+    rt.block_on(async {
+        let pool = sqlx::PgPool::connect(&admin).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+    });
+    assert!(ok, "{out}");
+    assert!(out.contains("store: PostgreSQL"), "{out}");
+    assert!(
+        out.contains("messages:     90 published, 90 handled"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_arguments_get_a_clear_error() {
+    let (ok, out) = sample_app(&["demo", "--orders", "many"]);
+    assert!(!ok);
+    assert!(
+        out.contains("invalid value 'many' for '--orders <ORDERS>'"),
+        "{out}"
+    );
+    let (ok, out) = sample_app(&["demo", "--database-url", "mysql://nope"]);
+    assert!(!ok);
+    assert!(
+        out.contains("unsupported database URL `mysql://nope`: use sqlite://FILE or postgres://"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_table_lists_the_samples_messages() {
+    let (ok, out) = sample_app(&["table", "--json"]);
+    assert!(ok, "{out}");
+    let table: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<_> = table
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["orders.status_changed", "orders.submitted"]);
+}
