@@ -39,6 +39,7 @@
 #![warn(clippy::unwrap_used)]
 
 mod backoff;
+mod consumer;
 mod context;
 mod dispatch;
 mod envelope;
@@ -56,13 +57,17 @@ mod transport;
 mod worker;
 
 pub use crate::backoff::Backoff;
+pub use crate::consumer::{Consumer, ConsumerConfig, Outcome};
 pub use crate::context::{ContextError, HandlerContext};
 pub use crate::dispatch::{DispatchError, DispatchReport, Dispatcher, HandlerOutcome, invoke};
 pub use crate::envelope::{Envelope, EnvelopeError, Headers, Outgoing};
 pub use crate::handler::{BoxError, HandlerError, IntoHandlerResult};
 pub use crate::message::{DecodeError, EncodeError, GroupKey, GroupSpec, OutboxMessage};
 pub use crate::metrics::{Metrics, MetricsSnapshot};
-pub use crate::pump::{Pump, PumpError, PumpFuture, RelayWaker, commit_and_pump};
+pub use crate::pump::{
+    Drain, DrainFuture, PUMP_BODY, PUMP_GROUP, Pump, PumpError, PumpFuture, RelayWaker,
+    commit_and_pump, is_pump,
+};
 pub use crate::relay::{DrainReport, Relay, RelayConfig, RelayError};
 pub use crate::state::State;
 #[cfg(feature = "postgres")]

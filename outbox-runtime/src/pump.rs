@@ -12,6 +12,35 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+/// The body of a pump message: what the app (after its commit) and the
+/// scheduled sweep send to wake the relay. A consumer that receives it drains
+/// the outbox instead of dispatching.
+pub const PUMP_BODY: &str = r#"{"outbox_pump":1}"#;
+
+/// The message group pump messages use, so that one relay drains at a time.
+pub const PUMP_GROUP: &str = "__outbox_pump";
+
+/// Whether a received body is a pump message.
+pub fn is_pump(body: &str) -> bool {
+    body.trim() == PUMP_BODY
+}
+
+/// The future a [`Drain`] returns.
+pub type DrainFuture<'a> = Pin<
+    Box<
+        dyn Future<Output = Result<crate::relay::DrainReport, crate::relay::RelayError>>
+            + Send
+            + 'a,
+    >,
+>;
+
+/// Something that drains the outbox on a pump: a [`Relay`](crate::Relay),
+/// type-erased so consumers need not know its store and transport types.
+pub trait Drain: Send + Sync {
+    /// Drains until no row can be claimed or `deadline` passes.
+    fn drain_before(&self, deadline: Option<tokio::time::Instant>) -> DrainFuture<'_>;
+}
+
 /// The future a [`Pump`] returns.
 pub type PumpFuture<'a> = Pin<Box<dyn Future<Output = Result<(), PumpError>> + Send + 'a>>;
 

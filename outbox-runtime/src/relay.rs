@@ -59,6 +59,9 @@ pub struct DrainReport {
     /// Set when the drain stopped early because the transport is down; the
     /// rows wait out their backoff.
     pub transport_down: Option<String>,
+    /// Whether the drain ran until nothing could be claimed (false when a
+    /// deadline cut it short).
+    pub complete: bool,
 }
 
 /// A relay could not drain.
@@ -134,13 +137,26 @@ impl<S: Store, T: Transport> Relay<S, T> {
     /// or every remaining group waits on a backoff or another relay's lease.
     /// Stops early, without error, when the transport is down.
     pub async fn drain(&self) -> Result<DrainReport, RelayError> {
+        self.drain_until(None).await
+    }
+
+    /// Like [`drain`](Self::drain), but claims no new batch once `deadline`
+    /// has passed (a Lambda's remaining time); `complete` is then false.
+    pub async fn drain_until(
+        &self,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<DrainReport, RelayError> {
         let mut report = DrainReport::default();
         loop {
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                return Ok(report);
+            }
             let batch = self
                 .store
                 .claim(self.config.batch_size, self.config.lease)
                 .await?;
             if batch.is_empty() {
+                report.complete = true;
                 return Ok(report);
             }
             report.batches += 1;
@@ -149,6 +165,9 @@ impl<S: Store, T: Transport> Relay<S, T> {
                 .instrument(span)
                 .await?;
             if report.transport_down.is_some() {
+                // Nothing more can be published now; the rows' backoff and
+                // the sweep take it from here.
+                report.complete = true;
                 return Ok(report);
             }
         }
@@ -292,5 +311,11 @@ impl<S: Store, T: Transport> Relay<S, T> {
             error,
             retry_at,
         }
+    }
+}
+
+impl<S: Store, T: Transport> crate::pump::Drain for Relay<S, T> {
+    fn drain_before(&self, deadline: Option<tokio::time::Instant>) -> crate::pump::DrainFuture<'_> {
+        Box::pin(self.drain_until(deadline))
     }
 }

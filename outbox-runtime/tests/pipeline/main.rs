@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outbox_runtime::{
-    Backoff, Dispatcher, HandlerContext, InProcessConfig, InProcessQueue, Metrics, OutboxMessage,
-    Relay, RelayConfig, Worker, WorkerConfig, handler,
+    Backoff, ConsumerConfig, Dispatcher, HandlerContext, InProcessConfig, InProcessQueue, Metrics,
+    OutboxMessage, Relay, RelayConfig, Worker, WorkerConfig, handler,
 };
 
 use crate::db::TestDb;
@@ -122,9 +122,12 @@ impl<S: TestDb> Harness<S> {
         let worker = Worker::new(store.clone(), Arc::clone(&queue), dispatcher)
             .with_config(WorkerConfig {
                 wait: Duration::from_millis(50),
-                retry_backoff: fast_backoff(),
                 retention: None,
                 ..WorkerConfig::default()
+            })
+            .with_consumer_config(ConsumerConfig {
+                retry_backoff: fast_backoff(),
+                ..ConsumerConfig::default()
             })
             .with_metrics(Arc::clone(&metrics));
         Harness {

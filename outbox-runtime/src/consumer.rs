@@ -1,0 +1,399 @@
+//! The [`Consumer`]: what happens to one received message, shared by the
+//! long-poll [`Worker`](crate::Worker) and the Lambda consumer.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::backoff::Backoff;
+use crate::context::HandlerContext;
+use crate::dispatch::{Dispatcher, invoke};
+use crate::envelope::Envelope;
+use crate::handler::HandlerError;
+use crate::metrics::Metrics;
+use crate::pump::{Drain, Pump, is_pump};
+use crate::registry::HandlerRegistration;
+use crate::store::{DeadLetter, Store, StoreError};
+use crate::transport::Delivery;
+
+/// Settings of a [`Consumer`].
+#[derive(Clone, Copy, Debug)]
+pub struct ConsumerConfig {
+    /// Attempts per handler when it sets no `max_attempts`.
+    pub default_max_attempts: u32,
+    /// Delay before a failed message is delivered again.
+    pub retry_backoff: Backoff,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            default_max_attempts: 5,
+            retry_backoff: Backoff::default(),
+        }
+    }
+}
+
+/// What to do with one delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Done with it: acknowledge (delete) it.
+    Done,
+    /// Done with it, part or all of it in dead letters: acknowledge it.
+    DeadLettered,
+    /// Deliver it again after this delay.
+    Retry(Duration),
+    /// Not run, because an earlier message of its group failed in this
+    /// batch: deliver it again, after that one.
+    HeldBack,
+}
+
+impl Outcome {
+    /// Whether the delivery should be acknowledged.
+    pub fn is_done(self) -> bool {
+        matches!(self, Outcome::Done | Outcome::DeadLettered)
+    }
+}
+
+/// What became of one handler on one message.
+enum HandlerRun {
+    Committed,
+    AlreadyHandled,
+    Failed(HandlerError),
+}
+
+/// Runs received messages through a [`Dispatcher`] with a [`Store`]:
+///
+/// 1. a pump message makes it drain the outbox (when it has a relay);
+/// 2. an envelope's handlers each run in their own store transaction: the
+///    handler is skipped if the inbox says it already committed this
+///    message; otherwise it runs with the transaction in its
+///    [`HandlerContext`], and on success the inbox row and the messages it
+///    published are written and committed with its own writes;
+/// 3. poison (not an envelope, unknown type, unsupported version,
+///    undecodable payload) and handlers out of attempts go to dead letters,
+///    and the delivery is acknowledged: they never block their group.
+pub struct Consumer<S> {
+    store: S,
+    dispatcher: Arc<Dispatcher>,
+    config: ConsumerConfig,
+    metrics: Arc<Metrics>,
+    pump: Option<Arc<dyn Pump>>,
+    relay: Option<Arc<dyn Drain>>,
+}
+
+impl<S: Clone> Clone for Consumer<S> {
+    fn clone(&self) -> Self {
+        Consumer {
+            store: self.store.clone(),
+            dispatcher: Arc::clone(&self.dispatcher),
+            config: self.config,
+            metrics: Arc::clone(&self.metrics),
+            pump: self.pump.clone(),
+            relay: self.relay.clone(),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for Consumer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("config", &self.config)
+            .field("relay", &self.relay.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> Consumer<S> {
+    /// A consumer with the default settings.
+    pub fn new(store: S, dispatcher: Arc<Dispatcher>) -> Self {
+        Consumer {
+            store,
+            dispatcher,
+            config: ConsumerConfig::default(),
+            metrics: Arc::default(),
+            pump: None,
+            relay: None,
+        }
+    }
+
+    /// Replaces the settings.
+    #[must_use]
+    pub fn with_config(mut self, config: ConsumerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Shares counters with other parts (the relay, a dashboard).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Pumps the relay after a handler commits messages it published.
+    #[must_use]
+    pub fn with_pump(mut self, pump: Arc<dyn Pump>) -> Self {
+        self.pump = Some(pump);
+        self
+    }
+
+    /// Drains the outbox with `relay` when a pump message arrives.
+    #[must_use]
+    pub fn with_relay(mut self, relay: Arc<dyn Drain>) -> Self {
+        self.relay = Some(relay);
+        self
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The dispatcher.
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.dispatcher
+    }
+
+    /// Handles a received batch in order: a failure holds back the later
+    /// messages of its group (they are not run, and come back after it);
+    /// other groups go on. Returns one outcome per delivery, in order.
+    pub async fn handle_batch(&self, deliveries: &[Delivery]) -> Vec<Outcome> {
+        let mut stopped: HashSet<&str> = HashSet::new();
+        let mut outcomes = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            if stopped.contains(delivery.group.as_str()) {
+                outcomes.push(Outcome::HeldBack);
+                continue;
+            }
+            let outcome = self.handle(delivery).await;
+            if !outcome.is_done() {
+                stopped.insert(&delivery.group);
+            }
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+
+    /// Drains the outbox on a pump, until done or `deadline`. Without a relay
+    /// the pump is acknowledged and ignored.
+    pub async fn on_pump(&self, deadline: Option<Instant>) -> Outcome {
+        let Some(relay) = &self.relay else {
+            tracing::debug!("pump received, but this consumer has no relay; ignored");
+            return Outcome::Done;
+        };
+        match relay.drain_before(deadline).await {
+            Ok(report) => {
+                if !report.complete {
+                    // Out of time with rows left: ask for another drain.
+                    if let Some(pump) = &self.pump
+                        && let Err(err) = pump.pump().await
+                    {
+                        tracing::warn!(error = %err, "could not re-pump; the sweep will drain the rest");
+                    }
+                }
+                Outcome::Done
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "drain on pump failed; the pump will be retried");
+                Outcome::Retry(self.config.retry_backoff.delay(1))
+            }
+        }
+    }
+
+    /// Handles one delivery: decodes it, runs every handler of its type,
+    /// each in its own transaction with the inbox, and says what to do with
+    /// the delivery.
+    pub async fn handle(&self, delivery: &Delivery) -> Outcome {
+        if is_pump(&delivery.body) {
+            return self.on_pump(None).await;
+        }
+        let envelope = match Envelope::from_json(&delivery.body) {
+            Ok(envelope) => envelope,
+            Err(err) => {
+                return self.poison(delivery, None, err.to_string()).await;
+            }
+        };
+        let span = tracing::info_span!(
+            "outbox.consume",
+            message.id = %envelope.id,
+            message.type = %envelope.message_type,
+            message.group = %envelope.group,
+            attempt = delivery.receive_count,
+        );
+        self.handle_envelope(delivery, &envelope)
+            .instrument(span)
+            .await
+    }
+
+    async fn handle_envelope(&self, delivery: &Delivery, envelope: &Envelope) -> Outcome {
+        let entry = match self.dispatcher.route(envelope) {
+            Ok(entry) => entry,
+            Err(err) => return self.poison(delivery, Some(envelope), err.to_string()).await,
+        };
+        let mut retry = false;
+        let mut dead = false;
+        for &handler in entry.handlers() {
+            match self
+                .run_handler(handler, envelope, delivery.receive_count)
+                .await
+            {
+                Ok(HandlerRun::Committed) => self.metrics.add_handled(1),
+                Ok(HandlerRun::AlreadyHandled) => self.metrics.add_duplicates_suppressed(1),
+                Ok(HandlerRun::Failed(err)) if err.is_permanent() => {
+                    return self.poison(delivery, Some(envelope), err.to_string()).await;
+                }
+                Ok(HandlerRun::Failed(err)) => {
+                    self.metrics.add_handler_failures(1);
+                    let max = handler
+                        .max_attempts
+                        .unwrap_or(self.config.default_max_attempts);
+                    if delivery.receive_count >= max {
+                        match self.give_up(handler, delivery, envelope, &err).await {
+                            Ok(()) => dead = true,
+                            Err(store) => {
+                                tracing::warn!(error = %store, "could not dead-letter; will retry");
+                                retry = true;
+                            }
+                        }
+                    } else {
+                        retry = true;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(handler = handler.name, error = %err, "store failed while handling; will retry");
+                    retry = true;
+                }
+            }
+        }
+        if retry {
+            Outcome::Retry(self.config.retry_backoff.delay(delivery.receive_count))
+        } else if dead {
+            Outcome::DeadLettered
+        } else {
+            Outcome::Done
+        }
+    }
+
+    /// Runs one handler in its own transaction, with the inbox.
+    async fn run_handler(
+        &self,
+        handler: &'static HandlerRegistration,
+        envelope: &Envelope,
+        attempt: u32,
+    ) -> Result<HandlerRun, StoreError> {
+        let mut tx = self.store.begin().await?;
+        if self
+            .store
+            .inbox_contains(&mut tx, envelope.id, handler.name)
+            .await?
+        {
+            tx.rollback().await?;
+            return Ok(HandlerRun::AlreadyHandled);
+        }
+        let (result, published) = {
+            let mut ctx = HandlerContext::new(envelope, self.dispatcher.state())
+                .for_handler(handler.name, attempt)
+                .with_transaction(&mut tx);
+            let result = invoke(handler, envelope, &mut ctx).await;
+            (result, ctx.take_published())
+        };
+        if let Err(err) = result {
+            tx.rollback().await?;
+            return Ok(HandlerRun::Failed(err));
+        }
+        if let Err(err) = self
+            .store
+            .inbox_insert(&mut tx, envelope.id, handler.name)
+            .await
+        {
+            // Another worker committed this handler for this message since we
+            // looked: its effects stand, ours roll back.
+            tx.rollback().await?;
+            return if err.is_unique_violation() {
+                Ok(HandlerRun::AlreadyHandled)
+            } else {
+                Err(err)
+            };
+        }
+        self.store.enqueue_all(&mut tx, &published).await?;
+        tx.commit().await?;
+        if !published.is_empty()
+            && let Some(pump) = &self.pump
+            && let Err(err) = pump.pump().await
+        {
+            tracing::warn!(error = %err, "pump after cascade failed");
+        }
+        Ok(HandlerRun::Committed)
+    }
+
+    /// A handler ran out of attempts: keep the message in dead letters and
+    /// mark the handler done, so redeliveries caused by other handlers do not
+    /// run it again. Replaying the dead letter clears the mark.
+    async fn give_up(
+        &self,
+        handler: &'static HandlerRegistration,
+        delivery: &Delivery,
+        envelope: &Envelope,
+        err: &HandlerError,
+    ) -> Result<(), StoreError> {
+        tracing::error!(handler = handler.name, error = %err, "handler out of attempts; dead-lettered");
+        self.store
+            .dead_letter(&DeadLetter {
+                message_id: Some(envelope.id),
+                handler: Some(handler.name.to_owned()),
+                message_type: Some(envelope.message_type.clone()),
+                group: Some(envelope.group.clone()),
+                body: delivery.body.clone(),
+                error: err.to_string(),
+                attempts: delivery.receive_count,
+            })
+            .await?;
+        let mut tx = self.store.begin().await?;
+        self.store
+            .inbox_insert(&mut tx, envelope.id, handler.name)
+            .await?;
+        tx.commit().await?;
+        self.metrics.add_dead_lettered(1);
+        Ok(())
+    }
+
+    /// The message can never be handled: keep it in dead letters and
+    /// acknowledge it. If even that fails, retry it later rather than lose it.
+    async fn poison(
+        &self,
+        delivery: &Delivery,
+        envelope: Option<&Envelope>,
+        error: String,
+    ) -> Outcome {
+        tracing::error!(%error, group = %delivery.group, "poison message dead-lettered");
+        let entry = DeadLetter {
+            message_id: envelope.map(|e| e.id),
+            handler: None,
+            message_type: envelope.map(|e| e.message_type.clone()),
+            group: Some(delivery.group.clone()),
+            body: delivery.body.clone(),
+            error,
+            attempts: delivery.receive_count,
+        };
+        match self.store.dead_letter(&entry).await {
+            Ok(()) => {
+                self.metrics.add_dead_lettered(1);
+                Outcome::DeadLettered
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "could not dead-letter a poison message; will retry");
+                Outcome::Retry(self.config.retry_backoff.delay(delivery.receive_count))
+            }
+        }
+    }
+}
