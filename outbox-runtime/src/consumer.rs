@@ -168,6 +168,16 @@ impl<S: Store> Consumer<S> {
     /// messages of its group (they are not run, and come back after it);
     /// other groups go on. Returns one outcome per delivery, in order.
     pub async fn handle_batch(&self, deliveries: &[Delivery]) -> Vec<Outcome> {
+        self.handle_batch_until(deliveries, None).await
+    }
+
+    /// Like [`handle_batch`](Self::handle_batch), with a deadline for pump
+    /// messages (a Lambda's remaining time).
+    pub async fn handle_batch_until(
+        &self,
+        deliveries: &[Delivery],
+        deadline: Option<Instant>,
+    ) -> Vec<Outcome> {
         let mut stopped: HashSet<&str> = HashSet::new();
         let mut outcomes = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
@@ -175,7 +185,7 @@ impl<S: Store> Consumer<S> {
                 outcomes.push(Outcome::HeldBack);
                 continue;
             }
-            let outcome = self.handle(delivery).await;
+            let outcome = self.handle_until(delivery, deadline).await;
             if !outcome.is_done() {
                 stopped.insert(&delivery.group);
             }
@@ -214,8 +224,12 @@ impl<S: Store> Consumer<S> {
     /// each in its own transaction with the inbox, and says what to do with
     /// the delivery.
     pub async fn handle(&self, delivery: &Delivery) -> Outcome {
+        self.handle_until(delivery, None).await
+    }
+
+    async fn handle_until(&self, delivery: &Delivery, deadline: Option<Instant>) -> Outcome {
         if is_pump(&delivery.body) {
-            return self.on_pump(None).await;
+            return self.on_pump(deadline).await;
         }
         let envelope = match Envelope::from_json(&delivery.body) {
             Ok(envelope) => envelope,

@@ -38,6 +38,8 @@
 #![warn(missing_docs)]
 #![warn(clippy::unwrap_used)]
 
+#[cfg(feature = "sqs")]
+pub mod aws;
 mod backoff;
 mod consumer;
 mod context;
@@ -45,6 +47,8 @@ mod dispatch;
 mod envelope;
 mod handler;
 mod hash;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 mod message;
 mod metrics;
 mod pump;
@@ -82,6 +86,8 @@ pub use crate::table::{
     DispatchTable, HandlerInfo, MessageEntry, MessageInfo, TableError, TableProblem,
 };
 pub use crate::transport::in_process::{InProcessConfig, InProcessQueue, InProcessStats};
+#[cfg(feature = "sqs")]
+pub use crate::transport::sqs::{SQS_MAX_BODY_BYTES, SqsPump, SqsReceiver, SqsTransport};
 pub use crate::transport::{
     Delivery, EntryError, PublishEntry, Receipt, Receiver, Transport, TransportError,
 };

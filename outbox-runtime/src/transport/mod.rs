@@ -12,6 +12,8 @@ use std::time::Duration;
 use crate::envelope::Envelope;
 
 pub(crate) mod in_process;
+#[cfg(feature = "sqs")]
+pub(crate) mod sqs;
 
 /// One message to publish.
 #[derive(Clone, Debug)]
