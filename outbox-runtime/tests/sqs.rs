@@ -1,0 +1,578 @@
+//! The AWS path through real clients: `aws-sdk-sqs` against the local
+//! SQS-compatible server that `scripts/test` starts (moto), PostgreSQL from
+//! `#[sqlx::test]`, and the Lambda consumer's record handling.
+//!
+//! Each test makes its own queues (unique names), so tests share one server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use outbox_runtime::{
+    Backoff, Consumer, ConsumerConfig, Dispatcher, Envelope, HandlerContext, OutboxMessage,
+    Outgoing, PgStore, PublishEntry, Receiver, Relay, RelayConfig, SqsPump, SqsReceiver,
+    SqsTransport, Store, Transport, TransportError, Worker, WorkerConfig, handler, is_pump,
+};
+use sqlx::PgPool;
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+#[outbox(name = "sqs.step", group = group)]
+struct Step {
+    group: String,
+    n: i64,
+    /// Fail the first `fail_first` attempts.
+    #[serde(default)]
+    fail_first: u32,
+}
+
+#[handler(name = "sqs.step.record")]
+async fn record(msg: Step, ctx: &mut HandlerContext<'_>) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        ctx.attempt() > msg.fail_first,
+        "step {} fails attempt {}",
+        msg.n,
+        ctx.attempt()
+    );
+    let id = ctx.message_id().to_string();
+    sqlx::query("INSERT INTO effects (message_id, grp, n) VALUES ($1, $2, $3)")
+        .bind(id)
+        .bind(&msg.group)
+        .bind(msg.n)
+        .execute(ctx.db::<sqlx::Postgres>()?)
+        .await?;
+    Ok(())
+}
+
+fn step(group: &str, n: i64) -> Step {
+    Step {
+        group: group.into(),
+        n,
+        fail_first: 0,
+    }
+}
+
+async fn client() -> Client {
+    assert!(
+        std::env::var_os("AWS_ENDPOINT_URL").is_some(),
+        "AWS_ENDPOINT_URL is not set: run scripts/test, which starts the local SQS server (moto) and sets it"
+    );
+    Client::new(&outbox_runtime::aws::sdk_config().await)
+}
+
+/// A FIFO queue with a short visibility timeout and, optionally, a FIFO DLQ
+/// after `max_receives`. Returns (queue URL, DLQ URL).
+async fn fifo_queue(client: &Client, max_receives: Option<u32>) -> (String, Option<String>) {
+    let name = format!("t-{}", uuid::Uuid::now_v7().simple());
+    let dlq = match max_receives {
+        None => None,
+        Some(_) => {
+            let url = client
+                .create_queue()
+                .queue_name(format!("{name}-dlq.fifo"))
+                .attributes(QueueAttributeName::FifoQueue, "true")
+                .send()
+                .await
+                .unwrap()
+                .queue_url
+                .unwrap();
+            let arn = client
+                .get_queue_attributes()
+                .queue_url(&url)
+                .attribute_names(QueueAttributeName::QueueArn)
+                .send()
+                .await
+                .unwrap()
+                .attributes
+                .unwrap()
+                .remove(&QueueAttributeName::QueueArn)
+                .unwrap();
+            Some((url, arn))
+        }
+    };
+    let mut create = client
+        .create_queue()
+        .queue_name(format!("{name}.fifo"))
+        .attributes(QueueAttributeName::FifoQueue, "true")
+        .attributes(QueueAttributeName::VisibilityTimeout, "1");
+    if let (Some((_, arn)), Some(max)) = (&dlq, max_receives) {
+        create = create.attributes(
+            QueueAttributeName::RedrivePolicy,
+            format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":"{max}"}}"#),
+        );
+    }
+    let url = create.send().await.unwrap().queue_url.unwrap();
+    (url, dlq.map(|(url, _)| url))
+}
+
+async fn effects_table(pool: &PgPool) {
+    sqlx::query("CREATE TABLE effects (id BIGSERIAL PRIMARY KEY, message_id TEXT NOT NULL, grp TEXT NOT NULL, n BIGINT NOT NULL)")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+async fn effects(pool: &PgPool) -> Vec<(String, i64)> {
+    sqlx::query_as("SELECT grp, n FROM effects ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+fn entries(envelopes: &[Envelope]) -> Vec<PublishEntry<'_>> {
+    envelopes
+        .iter()
+        .map(|e| PublishEntry {
+            envelope: e,
+            queue: None,
+            body: e.to_json(),
+        })
+        .collect()
+}
+
+fn fast() -> Backoff {
+    Backoff {
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(10),
+        multiplier: 1.0,
+        jitter: false,
+    }
+}
+
+#[tokio::test]
+async fn batches_carry_groups_and_dedup_ids_and_keep_order() {
+    let client = client().await;
+    let (url, _) = fifo_queue(&client, None).await;
+    let transport = SqsTransport::new(client.clone(), &url);
+    let envelopes: Vec<Envelope> = (0..12)
+        .map(|i| Envelope::from_message(&step(if i % 2 == 0 { "even" } else { "odd" }, i)).unwrap())
+        .collect();
+    // Twelve entries are more than one SendMessageBatch: the relay chunks by
+    // `max_batch`, as it would.
+    assert_eq!(transport.max_batch(), 10);
+    for chunk in envelopes.chunks(10) {
+        let results = transport.publish(&entries(chunk)).await.unwrap();
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+    }
+    // The same ids again, as a relay that lost its lease would: deduplicated.
+    transport.publish(&entries(&envelopes[..2])).await.unwrap();
+
+    let receiver = SqsReceiver::new(client.clone(), &url);
+    let mut seen: Vec<(String, i64, u32)> = Vec::new();
+    while seen.len() < 12 {
+        let batch = receiver.receive(10, Duration::from_secs(1)).await.unwrap();
+        assert!(!batch.is_empty(), "messages missing after {seen:?}");
+        for d in &batch {
+            let envelope = Envelope::from_json(&d.body).unwrap();
+            assert_eq!(
+                d.group, envelope.group,
+                "MessageGroupId is the envelope's group"
+            );
+            seen.push((
+                d.group.clone(),
+                Step::decode(&envelope.payload).unwrap().n,
+                d.receive_count,
+            ));
+        }
+        let receipts: Vec<_> = batch.into_iter().map(|d| d.receipt).collect();
+        receiver.ack(&receipts).await.unwrap();
+    }
+    assert!(
+        receiver
+            .receive(10, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_empty(),
+        "duplicates were dropped"
+    );
+    let evens: Vec<i64> = seen.iter().filter(|s| s.0 == "even").map(|s| s.1).collect();
+    let odds: Vec<i64> = seen.iter().filter(|s| s.0 == "odd").map(|s| s.1).collect();
+    assert_eq!(evens, [0, 2, 4, 6, 8, 10]);
+    assert_eq!(odds, [1, 3, 5, 7, 9, 11]);
+    assert!(seen.iter().all(|s| s.2 == 1));
+}
+
+#[tokio::test]
+async fn oversized_and_unroutable_entries_fail_with_their_group_only() {
+    let client = client().await;
+    let (url, _) = fifo_queue(&client, None).await;
+    let transport = SqsTransport::new(client.clone(), &url).with_max_body_bytes(400);
+    let envelopes = [
+        Envelope::from_message(&step("big", 1)).unwrap(),
+        Envelope::from_message(&step("big", 2)).unwrap(),
+        Envelope::from_message(&step("small", 1)).unwrap(),
+    ];
+    let mut list = entries(&envelopes);
+    list[0].body = format!("{:width$}", list[0].body, width = 500);
+    let mut routed = entries(&envelopes[2..]);
+    routed[0].queue = Some("billing-events");
+
+    let results = transport.publish(&list).await.unwrap();
+    let first = results[0].as_ref().unwrap_err();
+    assert!(first.permanent);
+    assert!(
+        first
+            .message
+            .starts_with("message body is 500 bytes; SQS accepts at most 400"),
+        "{first}"
+    );
+    assert!(
+        results[1].as_ref().is_err_and(|e| !e.permanent),
+        "held back behind its group's failure"
+    );
+    assert!(results[2].is_ok());
+
+    let results = transport.publish(&routed).await.unwrap();
+    let err = results[0].as_ref().unwrap_err();
+    assert!(!err.permanent);
+    assert_eq!(
+        err.message,
+        "no queue URL for logical queue `billing-events`; set OUTBOX_QUEUE_URL_BILLING_EVENTS"
+    );
+}
+
+#[tokio::test]
+async fn a_queue_that_is_down_is_a_transport_error() {
+    let sdk = outbox_runtime::aws::sdk_config().await;
+    let config = aws_sdk_sqs::config::Builder::from(&sdk)
+        .endpoint_url("http://127.0.0.1:9")
+        .build();
+    let down = Client::from_conf(config);
+    let transport = SqsTransport::new(down.clone(), "http://127.0.0.1:9/123456789012/gone.fifo");
+    let envelope = Envelope::from_message(&step("g", 1)).unwrap();
+    let err = transport
+        .publish(&entries(std::slice::from_ref(&envelope)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::Unavailable(_)), "{err}");
+    let receiver = SqsReceiver::new(down, "http://127.0.0.1:9/123456789012/gone.fifo");
+    assert!(receiver.receive(1, Duration::ZERO).await.is_err());
+}
+
+#[sqlx::test(migrations = false)]
+async fn relay_and_long_poll_worker_deliver_exactly_once_in_group_order(pool: PgPool) {
+    let client = client().await;
+    let (url, _) = fifo_queue(&client, None).await;
+    let store = PgStore::new(pool.clone());
+    store.migrate().await.unwrap();
+    effects_table(&pool).await;
+
+    let mut flaky = step("a", 0);
+    flaky.fail_first = 1;
+    let mut messages = vec![flaky];
+    messages.extend((1..5).map(|n| step("a", n)));
+    messages.extend((0..5).map(|n| step("b", n)));
+    let mut tx = pool.begin().await.unwrap();
+    let outgoing: Vec<Outgoing> = messages.iter().map(|m| Outgoing::new(m).unwrap()).collect();
+    store.enqueue_all(&mut tx, &outgoing).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let relay = Relay::new(
+        store.clone(),
+        Arc::new(SqsTransport::new(client.clone(), &url)),
+    );
+    let report = relay.drain().await.unwrap();
+    assert_eq!(report.published, 10);
+
+    let dispatcher = Arc::new(Dispatcher::from_registry().unwrap());
+    let worker = Worker::new(
+        store.clone(),
+        Arc::new(SqsReceiver::new(client.clone(), &url)),
+        dispatcher,
+    )
+    .with_config(WorkerConfig {
+        wait: Duration::from_secs(1),
+        retention: None,
+        ..WorkerConfig::default()
+    })
+    .with_consumer_config(ConsumerConfig {
+        retry_backoff: fast(),
+        ..ConsumerConfig::default()
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while effects(&pool).await.len() < 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not delivered: {:?}",
+            effects(&pool).await
+        );
+        worker.run_once().await.unwrap();
+    }
+    let got = effects(&pool).await;
+    let per = |g: &str| {
+        got.iter()
+            .filter(|e| e.0 == g)
+            .map(|e| e.1)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        per("a"),
+        [0, 1, 2, 3, 4],
+        "a's retry held its later messages back"
+    );
+    assert_eq!(per("b"), [0, 1, 2, 3, 4]);
+    assert_eq!(worker.metrics().snapshot().handler_failures, 1);
+}
+
+/// Plays the SQS event source mapping against `handle_records`: receive up
+/// to 10, hand them over as Lambda records, delete the successes, leave the
+/// failures to the visibility timeout and the redrive policy.
+async fn deliver_as_lambda(
+    client: &Client,
+    url: &str,
+    consumer: &Consumer<PgStore>,
+) -> (usize, Vec<String>) {
+    let received = client
+        .receive_message()
+        .queue_url(url)
+        .max_number_of_messages(10)
+        .wait_time_seconds(1)
+        .message_system_attribute_names(MessageSystemAttributeName::All)
+        .send()
+        .await
+        .unwrap();
+    let messages = received.messages.unwrap_or_default();
+    let records: Vec<aws_lambda_events::event::sqs::SqsMessage> = messages
+        .iter()
+        .map(|m| {
+            let attributes: serde_json::Map<String, serde_json::Value> = m
+                .attributes()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.as_str().to_owned(), serde_json::Value::String(v.clone())))
+                .collect();
+            serde_json::from_value(serde_json::json!({
+                "messageId": m.message_id(),
+                "receiptHandle": m.receipt_handle(),
+                "body": m.body(),
+                "attributes": attributes,
+                "messageAttributes": {},
+                "eventSource": "aws:sqs",
+            }))
+            .unwrap()
+        })
+        .collect();
+    let response = outbox_runtime::lambda::handle_records(consumer, records, None).await;
+    let failed: Vec<String> = response
+        .batch_item_failures
+        .into_iter()
+        .map(|f| f.item_identifier)
+        .collect();
+    for m in &messages {
+        if !failed.iter().any(|f| Some(f.as_str()) == m.message_id()) {
+            client
+                .delete_message()
+                .queue_url(url)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    (messages.len(), failed)
+}
+
+#[sqlx::test(migrations = false)]
+async fn lambda_reports_a_failed_group_and_the_sqs_dlq_takes_it_after_max_receives(pool: PgPool) {
+    let client = client().await;
+    let (url, dlq) = fifo_queue(&client, Some(2)).await;
+    let dlq = dlq.unwrap();
+    let store = PgStore::new(pool.clone());
+    store.migrate().await.unwrap();
+    effects_table(&pool).await;
+
+    // Group "stuck" fails every attempt (its handler allows up to 5, more
+    // than the queue's maxReceiveCount of 2); group "fine" flows.
+    let mut stuck = step("stuck", 0);
+    stuck.fail_first = 99;
+    let envelopes = [
+        Envelope::from_message(&stuck).unwrap(),
+        Envelope::from_message(&step("stuck", 1)).unwrap(),
+        Envelope::from_message(&step("fine", 0)).unwrap(),
+        Envelope::from_message(&step("fine", 1)).unwrap(),
+    ];
+    SqsTransport::new(client.clone(), &url)
+        .publish(&entries(&envelopes))
+        .await
+        .unwrap();
+
+    let consumer = Consumer::new(
+        store.clone(),
+        Arc::new(Dispatcher::from_registry().unwrap()),
+    );
+    let (received, failed) = deliver_as_lambda(&client, &url, &consumer).await;
+    assert_eq!(received, 4);
+    assert_eq!(
+        failed.len(),
+        2,
+        "the failing record and the later record of its group"
+    );
+    assert_eq!(
+        effects(&pool).await,
+        [("fine".to_owned(), 0), ("fine".to_owned(), 1)]
+    );
+
+    // After the visibility timeout the group comes back and fails again;
+    // past maxReceiveCount SQS moves the failing message to the DLQ, and the
+    // group moves on. Messages held back behind a failure count receives
+    // too (as on AWS), so they may follow it into the DLQ: either way each
+    // message ends up handled or in the DLQ, and none runs before "stuck" 0.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut in_dlq: Vec<i64> = Vec::new();
+    loop {
+        let moved = client
+            .receive_message()
+            .queue_url(&dlq)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        for m in &moved {
+            let envelope = Envelope::from_json(m.body().unwrap()).unwrap();
+            in_dlq.push(Step::decode(&envelope.payload).unwrap().n);
+            client
+                .delete_message()
+                .queue_url(&dlq)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+        let handled_stuck = effects(&pool)
+            .await
+            .iter()
+            .filter(|e| e.0 == "stuck")
+            .count();
+        if in_dlq.contains(&0) && in_dlq.len() + handled_stuck == 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not settled: dlq {in_dlq:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        deliver_as_lambda(&client, &url, &consumer).await;
+    }
+    let got = effects(&pool).await;
+    assert!(
+        !got.contains(&("stuck".to_owned(), 0)),
+        "the failing message never committed"
+    );
+    assert_eq!(got[..2], [("fine".to_owned(), 0), ("fine".to_owned(), 1)]);
+}
+
+#[sqlx::test(migrations = false)]
+async fn poison_records_are_dead_lettered_and_acknowledged(pool: PgPool) {
+    let client = client().await;
+    let (url, _) = fifo_queue(&client, None).await;
+    let store = PgStore::new(pool.clone());
+    store.migrate().await.unwrap();
+    effects_table(&pool).await;
+    let carrier = Envelope::from_message(&step("p", 0)).unwrap();
+    let mut unknown = Envelope::from_message(&step("q", 0)).unwrap();
+    unknown.message_type = "nobody.handles.this".into();
+    let mut list = entries(std::slice::from_ref(&carrier));
+    list[0].body = "{\"not\": \"an envelope\"}".into();
+    let transport = SqsTransport::new(client.clone(), &url);
+    transport.publish(&list).await.unwrap();
+    transport
+        .publish(&entries(std::slice::from_ref(&unknown)))
+        .await
+        .unwrap();
+
+    let consumer = Consumer::new(
+        store.clone(),
+        Arc::new(Dispatcher::from_registry().unwrap()),
+    );
+    let (received, failed) = deliver_as_lambda(&client, &url, &consumer).await;
+    assert_eq!(
+        (received, failed.len()),
+        (2, 0),
+        "poison is acknowledged, never retried"
+    );
+    let dead: Vec<(String,)> = sqlx::query_as("SELECT error FROM outbox_dead_letters ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 2);
+    assert!(
+        dead[0]
+            .0
+            .starts_with("malformed envelope at `.`: missing field `id`"),
+        "{dead:?}"
+    );
+    assert_eq!(dead[1].0, "unknown message type `nobody.handles.this`");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_pump_makes_the_consumer_drain_the_outbox(pool: PgPool) {
+    let client = client().await;
+    let (url, _) = fifo_queue(&client, None).await;
+    let store = PgStore::new(pool.clone());
+    store.migrate().await.unwrap();
+    effects_table(&pool).await;
+    let transport = Arc::new(SqsTransport::new(client.clone(), &url));
+    let pump = SqsPump::new(client.clone(), &url);
+    let relay = Relay::new(store.clone(), Arc::clone(&transport)).with_config(RelayConfig {
+        backoff: fast(),
+        ..RelayConfig::default()
+    });
+    let consumer = Consumer::new(
+        store.clone(),
+        Arc::new(Dispatcher::from_registry().unwrap()),
+    )
+    .with_relay(Arc::new(relay))
+    .with_pump(Arc::new(pump.clone()));
+
+    // A rolled-back transaction sends no pump and leaves nothing.
+    let mut tx = pool.begin().await.unwrap();
+    outbox_runtime::StoreExt::enqueue(&store, &mut tx, &step("g", 0))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        deliver_as_lambda(&client, &url, &consumer).await.0,
+        0,
+        "no pump after a rollback"
+    );
+
+    // A committed one: commit, then pump.
+    let mut tx = pool.begin().await.unwrap();
+    outbox_runtime::StoreExt::enqueue(&store, &mut tx, &step("g", 1))
+        .await
+        .unwrap();
+    outbox_runtime::commit_and_pump(tx, &pump).await.unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while effects(&pool).await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never delivered");
+        deliver_as_lambda(&client, &url, &consumer).await;
+    }
+    assert_eq!(effects(&pool).await, [("g".to_owned(), 1)]);
+    assert_eq!(store.stats().await.unwrap().pending, 0);
+
+    // A lost pump: the row waits until the sweep's pump arrives.
+    let mut tx = pool.begin().await.unwrap();
+    outbox_runtime::StoreExt::enqueue(&store, &mut tx, &step("g", 2))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap(); // ... and the pump is lost in transit.
+    deliver_as_lambda(&client, &url, &consumer).await;
+    assert_eq!(
+        store.stats().await.unwrap().pending,
+        1,
+        "nothing drains without a pump"
+    );
+    outbox_runtime::Pump::pump(&pump).await.unwrap(); // the sweep
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while effects(&pool).await.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sweep did not recover the row"
+        );
+        deliver_as_lambda(&client, &url, &consumer).await;
+    }
+    assert!(is_pump(outbox_runtime::PUMP_BODY));
+}
