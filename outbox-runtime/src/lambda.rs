@@ -32,8 +32,11 @@ use crate::consumer::Consumer;
 use crate::store::Store;
 use crate::transport::{Delivery, Receipt};
 
-/// Time kept back from the invocation's deadline for answering the runtime.
-const SAFETY_MARGIN: Duration = Duration::from_secs(3);
+/// Time kept back from the invocation's deadline for answering the runtime:
+/// a tenth of the time left, at most two seconds.
+fn safety_margin(remaining: Duration) -> Duration {
+    (remaining / 10).min(Duration::from_secs(2))
+}
 
 /// Serves SQS events with `consumer` until the Lambda runtime stops the process.
 pub async fn run<S: Store>(consumer: Consumer<S>) -> Result<(), lambda_runtime::Error> {
@@ -54,9 +57,14 @@ pub async fn handle_event<S: Store>(
         .context
         .deadline()
         .duration_since(SystemTime::now())
-        .unwrap_or_default()
-        .saturating_sub(SAFETY_MARGIN);
+        .unwrap_or_default();
+    let remaining = remaining.saturating_sub(safety_margin(remaining));
     let deadline = Instant::now() + remaining;
+    tracing::debug!(
+        records = event.payload.records.len(),
+        remaining_ms = remaining.as_millis(),
+        "invocation"
+    );
     handle_records(consumer, event.payload.records, Some(deadline)).await
 }
 
@@ -108,4 +116,22 @@ fn delivery(record: SqsMessage) -> (Option<String>, Delivery) {
         receipt: Receipt(record.receipt_handle.unwrap_or_default()),
     };
     (record.message_id, delivery)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_margin_leaves_most_of_a_short_invocation_to_the_work() {
+        assert_eq!(
+            safety_margin(Duration::from_secs(3)),
+            Duration::from_millis(300)
+        );
+        assert_eq!(
+            safety_margin(Duration::from_secs(900)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(safety_margin(Duration::ZERO), Duration::ZERO);
+    }
 }

@@ -141,14 +141,18 @@ impl<S: Store, T: Transport> Relay<S, T> {
     }
 
     /// Like [`drain`](Self::drain), but claims no new batch once `deadline`
-    /// has passed (a Lambda's remaining time); `complete` is then false.
+    /// has passed (a Lambda's remaining time); `complete` is then false. The
+    /// first batch is always claimed, so every drain makes progress.
     pub async fn drain_until(
         &self,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<DrainReport, RelayError> {
         let mut report = DrainReport::default();
         loop {
-            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            // The first batch is claimed whatever the deadline says, so that
+            // every drain makes progress (a pump that re-pumps without
+            // draining would loop forever).
+            if report.batches > 0 && deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 return Ok(report);
             }
             let batch = self

@@ -7,6 +7,7 @@ mod db;
 mod demo;
 mod domain;
 mod handlers;
+mod lambda;
 mod messages;
 mod orders;
 mod probe;
@@ -57,6 +58,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+        return lambda::run().await;
+    }
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Demo(DemoArgs {
         orders: 1000,
@@ -65,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
     })) {
         Command::Demo(args) => demo(args).await,
         Command::Table { json } => {
-            let table = outbox_runtime::DispatchTable::from_registry()?;
+            let table = lambda::checked_table()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&table.describe())?);
             } else {

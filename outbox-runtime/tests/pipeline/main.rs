@@ -196,4 +196,5 @@ on_both_stores!(
     concurrent_relays_publish_once_in_group_order,
     retention_deletes_only_what_it_should,
     ten_thousand_messages_in_fifty_groups,
+    a_drain_past_its_deadline_still_publishes_a_batch,
 );

@@ -571,3 +571,17 @@ pub(crate) async fn corrupt_row_is_dead_lettered_without_stopping_the_relay<S: T
         (&[2][..], &[1][..])
     );
 }
+
+pub(crate) async fn a_drain_past_its_deadline_still_publishes_a_batch<S: TestDb>(store: S) {
+    let h = Harness::new(store).await;
+    let steps: Vec<Step> = (0..120).map(|n| step(&format!("g{}", n % 7), n)).collect();
+    commit_steps(&h.store, 1, &steps).await;
+    let past = tokio::time::Instant::now();
+    let report = h.relay.drain_until(Some(past)).await.expect("drain");
+    assert_eq!(report.batches, 1, "one batch, then the deadline stops it");
+    assert_eq!(report.published, 50);
+    assert!(!report.complete);
+    let report = h.relay.drain_until(None).await.expect("drain");
+    assert!(report.complete);
+    assert_eq!(report.published, 70);
+}

@@ -1,0 +1,58 @@
+//! The sample on AWS Lambda. `main` runs this when the Lambda runtime API is
+//! present (`AWS_LAMBDA_RUNTIME_API`); `SAMPLE_APP_ROLE` picks the function.
+//!
+//! The consumer function sits on the FIFO queue's event source: it drains
+//! the outbox on pump messages and dispatches envelopes to the handlers.
+//! Configuration comes from the environment (`outbox_runtime::aws`).
+
+use std::sync::Arc;
+
+use outbox_runtime::aws::{self, QueueConfig};
+use outbox_runtime::{Consumer, DispatchTable, Dispatcher, PgStore, Relay, Store};
+
+use crate::db::AppDb;
+use crate::messages::{OrderStatusChanged, OrderSubmitted};
+
+/// Runs the function `SAMPLE_APP_ROLE` names (default: `consumer`).
+pub(crate) async fn run() -> anyhow::Result<()> {
+    match std::env::var("SAMPLE_APP_ROLE")
+        .as_deref()
+        .unwrap_or("consumer")
+    {
+        "consumer" => consumer().await,
+        other => anyhow::bail!("unknown SAMPLE_APP_ROLE `{other}`: use `consumer`"),
+    }
+}
+
+/// The table this binary must have: a cold start that finds it incomplete
+/// fails loudly instead of dead-lettering every message as unknown.
+pub(crate) fn checked_table() -> anyhow::Result<DispatchTable> {
+    let table = DispatchTable::from_registry()?;
+    table
+        .require::<OrderStatusChanged>()?
+        .require::<OrderSubmitted>()?;
+    Ok(table)
+}
+
+async fn consumer() -> anyhow::Result<()> {
+    let table = checked_table()?;
+    let sdk = aws::sdk_config().await;
+    let queues = QueueConfig::from_env()?;
+    let database_url = aws::database_url(&sdk).await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&database_url)
+        .await?;
+    let store = PgStore::new(pool);
+    store.migrate().await?;
+    store.migrate_app().await?;
+
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let relay = Relay::new(store.clone(), Arc::new(queues.transport(sqs.clone())));
+    let consumer = Consumer::new(store, Arc::new(Dispatcher::new(table)))
+        .with_relay(Arc::new(relay))
+        .with_pump(Arc::new(queues.pump(sqs)));
+    outbox_runtime::lambda::run(consumer)
+        .await
+        .map_err(|err| anyhow::anyhow!("lambda runtime: {err}"))
+}
