@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outbox_runtime::{
-    Dispatcher, InProcessQueue, Metrics, MetricsSnapshot, Relay, RelayWaker, StoreExt, Worker,
-    WorkerConfig, commit_and_pump,
+    Dispatcher, InProcessQueue, Metrics, MetricsSnapshot, Receiver, Relay, RelayWaker, StoreExt,
+    Transport, Worker, WorkerConfig, commit_and_pump,
 };
 use tokio::sync::watch;
 
@@ -78,18 +78,30 @@ pub(crate) async fn run<S: AppDb>(
     orders: usize,
     workers: usize,
 ) -> anyhow::Result<Summary> {
+    let queue = Arc::new(InProcessQueue::new());
+    run_on(store, Arc::clone(&queue), queue, orders, workers).await
+}
+
+/// Runs the demo on `store`, publishing through `transport` and consuming
+/// from `receiver` (one queue, seen from both sides).
+pub(crate) async fn run_on<S: AppDb, T: Transport, R: Receiver>(
+    store: S,
+    transport: Arc<T>,
+    receiver: Arc<R>,
+    orders: usize,
+    workers: usize,
+) -> anyhow::Result<Summary> {
     store.migrate().await?;
     store.migrate_app().await?;
     let before = store.stats().await?;
     let history_before = store.count(Table::History).await?;
     let notifications_before = store.count(Table::Notifications).await?;
 
-    let queue = Arc::new(InProcessQueue::new());
     let metrics = Arc::new(Metrics::default());
     let waker = RelayWaker::new();
     let dispatcher = Arc::new(Dispatcher::from_registry()?.with_state(Probe::default()));
-    let relay = Relay::new(store.clone(), Arc::clone(&queue)).with_metrics(Arc::clone(&metrics));
-    let worker = Worker::new(store.clone(), Arc::clone(&queue), Arc::clone(&dispatcher))
+    let relay = Relay::new(store.clone(), transport).with_metrics(Arc::clone(&metrics));
+    let worker = Worker::new(store.clone(), receiver, Arc::clone(&dispatcher))
         .with_config(WorkerConfig {
             wait: Duration::from_millis(200),
             ..WorkerConfig::default()

@@ -12,8 +12,10 @@ mod messages;
 mod orders;
 mod probe;
 
+use std::sync::Arc;
+
 use clap::{Parser, Subcommand};
-use outbox_runtime::{PgStore, SqliteStore};
+use outbox_runtime::{PgStore, SqliteStore, SqsReceiver, SqsTransport};
 
 #[derive(Debug, Parser)]
 #[command(about = "The orders sample of the outbox toolkit")]
@@ -47,6 +49,12 @@ struct DemoArgs {
     /// Worker tasks consuming the queue.
     #[arg(long, default_value_t = 4)]
     workers: usize,
+    /// Use an SQS-compatible endpoint (such as a local moto server) instead
+    /// of the in-process queue: the demo creates a FIFO queue there, runs
+    /// through it, and deletes it. Region and credentials come from the
+    /// standard AWS variables (region defaults to us-east-1).
+    #[arg(long)]
+    sqs_endpoint: Option<String>,
 }
 
 #[tokio::main]
@@ -66,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
         orders: 1000,
         database_url: std::env::var("DATABASE_URL").ok(),
         workers: 4,
+        sqs_endpoint: None,
     })) {
         Command::Demo(args) => demo(args).await,
         Command::Table { json } => {
@@ -83,16 +92,16 @@ async fn main() -> anyhow::Result<()> {
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let summary = match args.database_url.as_deref() {
         Some(url) if url.starts_with("postgres:") || url.starts_with("postgresql:") => {
-            println!("store: PostgreSQL; queue: in-process");
+            print!("store: PostgreSQL; ");
             let pool = sqlx::postgres::PgPoolOptions::new()
                 .max_connections(16)
                 .connect(url)
                 .await?;
-            demo::run(PgStore::new(pool), args.orders, args.workers).await?
+            demo_on(PgStore::new(pool), &args).await?
         }
         Some(url) if url.starts_with("sqlite:") => {
-            println!("store: SQLite ({url}); queue: in-process");
-            demo::run(SqliteStore::open(url).await?, args.orders, args.workers).await?
+            print!("store: SQLite ({url}); ");
+            demo_on(SqliteStore::open(url).await?, &args).await?
         }
         Some(url) => anyhow::bail!(
             "unsupported database URL `{url}`: use sqlite://FILE or postgres://USER@HOST:PORT/DATABASE"
@@ -101,11 +110,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             let dir = std::env::temp_dir().join(format!("outbox-sample-{}", std::process::id()));
             std::fs::create_dir_all(&dir)?;
             let url = format!("sqlite://{}", dir.join("orders.db").display());
-            println!("store: SQLite ({url}, removed afterwards); queue: in-process");
-            let result = async {
-                demo::run(SqliteStore::open(&url).await?, args.orders, args.workers).await
-            }
-            .await;
+            print!("store: SQLite ({url}, removed afterwards); ");
+            let result = async { demo_on(SqliteStore::open(&url).await?, &args).await }.await;
             let _ = std::fs::remove_dir_all(&dir);
             result?
         }
@@ -116,4 +122,45 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         "the demo lost or duplicated messages: {summary:?}"
     );
     Ok(())
+}
+
+/// The demo on `store`, with the in-process queue or an SQS endpoint.
+async fn demo_on<S: db::AppDb>(store: S, args: &DemoArgs) -> anyhow::Result<demo::Summary> {
+    let Some(endpoint) = &args.sqs_endpoint else {
+        println!("queue: in-process");
+        return demo::run(store, args.orders, args.workers).await;
+    };
+    let mut loader =
+        aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(endpoint);
+    if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+    {
+        loader = loader.region(aws_config::Region::new("us-east-1"));
+    }
+    let sqs = aws_sdk_sqs::Client::new(&loader.load().await);
+    let name = format!("outbox-demo-{}.fifo", std::process::id());
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(&name)
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
+        .send()
+        .await
+        .map_err(|err| {
+            anyhow::anyhow!(
+                "cannot create queue {name} at {endpoint}: {}",
+                aws_sdk_sqs::error::DisplayErrorContext(err)
+            )
+        })?
+        .queue_url
+        .ok_or_else(|| anyhow::anyhow!("{endpoint} returned no queue URL"))?;
+    println!("queue: SQS ({queue_url}, deleted afterwards)");
+    let result = demo::run_on(
+        store,
+        Arc::new(SqsTransport::new(sqs.clone(), &queue_url)),
+        Arc::new(SqsReceiver::new(sqs.clone(), &queue_url)),
+        args.orders,
+        args.workers,
+    )
+    .await;
+    let _ = sqs.delete_queue().queue_url(&queue_url).send().await;
+    result
 }

@@ -20,6 +20,7 @@ fn the_demo_handles_every_message_on_the_embedded_default() {
     let (ok, out) = sample_app(&["demo", "--orders", "40"]);
     assert!(ok, "{out}");
     assert!(out.contains("store: SQLite"), "{out}");
+    assert!(out.contains("queue: in-process"), "{out}");
     assert!(
         out.contains(
             "messages:     120 published, 120 handled, 0 duplicates suppressed, 0 dead letters"
@@ -108,4 +109,17 @@ fn the_table_lists_the_samples_messages() {
         .map(|m| m["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["orders.status_changed", "orders.submitted"]);
+}
+
+#[test]
+fn the_demo_runs_through_an_sqs_endpoint_with_no_code_change() {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL")
+        .expect("AWS_ENDPOINT_URL is not set: run scripts/test, which starts the local SQS server");
+    let (ok, out) = sample_app(&["demo", "--orders", "20", "--sqs-endpoint", &endpoint]);
+    assert!(ok, "{out}");
+    assert!(out.contains("queue: SQS ("), "{out}");
+    assert!(
+        out.contains("messages:     60 published, 60 handled"),
+        "{out}"
+    );
 }
