@@ -52,7 +52,8 @@ struct DemoArgs {
     /// Use an SQS-compatible endpoint (such as a local moto server) instead
     /// of the in-process queue: the demo creates a FIFO queue there, runs
     /// through it, and deletes it. Region and credentials come from the
-    /// standard AWS variables (region defaults to us-east-1).
+    /// standard AWS variables (region defaults to us-east-1; without
+    /// credentials, placeholders are used, as local servers accept any).
     #[arg(long)]
     sqs_endpoint: Option<String>,
 }
@@ -135,6 +136,18 @@ async fn demo_on<S: db::AppDb>(store: S, args: &DemoArgs) -> anyhow::Result<demo
     if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none()
     {
         loader = loader.region(aws_config::Region::new("us-east-1"));
+    }
+    // A local stand-in needs no real credentials; without any configured,
+    // use placeholders rather than searching the machine for them.
+    if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() && std::env::var_os("AWS_PROFILE").is_none()
+    {
+        loader = loader.credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "local",
+            "local",
+            None,
+            None,
+            "sample-app",
+        ));
     }
     let sqs = aws_sdk_sqs::Client::new(&loader.load().await);
     let name = format!("outbox-demo-{}.fifo", std::process::id());
