@@ -54,6 +54,7 @@ mod metrics;
 mod pump;
 pub mod registry;
 mod relay;
+pub mod schema;
 mod state;
 mod store;
 mod table;

@@ -29,6 +29,17 @@ enum Command {
     /// Create and submit orders and watch the outbox deliver their messages
     /// (the default).
     Demo(DemoArgs),
+    /// Write the JSON Schemas of the envelope and of every message into
+    /// `schemas/`, or with `--check`, fail if the checked-in ones drifted
+    /// from the code or changed incompatibly without a version bump.
+    Schemas {
+        /// Compare instead of writing.
+        #[arg(long)]
+        check: bool,
+        /// The directory.
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas"))]
+        dir: std::path::PathBuf,
+    },
     /// Print the dispatch table this binary was built with.
     Table {
         /// Print JSON instead of a table.
@@ -78,6 +89,18 @@ async fn main() -> anyhow::Result<()> {
         sqs_endpoint: None,
     })) {
         Command::Demo(args) => demo(args).await,
+        Command::Schemas { check, dir } => {
+            let table = lambda::checked_table()?;
+            if check {
+                outbox_runtime::schema::check(&table, &dir)?;
+                println!("schemas in {} match the code", dir.display());
+            } else {
+                for path in outbox_runtime::schema::write(&table, &dir)? {
+                    println!("wrote {}", path.display());
+                }
+            }
+            Ok(())
+        }
         Command::Table { json } => {
             let table = lambda::checked_table()?;
             if json {

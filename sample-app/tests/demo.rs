@@ -123,3 +123,38 @@ fn the_demo_runs_through_an_sqs_endpoint_with_no_code_change() {
         "{out}"
     );
 }
+
+#[test]
+fn checked_in_schemas_match_the_code_and_breaking_edits_are_caught() {
+    let (ok, out) = sample_app(&["schemas", "--check"]);
+    assert!(ok, "{out}");
+
+    // A copy in which the code appears to have removed a property and made
+    // another newly required, at the same version.
+    let dir = std::env::temp_dir().join(format!("outbox-schemas-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas");
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let file = dir.join("orders.submitted.v1.schema.json");
+    let mut schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    schema["properties"]["gift_wrap"] = serde_json::json!({"type": "boolean"});
+    schema["required"] = serde_json::json!(["order_id"]);
+    std::fs::write(&file, serde_json::to_string_pretty(&schema).unwrap()).unwrap();
+    std::fs::remove_file(dir.join("orders.status_changed.v1.schema.json")).unwrap();
+
+    let (ok, out) = sample_app(&["schemas", "--check", "--dir", dir.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("orders.status_changed.v1.schema.json: missing"),
+        "{out}"
+    );
+    assert!(
+        out.contains("orders.submitted.v1.schema.json: changed incompatibly without a version bump (`customer_id` became required; `gift_wrap` was removed)"),
+        "{out}"
+    );
+}
