@@ -154,6 +154,16 @@ impl<S: Store> Consumer<S> {
         &self.metrics
     }
 
+    /// Pumps the relay, if this consumer has a pump: after confirming
+    /// messages on a non-durable queue, the groups they held are free.
+    pub(crate) async fn wake_relay(&self) {
+        if let Some(pump) = &self.pump
+            && let Err(err) = pump.pump().await
+        {
+            tracing::warn!(error = %err, "pump failed");
+        }
+    }
+
     /// The store.
     pub fn store(&self) -> &S {
         &self.store

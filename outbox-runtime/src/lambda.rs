@@ -114,6 +114,7 @@ fn delivery(record: SqsMessage) -> (Option<String>, Delivery) {
         group,
         receive_count,
         receipt: Receipt(record.receipt_handle.unwrap_or_default()),
+        message_id: None,
     };
     (record.message_id, delivery)
 }

@@ -31,6 +31,10 @@ pub struct RelayConfig {
     /// How often [`Relay::run`] drains without being woken: the sweep that
     /// recovers lost pumps and retries rows whose backoff ran out.
     pub sweep_interval: Duration,
+    /// On a non-durable transport, how long a published row waits for a
+    /// consumer to confirm it before it is published again (the process is
+    /// presumed dead; the inbox absorbs a repeat).
+    pub relayed_for: Duration,
 }
 
 impl Default for RelayConfig {
@@ -41,6 +45,7 @@ impl Default for RelayConfig {
             max_attempts: 10,
             backoff: Backoff::default(),
             sweep_interval: Duration::from_secs(1),
+            relayed_for: Duration::from_secs(300),
         }
     }
 }
@@ -267,8 +272,16 @@ impl<S: Store, T: Transport> Relay<S, T> {
         }
 
         // Mark what was published first: it is the only state that must not
-        // be lost (a lost failure record just means one more attempt).
-        self.store.mark_published(&published).await?;
+        // be lost (a lost failure record just means one more attempt). On a
+        // transport that dies with the process, rows stay pending under
+        // their lease until a consumer confirms them.
+        if self.transport.durable() {
+            self.store.mark_published(&published).await?;
+        } else {
+            self.store
+                .mark_relayed(&published, self.config.relayed_for)
+                .await?;
+        }
         self.store.record_failures(&failures).await?;
         self.store.release(&skipped).await?;
 

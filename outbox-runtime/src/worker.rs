@@ -177,6 +177,7 @@ impl<S: Store, R: Receiver> Worker<S, R> {
             ..BatchReport::default()
         };
         let mut acks: Vec<Receipt> = Vec::with_capacity(deliveries.len());
+        let mut handled = Vec::new();
         for (delivery, outcome) in deliveries.into_iter().zip(outcomes) {
             let delay = match outcome {
                 Outcome::Done => None,
@@ -188,7 +189,10 @@ impl<S: Store, R: Receiver> Worker<S, R> {
                 Outcome::HeldBack => Some(Duration::ZERO),
             };
             match delay {
-                None => acks.push(delivery.receipt),
+                None => {
+                    handled.extend(delivery.message_id);
+                    acks.push(delivery.receipt);
+                }
                 Some(delay) => {
                     self.receiver.release(&delivery.receipt, delay).await?;
                     report.released += 1;
@@ -196,6 +200,15 @@ impl<S: Store, R: Receiver> Worker<S, R> {
             }
         }
         report.acked = acks.len();
+        if !self.receiver.durable() && !handled.is_empty() {
+            // The queue dies with the process: only now is the row safe to
+            // call published. If this fails, the row is published again
+            // after its lease and the inbox absorbs the repeat.
+            match self.consumer.store().confirm(&handled).await {
+                Ok(()) => self.consumer.wake_relay().await,
+                Err(err) => tracing::warn!(error = %err, "could not confirm handled messages"),
+            }
+        }
         if !acks.is_empty() {
             self.receiver.ack(&acks).await?;
         }

@@ -14,7 +14,7 @@ CREATE TABLE outbox (
     attempts     INTEGER NOT NULL DEFAULT 0,
     last_error   TEXT,
     status       TEXT    NOT NULL DEFAULT 'pending'
-                 CHECK (status IN ('pending', 'published', 'dead')),
+                 CHECK (status IN ('pending', 'relayed', 'published', 'dead')),
     published_at INTEGER,
     lease_until  INTEGER
 );
@@ -22,6 +22,8 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_pending_seq ON outbox (seq) WHERE status = 'pending';
 CREATE INDEX outbox_pending_group ON outbox (group_key, seq) WHERE status = 'pending';
 CREATE INDEX outbox_published_at ON outbox (published_at) WHERE status = 'published';
+-- Rows handed to a queue that dies with the process, awaiting confirmation.
+CREATE INDEX outbox_relayed ON outbox (lease_until) WHERE status = 'relayed';
 
 CREATE TABLE outbox_inbox (
     message_id TEXT    NOT NULL,

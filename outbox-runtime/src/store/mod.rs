@@ -10,7 +10,7 @@
 //!
 //! | table | rows |
 //! |---|---|
-//! | `outbox` | one per message: `seq` (order), `id`, type, version, group, queue, payload, headers, created/available-at, attempts, last error, status (`pending` / `published` / `dead`), published-at, lease |
+//! | `outbox` | one per message: `seq` (order), `id`, type, version, group, queue, payload, headers, created/available-at, attempts, last error, status (`pending` / `relayed` / `published` / `dead`), published-at, lease |
 //! | `outbox_inbox` | one per (message id, handler) that committed: the idempotency record |
 //! | `outbox_dead_letters` | one per message a consumer gave up on: poison, or a handler out of attempts |
 //!
@@ -29,6 +29,12 @@
 //! not overtaken by its later rows. A relay that dies loses its lease when it
 //! expires; its rows are claimed again (at-least-once; the SQS deduplication
 //! id and the inbox absorb the repeat).
+//!
+//! On a transport that dies with the process (the in-process queue), a
+//! published row is `relayed` until a consumer confirms it; a `relayed` row
+//! whose lease ran out (the process died) is pending again, so a crash loses
+//! nothing. Confirmation follows group order (the queue delivers in order),
+//! so the rows that return are a group's unconfirmed tail, in order.
 
 use std::future::Future;
 use std::time::Duration;
@@ -121,7 +127,8 @@ impl Default for RetentionPolicy {
 /// The state of the outbox, for dashboards and stuck-message alarms.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct OutboxStats {
-    /// Rows waiting to be published.
+    /// Rows not yet delivered: waiting to be published, or relayed to a
+    /// non-durable queue and not yet confirmed.
     pub pending: u64,
     /// Age of the oldest pending row, by `created_at`.
     pub oldest_pending_age: Option<Duration>,
@@ -240,6 +247,22 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// Marks rows published, in one statement.
     fn mark_published(&self, seqs: &[i64]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Marks rows handed to a non-durable transport `relayed` until `until`:
+    /// no longer claimable, but not yet published. A consumer confirms them
+    /// ([`confirm`](Self::confirm)); those still unconfirmed at `until` (the
+    /// process died with the queue) become pending again at the next claim.
+    fn mark_relayed(
+        &self,
+        seqs: &[i64],
+        until: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Marks the rows of handled messages published, by message id: how a
+    /// worker on a non-durable transport confirms delivery (see
+    /// [`Transport::durable`](crate::Transport::durable)). Rows already
+    /// published are left alone.
+    fn confirm(&self, ids: &[Uuid]) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Records failed publish attempts (attempts + 1, last error, backoff or
     /// dead), in one statement.

@@ -139,6 +139,13 @@ impl Store for PgStore {
     }
 
     async fn claim(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedMessage>, StoreError> {
+        // Rows relayed to a queue that died before confirming them.
+        sqlx::query(
+            "UPDATE outbox SET status = 'pending', lease_until = NULL
+             WHERE status = 'relayed' AND lease_until < now()",
+        )
+        .execute(&self.pool)
+        .await?;
         let rows = sqlx::query(
             "WITH heads AS (
                  SELECT o.seq, o.group_key FROM outbox o
@@ -180,6 +187,35 @@ impl Store for PgStore {
              WHERE seq = ANY($1)",
         )
         .bind(seqs)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn mark_relayed(&self, seqs: &[i64], until: Duration) -> Result<(), StoreError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE outbox SET status = 'relayed', lease_until = now() + $2 * interval '1 millisecond'
+             WHERE seq = ANY($1) AND status = 'pending'",
+        )
+        .bind(seqs)
+        .bind(millis(until))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn confirm(&self, ids: &[Uuid]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE outbox SET status = 'published', published_at = now(), lease_until = NULL
+             WHERE id = ANY($1) AND status IN ('pending', 'relayed')",
+        )
+        .bind(ids)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -316,10 +352,10 @@ impl Store for PgStore {
     async fn stats(&self) -> Result<OutboxStats, StoreError> {
         let row = sqlx::query(
             "SELECT
-                 count(*) FILTER (WHERE status = 'pending') AS pending,
+                 count(*) FILTER (WHERE status IN ('pending', 'relayed')) AS pending,
                  count(*) FILTER (WHERE status = 'published') AS published,
                  count(*) FILTER (WHERE status = 'dead') AS dead,
-                 (EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE status = 'pending')) * 1000)::int8 AS oldest_ms,
+                 (EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE status IN ('pending', 'relayed'))) * 1000)::int8 AS oldest_ms,
                  (SELECT count(*) FROM outbox_dead_letters) AS dead_letters
              FROM outbox",
         )

@@ -160,6 +160,14 @@ impl Store for SqliteStore {
     async fn claim(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedMessage>, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_ms();
+        // Rows relayed to a queue that died before confirming them.
+        sqlx::query(
+            "UPDATE outbox SET status = 'pending', lease_until = NULL
+             WHERE status = 'relayed' AND lease_until < ?1",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         let groups: Vec<String> = sqlx::query_scalar(
             "SELECT o.group_key FROM outbox o
              WHERE o.status = 'pending'
@@ -206,6 +214,37 @@ impl Store for SqliteStore {
         )
         .bind(now_ms())
         .bind(json_list(seqs))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn mark_relayed(&self, seqs: &[i64], until: Duration) -> Result<(), StoreError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE outbox SET status = 'relayed', lease_until = ?1
+             WHERE seq IN (SELECT value FROM json_each(?2)) AND status = 'pending'",
+        )
+        .bind(now_ms().saturating_add(millis(until)))
+        .bind(json_list(seqs))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn confirm(&self, ids: &[Uuid]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = ids.iter().map(|id| id.hyphenated().to_string()).collect();
+        sqlx::query(
+            "UPDATE outbox SET status = 'published', published_at = ?1, lease_until = NULL
+             WHERE id IN (SELECT value FROM json_each(?2)) AND status IN ('pending', 'relayed')",
+        )
+        .bind(now_ms())
+        .bind(json_list(&ids))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -353,10 +392,10 @@ impl Store for SqliteStore {
     async fn stats(&self) -> Result<OutboxStats, StoreError> {
         let row = sqlx::query(
             "SELECT
-                 (SELECT count(*) FROM outbox WHERE status = 'pending') AS pending,
+                 (SELECT count(*) FROM outbox WHERE status IN ('pending', 'relayed')) AS pending,
                  (SELECT count(*) FROM outbox WHERE status = 'published') AS published,
                  (SELECT count(*) FROM outbox WHERE status = 'dead') AS dead,
-                 (SELECT min(created_at) FROM outbox WHERE status = 'pending') AS oldest,
+                 (SELECT min(created_at) FROM outbox WHERE status IN ('pending', 'relayed')) AS oldest,
                  (SELECT count(*) FROM outbox_dead_letters) AS dead_letters",
         )
         .fetch_one(&self.pool)

@@ -61,6 +61,10 @@ pub struct InProcessStats {
 ///
 /// Clones share one queue. It implements both [`Transport`] (for the relay)
 /// and [`Receiver`] (for workers).
+///
+/// It is not durable: what it holds dies with the process. The relay and
+/// the workers account for that (see [`Transport::durable`]): a row counts
+/// as published only once a worker has handled it, so a crash loses nothing.
 #[derive(Clone)]
 pub struct InProcessQueue {
     inner: Arc<Inner>,
@@ -213,6 +217,7 @@ impl InProcessQueue {
                     group: name.clone(),
                     receive_count: message.receive_count,
                     receipt: Receipt(receipt.to_string()),
+                    message_id: Some(message.id),
                 });
             }
         }
@@ -253,6 +258,11 @@ impl fmt::Debug for InProcessQueue {
 impl Transport for InProcessQueue {
     fn max_batch(&self) -> usize {
         self.inner.config.max_batch
+    }
+
+    /// Not durable: its messages die with the process.
+    fn durable(&self) -> bool {
+        false
     }
 
     async fn publish(
@@ -327,6 +337,10 @@ impl Transport for InProcessQueue {
 }
 
 impl Receiver for InProcessQueue {
+    fn durable(&self) -> bool {
+        false
+    }
+
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, TransportError> {
         let deadline = Instant::now() + wait;
         loop {

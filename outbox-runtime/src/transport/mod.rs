@@ -47,6 +47,18 @@ pub trait Transport: Send + Sync + 'static {
     /// The most entries one [`publish`](Self::publish) call takes (10 for SQS).
     fn max_batch(&self) -> usize;
 
+    /// Whether a published message survives the death of this process.
+    ///
+    /// SQS is durable: the relay marks rows published as soon as SQS has
+    /// them. An in-process queue is not: the relay leaves its rows pending
+    /// (under the claim's lease) and the consumer confirms each one once it
+    /// is handled ([`Store::confirm`](crate::Store::confirm)), so a crash
+    /// loses nothing: unconfirmed rows are published again when their lease
+    /// runs out, and the inbox absorbs any repeat.
+    fn durable(&self) -> bool {
+        true
+    }
+
     /// Publishes a batch of at most [`max_batch`](Self::max_batch) entries.
     ///
     /// `Ok` carries one result per entry, in order. `Err` means the whole
@@ -68,6 +80,9 @@ pub struct Delivery {
     pub receive_count: u32,
     /// The handle to acknowledge or release it with.
     pub receipt: Receipt,
+    /// The envelope id, when the transport knows it without parsing the
+    /// body (the in-process queue does; it is used to confirm delivery).
+    pub message_id: Option<uuid::Uuid>,
 }
 
 /// An opaque handle to acknowledge or release one delivery.
@@ -80,6 +95,13 @@ pub struct Receipt(pub String);
 /// acknowledged nor released, and its visibility timeout has not passed, no
 /// later message of that group is delivered.
 pub trait Receiver: Send + Sync + 'static {
+    /// Whether this queue survives the death of this process; see
+    /// [`Transport::durable`]. A worker on a non-durable queue confirms
+    /// handled messages in the store.
+    fn durable(&self) -> bool {
+        true
+    }
+
     /// Receives up to `max` messages, waiting up to `wait` for the first.
     fn receive(
         &self,

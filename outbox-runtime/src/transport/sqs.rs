@@ -330,6 +330,7 @@ impl Receiver for SqsReceiver {
                     .and_then(|n| n.parse().ok())
                     .unwrap_or(1),
                 receipt: Receipt(receipt.to_owned()),
+                message_id: None,
             });
         }
         Ok(deliveries)
