@@ -232,3 +232,83 @@ impl Progress {
         }
     }
 }
+
+/// Creates `orders` orders, each committed with its `created` message.
+pub(crate) async fn enqueue<S: AppDb>(store: &S, orders: usize) -> anyhow::Result<()> {
+    store.migrate().await?;
+    store.migrate_app().await?;
+    for i in 0..orders {
+        let customer_id = format!("customer-{}", i % 20);
+        let mut tx = store.begin().await?;
+        let order_id = store.insert_order(&mut tx, &customer_id).await?;
+        store
+            .enqueue(
+                &mut tx,
+                &OrderStatusChanged {
+                    order_id,
+                    status: OrderStatus::Created,
+                    customer_id,
+                },
+            )
+            .await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// Relays and handles with the in-process queue until nothing is pending.
+pub(crate) async fn work<S: AppDb>(
+    store: S,
+    relayed_for: Duration,
+) -> anyhow::Result<MetricsSnapshot> {
+    store.migrate().await?;
+    store.migrate_app().await?;
+    let queue = Arc::new(InProcessQueue::new());
+    let metrics = Arc::new(Metrics::default());
+    let waker = RelayWaker::new();
+    let dispatcher = Arc::new(Dispatcher::from_registry()?);
+    let relay = Relay::new(store.clone(), Arc::clone(&queue))
+        .with_config(outbox_runtime::RelayConfig {
+            relayed_for,
+            sweep_interval: Duration::from_millis(100),
+            ..outbox_runtime::RelayConfig::default()
+        })
+        .with_metrics(Arc::clone(&metrics));
+    let worker = Worker::new(store.clone(), queue, dispatcher)
+        .with_config(WorkerConfig {
+            wait: Duration::from_millis(100),
+            retention: None,
+            ..WorkerConfig::default()
+        })
+        .with_metrics(Arc::clone(&metrics))
+        .with_pump(Arc::new(waker.clone()));
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let mut stopped = stopped.clone();
+        tasks.spawn(async move {
+            relay
+                .run(waker, async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await;
+        });
+    }
+    for _ in 0..2 {
+        let worker = worker.clone();
+        let mut stopped = stopped.clone();
+        tasks.spawn(async move {
+            worker
+                .run(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await;
+        });
+    }
+    while store.stats().await?.pending > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(true);
+    while tasks.join_next().await.is_some() {}
+    Ok(metrics.snapshot())
+}

@@ -40,6 +40,27 @@ enum Command {
         #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas"))]
         dir: std::path::PathBuf,
     },
+    /// Create orders with their outbox messages and do nothing else (a
+    /// producer for fault-injection runs).
+    Enqueue {
+        /// How many orders.
+        #[arg(long)]
+        orders: usize,
+        /// The database (`sqlite://FILE` or `postgres://...`).
+        #[arg(long)]
+        database_url: String,
+    },
+    /// Relay and handle until nothing is pending, then exit (a consumer
+    /// for fault-injection runs: kill it at any point and run it again).
+    Work {
+        /// The database (`sqlite://FILE` or `postgres://...`).
+        #[arg(long)]
+        database_url: String,
+        /// How long a relayed, unconfirmed message waits before it is
+        /// relayed again (after a crash).
+        #[arg(long, default_value_t = 300_000)]
+        relayed_for_ms: u64,
+    },
     /// Print the dispatch table this binary was built with.
     Table {
         /// Print JSON instead of a table.
@@ -89,6 +110,25 @@ async fn main() -> anyhow::Result<()> {
         sqs_endpoint: None,
     })) {
         Command::Demo(args) => demo(args).await,
+        Command::Enqueue {
+            orders,
+            database_url,
+        } => match open(&database_url).await? {
+            AnyStore::Sqlite(store) => demo::enqueue(&store, orders).await,
+            AnyStore::Pg(store) => demo::enqueue(&store, orders).await,
+        },
+        Command::Work {
+            database_url,
+            relayed_for_ms,
+        } => {
+            let relayed_for = std::time::Duration::from_millis(relayed_for_ms);
+            let metrics = match open(&database_url).await? {
+                AnyStore::Sqlite(store) => demo::work(store, relayed_for).await?,
+                AnyStore::Pg(store) => demo::work(store, relayed_for).await?,
+            };
+            println!("{}", serde_json::to_string(&metrics)?);
+            Ok(())
+        }
         Command::Schemas { check, dir } => {
             let table = lambda::checked_table()?;
             if check {
@@ -146,6 +186,25 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         "the demo lost or duplicated messages: {summary:?}"
     );
     Ok(())
+}
+
+enum AnyStore {
+    Sqlite(SqliteStore),
+    Pg(PgStore),
+}
+
+async fn open(url: &str) -> anyhow::Result<AnyStore> {
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(AnyStore::Pg(PgStore::new(
+            sqlx::PgPool::connect(url).await?,
+        )))
+    } else if url.starts_with("sqlite:") {
+        Ok(AnyStore::Sqlite(SqliteStore::open(url).await?))
+    } else {
+        anyhow::bail!(
+            "unsupported database URL `{url}`: use sqlite://FILE or postgres://USER@HOST:PORT/DATABASE"
+        )
+    }
 }
 
 /// The demo on `store`, with the in-process queue or an SQS endpoint.
