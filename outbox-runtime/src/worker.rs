@@ -22,6 +22,10 @@ pub struct WorkerConfig {
     /// Retention, run by [`Worker::run`] every `interval` between batches;
     /// `None` to run it elsewhere (a scheduled job, [`Store::cleanup`]).
     pub retention: Option<(RetentionPolicy, Duration)>,
+    /// While a batch is being handled, extend its messages' visibility every
+    /// this often (by twice as much), so slow handlers do not see their
+    /// messages delivered again. Set it below the queue's visibility timeout.
+    pub heartbeat: Option<Duration>,
 }
 
 impl Default for WorkerConfig {
@@ -30,6 +34,7 @@ impl Default for WorkerConfig {
             batch_size: 10,
             wait: Duration::from_secs(1),
             retention: Some((RetentionPolicy::default(), Duration::from_secs(60))),
+            heartbeat: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -171,7 +176,7 @@ impl<S: Store, R: Receiver> Worker<S, R> {
         &self,
         deliveries: Vec<Delivery>,
     ) -> Result<BatchReport, TransportError> {
-        let outcomes = self.consumer.handle_batch(&deliveries).await;
+        let outcomes = self.handle_with_heartbeat(&deliveries).await;
         let mut report = BatchReport {
             received: deliveries.len(),
             ..BatchReport::default()
@@ -213,6 +218,25 @@ impl<S: Store, R: Receiver> Worker<S, R> {
             self.receiver.ack(&acks).await?;
         }
         Ok(report)
+    }
+
+    async fn handle_with_heartbeat(&self, deliveries: &[Delivery]) -> Vec<Outcome> {
+        let handling = self.consumer.handle_batch(deliveries);
+        let Some(every) = self.config.heartbeat.filter(|_| !deliveries.is_empty()) else {
+            return handling.await;
+        };
+        tokio::pin!(handling);
+        let receipts: Vec<Receipt> = deliveries.iter().map(|d| d.receipt.clone()).collect();
+        loop {
+            tokio::select! {
+                outcomes = &mut handling => return outcomes,
+                () = tokio::time::sleep(every) => {
+                    if let Err(err) = self.receiver.extend(&receipts, every * 2).await {
+                        tracing::warn!(error = %err, "could not extend visibility; messages may be delivered again (the inbox keeps handlers from running twice)");
+                    }
+                }
+            }
+        }
     }
 
     fn consumer_store(&self) -> &S {

@@ -576,3 +576,65 @@ async fn a_pump_makes_the_consumer_drain_the_outbox(pool: PgPool) {
     }
     assert!(is_pump(outbox_runtime::PUMP_BODY));
 }
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+#[outbox(name = "sqs.slow", group = "slow")]
+struct Slow {
+    millis: u64,
+}
+
+#[handler(name = "sqs.slow.sleep")]
+async fn sleep_a_while(msg: Slow) -> anyhow::Result<()> {
+    tokio::time::sleep(Duration::from_millis(msg.millis)).await;
+    Ok(())
+}
+
+/// Handles one slow message (2.5 s, on a queue whose visibility timeout is
+/// 1 s) while another receiver polls the queue; returns what it saw.
+async fn poll_while_a_slow_handler_runs(heartbeat: Option<Duration>, pool: PgPool) -> usize {
+    let client = client().await;
+    let (url, _) = fifo_queue(&client, None).await;
+    let store = PgStore::new(pool);
+    store.migrate().await.unwrap();
+    let envelope = Envelope::from_message(&Slow { millis: 2500 }).unwrap();
+    SqsTransport::new(client.clone(), &url)
+        .publish(&entries(std::slice::from_ref(&envelope)))
+        .await
+        .unwrap();
+
+    let worker = Worker::new(
+        store,
+        Arc::new(SqsReceiver::new(client.clone(), &url)),
+        Arc::new(Dispatcher::from_registry().unwrap()),
+    )
+    .with_config(WorkerConfig {
+        wait: Duration::from_secs(1),
+        retention: None,
+        heartbeat,
+        ..WorkerConfig::default()
+    });
+    let other = SqsReceiver::new(client.clone(), &url);
+    let (report, seen) = tokio::join!(worker.run_once(), async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        other.receive(10, Duration::from_millis(900)).await.unwrap()
+    });
+    assert_eq!(report.unwrap().received, 1);
+    seen.len()
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_heartbeat_keeps_a_slow_message_invisible(pool: PgPool) {
+    assert_eq!(
+        poll_while_a_slow_handler_runs(Some(Duration::from_millis(300)), pool).await,
+        0
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn without_a_heartbeat_a_slow_message_is_delivered_again(pool: PgPool) {
+    assert_eq!(
+        poll_while_a_slow_handler_runs(None, pool).await,
+        1,
+        "the control: the visibility timeout ran out"
+    );
+}

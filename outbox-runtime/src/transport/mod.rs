@@ -112,6 +112,18 @@ pub trait Receiver: Send + Sync + 'static {
     /// Acknowledges handled messages: they are deleted.
     fn ack(&self, receipts: &[Receipt]) -> impl Future<Output = Result<(), TransportError>> + Send;
 
+    /// Keeps received messages invisible for another `by`, for handlers that
+    /// take longer than the queue's visibility timeout. The default does
+    /// nothing (the in-process queue's timeout is set at construction).
+    fn extend(
+        &self,
+        receipts: &[Receipt],
+        by: Duration,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send {
+        let _ = (receipts, by);
+        async { Ok(()) }
+    }
+
     /// Makes a message visible again after `delay` (for a retry).
     fn release(
         &self,

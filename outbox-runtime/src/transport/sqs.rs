@@ -13,7 +13,8 @@ use std::time::Duration;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageSystemAttributeName, SendMessageBatchRequestEntry,
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageSystemAttributeName, SendMessageBatchRequestEntry,
 };
 use uuid::Uuid;
 
@@ -368,6 +369,31 @@ impl Receiver for SqsReceiver {
 
     async fn release(&self, receipt: &Receipt, delay: Duration) -> Result<(), TransportError> {
         self.extend_visibility(receipt, delay).await
+    }
+
+    async fn extend(&self, receipts: &[Receipt], by: Duration) -> Result<(), TransportError> {
+        for chunk in receipts.chunks(SQS_BATCH) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, receipt)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(&receipt.0)
+                        .visibility_timeout(visibility_seconds(by))
+                        .build()
+                        .map_err(|err| TransportError::Unavailable(sdk_error(err)))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            self.client
+                .change_message_visibility_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|err| TransportError::Unavailable(sdk_error(err)))?;
+        }
+        Ok(())
     }
 }
 
