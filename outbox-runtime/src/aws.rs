@@ -104,10 +104,18 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
 /// The database URL: `DATABASE_URL`, or built from the Secrets Manager secret
 /// named by `DATABASE_SECRET_ARN`.
 pub async fn database_url(sdk: &aws_config::SdkConfig) -> Result<String, ConfigError> {
-    if let Ok(url) = std::env::var("DATABASE_URL") {
+    database_url_from(|name| std::env::var(name).ok(), sdk).await
+}
+
+/// [`database_url`] with the variables read through `lookup`.
+pub async fn database_url_from(
+    lookup: impl Fn(&str) -> Option<String>,
+    sdk: &aws_config::SdkConfig,
+) -> Result<String, ConfigError> {
+    if let Some(url) = lookup("DATABASE_URL") {
         return Ok(url);
     }
-    let Ok(arn) = std::env::var("DATABASE_SECRET_ARN") else {
+    let Some(arn) = lookup("DATABASE_SECRET_ARN") else {
         return Err(ConfigError::NoDatabase);
     };
     secret_database_url(sdk, &arn).await
