@@ -10,14 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outbox_runtime::{
-    Dispatcher, InProcessQueue, Metrics, MetricsSnapshot, Receiver, Relay, RelayWaker, StoreExt,
-    Transport, Worker, WorkerConfig, commit_and_pump,
+    Dispatcher, InProcessQueue, Metrics, MetricsSnapshot, Pump, Receiver, Relay, RelayWaker, Store,
+    Transport, Worker, WorkerConfig,
 };
 use tokio::sync::watch;
 
 use crate::db::{AppDb, Table};
-use crate::domain::OrderStatus;
-use crate::messages::OrderStatusChanged;
 use crate::probe::Probe;
 
 /// What the demo did.
@@ -109,44 +107,12 @@ pub(crate) async fn run_on<S: AppDb, T: Transport, R: Receiver>(
         .with_metrics(Arc::clone(&metrics))
         .with_pump(Arc::new(waker.clone()));
 
-    let (stop, stopped) = watch::channel(false);
-    let shutdown = move || {
-        let mut stopped = stopped.clone();
-        async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }
-    };
-    let mut tasks = tokio::task::JoinSet::new();
-    {
-        let relay = relay.clone();
-        let waker = waker.clone();
-        let shutdown = shutdown();
-        tasks.spawn(async move { relay.run(waker, shutdown).await });
-    }
-    for _ in 0..workers.max(1) {
-        let worker = worker.clone();
-        let shutdown = shutdown();
-        tasks.spawn(async move { worker.run(shutdown).await });
-    }
+    let background = Background::spawn(relay, waker.clone(), worker, workers);
 
     let started = Instant::now();
     let mut ids = Vec::with_capacity(orders);
     for i in 0..orders {
-        let customer_id = format!("customer-{}", i % 50);
-        let mut tx = store.begin().await?;
-        let order_id = store.insert_order(&mut tx, &customer_id).await?;
-        store
-            .enqueue(
-                &mut tx,
-                &OrderStatusChanged {
-                    order_id,
-                    status: OrderStatus::Created,
-                    customer_id,
-                },
-            )
-            .await?;
-        commit_and_pump(tx, &waker).await?;
-        ids.push(order_id);
+        ids.push(crate::orders::create(&store, &waker, &format!("customer-{}", i % 50)).await?);
     }
     for &order_id in &ids {
         crate::orders::submit(&store, &waker, order_id).await?;
@@ -173,8 +139,7 @@ pub(crate) async fn run_on<S: AppDb, T: Transport, R: Receiver>(
     let elapsed = started.elapsed();
     progress.finish();
 
-    let _ = stop.send(true);
-    while tasks.join_next().await.is_some() {}
+    background.stop().await;
 
     let after = store.stats().await?;
     let probe = dispatcher
@@ -238,20 +203,7 @@ pub(crate) async fn enqueue<S: AppDb>(store: &S, orders: usize) -> anyhow::Resul
     store.migrate().await?;
     store.migrate_app().await?;
     for i in 0..orders {
-        let customer_id = format!("customer-{}", i % 20);
-        let mut tx = store.begin().await?;
-        let order_id = store.insert_order(&mut tx, &customer_id).await?;
-        store
-            .enqueue(
-                &mut tx,
-                &OrderStatusChanged {
-                    order_id,
-                    status: OrderStatus::Created,
-                    customer_id,
-                },
-            )
-            .await?;
-        tx.commit().await?;
+        crate::orders::create(store, &NoPump, &format!("customer-{}", i % 20)).await?;
     }
     Ok(())
 }
@@ -282,33 +234,57 @@ pub(crate) async fn work<S: AppDb>(
         })
         .with_metrics(Arc::clone(&metrics))
         .with_pump(Arc::new(waker.clone()));
-    let (stop, stopped) = watch::channel(false);
-    let mut tasks = tokio::task::JoinSet::new();
-    {
-        let mut stopped = stopped.clone();
-        tasks.spawn(async move {
-            relay
-                .run(waker, async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await;
-        });
-    }
-    for _ in 0..2 {
-        let worker = worker.clone();
-        let mut stopped = stopped.clone();
-        tasks.spawn(async move {
-            worker
-                .run(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await;
-        });
-    }
+    let background = Background::spawn(relay, waker, worker, 2);
     while store.stats().await?.pending > 0 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = stop.send(true);
-    while tasks.join_next().await.is_some() {}
+    background.stop().await;
     Ok(metrics.snapshot())
+}
+
+/// A relay and workers running as tasks until stopped.
+struct Background {
+    stop: watch::Sender<bool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Background {
+    fn spawn<S: Store, T: Transport, R: Receiver>(
+        relay: Relay<S, T>,
+        waker: RelayWaker,
+        worker: Worker<S, R>,
+        workers: usize,
+    ) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        let shutdown = move || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        let relay_shutdown = shutdown();
+        tasks.spawn(async move { relay.run(waker, relay_shutdown).await });
+        for _ in 0..workers.max(1) {
+            let worker = worker.clone();
+            let shutdown = shutdown();
+            tasks.spawn(async move { worker.run(shutdown).await });
+        }
+        Background { stop, tasks }
+    }
+
+    /// Stops every task after its current batch.
+    async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// No pump: for producing rows that another process will relay.
+struct NoPump;
+
+impl Pump for NoPump {
+    fn pump(&self) -> outbox_runtime::PumpFuture<'_> {
+        Box::pin(async { Ok(()) })
+    }
 }

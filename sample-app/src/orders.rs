@@ -4,7 +4,7 @@
 use outbox_runtime::{Pump, StoreExt, commit_and_pump};
 
 use crate::db::AppDb;
-use crate::domain::DomainError;
+use crate::domain::{DomainError, OrderStatus};
 use crate::messages::OrderStatusChanged;
 
 /// Why a use case failed.
@@ -19,6 +19,25 @@ pub(crate) enum OrderError {
     /// The database or the outbox failed.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+/// Creates an order: the row and its `created` message in one transaction,
+/// committed, then pumped. Returns its id.
+pub(crate) async fn create<S: AppDb>(
+    store: &S,
+    pump: &dyn Pump,
+    customer_id: &str,
+) -> anyhow::Result<i64> {
+    let mut tx = store.begin().await?;
+    let order_id = store.insert_order(&mut tx, customer_id).await?;
+    let message = OrderStatusChanged {
+        order_id,
+        status: OrderStatus::Created,
+        customer_id: customer_id.to_owned(),
+    };
+    store.enqueue(&mut tx, &message).await?;
+    commit_and_pump(tx, pump).await?;
+    Ok(order_id)
 }
 
 /// Submits an order: status and outbox row in one transaction.
