@@ -1,9 +1,9 @@
 //! JSON Schemas of the wire format, checked in and checked for drift and
 //! compatibility.
 //!
-//! [`write`] puts one file per registered message name and version
+//! [`write()`] puts one file per registered message name and version
 //! (`<name>.v<version>.schema.json`) and `envelope.schema.json` in a
-//! directory; [`check`] compares the directory with what the code generates
+//! directory; [`check()`] compares the directory with what the code generates
 //! and reports every file that drifted. [`incompatibilities`] compares two
 //! schemas of one message version: a removed property, a newly required
 //! property or a changed type breaks consumers of that version, so it needs

@@ -15,7 +15,7 @@ use crate::registry::{HANDLERS, HandlerRegistration, MESSAGES, MessageRegistrati
 /// Built from the link-time registrations with
 /// [`from_registry`](Self::from_registry), which checks them all and reports
 /// every problem at once. Read-only afterwards: inspect it with
-/// [`messages`](Self::messages) or print it (`Display` renders a table).
+/// [`describe`](Self::describe) or [`entries`](Self::entries), or print it (`Display` renders a table).
 ///
 /// ```standalone_crate
 /// use outbox_runtime::{handler, DispatchTable, OutboxMessage};

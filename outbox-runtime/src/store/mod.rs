@@ -218,7 +218,8 @@ pub type Tx<DB> = sqlx::Transaction<'static, DB>;
 /// An outbox store on one database. Implemented by
 /// [`PgStore`](crate::PgStore) and [`SqliteStore`](crate::SqliteStore).
 ///
-/// App code uses [`enqueue`](Self::enqueue) inside its own transaction; the
+/// App code uses [`StoreExt::enqueue`] or [`enqueue_all`](Self::enqueue_all)
+/// inside its own transaction; the
 /// relay, the consumer and retention use the rest.
 pub trait Store: Clone + Send + Sync + 'static {
     /// The sqlx database.
