@@ -80,8 +80,8 @@ pub use crate::store::postgres::PgStore;
 #[cfg(feature = "sqlite")]
 pub use crate::store::sqlite::SqliteStore;
 pub use crate::store::{
-    ClaimedMessage, CleanupReport, DeadLetter, EnqueueError, OutboxStats, PublishFailure,
-    RetentionPolicy, Store, StoreError, StoreExt, Tx,
+    ClaimedMessage, CleanupReport, DeadLetter, EnqueueError, GroupStats, OutboxStats,
+    PublishFailure, RetentionPolicy, Store, StoreError, StoreExt, Tx,
 };
 pub use crate::table::{
     DispatchTable, HandlerInfo, MessageEntry, MessageInfo, TableError, TableProblem,

@@ -15,6 +15,7 @@ pub struct Metrics {
     handler_failures: AtomicU64,
     duplicates_suppressed: AtomicU64,
     dead_lettered: AtomicU64,
+    stuck_alerts: AtomicU64,
 }
 
 /// A reading of [`Metrics`].
@@ -34,6 +35,9 @@ pub struct MetricsSnapshot {
     pub duplicates_suppressed: u64,
     /// Messages a consumer dead-lettered (poison, or out of attempts).
     pub dead_lettered: u64,
+    /// Checks that found the oldest undelivered row older than the
+    /// worker's `stuck_after`.
+    pub stuck_alerts: u64,
 }
 
 macro_rules! counters {
@@ -63,4 +67,5 @@ counters! {
     handler_failures => add_handler_failures,
     duplicates_suppressed => add_duplicates_suppressed,
     dead_lettered => add_dead_lettered,
+    stuck_alerts => add_stuck_alerts,
 }

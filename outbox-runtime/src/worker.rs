@@ -22,6 +22,9 @@ pub struct WorkerConfig {
     /// Retention, run by [`Worker::run`] every `interval` between batches;
     /// `None` to run it elsewhere (a scheduled job, [`Store::cleanup`]).
     pub retention: Option<(RetentionPolicy, Duration)>,
+    /// With retention's timer, warn (and count in `stuck_alerts`) when the
+    /// oldest undelivered row is older than this: something is stuck.
+    pub stuck_after: Option<Duration>,
     /// While a batch is being handled, extend its messages' visibility every
     /// this often (by twice as much), so slow handlers do not see their
     /// messages delivered again. Set it below the queue's visibility timeout.
@@ -35,6 +38,7 @@ impl Default for WorkerConfig {
             wait: Duration::from_secs(1),
             retention: Some((RetentionPolicy::default(), Duration::from_secs(60))),
             heartbeat: Some(Duration::from_secs(10)),
+            stuck_after: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -167,6 +171,7 @@ impl<S: Store, R: Receiver> Worker<S, R> {
                     Ok(report) => tracing::debug!(?report, "retention ran"),
                     Err(err) => tracing::warn!(error = %err, "retention failed"),
                 }
+                self.check_stuck().await;
             }
         }
     }
@@ -235,6 +240,36 @@ impl<S: Store, R: Receiver> Worker<S, R> {
                         tracing::warn!(error = %err, "could not extend visibility; messages may be delivered again (the inbox keeps handlers from running twice)");
                     }
                 }
+            }
+        }
+    }
+
+    /// Warns when the oldest undelivered row is older than `stuck_after`.
+    /// Returns whether it is.
+    pub async fn check_stuck(&self) -> bool {
+        let Some(limit) = self.config.stuck_after else {
+            return false;
+        };
+        match self.consumer_store().stats().await {
+            Ok(stats) if stats.oldest_pending_age.is_some_and(|age| age > limit) => {
+                self.consumer.metrics().add_stuck_alerts(1);
+                let groups = self
+                    .consumer_store()
+                    .group_stats(5)
+                    .await
+                    .unwrap_or_default();
+                tracing::warn!(
+                    pending = stats.pending,
+                    oldest_secs = stats.oldest_pending_age.map(|a| a.as_secs()),
+                    groups = ?groups.iter().map(|g| g.group.as_str()).collect::<Vec<_>>(),
+                    "outbox messages are stuck: the oldest undelivered one is older than {limit:?}"
+                );
+                true
+            }
+            Ok(_) => false,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not check for stuck messages");
+                false
             }
         }
     }

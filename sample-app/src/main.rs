@@ -40,6 +40,16 @@ enum Command {
         #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas"))]
         dir: std::path::PathBuf,
     },
+    /// Show the outbox: undelivered, published and dead rows, dead letters,
+    /// and the groups waiting longest.
+    Status {
+        /// The database (`sqlite://FILE` or `postgres://...`).
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create orders with their outbox messages and do nothing else (a
     /// producer for fault-injection runs).
     Enqueue {
@@ -110,6 +120,10 @@ async fn main() -> anyhow::Result<()> {
         sqs_endpoint: None,
     })) {
         Command::Demo(args) => demo(args).await,
+        Command::Status { database_url, json } => match open(&database_url).await? {
+            AnyStore::Sqlite(store) => status(&store, json).await,
+            AnyStore::Pg(store) => status(&store, json).await,
+        },
         Command::Enqueue {
             orders,
             database_url,
@@ -185,6 +199,46 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         summary.is_clean(),
         "the demo lost or duplicated messages: {summary:?}"
     );
+    Ok(())
+}
+
+async fn status<S: outbox_runtime::Store>(store: &S, json: bool) -> anyhow::Result<()> {
+    store.migrate().await?;
+    let stats = store.stats().await?;
+    let groups = store.group_stats(20).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "outbox": stats, "groups": groups })
+        );
+        return Ok(());
+    }
+    let age = |a: Option<std::time::Duration>| {
+        a.map_or_else(|| "-".to_owned(), |a| format!("{:.1}s", a.as_secs_f64()))
+    };
+    println!(
+        "undelivered: {}   oldest: {}   published: {}   dead rows: {}   dead letters: {}",
+        stats.pending,
+        age(stats.oldest_pending_age),
+        stats.published,
+        stats.dead,
+        stats.dead_letters
+    );
+    if !groups.is_empty() {
+        println!(
+            "\n{:<32} {:>11} {:>10} {:>5}",
+            "group", "undelivered", "oldest", "dead"
+        );
+        for g in &groups {
+            println!(
+                "{:<32} {:>11} {:>10} {:>5}",
+                g.group,
+                g.pending,
+                age(g.oldest_pending_age),
+                g.dead
+            );
+        }
+    }
     Ok(())
 }
 

@@ -158,3 +158,26 @@ fn checked_in_schemas_match_the_code_and_breaking_edits_are_caught() {
         "{out}"
     );
 }
+
+#[test]
+fn status_reports_undelivered_messages_per_group() {
+    let dir = std::env::temp_dir().join(format!("outbox-status-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}", dir.join("orders.db").display());
+    let (ok, out) = sample_app(&["enqueue", "--orders", "3", "--database-url", &url]);
+    assert!(ok, "{out}");
+    let (ok, out) = sample_app(&["status", "--database-url", &url, "--json"]);
+    assert!(ok, "{out}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["outbox"]["pending"], 3);
+    assert_eq!(
+        status["groups"].as_array().unwrap().len(),
+        3,
+        "customer-0, -1 and -2"
+    );
+    let (ok, out) = sample_app(&["status", "--database-url", &url]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(ok, "{out}");
+    assert!(out.starts_with("undelivered: 3   oldest: "), "{out}");
+    assert!(out.contains("customer-1"), "{out}");
+}

@@ -309,6 +309,27 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// Counts for dashboards and alarms.
     fn stats(&self) -> impl Future<Output = Result<OutboxStats, StoreError>> + Send;
+
+    /// Per message group: rows not yet delivered, the oldest one's age, and
+    /// dead rows; the `limit` groups waiting longest first. Where a stuck
+    /// group shows.
+    fn group_stats(
+        &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<GroupStats>, StoreError>> + Send;
+}
+
+/// One message group's state, from [`Store::group_stats`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct GroupStats {
+    /// The group.
+    pub group: String,
+    /// Rows not yet delivered.
+    pub pending: u64,
+    /// Age of its oldest undelivered row.
+    pub oldest_pending_age: Option<Duration>,
+    /// Rows the relay gave up on.
+    pub dead: u64,
 }
 
 /// Enqueue helpers for single messages, on every store.

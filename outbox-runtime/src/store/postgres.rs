@@ -9,8 +9,8 @@ use sqlx::{PgConnection, PgPool, Postgres, Row};
 use uuid::Uuid;
 
 use super::{
-    ClaimedMessage, CleanupReport, DeadLetter, OutboxStats, PublishFailure, RetentionPolicy, Store,
-    StoreError, Tx, attempts_from, envelope_from_row, headers_json, millis,
+    ClaimedMessage, CleanupReport, DeadLetter, GroupStats, OutboxStats, PublishFailure,
+    RetentionPolicy, Store, StoreError, Tx, attempts_from, envelope_from_row, headers_json, millis,
 };
 use crate::envelope::Outgoing;
 
@@ -372,5 +372,33 @@ impl Store for PgStore {
             dead: count("dead")?,
             dead_letters: count("dead_letters")?,
         })
+    }
+
+    async fn group_stats(&self, limit: u32) -> Result<Vec<GroupStats>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT group_key,
+                    count(*) FILTER (WHERE status IN ('pending', 'relayed')) AS pending,
+                    (EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE status IN ('pending', 'relayed'))) * 1000)::int8 AS oldest_ms,
+                    count(*) FILTER (WHERE status = 'dead') AS dead
+             FROM outbox WHERE status IN ('pending', 'relayed', 'dead')
+             GROUP BY group_key
+             ORDER BY oldest_ms DESC NULLS LAST, group_key
+             LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let oldest: Option<i64> = row.try_get("oldest_ms")?;
+                Ok(GroupStats {
+                    group: row.try_get("group_key")?,
+                    pending: u64::try_from(row.try_get::<i64, _>("pending")?).unwrap_or(0),
+                    oldest_pending_age: oldest
+                        .map(|ms| Duration::from_millis(ms.max(0).unsigned_abs())),
+                    dead: u64::try_from(row.try_get::<i64, _>("dead")?).unwrap_or(0),
+                })
+            })
+            .collect()
     }
 }

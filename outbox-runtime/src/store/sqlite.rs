@@ -14,8 +14,8 @@ use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::{
-    ClaimedMessage, CleanupReport, DeadLetter, OutboxStats, PublishFailure, RetentionPolicy, Store,
-    StoreError, Tx, attempts_from, envelope_from_row, headers_json, millis,
+    ClaimedMessage, CleanupReport, DeadLetter, GroupStats, OutboxStats, PublishFailure,
+    RetentionPolicy, Store, StoreError, Tx, attempts_from, envelope_from_row, headers_json, millis,
 };
 use crate::envelope::Outgoing;
 
@@ -413,5 +413,35 @@ impl Store for SqliteStore {
             dead: count("dead")?,
             dead_letters: count("dead_letters")?,
         })
+    }
+
+    async fn group_stats(&self, limit: u32) -> Result<Vec<GroupStats>, StoreError> {
+        let now = now_ms();
+        let rows = sqlx::query(
+            "SELECT group_key,
+                    sum(status IN ('pending', 'relayed')) AS pending,
+                    min(CASE WHEN status IN ('pending', 'relayed') THEN created_at END) AS oldest,
+                    sum(status = 'dead') AS dead
+             FROM outbox WHERE status IN ('pending', 'relayed', 'dead')
+             GROUP BY group_key
+             ORDER BY oldest IS NULL, oldest, group_key
+             LIMIT ?1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let oldest: Option<i64> = row.try_get("oldest")?;
+                Ok(GroupStats {
+                    group: row.try_get("group_key")?,
+                    pending: u64::try_from(row.try_get::<i64, _>("pending")?).unwrap_or(0),
+                    oldest_pending_age: oldest.map(|created| {
+                        Duration::from_millis(now.saturating_sub(created).max(0).unsigned_abs())
+                    }),
+                    dead: u64::try_from(row.try_get::<i64, _>("dead")?).unwrap_or(0),
+                })
+            })
+            .collect()
     }
 }

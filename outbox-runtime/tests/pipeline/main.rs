@@ -197,4 +197,5 @@ on_both_stores!(
     retention_deletes_only_what_it_should,
     ten_thousand_messages_in_fifty_groups,
     a_drain_past_its_deadline_still_publishes_a_batch,
+    stuck_messages_are_reported,
 );

@@ -249,8 +249,26 @@ pub(crate) async fn oversized_message_is_dead_lettered_without_blocking_other_gr
     let mut huge = step("g1", 1);
     huge.pad = "x".repeat(2000);
     commit_steps(&h.store, 1, &[huge, step("g1", 2), step("g2", 1)]).await;
+    let groups = h.store.group_stats(10).await.expect("group stats");
+    let pending: Vec<_> = groups
+        .iter()
+        .map(|g| (g.group.as_str(), g.pending, g.dead))
+        .collect();
+    assert_eq!(pending, [("g1", 2, 0), ("g2", 1, 0)], "oldest first");
+    assert!(groups[0].oldest_pending_age.is_some());
 
     h.settle(Duration::from_secs(10)).await;
+    let groups = h.store.group_stats(10).await.expect("group stats");
+    let after: Vec<_> = groups
+        .iter()
+        .map(|g| (g.group.as_str(), g.pending, g.dead))
+        .collect();
+    assert_eq!(
+        after,
+        [("g1", 0, 1)],
+        "only the group with a dead row is listed"
+    );
+    assert_eq!(groups[0].oldest_pending_age, None);
     let rows = h.store.outbox_rows().await;
     let statuses: Vec<_> = rows.iter().map(|r| r.status.as_str()).collect();
     assert_eq!(statuses, ["dead", "published", "published"]);
@@ -587,4 +605,22 @@ pub(crate) async fn a_drain_past_its_deadline_still_publishes_a_batch<S: TestDb>
     let report = h.relay.drain_until(None).await.expect("drain");
     assert!(report.complete);
     assert_eq!(report.published, 70);
+}
+
+pub(crate) async fn stuck_messages_are_reported<S: TestDb>(store: S) {
+    let h = Harness::new(store).await;
+    let watcher = h.worker.clone().with_config(outbox_runtime::WorkerConfig {
+        stuck_after: Some(Duration::from_millis(20)),
+        ..outbox_runtime::WorkerConfig::default()
+    });
+    assert!(!watcher.check_stuck().await, "an empty outbox is not stuck");
+    commit_steps(&h.store, 1, &[step("g", 1)]).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        watcher.check_stuck().await,
+        "a row waiting longer than stuck_after is reported"
+    );
+    assert_eq!(h.metrics.snapshot().stuck_alerts, 1);
+    h.settle(Duration::from_secs(10)).await;
+    assert!(!watcher.check_stuck().await);
 }
