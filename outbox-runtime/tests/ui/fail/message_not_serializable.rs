@@ -1,8 +1,0 @@
-use outbox_runtime::OutboxMessage;
-
-#[derive(OutboxMessage)]
-struct OrderPlaced {
-    order_id: i64,
-}
-
-fn main() {}
