@@ -366,6 +366,15 @@ pub enum EnqueueError {
     Store(#[from] StoreError),
 }
 
+/// The embedded migrations, tracked in their own table so they never collide
+/// with the app's own sqlx migrations (`_sqlx_migrations`).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) fn own_migrator(embedded: &sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate::Migrator::with_migrations(embedded.iter().cloned().collect());
+    migrator.dangerous_set_table_name("_outbox_migrations");
+    migrator
+}
+
 /// Keeps the claimed rows that decode, in sequence order. A corrupt row (edited
 /// by hand, or written by an incompatible version) is dead-lettered at once
 /// with the reason, so it neither stops the relay nor blocks its group.

@@ -51,12 +51,6 @@ impl PgStore {
     }
 }
 
-fn migrator() -> Migrator {
-    let mut migrator = Migrator::with_migrations(MIGRATIONS.iter().cloned().collect());
-    migrator.dangerous_set_table_name("_outbox_migrations");
-    migrator
-}
-
 fn claimed_from_row(row: &sqlx::postgres::PgRow) -> Result<ClaimedMessage, StoreError> {
     let seq: i64 = row.try_get("seq")?;
     let version: i32 = row.try_get("version")?;
@@ -83,7 +77,7 @@ impl Store for PgStore {
     type Database = Postgres;
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        migrator().run(&self.pool).await?;
+        super::own_migrator(&MIGRATIONS).run(&self.pool).await?;
         Ok(())
     }
 

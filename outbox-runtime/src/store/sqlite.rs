@@ -67,12 +67,6 @@ impl SqliteStore {
     }
 }
 
-fn migrator() -> Migrator {
-    let mut migrator = Migrator::with_migrations(MIGRATIONS.iter().cloned().collect());
-    migrator.dangerous_set_table_name("_outbox_migrations");
-    migrator
-}
-
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
@@ -122,7 +116,7 @@ impl Store for SqliteStore {
     type Database = Sqlite;
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        migrator().run(&self.pool).await?;
+        super::own_migrator(&MIGRATIONS).run(&self.pool).await?;
         Ok(())
     }
 
