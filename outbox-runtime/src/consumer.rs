@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::admin::ONLY_HANDLER_HEADER;
 use crate::backoff::Backoff;
 use crate::context::HandlerContext;
 use crate::dispatch::{Dispatcher, invoke};
@@ -264,24 +265,39 @@ impl<S: Store> Consumer<S> {
             Ok(entry) => entry,
             Err(err) => return self.poison(delivery, Some(envelope), err.to_string()).await,
         };
+        // A replayed dead letter runs only the handler that gave up.
+        let only = envelope.headers.extra.get(ONLY_HANDLER_HEADER);
+        if let Some(only) = only
+            && !entry.handlers().iter().any(|h| h.name == only.as_str())
+        {
+            let error = format!(
+                "the replay is for handler `{only}`, which does not handle {} v{} in this build",
+                envelope.message_type, envelope.version
+            );
+            return self.poison(delivery, Some(envelope), error).await;
+        }
         let mut retry = false;
         let mut dead = false;
-        for &handler in entry.handlers() {
+        let handlers = entry
+            .handlers()
+            .iter()
+            .filter(|h| only.is_none_or(|only| h.name == only.as_str()));
+        for &handler in handlers {
             match self
                 .run_handler(handler, envelope, delivery.receive_count)
                 .await
             {
                 Ok(HandlerRun::Committed) => self.metrics.add_handled(1),
                 Ok(HandlerRun::AlreadyHandled) => self.metrics.add_duplicates_suppressed(1),
-                Ok(HandlerRun::Failed(err)) if err.is_permanent() => {
-                    return self.poison(delivery, Some(envelope), err.to_string()).await;
-                }
                 Ok(HandlerRun::Failed(err)) => {
                     self.metrics.add_handler_failures(1);
                     let max = handler
                         .max_attempts
                         .unwrap_or(self.config.default_max_attempts);
-                    if delivery.receive_count >= max {
+                    // A permanent error (the payload does not decode, the
+                    // handler says so) will not heal by retrying: dead-letter
+                    // it for this handler now; the others still run.
+                    if err.is_permanent() || delivery.receive_count >= max {
                         match self.give_up(handler, delivery, envelope, &err).await {
                             Ok(()) => dead = true,
                             Err(store) => {
@@ -360,9 +376,10 @@ impl<S: Store> Consumer<S> {
         Ok(HandlerRun::Committed)
     }
 
-    /// A handler ran out of attempts: keep the message in dead letters and
-    /// mark the handler done, so redeliveries caused by other handlers do not
-    /// run it again. Replaying the dead letter clears the mark.
+    /// A handler ran out of attempts or failed permanently: keep the message
+    /// in dead letters and mark the handler done, so redeliveries caused by
+    /// other handlers do not run it again. A replay of the dead letter is a
+    /// new message for this handler alone (see [`crate::admin`]).
     async fn give_up(
         &self,
         handler: &'static HandlerRegistration,
@@ -370,7 +387,7 @@ impl<S: Store> Consumer<S> {
         envelope: &Envelope,
         err: &HandlerError,
     ) -> Result<(), StoreError> {
-        tracing::error!(handler = handler.name, error = %err, "handler out of attempts; dead-lettered");
+        tracing::error!(handler = handler.name, error = %err, permanent = err.is_permanent(), "handler gave up; dead-lettered");
         self.store
             .dead_letter(&DeadLetter {
                 message_id: Some(envelope.id),

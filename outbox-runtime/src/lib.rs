@@ -39,6 +39,7 @@
 #![warn(clippy::unwrap_used)]
 
 #[cfg(feature = "sqs")]
+pub mod admin;
 pub mod aws;
 mod backoff;
 mod consumer;
@@ -80,8 +81,8 @@ pub use crate::store::postgres::PgStore;
 #[cfg(feature = "sqlite")]
 pub use crate::store::sqlite::SqliteStore;
 pub use crate::store::{
-    ClaimedMessage, CleanupReport, DeadLetter, EnqueueError, GroupStats, OutboxStats,
-    PublishFailure, RetentionPolicy, Store, StoreError, StoreExt, Tx,
+    ClaimedMessage, CleanupReport, DeadLetter, EnqueueError, GroupStats, OutboxRow, OutboxStats,
+    PublishFailure, RetentionPolicy, RowStatus, Store, StoreError, StoreExt, StoredDeadLetter, Tx,
 };
 pub use crate::table::{
     DispatchTable, HandlerInfo, MessageEntry, MessageInfo, TableError, TableProblem,

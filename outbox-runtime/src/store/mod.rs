@@ -92,6 +92,108 @@ pub struct DeadLetter {
     pub attempts: u32,
 }
 
+/// A dead letter as kept in `outbox_dead_letters`, read back by an operator
+/// (see [`crate::admin`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct StoredDeadLetter {
+    /// Its id in `outbox_dead_letters`: what replay and purge take.
+    pub id: i64,
+    /// The message id, when the body was an envelope.
+    pub message_id: Option<Uuid>,
+    /// The handler that gave up, or `None` when the message itself is poison.
+    pub handler: Option<String>,
+    /// The message type, when known.
+    pub message_type: Option<String>,
+    /// The message group, when known.
+    pub group: Option<String>,
+    /// The body as received.
+    pub body: String,
+    /// Why.
+    pub error: String,
+    /// How many times it was received.
+    pub attempts: u32,
+    /// When it was dead-lettered.
+    pub dead_at: DateTime<Utc>,
+}
+
+/// Where an outbox row is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RowStatus {
+    /// Waiting for the relay (or for its backoff).
+    Pending,
+    /// Handed to a non-durable queue, awaiting the consumer's confirmation.
+    Relayed,
+    /// On the queue (durable) or handled (non-durable).
+    Published,
+    /// The relay gave up on it; kept with its last error until replayed or purged.
+    Dead,
+}
+
+impl RowStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [RowStatus; 4] = [
+        RowStatus::Pending,
+        RowStatus::Relayed,
+        RowStatus::Published,
+        RowStatus::Dead,
+    ];
+
+    /// The name stored in the `status` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RowStatus::Pending => "pending",
+            RowStatus::Relayed => "relayed",
+            RowStatus::Published => "published",
+            RowStatus::Dead => "dead",
+        }
+    }
+}
+
+impl std::fmt::Display for RowStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RowStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RowStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| format!("unknown status `{s}`: use pending, relayed, published or dead"))
+    }
+}
+
+/// An outbox row as an operator sees it: everything but the payload.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct OutboxRow {
+    /// Its position in the outbox.
+    pub seq: i64,
+    /// The message id.
+    pub id: Uuid,
+    /// The message type.
+    pub message_type: String,
+    /// Its version.
+    pub version: u32,
+    /// The message group.
+    pub group: String,
+    /// The logical queue (`None`: the default one).
+    pub queue: Option<String>,
+    /// Where it is.
+    pub status: RowStatus,
+    /// Failed publish attempts.
+    pub attempts: u32,
+    /// The last publish error.
+    pub last_error: Option<String>,
+    /// When the app wrote it.
+    pub created_at: DateTime<Utc>,
+    /// When it was published, if it was.
+    pub published_at: Option<DateTime<Utc>>,
+}
+
 /// What a retention pass deleted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CleanupReport {
@@ -317,6 +419,45 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<GroupStats>, StoreError>> + Send;
+
+    /// The newest `limit` outbox rows, of one status or of any, newest first.
+    fn rows(
+        &self,
+        status: Option<RowStatus>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<OutboxRow>, StoreError>> + Send;
+
+    /// The newest `limit` dead letters, newest first.
+    fn dead_letters(
+        &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<StoredDeadLetter>, StoreError>> + Send;
+
+    /// One dead letter.
+    fn dead_letter_by_id(
+        &self,
+        id: i64,
+    ) -> impl Future<Output = Result<Option<StoredDeadLetter>, StoreError>> + Send;
+
+    /// In one transaction: enqueues `replay` and deletes dead letter `id`.
+    /// Returns `false`, enqueuing nothing, when the dead letter is gone (an
+    /// operator replayed or purged it meanwhile). See
+    /// [`admin::replay_dead_letter`](crate::admin::replay_dead_letter).
+    fn replay_dead_letter(
+        &self,
+        id: i64,
+        replay: &Outgoing,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Deletes dead letter `id`; `false` if there was none.
+    fn purge_dead_letter(&self, id: i64) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Puts a `dead` outbox row back to `pending`, due now, with its
+    /// attempts reset and its last error cleared; `false` if row `seq` is not dead.
+    fn requeue_dead_row(&self, seq: i64) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Deletes a `dead` outbox row; `false` if row `seq` is not dead.
+    fn purge_dead_row(&self, seq: i64) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
 /// One message group's state, from [`Store::group_stats`].
@@ -433,6 +574,12 @@ pub(crate) fn envelope_from_row(
     })
 }
 
+pub(crate) fn status_from(seq: i64, status: &str) -> Result<RowStatus, StoreError> {
+    status
+        .parse()
+        .map_err(|reason| StoreError::CorruptRow { seq, reason })
+}
+
 pub(crate) fn headers_json(envelope: &Envelope) -> String {
     serde_json::to_string(&envelope.headers).unwrap_or_else(|_| String::from("{}"))
 }
@@ -442,8 +589,12 @@ pub(crate) fn millis(duration: Duration) -> i64 {
 }
 
 pub(crate) fn attempts_from(seq: i64, attempts: i64) -> Result<u32, StoreError> {
-    u32::try_from(attempts).map_err(|_| StoreError::CorruptRow {
+    u32_column(seq, "attempts", attempts)
+}
+
+pub(crate) fn u32_column(seq: i64, column: &str, value: i64) -> Result<u32, StoreError> {
+    u32::try_from(value).map_err(|_| StoreError::CorruptRow {
         seq,
-        reason: format!("attempts {attempts} is out of range"),
+        reason: format!("{column} {value} is out of range"),
     })
 }

@@ -9,8 +9,9 @@ use sqlx::{PgConnection, PgPool, Postgres, Row};
 use uuid::Uuid;
 
 use super::{
-    ClaimedMessage, CleanupReport, DeadLetter, GroupStats, OutboxStats, PublishFailure,
-    RetentionPolicy, Store, StoreError, Tx, attempts_from, envelope_from_row, headers_json, millis,
+    ClaimedMessage, CleanupReport, DeadLetter, GroupStats, OutboxRow, OutboxStats, PublishFailure,
+    RetentionPolicy, RowStatus, Store, StoreError, StoredDeadLetter, Tx, attempts_from,
+    envelope_from_row, headers_json, millis, status_from, u32_column,
 };
 use crate::envelope::Outgoing;
 
@@ -72,6 +73,44 @@ fn claimed_from_row(row: &sqlx::postgres::PgRow) -> Result<ClaimedMessage, Store
         attempts: attempts_from(seq, i64::from(attempts))?,
     })
 }
+
+fn outbox_row(row: &sqlx::postgres::PgRow) -> Result<OutboxRow, StoreError> {
+    let seq: i64 = row.try_get("seq")?;
+    let version: i32 = row.try_get("version")?;
+    let attempts: i32 = row.try_get("attempts")?;
+    let status: String = row.try_get("status")?;
+    Ok(OutboxRow {
+        seq,
+        id: row.try_get("id")?,
+        message_type: row.try_get("message_type")?,
+        version: u32_column(seq, "version", i64::from(version))?,
+        group: row.try_get("group_key")?,
+        queue: row.try_get("queue")?,
+        status: status_from(seq, &status)?,
+        attempts: attempts_from(seq, i64::from(attempts))?,
+        last_error: row.try_get("last_error")?,
+        created_at: row.try_get("created_at")?,
+        published_at: row.try_get("published_at")?,
+    })
+}
+
+fn stored_dead_letter(row: &sqlx::postgres::PgRow) -> Result<StoredDeadLetter, StoreError> {
+    let id: i64 = row.try_get("id")?;
+    let attempts: i32 = row.try_get("attempts")?;
+    Ok(StoredDeadLetter {
+        id,
+        message_id: row.try_get("message_id")?,
+        handler: row.try_get("handler")?,
+        message_type: row.try_get("message_type")?,
+        group: row.try_get("group_key")?,
+        body: row.try_get("body")?,
+        error: row.try_get("error")?,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        dead_at: row.try_get("dead_at")?,
+    })
+}
+
+const DEAD_LETTER_COLUMNS: &str = "SELECT id, message_id, handler, message_type, group_key, body, error, attempts, dead_at FROM outbox_dead_letters";
 
 impl Store for PgStore {
     type Database = Postgres;
@@ -394,5 +433,90 @@ impl Store for PgStore {
                 })
             })
             .collect()
+    }
+
+    async fn rows(
+        &self,
+        status: Option<RowStatus>,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, id, message_type, version, group_key, queue, status, attempts, last_error, created_at, published_at
+             FROM outbox WHERE $1::text IS NULL OR status = $1
+             ORDER BY seq DESC LIMIT $2",
+        )
+        .bind(status.map(RowStatus::as_str))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(outbox_row).collect()
+    }
+
+    async fn dead_letters(&self, limit: u32) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{DEAD_LETTER_COLUMNS} ORDER BY id DESC LIMIT $1"
+        )))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(stored_dead_letter).collect()
+    }
+
+    async fn dead_letter_by_id(&self, id: i64) -> Result<Option<StoredDeadLetter>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{DEAD_LETTER_COLUMNS} WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(stored_dead_letter).transpose()
+    }
+
+    async fn replay_dead_letter(&self, id: i64, replay: &Outgoing) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM outbox_dead_letters WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        self.enqueue_all(&mut tx, std::slice::from_ref(replay))
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn purge_dead_letter(&self, id: i64) -> Result<bool, StoreError> {
+        let deleted = sqlx::query("DELETE FROM outbox_dead_letters WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(deleted > 0)
+    }
+
+    async fn requeue_dead_row(&self, seq: i64) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE outbox SET status = 'pending', attempts = 0, last_error = NULL,
+                 available_at = now(), lease_until = NULL
+             WHERE seq = $1 AND status = 'dead'",
+        )
+        .bind(seq)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(updated > 0)
+    }
+
+    async fn purge_dead_row(&self, seq: i64) -> Result<bool, StoreError> {
+        let deleted = sqlx::query("DELETE FROM outbox WHERE seq = $1 AND status = 'dead'")
+            .bind(seq)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(deleted > 0)
     }
 }

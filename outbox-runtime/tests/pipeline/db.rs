@@ -121,8 +121,8 @@ impl TestDb for PgStore {
 
     async fn create_app_tables(&self) {
         sqlx::raw_sql(
-            "CREATE TABLE effects (id BIGSERIAL PRIMARY KEY, kind TEXT NOT NULL, message_id TEXT NOT NULL, grp TEXT NOT NULL, n BIGINT NOT NULL);
-             CREATE TABLE orders (id BIGINT PRIMARY KEY);",
+            "CREATE TABLE IF NOT EXISTS effects (id BIGSERIAL PRIMARY KEY, kind TEXT NOT NULL, message_id TEXT NOT NULL, grp TEXT NOT NULL, n BIGINT NOT NULL);
+             CREATE TABLE IF NOT EXISTS orders (id BIGINT PRIMARY KEY);",
         )
         .execute(self.pool())
         .await
@@ -229,8 +229,8 @@ impl TestDb for SqliteStore {
 
     async fn create_app_tables(&self) {
         sqlx::raw_sql(
-            "CREATE TABLE effects (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, message_id TEXT NOT NULL, grp TEXT NOT NULL, n INTEGER NOT NULL);
-             CREATE TABLE orders (id INTEGER PRIMARY KEY);",
+            "CREATE TABLE IF NOT EXISTS effects (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, message_id TEXT NOT NULL, grp TEXT NOT NULL, n INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY);",
         )
         .execute(self.pool())
         .await

@@ -82,6 +82,29 @@ async fn always_fail(msg: Doomed) -> anyhow::Result<()> {
     anyhow::bail!("{} is doomed", msg.group)
 }
 
+/// Has two handlers: one that always works and one that fails until its
+/// group is in [`FIXED`] (a bug fixed and deployed).
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+#[outbox(name = "test.flaky", group = group)]
+pub(crate) struct Flaky {
+    pub(crate) group: String,
+}
+
+/// Groups whose `flaky.charge` handler is fixed.
+pub(crate) static FIXED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+#[handler(name = "flaky.audit")]
+async fn audit_flaky(msg: Flaky, ctx: &mut HandlerContext<'_>) -> anyhow::Result<()> {
+    db::record_effect(ctx, "audit", &msg.group, 0).await
+}
+
+#[handler(name = "flaky.charge", max_attempts = 2)]
+async fn charge_flaky(msg: Flaky, ctx: &mut HandlerContext<'_>) -> anyhow::Result<()> {
+    let fixed = FIXED.lock().expect("not poisoned").contains(&msg.group);
+    anyhow::ensure!(fixed, "charging {} hits the bug", msg.group);
+    db::record_effect(ctx, "charge", &msg.group, 0).await
+}
+
 /// A store, a queue, a relay and a worker wired together with fast retries.
 pub(crate) struct Harness<S: TestDb> {
     pub(crate) store: S,
@@ -198,4 +221,6 @@ on_both_stores!(
     ten_thousand_messages_in_fifty_groups,
     a_drain_past_its_deadline_still_publishes_a_batch,
     stuck_messages_are_reported,
+    replayed_dead_letter_runs_only_the_handler_that_gave_up,
+    requeued_dead_row_is_published_after_the_fix,
 );

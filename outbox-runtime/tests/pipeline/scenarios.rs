@@ -10,7 +10,7 @@ use outbox_runtime::{
 };
 
 use crate::db::TestDb;
-use crate::{Doomed, Harness, Step};
+use crate::{Doomed, FIXED, Flaky, Harness, Step};
 
 fn step(group: &str, n: i64) -> Step {
     Step {
@@ -623,4 +623,131 @@ pub(crate) async fn stuck_messages_are_reported<S: TestDb>(store: S) {
     assert_eq!(h.metrics.snapshot().stuck_alerts, 1);
     h.settle(Duration::from_secs(10)).await;
     assert!(!watcher.check_stuck().await);
+}
+
+pub(crate) async fn replayed_dead_letter_runs_only_the_handler_that_gave_up<S: TestDb>(store: S) {
+    use outbox_runtime::admin::{self, AdminError};
+
+    let h = Harness::new(store).await;
+    let group = format!("flaky-{}", uuid::Uuid::now_v7().simple());
+    let mut tx = h.store.begin().await.expect("begin");
+    let original = h
+        .store
+        .enqueue(
+            &mut tx,
+            &Flaky {
+                group: group.clone(),
+            },
+        )
+        .await
+        .expect("enqueue");
+    tx.commit().await.expect("commit");
+    h.settle(Duration::from_secs(10)).await;
+
+    let kinds = |effects: Vec<crate::db::Effect>| {
+        let mut kinds: Vec<String> = effects.into_iter().map(|e| e.kind).collect();
+        kinds.sort();
+        kinds
+    };
+    assert_eq!(kinds(h.store.effects().await), ["audit"]);
+    let letters = h.store.dead_letters(10).await.expect("dead letters");
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    assert_eq!(letter.message_id, Some(original.id));
+    assert_eq!(letter.handler.as_deref(), Some("flaky.charge"));
+    assert_eq!(letter.message_type.as_deref(), Some("test.flaky"));
+    assert_eq!(letter.attempts, 2);
+    assert!(letter.error.contains("hits the bug"), "{}", letter.error);
+    assert_eq!(
+        h.store
+            .dead_letter_by_id(letter.id)
+            .await
+            .expect("by id")
+            .as_ref(),
+        Some(letter)
+    );
+
+    // The fix is deployed; the operator replays.
+    FIXED.lock().expect("not poisoned").push(group.clone());
+    let table = outbox_runtime::DispatchTable::from_registry().expect("table");
+    let replayed = admin::replay_dead_letter(&h.store, &table, letter.id)
+        .await
+        .expect("replayed");
+    assert_eq!(replayed.original_id, original.id);
+    assert_ne!(replayed.replay_id, original.id);
+    assert_eq!(replayed.handler.as_deref(), Some("flaky.charge"));
+    let pending = h
+        .store
+        .rows(Some(outbox_runtime::RowStatus::Pending), 10)
+        .await
+        .expect("rows");
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].id, replayed.replay_id);
+    assert_eq!(pending[0].group, group);
+    let again = admin::replay_dead_letter(&h.store, &table, letter.id).await;
+    assert!(
+        matches!(again, Err(AdminError::NoSuchDeadLetter(id)) if id == letter.id),
+        "a second replay enqueues nothing: {again:?}"
+    );
+
+    h.settle(Duration::from_secs(10)).await;
+    assert_eq!(
+        kinds(h.store.effects().await),
+        ["audit", "charge"],
+        "the audit handler did not run twice"
+    );
+    assert!(
+        h.store
+            .dead_letters(10)
+            .await
+            .expect("dead letters")
+            .is_empty()
+    );
+    let rows = h.store.outbox_rows().await;
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.status == "published"), "{rows:?}");
+}
+
+pub(crate) async fn requeued_dead_row_is_published_after_the_fix<S: TestDb>(store: S) {
+    use outbox_runtime::RowStatus;
+    use outbox_runtime::admin::{self, AdminError};
+
+    // A queue whose limit is too small for the message: the relay gives up.
+    let small = InProcessConfig {
+        max_body_bytes: 1024,
+        ..InProcessConfig::default()
+    };
+    let h = Harness::with_queue(store.clone(), small).await;
+    let mut big = step("big", 1);
+    big.pad = "x".repeat(2000);
+    commit_steps(&h.store, 1, &[big]).await;
+    h.settle(Duration::from_secs(10)).await;
+    let dead = h.store.rows(Some(RowStatus::Dead), 10).await.expect("rows");
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].attempts >= 1);
+    assert!(dead[0].last_error.is_some());
+    assert!(matches!(
+        admin::requeue_dead_row(&h.store, dead[0].seq + 1000).await,
+        Err(AdminError::NotDead(_))
+    ));
+
+    // The fix: a queue that takes it. The row goes back, attempts reset.
+    let fixed = Harness::new(store).await;
+    admin::requeue_dead_row(&fixed.store, dead[0].seq)
+        .await
+        .expect("requeued");
+    let row = fixed.store.rows(None, 1).await.expect("rows").remove(0);
+    assert_eq!(
+        (row.status, row.attempts, row.last_error.as_deref()),
+        (RowStatus::Pending, 0, None)
+    );
+    fixed.settle(Duration::from_secs(10)).await;
+    assert_eq!(fixed.store.effects().await.len(), 1);
+    let row = fixed.store.rows(None, 1).await.expect("rows").remove(0);
+    assert_eq!(row.status, RowStatus::Published);
+    assert!(row.published_at.is_some());
+    assert!(matches!(
+        admin::purge_dead_row(&fixed.store, row.seq).await,
+        Err(AdminError::NotDead(_))
+    ));
 }

@@ -1,0 +1,243 @@
+//! Operator actions on what the outbox gave up on: the dead letters a
+//! consumer kept (`outbox_dead_letters`) and the rows the relay could not
+//! publish (status `dead`). The sample app's `dead-letters` commands run
+//! these; any app can expose them the same way.
+//!
+//! # Replay
+//!
+//! A dead letter is replayed as a **new** message: a fresh id (a FIFO queue
+//! drops a repeated deduplication id for five minutes, and the inbox
+//! remembers the old id's handlers), the same type, version, group and
+//! payload, the original id as causation id, the same correlation id, and two
+//! headers: [`REPLAY_OF_HEADER`] (the original id) and, when one handler gave
+//! up, [`ONLY_HANDLER_HEADER`] (its name). The consumer runs only that
+//! handler, so the handlers that already committed the original do not run
+//! twice. The new row is enqueued and the dead letter deleted in one
+//! transaction: replaying twice cannot enqueue twice.
+//!
+//! A row the relay gave up on is requeued in place: back to `pending`, due
+//! now, attempts reset, last error cleared. It keeps its id and its place in
+//! its group.
+//!
+//! ```no_run
+//! # async fn example(store: outbox_runtime::PgStore) -> Result<(), outbox_runtime::admin::AdminError> {
+//! use outbox_runtime::{DispatchTable, Store};
+//! use outbox_runtime::admin;
+//!
+//! let table = DispatchTable::from_registry().expect("a complete table");
+//! for letter in store.dead_letters(100).await? {
+//!     println!("{} {:?}: {}", letter.id, letter.handler, letter.error);
+//! }
+//! let replayed = admin::replay_dead_letter(&store, &table, 42).await?;
+//! println!("dead letter 42 is message {} again", replayed.replay_id);
+//! # Ok(()) }
+//! ```
+
+use uuid::Uuid;
+
+use crate::envelope::{Envelope, Outgoing};
+use crate::store::{Store, StoreError, StoredDeadLetter};
+use crate::table::DispatchTable;
+
+/// Header of a replayed message: the id of the message it replays.
+pub const REPLAY_OF_HEADER: &str = "outbox-replay-of";
+
+/// Header of a replayed message: the only handler to run (the one that gave
+/// up). Without it, every handler of the message runs.
+pub const ONLY_HANDLER_HEADER: &str = "outbox-only-handler";
+
+/// An operator action could not be done.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// No dead letter has this id.
+    #[error(
+        "dead letter {0} does not exist (replayed or purged already?); list them with `dead-letters list`"
+    )]
+    NoSuchDeadLetter(i64),
+    /// The dead letter's body is not an envelope, so there is nothing to replay.
+    #[error(
+        "dead letter {id} cannot be replayed: its body is not an envelope ({reason}); inspect it, then purge it"
+    )]
+    NotReplayable {
+        /// The dead letter.
+        id: i64,
+        /// Why its body is not an envelope.
+        reason: String,
+    },
+    /// No outbox row with this sequence number is dead.
+    #[error("outbox row {0} is not dead (or does not exist)")]
+    NotDead(i64),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A dead letter that is a message again.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Replayed {
+    /// The dead letter, now deleted.
+    pub dead_letter: i64,
+    /// The message it held.
+    pub original_id: Uuid,
+    /// The new message, pending in the outbox.
+    pub replay_id: Uuid,
+    /// The only handler the new message runs, when one handler gave up.
+    pub handler: Option<String>,
+}
+
+/// The message that replays `letter`: see the module docs. The queue is the
+/// one the table gives its type (the default queue for a type this build
+/// does not know).
+pub fn replay_message(
+    letter: &StoredDeadLetter,
+    table: &DispatchTable,
+) -> Result<Outgoing, AdminError> {
+    let original = Envelope::from_json(&letter.body).map_err(|err| AdminError::NotReplayable {
+        id: letter.id,
+        reason: err.to_string(),
+    })?;
+    let mut envelope = Envelope {
+        id: Uuid::now_v7(),
+        created_at: chrono::Utc::now(),
+        ..original.clone()
+    };
+    envelope.headers.causation_id = Some(original.id);
+    envelope.headers.correlation_id = Some(original.headers.correlation_id.unwrap_or(original.id));
+    envelope
+        .headers
+        .extra
+        .insert(REPLAY_OF_HEADER.to_owned(), original.id.to_string());
+    if let Some(handler) = &letter.handler {
+        envelope
+            .headers
+            .extra
+            .insert(ONLY_HANDLER_HEADER.to_owned(), handler.clone());
+    }
+    let queue = table
+        .message(&envelope.message_type, envelope.version)
+        .and_then(|entry| entry.registration().queue);
+    Ok(Outgoing { envelope, queue })
+}
+
+/// Replays dead letter `id`: enqueues its message again (see the module
+/// docs) and deletes it, in one transaction. Pump or wake the relay after.
+pub async fn replay_dead_letter<S: Store>(
+    store: &S,
+    table: &DispatchTable,
+    id: i64,
+) -> Result<Replayed, AdminError> {
+    let letter = store
+        .dead_letter_by_id(id)
+        .await?
+        .ok_or(AdminError::NoSuchDeadLetter(id))?;
+    let replay = replay_message(&letter, table)?;
+    if !store.replay_dead_letter(id, &replay).await? {
+        return Err(AdminError::NoSuchDeadLetter(id));
+    }
+    tracing::info!(dead_letter = id, replay_id = %replay.envelope.id, "dead letter replayed");
+    let original_id = replay
+        .envelope
+        .headers
+        .causation_id
+        .unwrap_or(replay.envelope.id);
+    Ok(Replayed {
+        dead_letter: id,
+        original_id,
+        replay_id: replay.envelope.id,
+        handler: letter.handler,
+    })
+}
+
+/// Deletes dead letter `id` for good.
+pub async fn purge_dead_letter<S: Store>(store: &S, id: i64) -> Result<(), AdminError> {
+    if store.purge_dead_letter(id).await? {
+        tracing::info!(dead_letter = id, "dead letter purged");
+        Ok(())
+    } else {
+        Err(AdminError::NoSuchDeadLetter(id))
+    }
+}
+
+/// Puts dead outbox row `seq` back to pending (attempts reset).
+pub async fn requeue_dead_row<S: Store>(store: &S, seq: i64) -> Result<(), AdminError> {
+    if store.requeue_dead_row(seq).await? {
+        tracing::info!(seq, "dead outbox row requeued");
+        Ok(())
+    } else {
+        Err(AdminError::NotDead(seq))
+    }
+}
+
+/// Deletes dead outbox row `seq` for good.
+pub async fn purge_dead_row<S: Store>(store: &S, seq: i64) -> Result<(), AdminError> {
+    if store.purge_dead_row(seq).await? {
+        tracing::info!(seq, "dead outbox row purged");
+        Ok(())
+    } else {
+        Err(AdminError::NotDead(seq))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(body: &str, handler: Option<&str>) -> StoredDeadLetter {
+        StoredDeadLetter {
+            id: 7,
+            message_id: None,
+            handler: handler.map(str::to_owned),
+            message_type: None,
+            group: None,
+            body: body.to_owned(),
+            error: "boom".into(),
+            attempts: 5,
+            dead_at: chrono::Utc::now(),
+        }
+    }
+
+    fn table() -> DispatchTable {
+        DispatchTable::from_registrations(std::iter::empty(), std::iter::empty()).unwrap()
+    }
+
+    #[test]
+    fn a_replay_is_a_new_message_caused_by_the_original_for_the_handler_that_gave_up() {
+        let original = Envelope {
+            id: Uuid::now_v7(),
+            message_type: "orders.placed".into(),
+            version: 2,
+            group: "customer-1".into(),
+            payload: serde_json::value::to_raw_value(&serde_json::json!({"n": 1})).unwrap(),
+            created_at: chrono::Utc::now(),
+            headers: crate::Headers::default(),
+        };
+        let replay =
+            replay_message(&letter(&original.to_json(), Some("notify")), &table()).unwrap();
+        let e = &replay.envelope;
+        assert_ne!(e.id, original.id);
+        assert_eq!(
+            (e.message_type.as_str(), e.version, e.group.as_str()),
+            ("orders.placed", 2, "customer-1")
+        );
+        assert_eq!(e.payload.get(), original.payload.get());
+        assert_eq!(e.headers.causation_id, Some(original.id));
+        assert_eq!(e.headers.correlation_id, Some(original.id));
+        assert_eq!(e.headers.extra[REPLAY_OF_HEADER], original.id.to_string());
+        assert_eq!(e.headers.extra[ONLY_HANDLER_HEADER], "notify");
+        assert_eq!(replay.queue, None);
+
+        let all = replay_message(&letter(&original.to_json(), None), &table()).unwrap();
+        assert!(!all.envelope.headers.extra.contains_key(ONLY_HANDLER_HEADER));
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_envelope_cannot_be_replayed() {
+        let err = replay_message(&letter("{not json", None), &table()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("dead letter 7 cannot be replayed: its body is not an envelope (malformed envelope at"),
+            "{err}"
+        );
+    }
+}
