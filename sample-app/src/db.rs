@@ -36,27 +36,66 @@ pub(crate) struct Order {
     pub(crate) status: OrderStatus,
 }
 
-/// The app's queries, on the store's own database.
+/// An order with the status history its handler recorded: what
+/// `GET /orders/{id}` shows.
+#[derive(Clone, Debug, serde::Serialize)]
+pub(crate) struct OrderView {
+    #[serde(flatten)]
+    pub(crate) order: Order,
+    /// Filled in by the `orders.record_status` handler, after the commit:
+    /// it lags the status by the outbox's delivery time.
+    pub(crate) history: Vec<HistoryEntry>,
+}
+
+/// One status change, as its handler recorded it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub(crate) struct HistoryEntry {
+    pub(crate) status: String,
+    /// The outbox message that carried it.
+    pub(crate) message_id: String,
+    /// Unix milliseconds.
+    pub(crate) changed_at: i64,
+}
+
+/// The app's queries, on the store's own database. Every future is `Send`,
+/// so the HTTP handlers can run them on any thread.
 pub(crate) trait AppDb: Store {
     /// Migrates the app's tables (the outbox's are migrated by `Store::migrate`).
-    async fn migrate_app(&self) -> anyhow::Result<()>;
+    fn migrate_app(&self) -> impl Future<Output = anyhow::Result<()>> + Send;
     /// Inserts an order in the app's transaction.
-    async fn insert_order(
+    fn insert_order(
         &self,
         tx: &mut Tx<Self::Database>,
         customer_id: &str,
-    ) -> anyhow::Result<i64>;
+    ) -> impl Future<Output = anyhow::Result<i64>> + Send;
     /// Reads an order, locking it for the transaction where the database can.
-    async fn order(&self, tx: &mut Tx<Self::Database>, id: i64) -> anyhow::Result<Option<Order>>;
+    fn order(
+        &self,
+        tx: &mut Tx<Self::Database>,
+        id: i64,
+    ) -> impl Future<Output = anyhow::Result<Option<Order>>> + Send;
+    /// Reads an order and its status history, outside any transaction.
+    fn order_view(&self, id: i64)
+    -> impl Future<Output = anyhow::Result<Option<OrderView>>> + Send;
     /// Sets an order's status in the app's transaction.
-    async fn set_status(
+    fn set_status(
         &self,
         tx: &mut Tx<Self::Database>,
         id: i64,
         status: OrderStatus,
-    ) -> anyhow::Result<()>;
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
     /// Counts rows of one of the sample's tables.
-    async fn count(&self, table: Table) -> anyhow::Result<i64>;
+    fn count(&self, table: Table) -> impl Future<Output = anyhow::Result<i64>> + Send;
+}
+
+/// Reads an order row in a transaction (locked where the database can).
+trait OrderQuery: Store {
+    async fn order_for(
+        &self,
+        tx: &mut Tx<Self::Database>,
+        id: i64,
+        lock: bool,
+    ) -> anyhow::Result<Option<Order>>;
 }
 
 /// The sample's tables, for counts.
@@ -68,6 +107,23 @@ pub(crate) enum Table {
 
 macro_rules! app_db {
     ($store:ty, $db:ty, $migrations:expr, $for_update:literal) => {
+        impl OrderQuery for $store {
+            async fn order_for(&self, tx: &mut Tx<$db>, id: i64, lock: bool) -> anyhow::Result<Option<Order>> {
+                const SELECT: &str = "SELECT id, customer_id, status FROM orders WHERE id = $1";
+                let sql = if lock { concat!("SELECT id, customer_id, status FROM orders WHERE id = $1", $for_update) } else { SELECT };
+                let row: Option<(i64, String, String)> = sqlx::query_as(sql)
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await?;
+                row.map(|(id, customer_id, status)| {
+                    let status = OrderStatus::parse(&status)
+                        .ok_or_else(|| anyhow::anyhow!("order {id} has unknown status {status:?}"))?;
+                    Ok(Order { id, customer_id, status })
+                })
+                .transpose()
+            }
+        }
+
         impl AppDb for $store {
             async fn migrate_app(&self) -> anyhow::Result<()> {
                 $migrations.run(self.pool()).await?;
@@ -85,19 +141,27 @@ macro_rules! app_db {
             }
 
             async fn order(&self, tx: &mut Tx<$db>, id: i64) -> anyhow::Result<Option<Order>> {
-                let row: Option<(i64, String, String)> = sqlx::query_as(concat!(
-                    "SELECT id, customer_id, status FROM orders WHERE id = $1",
-                    $for_update
-                ))
+                self.order_for(tx, id, true).await
+            }
+
+
+            async fn order_view(&self, id: i64) -> anyhow::Result<Option<OrderView>> {
+                let mut tx = self.pool().begin().await?;
+                let Some(order) = self.order_for(&mut tx, id, false).await? else {
+                    return Ok(None);
+                };
+                let history: Vec<(String, String, i64)> = sqlx::query_as(
+                    "SELECT status, message_id, changed_at FROM order_status_history WHERE order_id = $1 ORDER BY id",
+                )
                 .bind(id)
-                .fetch_optional(&mut **tx)
+                .fetch_all(&mut *tx)
                 .await?;
-                row.map(|(id, customer_id, status)| {
-                    let status = OrderStatus::parse(&status)
-                        .ok_or_else(|| anyhow::anyhow!("order {id} has unknown status {status:?}"))?;
-                    Ok(Order { id, customer_id, status })
-                })
-                .transpose()
+                tx.commit().await?;
+                let history = history
+                    .into_iter()
+                    .map(|(status, message_id, changed_at)| HistoryEntry { status, message_id, changed_at })
+                    .collect();
+                Ok(Some(OrderView { order, history }))
             }
 
             async fn set_status(&self, tx: &mut Tx<$db>, id: i64, status: OrderStatus) -> anyhow::Result<()> {

@@ -16,6 +16,7 @@ use outbox_runtime::{
 use tokio::sync::watch;
 
 use crate::db::{AppDb, Table};
+use crate::domain::CustomerId;
 use crate::probe::Probe;
 
 /// What the demo did.
@@ -112,7 +113,7 @@ pub(crate) async fn run_on<S: AppDb, T: Transport, R: Receiver>(
     let started = Instant::now();
     let mut ids = Vec::with_capacity(orders);
     for i in 0..orders {
-        ids.push(crate::orders::create(&store, &waker, &format!("customer-{}", i % 50)).await?);
+        ids.push(crate::orders::create(&store, &waker, &customer(i % 50)).await?);
     }
     for &order_id in &ids {
         crate::orders::submit(&store, &waker, order_id).await?;
@@ -198,30 +199,77 @@ impl Progress {
     }
 }
 
-/// Creates `orders` orders, each committed with its `created` message.
-pub(crate) async fn enqueue<S: AppDb>(store: &S, orders: usize) -> anyhow::Result<()> {
+fn customer(n: usize) -> CustomerId {
+    CustomerId::parse(&format!("customer-{n}")).expect("a valid customer id")
+}
+
+/// Creates `orders` orders, each committed with its `created` message, and
+/// with `submit`, submits each (a second transaction and message).
+pub(crate) async fn enqueue<S: AppDb>(
+    store: &S,
+    orders: usize,
+    submit: bool,
+) -> anyhow::Result<()> {
     store.migrate().await?;
     store.migrate_app().await?;
     for i in 0..orders {
-        crate::orders::create(store, &NoPump, &format!("customer-{}", i % 20)).await?;
+        let id = crate::orders::create(store, &NoPump, &customer(i % 20)).await?;
+        if submit {
+            crate::orders::submit(store, &NoPump, id).await?;
+        }
     }
     Ok(())
+}
+
+/// Timing of `work`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WorkTiming {
+    /// How long a relayed, unconfirmed message waits before it is relayed
+    /// again (after a crash).
+    pub(crate) relayed_for: Duration,
+    /// The first retry delay of a failed handler.
+    pub(crate) retry_initial: Duration,
+}
+
+impl Default for WorkTiming {
+    fn default() -> Self {
+        WorkTiming {
+            relayed_for: Duration::from_secs(300),
+            retry_initial: Duration::from_secs(1),
+        }
+    }
 }
 
 /// Relays and handles with the in-process queue until nothing is pending.
 pub(crate) async fn work<S: AppDb>(
     store: S,
-    relayed_for: Duration,
+    timing: WorkTiming,
 ) -> anyhow::Result<MetricsSnapshot> {
     store.migrate().await?;
     store.migrate_app().await?;
+    let table = crate::lambda::checked_table()?;
+    let (background, _waker, metrics) = local_stack(store.clone(), table, timing);
+    while store.stats().await?.pending > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    background.stop().await;
+    Ok(metrics.snapshot())
+}
+
+/// A relay and two workers on an in-process queue, running in the
+/// background; the waker is the pump for the app's transactions.
+pub(crate) fn local_stack<S: Store>(
+    store: S,
+    table: outbox_runtime::DispatchTable,
+    timing: WorkTiming,
+) -> (Background, RelayWaker, Arc<Metrics>) {
     let queue = Arc::new(InProcessQueue::new());
     let metrics = Arc::new(Metrics::default());
     let waker = RelayWaker::new();
-    let dispatcher = Arc::new(Dispatcher::from_registry()?);
+    let dispatcher = Arc::new(Dispatcher::new(table));
     let relay = Relay::new(store.clone(), Arc::clone(&queue))
         .with_config(outbox_runtime::RelayConfig {
-            relayed_for,
+            relayed_for: timing.relayed_for,
             sweep_interval: Duration::from_millis(100),
             ..outbox_runtime::RelayConfig::default()
         })
@@ -232,18 +280,21 @@ pub(crate) async fn work<S: AppDb>(
             retention: None,
             ..WorkerConfig::default()
         })
+        .with_consumer_config(outbox_runtime::ConsumerConfig {
+            retry_backoff: outbox_runtime::Backoff {
+                initial: timing.retry_initial,
+                ..outbox_runtime::Backoff::default()
+            },
+            ..outbox_runtime::ConsumerConfig::default()
+        })
         .with_metrics(Arc::clone(&metrics))
         .with_pump(Arc::new(waker.clone()));
-    let background = Background::spawn(relay, waker, worker, 2);
-    while store.stats().await?.pending > 0 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    background.stop().await;
-    Ok(metrics.snapshot())
+    let background = Background::spawn(relay, waker.clone(), worker, 2);
+    (background, waker, metrics)
 }
 
 /// A relay and workers running as tasks until stopped.
-struct Background {
+pub(crate) struct Background {
     stop: watch::Sender<bool>,
     tasks: tokio::task::JoinSet<()>,
 }
@@ -274,7 +325,7 @@ impl Background {
     }
 
     /// Stops every task after its current batch.
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
     }

@@ -48,6 +48,36 @@ impl fmt::Display for OrderStatus {
     }
 }
 
+/// A customer's id: 1 to 64 ASCII letters, digits, `-`, `_` or `.`. It is
+/// the message group of the customer's order events, so it must also be a
+/// valid SQS message group; this rule is stricter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CustomerId(String);
+
+impl CustomerId {
+    /// The longest id accepted.
+    pub(crate) const MAX_LEN: usize = 64;
+
+    pub(crate) fn parse(value: &str) -> Result<Self, DomainError> {
+        let valid = !value.is_empty()
+            && value.len() <= Self::MAX_LEN
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if valid {
+            Ok(CustomerId(value.to_owned()))
+        } else {
+            Err(DomainError::InvalidCustomerId(
+                value.chars().take(80).collect(),
+            ))
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A domain rule was broken.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum DomainError {
@@ -59,6 +89,9 @@ pub(crate) enum DomainError {
         /// The status asked for.
         to: OrderStatus,
     },
+    /// A customer id breaks the rule of [`CustomerId`].
+    #[error("customer id {0:?} is invalid: use 1 to 64 ASCII letters, digits, `-`, `_` or `.`")]
+    InvalidCustomerId(String),
 }
 
 #[cfg(test)]
@@ -75,5 +108,20 @@ mod tests {
         );
         assert_eq!(OrderStatus::parse("created"), Some(OrderStatus::Created));
         assert_eq!(OrderStatus::parse("shipped"), None);
+    }
+
+    #[test]
+    fn customer_ids_are_short_plain_ascii() {
+        assert_eq!(CustomerId::parse("c-1.a_B").unwrap().as_str(), "c-1.a_B");
+        for bad in ["", "with space", "é", "a/b", &"x".repeat(65)] {
+            assert!(
+                matches!(
+                    CustomerId::parse(bad),
+                    Err(DomainError::InvalidCustomerId(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(CustomerId::parse(&"x".repeat(64)).is_ok());
     }
 }

@@ -38,6 +38,9 @@ pub(crate) async fn record_status(
     Ok(())
 }
 
+/// Set, it makes every confirmation fail: a notification provider outage.
+pub(crate) const NOTIFY_OUTAGE: &str = "SAMPLE_APP_NOTIFY_OUTAGE";
+
 /// Sends (here: records) the order confirmation.
 #[handler(name = "notifications.order_confirmation", max_attempts = 5)]
 pub(crate) async fn send_confirmation(
@@ -45,6 +48,12 @@ pub(crate) async fn send_confirmation(
     ctx: &mut HandlerContext<'_>,
 ) -> anyhow::Result<()> {
     observe(ctx);
+    // A stand-in for the provider being down, to see retries, dead letters
+    // and replay at work (README: "When a handler fails").
+    anyhow::ensure!(
+        std::env::var_os(NOTIFY_OUTAGE).is_none(),
+        "the notification provider is unavailable ({NOTIFY_OUTAGE} is set)"
+    );
     let body = format!("Order {} is confirmed.", msg.order_id);
     on_db!(ctx, |conn| {
         sqlx::query("INSERT INTO notifications (order_id, customer_id, body, sent_at) VALUES ($1, $2, $3, $4)")

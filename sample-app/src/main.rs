@@ -3,6 +3,8 @@
 //! `cargo run -p sample-app` runs the demo on the embedded default (an
 //! SQLite file and the in-process queue; no server needed).
 
+mod admin;
+mod api;
 mod db;
 mod demo;
 mod domain;
@@ -56,6 +58,9 @@ enum Command {
         /// How many orders.
         #[arg(long)]
         orders: usize,
+        /// Submit each order too (a second message, and a confirmation).
+        #[arg(long)]
+        submit: bool,
         /// The database (`sqlite://FILE` or `postgres://...`).
         #[arg(long)]
         database_url: String,
@@ -70,6 +75,36 @@ enum Command {
         /// relayed again (after a crash).
         #[arg(long, default_value_t = 300_000)]
         relayed_for_ms: u64,
+        /// The delay before a failed handler's first retry (it doubles).
+        #[arg(long, default_value_t = 1_000)]
+        retry_initial_ms: u64,
+    },
+    /// Serve the HTTP API on a local port, with a relay and workers on the
+    /// in-process queue behind it (the Lambda function `api` serves the same
+    /// router).
+    Serve {
+        /// The database (`sqlite://FILE` or `postgres://...`).
+        #[arg(long, env = "DATABASE_URL", default_value = "sqlite://orders.db")]
+        database_url: String,
+        /// Where to listen (port 0: any free port; the address is printed).
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        addr: std::net::SocketAddr,
+    },
+    /// Inspect outbox rows; requeue or purge the ones the relay gave up on.
+    Outbox {
+        /// The database (`sqlite://FILE` or `postgres://...`).
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        #[command(subcommand)]
+        command: admin::OutboxCommand,
+    },
+    /// List, show, replay or purge the messages a consumer gave up on.
+    DeadLetters {
+        /// The database (`sqlite://FILE` or `postgres://...`).
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        #[command(subcommand)]
+        command: admin::DeadLetterCommand,
     },
     /// Print the dispatch table this binary was built with.
     Table {
@@ -126,19 +161,24 @@ async fn main() -> anyhow::Result<()> {
         },
         Command::Enqueue {
             orders,
+            submit,
             database_url,
         } => match open(&database_url).await? {
-            AnyStore::Sqlite(store) => demo::enqueue(&store, orders).await,
-            AnyStore::Pg(store) => demo::enqueue(&store, orders).await,
+            AnyStore::Sqlite(store) => demo::enqueue(&store, orders, submit).await,
+            AnyStore::Pg(store) => demo::enqueue(&store, orders, submit).await,
         },
         Command::Work {
             database_url,
             relayed_for_ms,
+            retry_initial_ms,
         } => {
-            let relayed_for = std::time::Duration::from_millis(relayed_for_ms);
+            let timing = demo::WorkTiming {
+                relayed_for: std::time::Duration::from_millis(relayed_for_ms),
+                retry_initial: std::time::Duration::from_millis(retry_initial_ms),
+            };
             let metrics = match open(&database_url).await? {
-                AnyStore::Sqlite(store) => demo::work(store, relayed_for).await?,
-                AnyStore::Pg(store) => demo::work(store, relayed_for).await?,
+                AnyStore::Sqlite(store) => demo::work(store, timing).await?,
+                AnyStore::Pg(store) => demo::work(store, timing).await?,
             };
             println!("{}", serde_json::to_string(&metrics)?);
             Ok(())
@@ -154,6 +194,27 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             Ok(())
+        }
+        Command::Serve { database_url, addr } => match open(&database_url).await? {
+            AnyStore::Sqlite(store) => serve(store, addr).await,
+            AnyStore::Pg(store) => serve(store, addr).await,
+        },
+        Command::Outbox {
+            database_url,
+            command,
+        } => match open(&database_url).await? {
+            AnyStore::Sqlite(store) => admin::outbox(&store, command).await,
+            AnyStore::Pg(store) => admin::outbox(&store, command).await,
+        },
+        Command::DeadLetters {
+            database_url,
+            command,
+        } => {
+            let table = lambda::checked_table()?;
+            match open(&database_url).await? {
+                AnyStore::Sqlite(store) => admin::dead_letters(&store, &table, command).await,
+                AnyStore::Pg(store) => admin::dead_letters(&store, &table, command).await,
+            }
         }
         Command::Table { json } => {
             let table = lambda::checked_table()?;
@@ -200,6 +261,37 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         "the demo lost or duplicated messages: {summary:?}"
     );
     Ok(())
+}
+
+/// `serve`: the HTTP API on `addr`, with a relay and workers behind it, until
+/// Ctrl-C or SIGTERM.
+async fn serve<S: db::AppDb>(store: S, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let table = lambda::checked_table()?;
+    store.migrate().await?;
+    store.migrate_app().await?;
+    let (background, waker, _metrics) =
+        demo::local_stack(store.clone(), table, demo::WorkTiming::default());
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot listen on {addr}: {err}"))?;
+    println!("listening on http://{}", listener.local_addr()?);
+    let app = api::router(store, Arc::new(waker));
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    background.stop().await;
+    served?;
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 async fn status<S: outbox_runtime::Store>(store: &S, json: bool) -> anyhow::Result<()> {

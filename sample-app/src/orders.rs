@@ -4,7 +4,7 @@
 use outbox_runtime::{Pump, StoreExt, commit_and_pump};
 
 use crate::db::AppDb;
-use crate::domain::{DomainError, OrderStatus};
+use crate::domain::{CustomerId, DomainError, OrderStatus};
 use crate::messages::OrderStatusChanged;
 
 /// Why a use case failed.
@@ -26,14 +26,14 @@ pub(crate) enum OrderError {
 pub(crate) async fn create<S: AppDb>(
     store: &S,
     pump: &dyn Pump,
-    customer_id: &str,
+    customer_id: &CustomerId,
 ) -> anyhow::Result<i64> {
     let mut tx = store.begin().await?;
-    let order_id = store.insert_order(&mut tx, customer_id).await?;
+    let order_id = store.insert_order(&mut tx, customer_id.as_str()).await?;
     let message = OrderStatusChanged {
         order_id,
         status: OrderStatus::Created,
-        customer_id: customer_id.to_owned(),
+        customer_id: customer_id.as_str().to_owned(),
     };
     store.enqueue(&mut tx, &message).await?;
     commit_and_pump(tx, pump).await?;

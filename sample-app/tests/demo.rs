@@ -1,18 +1,12 @@
 //! The README's main command, run as a user runs it: the built binary, on
 //! the embedded default and on PostgreSQL.
 
-use std::process::Command;
+mod support;
 
+/// Runs the binary; whether it succeeded, and all it printed.
 fn sample_app(args: &[&str]) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_sample-app"))
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("sample-app runs");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
+    let run = support::sample_app(args, &[]);
+    (run.ok, run.text())
 }
 
 #[test]
@@ -39,40 +33,8 @@ fn the_demo_handles_every_message_on_the_embedded_default() {
 
 #[test]
 fn the_demo_runs_on_postgres_with_no_code_change() {
-    let server = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let base = server
-        .rsplit_once('/')
-        .map_or(server.as_str(), |(base, _)| base)
-        .to_owned();
-    let name = format!("outbox_demo_{}", std::process::id());
-    let admin = format!("{base}/postgres");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let pool = sqlx::PgPool::connect(&admin)
-            .await
-            .expect("postgres reachable");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&pool)
-            .await
-            .unwrap();
-    });
-
-    let url = format!("{base}/{name}");
-    let (ok, out) = sample_app(&["demo", "--orders", "30", "--database-url", &url]);
-
-    rt.block_on(async {
-        let pool = sqlx::PgPool::connect(&admin).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&pool)
-        .await
-        .unwrap();
-    });
+    let db = support::TempDatabase::create("outbox_demo");
+    let (ok, out) = sample_app(&["demo", "--orders", "30", "--database-url", &db.url]);
     assert!(ok, "{out}");
     assert!(out.contains("store: PostgreSQL"), "{out}");
     assert!(
@@ -131,8 +93,8 @@ fn checked_in_schemas_match_the_code_and_breaking_edits_are_caught() {
 
     // A copy in which the code appears to have removed a property and made
     // another newly required, at the same version.
-    let dir = std::env::temp_dir().join(format!("outbox-schemas-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let temp = support::TempDir::new();
+    let dir = &temp.0;
     let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas");
     for entry in std::fs::read_dir(&source).unwrap() {
         let entry = entry.unwrap();
@@ -147,7 +109,6 @@ fn checked_in_schemas_match_the_code_and_breaking_edits_are_caught() {
     std::fs::remove_file(dir.join("orders.status_changed.v1.schema.json")).unwrap();
 
     let (ok, out) = sample_app(&["schemas", "--check", "--dir", dir.to_str().unwrap()]);
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(!ok, "{out}");
     assert!(
         out.contains("orders.status_changed.v1.schema.json: missing"),
@@ -161,9 +122,8 @@ fn checked_in_schemas_match_the_code_and_breaking_edits_are_caught() {
 
 #[test]
 fn status_reports_undelivered_messages_per_group() {
-    let dir = std::env::temp_dir().join(format!("outbox-status-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let url = format!("sqlite://{}", dir.join("orders.db").display());
+    let dir = support::TempDir::new();
+    let url = dir.sqlite_url("orders.db");
     let (ok, out) = sample_app(&["enqueue", "--orders", "3", "--database-url", &url]);
     assert!(ok, "{out}");
     let (ok, out) = sample_app(&["status", "--database-url", &url, "--json"]);
@@ -176,7 +136,6 @@ fn status_reports_undelivered_messages_per_group() {
         "customer-0, -1 and -2"
     );
     let (ok, out) = sample_app(&["status", "--database-url", &url]);
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(ok, "{out}");
     assert!(out.starts_with("undelivered: 3   oldest: "), "{out}");
     assert!(out.contains("customer-1"), "{out}");

@@ -1,7 +1,9 @@
-//! End to end on the AWS path, on real parts: the app's transactions commit
-//! orders and outbox rows in PostgreSQL and pump the local SQS server; the
-//! sample's binary runs as a Lambda function under cargo-lambda's Lambda
-//! runtime emulator; this test plays the SQS event source mapping (receive
+//! End to end on the AWS path, on real parts: the sample's binary runs as
+//! two Lambda functions under cargo-lambda's Lambda runtime emulator. The
+//! `api` function gets function URL events (through `lambda_http`); its
+//! transactions commit orders and outbox rows in PostgreSQL and pump the
+//! local SQS server. The `consumer` function gets SQS events; this test
+//! plays the SQS event source mapping (receive
 //! up to 10, invoke, delete the successes, leave the failures to the
 //! visibility timeout). The function drains the outbox on the pump,
 //! publishes the envelopes to the queue with their groups, and handles them
@@ -10,33 +12,17 @@
 //! Needs what `scripts/test` sets up: `AWS_ENDPOINT_URL` (moto),
 //! `OUTBOX_CARGO_LAMBDA` (cargo-lambda) and PostgreSQL.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use outbox_runtime::{Envelope, Headers, Outgoing, PgStore, Pump, SqsPump, Store};
+use outbox_runtime::{PgStore, Store};
 use sqlx::PgPool;
 
-/// Kills a child process when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::{Process, TempDatabase, free_port, post_json, wait_for_port};
 
 fn required(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
@@ -46,86 +32,115 @@ fn required(var: &str) -> String {
     })
 }
 
-/// POSTs `body` to the emulator and returns (status, body).
-fn post(port: u16, path: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+/// cargo-lambda's Lambda runtime API on a free port, for one function
+/// process, which it serves under the name `_`. Returns it and the port.
+fn emulator() -> (Process, u16) {
+    let port = free_port();
+    let process = Process(
+        Command::new(required("OUTBOX_CARGO_LAMBDA"))
+            .args([
+                "lambda",
+                "watch",
+                "--only-lambda-apis",
+                "-A",
+                "127.0.0.1",
+                "-P",
+                &port.to_string(),
+            ])
+            // It reads the Cargo project it runs in.
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cargo-lambda starts"),
+    );
+    wait_for_port(port, "cargo lambda watch");
+    (process, port)
+}
+
+/// The sample's binary as the Lambda function `role`, polling the emulator
+/// on `port`.
+fn function(port: u16, role: &str, database_url: &str, queue_url: &str) -> Process {
+    Process(
+        Command::new(env!("CARGO_BIN_EXE_sample-app"))
+            .env(
+                "AWS_LAMBDA_RUNTIME_API",
+                format!("http://127.0.0.1:{port}/.rt"),
+            )
+            .env("AWS_LAMBDA_FUNCTION_NAME", format!("sample-app-{role}"))
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+            .env("SAMPLE_APP_ROLE", role)
+            .env("DATABASE_URL", database_url)
+            .env("OUTBOX_QUEUE_URL", queue_url)
+            .env(
+                "RUST_LOG",
+                std::env::var("OUTBOX_E2E_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .spawn()
+            .expect("the function starts"),
     )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or_default();
-    // A chunked body: keep the JSON between the chunk sizes.
-    let body = if response
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body.lines()
-            .filter(|l| !l.chars().all(|c| c.is_ascii_hexdigit()))
-            .collect::<Vec<_>>()
-            .join("")
-    } else {
-        body.to_owned()
-    };
-    (status, body)
 }
 
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Invokes the function on `port` with `event`; returns its response.
+fn invoke(port: u16, event: &serde_json::Value) -> serde_json::Value {
+    let response = post_json(
+        port,
+        "/2015-03-31/functions/_/invocations",
+        &event.to_string(),
+    );
+    assert_eq!(response.status, 200, "the invocation failed: {response:?}");
+    response.json()
 }
 
-/// An envelope the app would write for `orders.status_changed`.
-fn status_changed(order_id: i64, status: &str, customer: &str) -> Outgoing {
-    let id = uuid::Uuid::now_v7();
-    let payload =
-        serde_json::json!({"order_id": order_id, "status": status, "customer_id": customer});
-    Outgoing {
-        envelope: Envelope {
-            id,
-            message_type: "orders.status_changed".into(),
-            version: 1,
-            group: customer.into(),
-            payload: serde_json::value::to_raw_value(&payload).unwrap(),
-            created_at: chrono::Utc::now(),
-            headers: Headers {
-                correlation_id: Some(id),
-                ..Headers::default()
-            },
+/// What a Lambda function URL sends for an HTTP request (payload format 2.0).
+fn function_url_event(method: &str, path: &str, body: &str) -> serde_json::Value {
+    serde_json::json!({
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": "",
+        "headers": {
+            "content-type": "application/json",
+            "host": "abc123.lambda-url.us-east-1.on.aws",
         },
-        queue: None,
-    }
+        "requestContext": {
+            "accountId": "anonymous",
+            "apiId": "abc123",
+            "domainName": "abc123.lambda-url.us-east-1.on.aws",
+            "domainPrefix": "abc123",
+            "http": {
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "127.0.0.1",
+                "userAgent": "lambda_e2e",
+            },
+            "requestId": uuid::Uuid::now_v7().to_string(),
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": "28/Nov/2026:09:00:00 +0000",
+            "timeEpoch": 1_795_856_400_000_i64,
+        },
+        "body": body,
+        "isBase64Encoded": false,
+    })
+}
+
+/// Sends an HTTP request through the api function; returns (status, JSON body).
+fn api_call(port: u16, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let response = invoke(port, &function_url_event(method, path, body));
+    let status = response["statusCode"].as_u64().expect("a status code") as u16;
+    let body = response["body"].as_str().unwrap_or_default();
+    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"));
+    (status, json)
 }
 
 #[test]
-fn orders_flow_through_sqs_and_the_lambda_binary_exactly_once_in_order() {
+fn orders_flow_from_the_api_function_through_sqs_to_the_consumer_function_exactly_once_in_order() {
     let endpoint = required("AWS_ENDPOINT_URL");
-    let cargo_lambda = required("OUTBOX_CARGO_LAMBDA");
-    let server = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let base = server
-        .rsplit_once('/')
-        .map_or(server.as_str(), |(b, _)| b)
-        .to_owned();
-    let database = format!("outbox_lambda_{}", std::process::id());
-    let database_url = format!("{base}/{database}");
+    let db = TempDatabase::create("outbox_lambda");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -133,11 +148,6 @@ fn orders_flow_through_sqs_and_the_lambda_binary_exactly_once_in_order() {
         .unwrap();
 
     let (client, queue_url) = rt.block_on(async {
-        let admin = PgPool::connect(&format!("{base}/postgres")).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
-            .execute(&admin)
-            .await
-            .unwrap();
         let client = Client::new(&outbox_runtime::aws::sdk_config().await);
         let url = client
             .create_queue()
@@ -151,94 +161,43 @@ fn orders_flow_through_sqs_and_the_lambda_binary_exactly_once_in_order() {
             .unwrap();
         (client, url)
     });
+    assert!(endpoint.starts_with("http://127.0.0.1:"), "{endpoint}");
 
-    // The Lambda runtime API, and the function's process polling it.
-    let port = free_port();
-    let _emulator = Process(
-        Command::new(&cargo_lambda)
-            .args([
-                "lambda",
-                "watch",
-                "--only-lambda-apis",
-                "-A",
-                "127.0.0.1",
-                "-P",
-                &port.to_string(),
-            ])
-            // It reads the Cargo project it runs in; with
-            // `--only-lambda-apis` it serves an externally started function
-            // under the name `_`.
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cargo-lambda starts"),
-    );
-    wait_for_port(port, "cargo lambda watch");
-    let _function = Process(
-        Command::new(env!("CARGO_BIN_EXE_sample-app"))
-            .env(
-                "AWS_LAMBDA_RUNTIME_API",
-                format!("http://127.0.0.1:{port}/.rt"),
-            )
-            .env("AWS_LAMBDA_FUNCTION_NAME", "sample-app")
-            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-            .env("SAMPLE_APP_ROLE", "consumer")
-            .env("DATABASE_URL", &database_url)
-            .env("OUTBOX_QUEUE_URL", &queue_url)
-            .env("AWS_ENDPOINT_URL", &endpoint)
-            .env(
-                "RUST_LOG",
-                std::env::var("OUTBOX_E2E_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .spawn()
-            .expect("the function starts"),
-    );
+    // Two functions, each under its own runtime API: the HTTP API behind a
+    // function URL, and the queue's consumer.
+    let (_api_emulator, api) = emulator();
+    let _api = function(api, "api", &db.url, &queue_url);
+    let (_consumer_emulator, port) = emulator();
+    let _consumer = function(port, "consumer", &db.url, &queue_url);
 
-    let pool = rt.block_on(async {
-        let pool = PgPool::connect(&database_url).await.unwrap();
-        // The function migrates at cold start; wait for the app's tables.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while sqlx::query("SELECT 1 FROM orders LIMIT 1")
-            .execute(&pool)
-            .await
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the function never migrated the database"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        pool
-    });
-
-    // The app: each order committed with its outbox messages, then a pump.
+    // The app, through its API: each call commits and pumps the queue.
     const ORDERS: i64 = 12;
-    rt.block_on(async {
-        let store = PgStore::new(pool.clone());
-        let pump = SqsPump::new(client.clone(), &queue_url);
-        for i in 0..ORDERS {
-            let customer = format!("customer-{}", i % 3);
-            let mut tx = pool.begin().await.unwrap();
-            let (order_id,): (i64,) = sqlx::query_as(
-                "INSERT INTO orders (customer_id, status, created_at) VALUES ($1, 'submitted', 0) RETURNING id",
-            )
-            .bind(&customer)
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
-            let messages = [
-                status_changed(order_id, "created", &customer),
-                status_changed(order_id, "submitted", &customer),
-            ];
-            store.enqueue_all(&mut tx, &messages).await.unwrap();
-            tx.commit().await.unwrap();
-            pump.pump().await.unwrap();
-        }
-    });
+    for i in 0..ORDERS {
+        let customer = format!("customer-{}", i % 3);
+        let (status, order) = api_call(
+            api,
+            "POST",
+            "/orders",
+            &serde_json::json!({ "customer_id": customer }).to_string(),
+        );
+        assert_eq!(status, 201, "{order}");
+        let id = order["id"].as_i64().expect("an id");
+        let (status, order) = api_call(api, "POST", &format!("/orders/{id}/submit"), "");
+        assert_eq!(status, 200, "{order}");
+        assert_eq!(order["status"], "submitted");
+    }
+    // Client mistakes through the function URL: problems, not failures.
+    let (status, problem) = api_call(api, "POST", "/orders", "{");
+    assert_eq!(
+        (status, problem["status"].as_u64()),
+        (400, Some(400)),
+        "{problem}"
+    );
+    let (status, problem) = api_call(api, "POST", "/orders/1/submit", "");
+    assert_eq!(status, 409, "{problem}");
+    let (status, problem) = api_call(api, "GET", "/orders/424242", "");
+    assert_eq!(status, 404, "{problem}");
+    let pool = rt.block_on(async { PgPool::connect(&db.url).await.unwrap() });
 
     // The event source mapping.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -295,12 +254,9 @@ fn orders_flow_through_sqs_and_the_lambda_binary_exactly_once_in_order() {
                 })
             })
             .collect();
-        let event = serde_json::json!({ "Records": records }).to_string();
-        let (status, body) = post(port, "/2015-03-31/functions/_/invocations", &event);
+        let event = serde_json::json!({ "Records": records });
+        let response = invoke(port, &event);
         invocations += 1;
-        assert_eq!(status, 200, "the invocation failed: {body}");
-        let response: serde_json::Value =
-            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
         let failed: Vec<&str> = response["batchItemFailures"]
             .as_array()
             .expect("a partial batch response")
@@ -361,13 +317,5 @@ fn orders_flow_through_sqs_and_the_lambda_binary_exactly_once_in_order() {
     );
     assert!(invocations > 0);
 
-    drop(pool);
-    rt.block_on(async {
-        let admin = PgPool::connect(&format!("{base}/postgres")).await.unwrap();
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
-        )))
-        .execute(&admin)
-        .await;
-    });
+    rt.block_on(pool.close());
 }

@@ -1,0 +1,291 @@
+//! What the sample's binary-level tests share: a throwaway PostgreSQL
+//! database, child processes killed on drop, and a small HTTP/1.1 client
+//! that sends exactly the bytes a test gives it (malformed requests too).
+
+#![allow(dead_code, unreachable_pub)] // each test binary uses a part
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, ChildStdout};
+use std::time::{Duration, Instant};
+
+/// Kills a child process when dropped.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The PostgreSQL server the tests use (`DATABASE_URL` names one database
+/// on it; `scripts/test` sets it).
+pub fn postgres_server() -> String {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    url.rsplit_once('/')
+        .map_or(url.as_str(), |(base, _)| base)
+        .to_owned()
+}
+
+/// A database created for one test and dropped (with its connections) when
+/// this is dropped.
+pub struct TempDatabase {
+    pub name: String,
+    pub url: String,
+    admin: String,
+}
+
+impl TempDatabase {
+    pub fn create(prefix: &str) -> Self {
+        let base = postgres_server();
+        let name = format!("{prefix}_{}", uuid::Uuid::now_v7().simple());
+        let admin = format!("{base}/postgres");
+        admin_sql(&admin, &format!("CREATE DATABASE {name}"));
+        TempDatabase {
+            url: format!("{base}/{name}"),
+            name,
+            admin,
+        }
+    }
+
+    /// Drops the database now, as an outage would take it away.
+    pub fn drop_now(&self) {
+        admin_sql(
+            &self.admin,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+
+    /// Runs a query returning one number, on this database.
+    pub fn scalar(&self, sql: &str) -> i64 {
+        let rt = runtime();
+        rt.block_on(async {
+            let pool = sqlx::PgPool::connect(&self.url).await.expect("connects");
+            let value: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+                .fetch_one(&pool)
+                .await
+                .unwrap_or_else(|err| panic!("{sql}: {err}"));
+            pool.close().await;
+            value
+        })
+    }
+}
+
+impl Drop for TempDatabase {
+    fn drop(&mut self) {
+        self.drop_now();
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+fn admin_sql(admin: &str, sql: &str) {
+    runtime().block_on(async {
+        let pool = sqlx::PgPool::connect(admin)
+            .await
+            .expect("PostgreSQL is reachable (scripts/test checks it)");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|err| panic!("{sql}: {err}"));
+        pool.close().await;
+    });
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("binds")
+        .local_addr()
+        .expect("has an address")
+        .port()
+}
+
+pub fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Reads the child's stdout until a line starts with `prefix`; returns the
+/// rest of that line.
+pub fn read_line_starting(stdout: &mut BufReader<ChildStdout>, prefix: &str) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = stdout.read_line(&mut line).expect("reads stdout");
+        assert!(n > 0, "the process exited before printing `{prefix}`");
+        if let Some(rest) = line.trim_end().strip_prefix(prefix) {
+            return rest.to_owned();
+        }
+    }
+}
+
+/// An HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    /// Lower-cased names.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|err| panic!("not JSON ({err}): {}", self.body))
+    }
+}
+
+/// Sends `method path` with `headers` and `body` to 127.0.0.1:`port` over a
+/// fresh connection and reads the whole response.
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Response {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("sets a timeout");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).expect("writes");
+    stream.write_all(body.as_bytes()).expect("writes");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("reads");
+    parse_response(&String::from_utf8_lossy(&raw))
+}
+
+/// POSTs JSON.
+pub fn post_json(port: u16, path: &str, body: &str) -> Response {
+    request(
+        port,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        body,
+    )
+}
+
+pub fn get(port: u16, path: &str) -> Response {
+    request(port, "GET", path, &[], "")
+}
+
+fn parse_response(raw: &str) -> Response {
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {raw:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A fresh directory under the system's temporary directory, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let path =
+            std::env::temp_dir().join(format!("outbox-sample-test-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&path).expect("creates a temp dir");
+        TempDir(path)
+    }
+
+    /// An SQLite URL for a database file in it.
+    pub fn sqlite_url(&self, file: &str) -> String {
+        format!("sqlite://{}", self.0.join(file).display())
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What a run of the sample's binary did.
+#[derive(Debug)]
+pub struct Run {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Both streams, for assertion messages.
+    pub fn text(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs the sample's binary with `args` and extra environment `env`, without
+/// the caller's `DATABASE_URL`.
+pub fn sample_app(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sample-app"))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env("RUST_BACKTRACE", "0")
+        .envs(env.iter().copied())
+        .output()
+        .expect("sample-app runs");
+    Run {
+        ok: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
