@@ -20,9 +20,31 @@ pub const PUMP_BODY: &str = r#"{"outbox_pump":1}"#;
 /// The message group pump messages use, so that one relay drains at a time.
 pub const PUMP_GROUP: &str = "__outbox_pump";
 
-/// Whether a received body is a pump message.
+/// Whether a received body is a pump message: [`PUMP_BODY`], or a scheduled
+/// pump, `{"outbox_pump":1,"at":"2026-11-28T09:00:00Z"}`. A schedule (an
+/// EventBridge rule) cannot set a deduplication id, so the FIFO queue uses
+/// content-based deduplication and the time makes each pump distinct.
+///
+/// ```
+/// use outbox_runtime::is_pump;
+/// assert!(is_pump(r#"{"outbox_pump":1}"#));
+/// assert!(is_pump(r#"{"outbox_pump":1,"at":"2026-11-28T09:00:00Z"}"#));
+/// assert!(!is_pump(r#"{"outbox_pump":1,"type":"orders.placed"}"#));
+/// ```
 pub fn is_pump(body: &str) -> bool {
-    body.trim() == PUMP_BODY
+    let body = body.trim();
+    body == PUMP_BODY || (body.starts_with(r#"{"outbox_pump""#) && is_scheduled_pump(body))
+}
+
+fn is_scheduled_pump(body: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Scheduled {
+        outbox_pump: u8,
+        #[allow(dead_code)] // present, any time
+        at: String,
+    }
+    serde_json::from_str::<Scheduled>(body).is_ok_and(|pump| pump.outbox_pump == 1)
 }
 
 /// The future a [`Drain`] returns.

@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Checks the properties of sample-app/template.yaml that neither
+`sam validate --lint` nor cfn-lint checks, and which break an outbox deploy
+silently when wrong:
+
+- every SQS queue is FIFO (the queue and its dead-letter queue);
+- the main queue redrives to a FIFO dead-letter queue after more receives
+  than the handlers' own attempts;
+- every SQS event source reports batch item failures and has a batch size
+  of at most 10 (the FIFO limit);
+- every function is arm64 on provided.al2023, built with rust-cargolambda;
+- a queue's visibility timeout is at least six times the timeout of the
+  function consuming it;
+- no IAM statement grants a wildcard action;
+- the schedule sends the pump to the pump's message group.
+
+    scripts/check-template.py [TEMPLATE]      # check
+    scripts/check-template.py --self-test     # prove each check fails on a broken copy
+
+Runs with the Python that has cfn-lint (its YAML loader reads !Ref and co).
+"""
+
+import copy
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from cfnlint.decode import decode
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "sample-app" / "template.yaml"
+HANDLER_ATTEMPTS = 5  # ConsumerConfig::default_max_attempts
+PUMP_GROUP = "__outbox_pump"  # outbox_runtime::PUMP_GROUP
+
+
+def load(path):
+    template, matches = decode(str(path))
+    if matches:
+        raise SystemExit(f"{path}: cannot parse: {matches}")
+    return template
+
+
+def ref_name(value):
+    """The logical id in !Ref X or !GetAtt X.Arn."""
+    if isinstance(value, dict):
+        if "Ref" in value:
+            return value["Ref"]
+        if "Fn::GetAtt" in value:
+            att = value["Fn::GetAtt"]
+            return att[0] if isinstance(att, list) else att.split(".")[0]
+    return None
+
+
+def function_property(template, props, name):
+    """A function property, falling back to Globals."""
+    if name in props:
+        return props[name]
+    return template.get("Globals", {}).get("Function", {}).get(name)
+
+
+def iam_actions(node):
+    """Every IAM Action value in the template, with where it is."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("Action", "NotAction"):
+                for action in value if isinstance(value, list) else [value]:
+                    yield action
+            else:
+                yield from iam_actions(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from iam_actions(item)
+
+
+def problems(template):
+    found = []
+    resources = template.get("Resources", {})
+    queues = {k: r for k, r in resources.items() if r.get("Type") == "AWS::SQS::Queue"}
+    functions = {
+        k: r for k, r in resources.items() if r.get("Type") == "AWS::Serverless::Function"
+    }
+    if not queues:
+        found.append("no SQS queue")
+    if not functions:
+        found.append("no function")
+
+    for name, queue in queues.items():
+        props = queue.get("Properties", {})
+        if props.get("FifoQueue") is not True:
+            found.append(f"{name}: not a FIFO queue")
+        redrive = props.get("RedrivePolicy")
+        if redrive:
+            target = ref_name(redrive.get("deadLetterTargetArn"))
+            if target not in queues:
+                found.append(f"{name}: redrives to {target!r}, not a queue of this template")
+            receives = redrive.get("maxReceiveCount", 0)
+            if not isinstance(receives, int) or receives <= HANDLER_ATTEMPTS:
+                found.append(
+                    f"{name}: maxReceiveCount {receives} must exceed the handlers' "
+                    f"{HANDLER_ATTEMPTS} attempts"
+                )
+
+    consumed = 0
+    for name, function in functions.items():
+        props = function.get("Properties", {})
+        if function_property(template, props, "Architectures") != ["arm64"]:
+            found.append(f"{name}: not arm64")
+        if function_property(template, props, "Runtime") != "provided.al2023":
+            found.append(f"{name}: runtime is not provided.al2023")
+        if function.get("Metadata", {}).get("BuildMethod") != "rust-cargolambda":
+            found.append(f"{name}: not built with rust-cargolambda")
+        timeout = function_property(template, props, "Timeout") or 3
+        for event_name, event in props.get("Events", {}).items():
+            if event.get("Type") != "SQS":
+                continue
+            consumed += 1
+            where = f"{name}.{event_name}"
+            eprops = event.get("Properties", {})
+            if "ReportBatchItemFailures" not in eprops.get("FunctionResponseTypes", []):
+                found.append(f"{where}: does not report batch item failures")
+            batch = eprops.get("BatchSize")
+            if not isinstance(batch, int) or not 1 <= batch <= 10:
+                found.append(f"{where}: batch size {batch!r} is not 1 to 10 (FIFO)")
+            queue = queues.get(ref_name(eprops.get("Queue")))
+            if queue is None:
+                found.append(f"{where}: its queue is not a queue of this template")
+                continue
+            visibility = queue.get("Properties", {}).get("VisibilityTimeout", 30)
+            if not isinstance(visibility, int) or visibility < 6 * timeout:
+                found.append(
+                    f"{where}: queue visibility timeout {visibility} s is under six times "
+                    f"the function timeout ({timeout} s)"
+                )
+    if functions and not consumed:
+        found.append("no function consumes a queue")
+
+    for action in iam_actions(resources):
+        if not isinstance(action, str) or "*" in action:
+            found.append(f"wildcard or computed IAM action: {action!r}")
+
+    rules = [r for r in resources.values() if r.get("Type") == "AWS::Events::Rule"]
+    pump_targets = [
+        t
+        for rule in rules
+        for t in rule.get("Properties", {}).get("Targets", [])
+        if ref_name(t.get("Arn")) in queues
+    ]
+    if not pump_targets:
+        found.append("no schedule sends pumps to the queue")
+    for target in pump_targets:
+        group = target.get("SqsParameters", {}).get("MessageGroupId")
+        if group != PUMP_GROUP:
+            found.append(f"schedule target {target.get('Id')}: group {group!r}, not {PUMP_GROUP}")
+        body = target.get("InputTransformer", {}).get("InputTemplate", "")
+        if '"outbox_pump":1' not in body:
+            found.append(f"schedule target {target.get('Id')}: its body is not a pump: {body!r}")
+    return found
+
+
+def breakages():
+    """Copies of the template, each with one property broken."""
+
+    def res(t, name):
+        return t["Resources"][name]["Properties"]
+
+    def event(t):
+        return res(t, "ConsumerFunction")["Events"]["Orders"]["Properties"]
+
+    def policy(t):
+        return res(t, "ConsumerFunction")["Policies"][0]["Statement"][0]
+
+    yield "a standard dead-letter queue", lambda t: res(t, "OrdersDeadLetterQueue").update(
+        FifoQueue=False
+    )
+    yield "a batch of 11", lambda t: event(t).update(BatchSize=11)
+    yield "no batch item failures", lambda t: event(t).update(FunctionResponseTypes=[])
+    yield "x86_64", lambda t: res(t, "ApiFunction").update(Architectures=["x86_64"])
+    yield "another runtime", lambda t: t["Globals"]["Function"].update(Runtime="provided.al2")
+    yield "a short visibility timeout", lambda t: res(t, "OrdersQueue").update(
+        VisibilityTimeout=60
+    )
+    yield "a wildcard action", lambda t: policy(t).update(Action=["sqs:*"])
+    yield "few receives before the queue's DLQ", lambda t: res(t, "OrdersQueue")[
+        "RedrivePolicy"
+    ].update(maxReceiveCount=3)
+    yield "the pump in a customer's group", lambda t: res(t, "PumpSchedule")["Targets"][0][
+        "SqsParameters"
+    ].update(MessageGroupId="customer-1")
+    yield "no build method", lambda t: t["Resources"]["ConsumerFunction"]["Metadata"].update(
+        BuildMethod="makefile"
+    )
+
+
+def self_test():
+    template = load(TEMPLATE)
+    base = problems(template)
+    if base:
+        raise SystemExit(f"the template itself fails: {base}")
+    for what, breaking in breakages():
+        broken = copy.deepcopy(template)
+        breaking(broken)
+        if not problems(broken):
+            raise SystemExit(f"self-test: a template with {what} passed the checks")
+        print(f"caught: {what}: {problems(broken)[0]}")
+    # And the linters do fail on a broken copy: a reference to nothing.
+    text = TEMPLATE.read_text()
+    assert "!GetAtt OrdersDeadLetterQueue.Arn" in text
+    with tempfile.TemporaryDirectory() as tmp:
+        broken = Path(tmp) / "template.yaml"
+        broken.write_text(text.replace("!GetAtt OrdersDeadLetterQueue.Arn", "!GetAtt Missing.Arn"))
+        lint = Path(sys.executable).parent / "cfn-lint"
+        run = subprocess.run([str(lint), str(broken)], capture_output=True, text=True)
+        if run.returncode == 0:
+            raise SystemExit("self-test: cfn-lint passed a template that references nothing")
+        print(f"caught by cfn-lint: {run.stdout.splitlines()[0]}")
+
+
+def main(argv):
+    if argv[1:] == ["--self-test"]:
+        self_test()
+        return
+    path = Path(argv[1]) if len(argv) > 1 else TEMPLATE
+    found = problems(load(path))
+    for problem in found:
+        print(f"{path}: {problem}", file=sys.stderr)
+    if found:
+        raise SystemExit(1)
+    print(f"{path}: FIFO, batch item failures, batch <= 10, arm64, visibility >= 6x timeout, "
+          "no wildcard actions, pump schedule: ok")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
