@@ -62,14 +62,14 @@ enum Command {
         #[arg(long)]
         submit: bool,
         /// The database (`sqlite://FILE` or `postgres://...`).
-        #[arg(long)]
+        #[arg(long, env = "DATABASE_URL")]
         database_url: String,
     },
     /// Relay and handle until nothing is pending, then exit (a consumer
     /// for fault-injection runs: kill it at any point and run it again).
     Work {
         /// The database (`sqlite://FILE` or `postgres://...`).
-        #[arg(long)]
+        #[arg(long, env = "DATABASE_URL")]
         database_url: String,
         /// How long a relayed, unconfirmed message waits before it is
         /// relayed again (after a crash).
