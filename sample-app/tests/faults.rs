@@ -1,13 +1,17 @@
 //! Fault injection on the embedded default: the process relaying and
 //! handling messages is killed with SIGKILL at random points, twenty times,
-//! then run to completion. Every message must be handled exactly once:
+//! while it drains 10,000 messages, then run to completion. Every message
+//! must be handled exactly once:
 //! none lost (the in-process queue dies with the process, so rows are only
 //! published once a handler confirmed them), none handled twice (the inbox).
+
+#[path = "../../outbox-runtime/tests/support/fault_report.rs"]
+mod fault_report;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const ORDERS: usize = 2_000;
+const ORDERS: usize = 10_000;
 const KILLS: usize = 20;
 
 fn sample_app() -> Command {
@@ -102,12 +106,16 @@ fn killing_the_worker_process_twenty_times_loses_and_duplicates_nothing() {
         .unwrap()
     });
     let _ = std::fs::remove_dir_all(&dir);
-    println!(
-        "kill -9 x{KILLS}: {ORDERS} sent, {distinct} handled, {} lost, {} duplicate effects; the last run suppressed {} redeliveries",
-        ORDERS as i64 - distinct,
-        rows - distinct,
-        last_run["duplicates_suppressed"]
-    );
+    fault_report::report(&fault_report::FaultRecord {
+        scenario: "relay and worker process killed mid-drain",
+        injection: "SIGKILL at a random point 50-450 ms into each run, then a run to completion (SQLite, in-process queue)",
+        runs: KILLS as u64,
+        sent: ORDERS as u64,
+        handled: distinct.unsigned_abs(),
+        lost: (ORDERS as i64 - distinct).unsigned_abs(),
+        duplicate_effects: (rows - distinct).unsigned_abs(),
+        duplicates_suppressed: last_run["duplicates_suppressed"].as_u64(),
+    });
     assert_eq!(distinct, ORDERS as i64, "messages lost");
     assert_eq!(rows, distinct, "a handler's effect was committed twice");
     assert_eq!(not_published, 0);

@@ -25,6 +25,9 @@ pub(crate) struct Row_ {
 }
 
 pub(crate) trait TestDb: Store {
+    /// The database, for reports.
+    const KIND: &'static str;
+
     async fn create_app_tables(&self);
     /// An app write in the app's transaction.
     async fn insert_order(&self, tx: &mut Tx<Self::Database>, id: i64);
@@ -110,6 +113,8 @@ where
 }
 
 impl TestDb for PgStore {
+    const KIND: &'static str = "PostgreSQL";
+
     async fn corrupt_first_pending_row(&self) {
         sqlx::query(
             r#"UPDATE outbox SET headers = '{"correlation_id": 5}' WHERE seq = (SELECT min(seq) FROM outbox WHERE status = 'pending')"#,
@@ -220,6 +225,8 @@ impl TestDb for PgStore {
 }
 
 impl TestDb for SqliteStore {
+    const KIND: &'static str = "SQLite";
+
     async fn corrupt_first_pending_row(&self) {
         sqlx::query("UPDATE outbox SET payload = 'not json' WHERE seq = (SELECT min(seq) FROM outbox WHERE status = 'pending')")
             .execute(self.pool())

@@ -4,6 +4,8 @@
 //! database per test, from `#[sqlx::test]`) and against an SQLite file.
 
 mod db;
+#[path = "../support/fault_report.rs"]
+mod fault_report;
 mod scenarios;
 
 use std::sync::Arc;
@@ -35,6 +37,9 @@ pub(crate) struct Step {
     /// Makes the body as large as a test needs.
     #[serde(default)]
     pub(crate) pad: String,
+    /// Panic in the first `panic_first` attempts.
+    #[serde(default)]
+    pub(crate) panic_first: u32,
 }
 
 /// Published by the `Step` handler (a cascade).
@@ -54,6 +59,12 @@ pub(crate) struct Doomed {
 
 #[handler(name = "step.record")]
 async fn record_step(msg: Step, ctx: &mut HandlerContext<'_>) -> anyhow::Result<()> {
+    assert!(
+        ctx.attempt() > msg.panic_first,
+        "step {} panics in attempt {}",
+        msg.n,
+        ctx.attempt()
+    );
     db::record_effect(ctx, "step", &msg.group, msg.n).await?;
     if msg.cascade {
         ctx.publish(&Followup {
@@ -182,6 +193,14 @@ impl<S: TestDb> Harness<S> {
     }
 }
 
+/// PostgreSQL only: connections killed under a running relay and worker.
+mod postgres_faults {
+    #[sqlx::test(migrations = false)]
+    async fn connections_killed_mid_batch_lose_nothing(pool: sqlx::PgPool) {
+        crate::scenarios::connections_killed_mid_batch_lose_nothing(pool).await;
+    }
+}
+
 /// Runs each scenario on both stores.
 macro_rules! on_both_stores {
     ($($scenario:ident),* $(,)?) => {
@@ -216,7 +235,9 @@ on_both_stores!(
     failing_handler_stops_its_group_only,
     exhausted_handler_is_dead_lettered,
     poison_is_dead_lettered_and_acknowledged,
-    concurrent_relays_publish_once_in_group_order,
+    two_relays_and_two_workers_publish_once_in_group_order,
+    four_relays_and_four_workers_publish_once_in_group_order,
+    a_panicking_handler_fails_that_message_only,
     retention_deletes_only_what_it_should,
     ten_thousand_messages_in_fifty_groups,
     a_drain_past_its_deadline_still_publishes_a_batch,

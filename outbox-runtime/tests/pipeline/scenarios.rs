@@ -19,6 +19,7 @@ fn step(group: &str, n: i64) -> Step {
         fail_first: 0,
         cascade: false,
         pad: String::new(),
+        panic_first: 0,
     }
 }
 
@@ -401,48 +402,68 @@ pub(crate) async fn poison_is_dead_lettered_and_acknowledged<S: TestDb>(store: S
     assert_eq!(h.queue.stats().queued, 0);
 }
 
-pub(crate) async fn concurrent_relays_publish_once_in_group_order<S: TestDb>(store: S) {
+pub(crate) async fn two_relays_and_two_workers_publish_once_in_group_order<S: TestDb>(store: S) {
+    concurrent_relays_and_workers(store, 2).await;
+}
+
+pub(crate) async fn four_relays_and_four_workers_publish_once_in_group_order<S: TestDb>(store: S) {
+    concurrent_relays_and_workers(store, 4).await;
+}
+
+/// `n` relays and `n` workers at once on 1,000 messages in 20 groups: each
+/// row published once (the queue's deduplication never has to step in),
+/// each message handled once, every group in order.
+async fn concurrent_relays_and_workers<S: TestDb>(store: S, n: usize) {
     let h = Harness::new(store).await;
     const GROUPS: i64 = 20;
     const PER_GROUP: i64 = 50;
-    for n in 0..PER_GROUP {
-        let steps: Vec<Step> = (0..GROUPS).map(|g| step(&format!("g{g}"), n)).collect();
-        commit_steps(&h.store, n, &steps).await;
+    for i in 0..PER_GROUP {
+        let steps: Vec<Step> = (0..GROUPS).map(|g| step(&format!("g{g}"), i)).collect();
+        commit_steps(&h.store, i, &steps).await;
     }
     let total = (GROUPS * PER_GROUP) as usize;
 
-    let second = h.relay.clone();
-    let consume = async {
-        while h.store.effects().await.len() < total {
-            h.worker.run_once().await.expect("worker");
+    let relays: Vec<_> = (0..n)
+        .map(|_| {
+            let relay = h.relay.clone();
+            let queue = Arc::clone(&h.queue);
+            tokio::spawn(async move {
+                let mut published = 0;
+                while queue.stats().sent < total as u64 {
+                    published += relay.drain().await.expect("relay").published;
+                    tokio::task::yield_now().await;
+                }
+                published
+            })
+        })
+        .collect();
+    let workers: Vec<_> = (0..n)
+        .map(|_| {
+            let worker = h.worker.clone();
+            let metrics = Arc::clone(&h.metrics);
+            tokio::spawn(async move {
+                while metrics.snapshot().handled < total as u64 {
+                    worker.run_once().await.expect("worker");
+                }
+            })
+        })
+        .collect();
+    let published = tokio::time::timeout(Duration::from_secs(120), async {
+        let mut published = Vec::new();
+        for relay in relays {
+            published.push(relay.await.expect("relay task"));
         }
-    };
-    let (a, b, ()) = tokio::join!(
-        async {
-            let mut published = 0;
-            while published < total as u64 && h.queue.stats().sent < total as u64 {
-                published += h.relay.drain().await.expect("relay a").published;
-            }
-            published
-        },
-        async {
-            let mut published = 0;
-            while h.queue.stats().sent < total as u64 {
-                published += second.drain().await.expect("relay b").published;
-                tokio::task::yield_now().await;
-            }
-            published
-        },
-        async {
-            tokio::time::timeout(Duration::from_secs(60), consume)
-                .await
-                .expect("consumed in time");
-        },
-    );
+        for worker in workers {
+            worker.await.expect("worker task");
+        }
+        published
+    })
+    .await
+    .expect("delivered in time");
+    let published: u64 = published.iter().sum();
     assert_eq!(
-        a + b,
-        total as u64,
-        "every row published once between the two relays ({a} + {b})"
+        published, total as u64,
+        "every row published once between the relays: {published:?}"
     );
     let stats = h.queue.stats();
     assert_eq!(
@@ -452,9 +473,9 @@ pub(crate) async fn concurrent_relays_publish_once_in_group_order<S: TestDb>(sto
     );
 
     let effects = h.store.effects().await;
-    assert_eq!(effects.len(), total);
     let ids: HashSet<_> = effects.iter().map(|e| e.message_id.as_str()).collect();
-    assert_eq!(ids.len(), total, "each message handled once");
+    assert_eq!(ids.len(), total, "each message handled");
+    assert_eq!(effects.len(), total, "each message handled once");
     for (group, ns) in by_group(&effects, "step") {
         assert_eq!(
             ns,
@@ -462,6 +483,165 @@ pub(crate) async fn concurrent_relays_publish_once_in_group_order<S: TestDb>(sto
             "group {group} out of order"
         );
     }
+    crate::fault_report::report(&crate::fault_report::FaultRecord {
+        scenario: if n == 2 {
+            "two relays and two workers at once"
+        } else {
+            "four relays and four workers at once"
+        },
+        injection: &format!(
+            "{n} relays draining and {n} workers consuming one outbox concurrently ({})",
+            S::KIND
+        ),
+        runs: 1,
+        sent: total as u64,
+        handled: ids.len() as u64,
+        lost: (total - ids.len()) as u64,
+        duplicate_effects: (effects.len() - ids.len()) as u64,
+        duplicates_suppressed: Some(h.metrics.snapshot().duplicates_suppressed),
+    });
+}
+
+pub(crate) async fn a_panicking_handler_fails_that_message_only<S: TestDb>(store: S) {
+    let h = Harness::new(store).await;
+    let steps: Vec<Step> = (0..100)
+        .map(|i| Step {
+            // The first message of each group: a later one would be held
+            // back behind it and first run in its second delivery.
+            panic_first: u32::from(i < 5),
+            ..step(&format!("g{}", i % 5), i / 5)
+        })
+        .collect();
+    commit_steps(&h.store, 1, &steps).await;
+    h.settle(Duration::from_secs(30)).await;
+
+    let effects = h.store.effects().await;
+    let ids: HashSet<_> = effects.iter().map(|e| e.message_id.as_str()).collect();
+    assert_eq!((effects.len(), ids.len()), (100, 100), "each handled once");
+    for (group, ns) in by_group(&effects, "step") {
+        assert_eq!(
+            ns,
+            (0..20).collect::<Vec<_>>(),
+            "group {group} out of order"
+        );
+    }
+    let metrics = h.metrics.snapshot();
+    assert_eq!(metrics.handler_failures, 5, "each panic counted once");
+    assert_eq!(metrics.dead_lettered, 0);
+    crate::fault_report::report(&crate::fault_report::FaultRecord {
+        scenario: "a handler panics",
+        injection: &format!(
+            "the first message of each of 5 groups (100 messages) panics in its first attempt ({})",
+            S::KIND
+        ),
+        runs: 5,
+        sent: 100,
+        handled: ids.len() as u64,
+        lost: 100 - ids.len() as u64,
+        duplicate_effects: (effects.len() - ids.len()) as u64,
+        duplicates_suppressed: Some(metrics.duplicates_suppressed),
+    });
+}
+
+/// PostgreSQL kills every connection of the relay and the workers, again and
+/// again, while they deliver 1,000 messages; they reconnect and retry, and
+/// every message is handled exactly once, in group order.
+pub(crate) async fn connections_killed_mid_batch_lose_nothing(pool: sqlx::PgPool) {
+    let store = outbox_runtime::PgStore::new(pool.clone());
+    let h = Harness::new(store).await;
+    const GROUPS: i64 = 20;
+    const PER_GROUP: i64 = 50;
+    for i in 0..PER_GROUP {
+        let steps: Vec<Step> = (0..GROUPS).map(|g| step(&format!("g{g}"), i)).collect();
+        commit_steps(&h.store, i, &steps).await;
+    }
+    let total = (GROUPS * PER_GROUP) as usize;
+
+    // The killer has a connection of its own, outside the pool.
+    let options = pool.connect_options();
+    let mut killer = sqlx::ConnectOptions::connect(options.as_ref())
+        .await
+        .expect("killer connects");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let shutdown = || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let waker = outbox_runtime::RelayWaker::new();
+    let relay = tokio::spawn({
+        let relay = h.relay.clone();
+        let waker = waker.clone();
+        let shutdown = shutdown();
+        async move { relay.run(waker, shutdown).await }
+    });
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let worker = h.worker.clone();
+            let shutdown = shutdown();
+            tokio::spawn(async move { worker.run(shutdown).await })
+        })
+        .collect();
+
+    let mut kills = 0_u64;
+    let mut killed_connections = 0_i64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let handled = h.store.effects().await.len();
+        if handled >= total {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {handled} of {total} handled"
+        );
+        // Kill while at most three quarters are handled, then let it finish.
+        if handled < total * 3 / 4 {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .fetch_one(&mut killer)
+            .await
+            .expect("terminates");
+            if n > 0 {
+                kills += 1;
+                killed_connections += n;
+            }
+            waker.wake();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(true);
+    relay.await.expect("relay task");
+    for worker in workers {
+        worker.await.expect("worker task");
+    }
+    assert!(kills >= 5, "the test killed connections only {kills} times");
+
+    let effects = h.store.effects().await;
+    let ids: HashSet<_> = effects.iter().map(|e| e.message_id.as_str()).collect();
+    assert_eq!(ids.len(), total, "messages lost");
+    assert_eq!(effects.len(), total, "a handler's effect committed twice");
+    for (group, ns) in by_group(&effects, "step") {
+        assert_eq!(
+            ns,
+            (0..PER_GROUP).collect::<Vec<_>>(),
+            "group {group} out of order"
+        );
+    }
+    println!("{kills} kills terminated {killed_connections} connections");
+    crate::fault_report::report(&crate::fault_report::FaultRecord {
+        scenario: "database connections killed mid-batch",
+        injection: "pg_terminate_backend on every connection of the relay and two workers, every 100 ms until 3/4 are handled (PostgreSQL)",
+        runs: kills,
+        sent: total as u64,
+        handled: ids.len() as u64,
+        lost: (total - ids.len()) as u64,
+        duplicate_effects: (effects.len() - ids.len()) as u64,
+        duplicates_suppressed: Some(h.metrics.snapshot().duplicates_suppressed),
+    });
 }
 
 pub(crate) async fn retention_deletes_only_what_it_should<S: TestDb>(store: S) {

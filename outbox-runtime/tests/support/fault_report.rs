@@ -1,0 +1,40 @@
+//! The fault-injection tests' report: each scenario appends one JSON line to
+//! the file `OUTBOX_FAULT_REPORT` names (when set), and
+//! `scripts/reliability` turns the lines into the table of RELIABILITY.md.
+//! Shared by the test crates through `#[path]`.
+
+/// One fault scenario's outcome.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct FaultRecord<'a> {
+    /// What went wrong.
+    pub(crate) scenario: &'a str,
+    /// How the test made it go wrong.
+    pub(crate) injection: &'a str,
+    /// How many times the fault was injected.
+    pub(crate) runs: u64,
+    /// Messages committed.
+    pub(crate) sent: u64,
+    /// Messages whose handler effect is in the database.
+    pub(crate) handled: u64,
+    /// Messages committed but never handled.
+    pub(crate) lost: u64,
+    /// Handler effects committed twice (must be 0).
+    pub(crate) duplicate_effects: u64,
+    /// Redeliveries the inbox absorbed, where the test can count them.
+    pub(crate) duplicates_suppressed: Option<u64>,
+}
+
+/// Prints the record and appends it to `OUTBOX_FAULT_REPORT`, if set.
+pub(crate) fn report(record: &FaultRecord<'_>) {
+    let line = serde_json::to_string(record).expect("a record serializes");
+    println!("fault report: {line}");
+    if let Ok(path) = std::env::var("OUTBOX_FAULT_REPORT") {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|err| panic!("cannot open {path}: {err}"));
+        writeln!(file, "{line}").expect("the report is writable");
+    }
+}
