@@ -38,8 +38,8 @@
 #![warn(missing_docs)]
 #![warn(clippy::unwrap_used)]
 
-#[cfg(feature = "sqs")]
 pub mod admin;
+#[cfg(feature = "sqs")]
 pub mod aws;
 mod backoff;
 mod consumer;

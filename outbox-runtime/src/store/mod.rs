@@ -516,85 +516,9 @@ pub(crate) fn own_migrator(embedded: &sqlx::migrate::Migrator) -> sqlx::migrate:
     migrator
 }
 
-/// Keeps the claimed rows that decode, in sequence order. A corrupt row (edited
-/// by hand, or written by an incompatible version) is dead-lettered at once
-/// with the reason, so it neither stops the relay nor blocks its group.
-pub(crate) async fn sort_out<S: Store>(
-    store: &S,
-    rows: impl Iterator<Item = Result<ClaimedMessage, StoreError>>,
-) -> Result<Vec<ClaimedMessage>, StoreError> {
-    let mut claimed = Vec::new();
-    let mut corrupt = Vec::new();
-    for row in rows {
-        match row {
-            Ok(message) => claimed.push(message),
-            Err(StoreError::CorruptRow { seq, reason }) => {
-                tracing::error!(seq, %reason, "corrupt outbox row dead-lettered");
-                corrupt.push(PublishFailure {
-                    seq,
-                    error: format!("corrupt row: {reason}"),
-                    retry_at: None,
-                });
-            }
-            Err(other) => return Err(other),
-        }
-    }
-    store.record_failures(&corrupt).await?;
-    claimed.sort_unstable_by_key(|m| m.seq);
-    Ok(claimed)
-}
-
-/// Rebuilds an envelope from a row's columns.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn envelope_from_row(
-    seq: i64,
-    id: Uuid,
-    message_type: String,
-    version: i64,
-    group: String,
-    payload: String,
-    headers: &str,
-    created_at: DateTime<Utc>,
-) -> Result<Envelope, StoreError> {
-    let corrupt = |reason: String| StoreError::CorruptRow { seq, reason };
-    let version = u32::try_from(version)
-        .map_err(|_| corrupt(format!("version {version} is out of range")))?;
-    let payload = serde_json::value::RawValue::from_string(payload)
-        .map_err(|err| corrupt(format!("payload is not JSON: {err}")))?;
-    let headers =
-        serde_json::from_str(headers).map_err(|err| corrupt(format!("headers: {err}")))?;
-    Ok(Envelope {
-        id,
-        message_type,
-        version,
-        group,
-        payload,
-        created_at,
-        headers,
-    })
-}
-
-pub(crate) fn status_from(seq: i64, status: &str) -> Result<RowStatus, StoreError> {
-    status
-        .parse()
-        .map_err(|reason| StoreError::CorruptRow { seq, reason })
-}
-
-pub(crate) fn headers_json(envelope: &Envelope) -> String {
-    serde_json::to_string(&envelope.headers).unwrap_or_else(|_| String::from("{}"))
-}
-
-pub(crate) fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
-pub(crate) fn attempts_from(seq: i64, attempts: i64) -> Result<u32, StoreError> {
-    u32_column(seq, "attempts", attempts)
-}
-
-pub(crate) fn u32_column(seq: i64, column: &str, value: i64) -> Result<u32, StoreError> {
-    u32::try_from(value).map_err(|_| StoreError::CorruptRow {
-        seq,
-        reason: format!("{column} {value} is out of range"),
-    })
-}
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod row;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) use row::{
+    attempts_from, envelope_from_row, headers_json, millis, sort_out, status_from, u32_column,
+};
