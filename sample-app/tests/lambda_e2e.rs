@@ -317,5 +317,31 @@ fn orders_flow_from_the_api_function_through_sqs_to_the_consumer_function_exactl
     );
     assert!(invocations > 0);
 
+    // Wrong event shapes: the runtime refuses the invocation (the emulator
+    // answers 500, AWS a function error) and the function keeps serving.
+    for wrong in [r#"{"Records": "nope"}"#, "[]", "not json"] {
+        let response = post_json(port, "/2015-03-31/functions/_/invocations", wrong);
+        assert_eq!(response.status, 500, "{wrong}: {response:?}");
+    }
+    // A record that is not an envelope is poison: dead-lettered, not retried.
+    let response = invoke(
+        port,
+        &serde_json::json!({ "Records": [{
+            "messageId": "m-garbage",
+            "body": "{\"id\": 42",
+            "attributes": { "MessageGroupId": "g", "ApproximateReceiveCount": "1" },
+        }]}),
+    );
+    assert_eq!(response["batchItemFailures"], serde_json::json!([]), "{response}");
+    let dead: Vec<(String, String)> = rt.block_on(async {
+        sqlx::query_as("SELECT body, error FROM outbox_dead_letters")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    });
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].0, r#"{"id": 42"#);
+    assert!(dead[0].1.starts_with("malformed envelope at `"), "{dead:?}");
+
     rt.block_on(pool.close());
 }
