@@ -332,7 +332,11 @@ fn orders_flow_from_the_api_function_through_sqs_to_the_consumer_function_exactl
             "attributes": { "MessageGroupId": "g", "ApproximateReceiveCount": "1" },
         }]}),
     );
-    assert_eq!(response["batchItemFailures"], serde_json::json!([]), "{response}");
+    assert_eq!(
+        response["batchItemFailures"],
+        serde_json::json!([]),
+        "{response}"
+    );
     let dead: Vec<(String, String)> = rt.block_on(async {
         sqlx::query_as("SELECT body, error FROM outbox_dead_letters")
             .fetch_all(&pool)
