@@ -1,0 +1,116 @@
+//! Scenario 1: what the outbox costs the app's transaction. The same
+//! transaction (insert an order row, commit) alone, with one outbox message,
+//! and with ten (one batched insert), from 1 and 8 concurrent clients.
+
+use std::time::Instant;
+
+use outbox_runtime::{Outgoing, PgStore, Store};
+use sqlx::PgPool;
+
+use crate::Sizes;
+use crate::db::Scratch;
+use crate::messages::m0;
+use crate::report::{Section, count, median, ratio};
+
+/// Transactions per second with `messages` outbox rows each, from `clients`
+/// tasks doing `per_client` transactions each.
+async fn throughput(
+    pool: &PgPool,
+    store: &PgStore,
+    clients: usize,
+    per_client: usize,
+    messages: usize,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in 0..clients {
+        let pool = pool.clone();
+        let store = store.clone();
+        tasks.spawn(async move {
+            for i in 0..per_client {
+                let n = client * per_client + i;
+                // Encoding is part of the cost: the app does it per message.
+                let outgoing = (0..messages)
+                    .map(|k| Outgoing::new(&m0(n * 10 + k)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut tx = pool.begin().await?;
+                sqlx::query("INSERT INTO bench_orders (customer, amount_cents) VALUES ($1, $2)")
+                    .bind(format!("customer-{}", n % 50))
+                    .bind(1999_i64)
+                    .execute(&mut *tx)
+                    .await?;
+                if !outgoing.is_empty() {
+                    store.enqueue_all(&mut tx, &outgoing).await?;
+                }
+                tx.commit().await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok((clients * per_client) as f64 / started.elapsed().as_secs_f64())
+}
+
+pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
+    let scratch = Scratch::create(server, "enqueue").await?;
+    let pool = scratch.pool(8).await?;
+    let store = PgStore::new(pool.clone());
+    store.migrate().await?;
+    sqlx::query(
+        "CREATE TABLE bench_orders (id BIGSERIAL PRIMARY KEY, customer TEXT NOT NULL, amount_cents BIGINT NOT NULL)",
+    )
+    .execute(&pool)
+    .await?;
+
+    let mut section = Section::new(
+        "1. Enqueue: the outbox's cost in the app's transaction",
+        &format!(
+            "One transaction = insert an order row and commit, on PostgreSQL, {} transactions per \
+             client; with the outbox, the same transaction also inserts 1 or 10 outbox rows \
+             (`Store::enqueue_all`, one statement, messages encoded inside the loop). The three \
+             variants alternate in 3 rounds; the median round is shown. Baseline: the \
+             transaction without the outbox.",
+            count(sizes.enqueue_per_client as f64)
+        ),
+        &["clients", "variant", "transactions/s", "× domain only"],
+    );
+    let mut verdicts = Vec::new();
+    for clients in [1, 8] {
+        let mut rounds: [Vec<f64>; 3] = Default::default();
+        for _ in 0..3 {
+            for (slot, messages) in [0, 1, 10].into_iter().enumerate() {
+                let tps =
+                    throughput(&pool, &store, clients, sizes.enqueue_per_client, messages).await?;
+                rounds[slot].push(tps);
+            }
+        }
+        let [alone, one, ten] = rounds.map(median);
+        for (name, tps) in [
+            ("domain row only (baseline)", alone),
+            ("+ 1 outbox message", one),
+            ("+ 10 outbox messages (batched)", ten),
+        ] {
+            section.row(vec![
+                clients.to_string(),
+                name.to_owned(),
+                count(tps),
+                ratio(tps / alone),
+            ]);
+        }
+        let cost = 1.0 - one / alone;
+        verdicts.push(format!(
+            "{clients} client{}: one message costs {:.1}% of the throughput",
+            if clients == 1 { "" } else { "s" },
+            cost * 100.0
+        ));
+    }
+    section.verdict = format!(
+        "Goal: one message costs at most 10% of domain-only throughput. {}.",
+        verdicts.join("; ")
+    );
+    pool.close().await;
+    scratch.drop_db().await?;
+    Ok(section)
+}

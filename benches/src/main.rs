@@ -1,0 +1,119 @@
+//! `outbox-bench`: every benchmark of the toolkit next to its baseline, in
+//! the same run, reported as ratios (machines are noisy; ratios measured
+//! side by side are what reproduce).
+//!
+//! ```sh
+//! scripts/bench                 # full run (about 10 minutes); rewrites BENCHMARKS.md
+//! cargo run -p outbox-bench -- --quick --out /tmp/quick.md   # checks the harness runs
+//! ```
+//!
+//! Needs PostgreSQL (`DATABASE_URL`; each scenario makes and drops its own
+//! database). `--quick` shrinks every scenario to check that the harness
+//! still runs; its numbers mean nothing.
+
+mod db;
+mod dispatch;
+mod enqueue;
+mod lambda;
+mod latency;
+mod messages;
+mod relay;
+mod report;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::report::Report;
+
+#[derive(Debug, Parser)]
+#[command(about = "The outbox toolkit's benchmarks, each against its baseline in the same run")]
+struct Args {
+    /// Tiny sizes: checks that every scenario runs; the numbers mean nothing.
+    #[arg(long)]
+    quick: bool,
+    /// Write the markdown report here (as well as printing it).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Run only the scenarios whose name contains this.
+    #[arg(long)]
+    only: Option<String>,
+}
+
+/// How big each scenario is.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sizes {
+    pub(crate) quick: bool,
+    /// Transactions per client in the enqueue scenario.
+    pub(crate) enqueue_per_client: usize,
+    /// Rows pre-filled for a relay drain with batches of 100 or more.
+    pub(crate) drain_rows: usize,
+    /// Dispatches per variant.
+    pub(crate) dispatches: usize,
+    /// Seconds of load per latency rate.
+    pub(crate) latency_secs: f64,
+    /// Cold starts measured.
+    pub(crate) cold_starts: usize,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Sizes {
+                quick,
+                enqueue_per_client: 20,
+                drain_rows: 500,
+                dispatches: 2_000,
+                latency_secs: 0.5,
+                cold_starts: 1,
+            }
+        } else {
+            Sizes {
+                quick,
+                enqueue_per_client: 1_000,
+                drain_rows: 100_000,
+                dispatches: 1_000_000,
+                latency_secs: 10.0,
+                cold_starts: 5,
+            }
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let sizes = Sizes::new(args.quick);
+    let server = db::server_url();
+    let mut report = Report::new(sizes, &server);
+    let wanted = |name: &str| args.only.as_deref().is_none_or(|only| name.contains(only));
+
+    if wanted("dispatch") {
+        eprintln!("== dispatch");
+        report.section(dispatch::run(sizes)?);
+    }
+    if wanted("enqueue") {
+        eprintln!("== enqueue");
+        report.section(enqueue::run(sizes, &server).await?);
+    }
+    if wanted("relay") {
+        eprintln!("== relay");
+        report.section(relay::run(sizes, &server).await?);
+    }
+    if wanted("latency") {
+        eprintln!("== latency");
+        report.section(latency::run(sizes, &server).await?);
+    }
+    if wanted("lambda") {
+        eprintln!("== lambda");
+        report.section(lambda::run(sizes, &server).await?);
+    }
+
+    let markdown = report.markdown();
+    println!("{markdown}");
+    if let Some(out) = args.out {
+        std::fs::write(&out, &markdown)?;
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(())
+}

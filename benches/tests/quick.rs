@@ -1,0 +1,55 @@
+//! The benchmark harness still runs: every scenario in quick mode, against
+//! the real PostgreSQL and cargo-lambda's emulator, producing every section
+//! of the report. Speed is not asserted (machines are noisy; the ratios in
+//! BENCHMARKS.md are what `scripts/bench` measured).
+
+use std::process::Command;
+
+#[test]
+fn every_scenario_runs_in_quick_mode_and_reports() {
+    // The sample's binary from the same build stands in for the release
+    // artefact: quick mode checks the harness, not the numbers.
+    let exe = std::env::current_exe().expect("the test's path");
+    let debug_dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/debug");
+    let sample_app = debug_dir.join("sample-app");
+    assert!(
+        sample_app.exists(),
+        "{} is missing: build the workspace (scripts/test does)",
+        sample_app.display()
+    );
+    let out = std::env::temp_dir().join(format!("outbox-bench-quick-{}.md", std::process::id()));
+    let output = Command::new(env!("CARGO_BIN_EXE_outbox-bench"))
+        .args(["--quick", "--out"])
+        .arg(&out)
+        .env("OUTBOX_BENCH_LAMBDA_BINARY", &sample_app)
+        .output()
+        .expect("outbox-bench runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let report = std::fs::read_to_string(&out).expect("the report was written");
+    let _ = std::fs::remove_file(&out);
+    assert!(
+        report.starts_with("# Benchmarks\n\n**Quick mode"),
+        "{report}"
+    );
+    for section in [
+        "## 1. Enqueue",
+        "## 2. Relay",
+        "## 3. Dispatch",
+        "## 4. Commit-to-handler latency",
+        "## 6. The Lambda artefact",
+    ] {
+        assert!(report.contains(section), "no `{section}` in:\n{report}");
+    }
+    // Every table row has as many cells as its header.
+    for table in report.split("\n\n").filter(|b| b.starts_with('|')) {
+        let mut lines = table.lines();
+        let header = lines.next().expect("a header").matches('|').count();
+        for line in lines {
+            assert_eq!(line.matches('|').count(), header, "{line}");
+        }
+    }
+}
