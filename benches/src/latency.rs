@@ -91,14 +91,16 @@ async fn at_rate(
         .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let started = clock
-            .started
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?;
-        if ids.iter().all(|id| started.contains_key(id)) {
+        let all_handled = {
+            let started = clock
+                .started
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?;
+            ids.iter().all(|id| started.contains_key(id))
+        };
+        if all_handled {
             break;
         }
-        drop(started);
         anyhow::ensure!(Instant::now() < deadline, "not every message was handled");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
