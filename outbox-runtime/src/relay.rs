@@ -210,40 +210,39 @@ impl<S: Store, T: Transport> Relay<S, T> {
         batch: Vec<ClaimedMessage>,
         report: &mut DrainReport,
     ) -> Result<(), RelayError> {
-        let bodies: Vec<String> = batch.iter().map(|m| m.envelope.to_json()).collect();
         let mut published = Vec::new();
         let mut failures = Vec::new();
         let mut skipped = Vec::new();
         let mut blocked: HashSet<&str> = HashSet::new();
         let max_batch = self.transport.max_batch().max(1);
 
-        let mut rest = batch.iter().zip(&bodies).peekable();
+        let mut rest = batch.iter().peekable();
         while rest.peek().is_some() {
-            let mut chunk: Vec<(&ClaimedMessage, PublishEntry<'_>)> = Vec::with_capacity(max_batch);
-            while chunk.len() < max_batch {
-                let Some((message, body)) = rest.next() else {
+            // Each body is serialized once, when its row joins a chunk, and
+            // moved into the entry the transport takes.
+            let mut messages: Vec<&ClaimedMessage> = Vec::with_capacity(max_batch);
+            let mut entries: Vec<PublishEntry<'_>> = Vec::with_capacity(max_batch);
+            while entries.len() < max_batch {
+                let Some(message) = rest.next() else {
                     break;
                 };
                 if blocked.contains(message.envelope.group.as_str()) {
                     skipped.push(message.seq);
                     continue;
                 }
-                chunk.push((
-                    message,
-                    PublishEntry {
-                        envelope: &message.envelope,
-                        queue: message.queue.as_deref(),
-                        body: body.clone(),
-                    },
-                ));
+                messages.push(message);
+                entries.push(PublishEntry {
+                    envelope: &message.envelope,
+                    queue: message.queue.as_deref(),
+                    body: message.envelope.to_json(),
+                });
             }
-            if chunk.is_empty() {
+            if entries.is_empty() {
                 break;
             }
-            let entries: Vec<PublishEntry<'_>> = chunk.iter().map(|(_, e)| e.clone()).collect();
             match self.transport.publish(&entries).await {
                 Ok(results) => {
-                    for ((message, _), result) in chunk.iter().zip(results) {
+                    for (message, result) in messages.iter().zip(results) {
                         match result {
                             Ok(()) => published.push(message.seq),
                             Err(err) => {
@@ -262,10 +261,10 @@ impl<S: Store, T: Transport> Relay<S, T> {
                     // Nothing in this chunk is known to be published; nothing
                     // after it is attempted.
                     tracing::warn!(error = %err, "transport unavailable; rows wait out their backoff");
-                    for (message, _) in &chunk {
+                    for message in &messages {
                         failures.push(self.failure(message, err.to_string(), false, false));
                     }
-                    skipped.extend(rest.by_ref().map(|(m, _)| m.seq));
+                    skipped.extend(rest.by_ref().map(|m| m.seq));
                     report.transport_down = Some(err.to_string());
                 }
             }
