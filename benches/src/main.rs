@@ -38,6 +38,9 @@ struct Args {
     /// Run only the scenarios whose name contains this.
     #[arg(long)]
     only: Option<String>,
+    /// Rows for the relay scenario (default: 100,000; quick: 500).
+    #[arg(long)]
+    drain_rows: Option<usize>,
 }
 
 /// How big each scenario is.
@@ -83,7 +86,10 @@ impl Sizes {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let sizes = Sizes::new(args.quick);
+    let mut sizes = Sizes::new(args.quick);
+    if let Some(rows) = args.drain_rows {
+        sizes.drain_rows = rows;
+    }
     let server = db::server_url();
     let mut report = Report::new(sizes, &server);
     let wanted = |name: &str| args.only.as_deref().is_none_or(|only| name.contains(only));

@@ -132,7 +132,10 @@ async fn raw_sql(pool: &PgPool, n: usize, batch: u32, relays: usize) -> anyhow::
                      LIMIT $1
                  )
                  UPDATE outbox SET lease_until = now() + $2 * interval '1 millisecond'
-                 FROM picked WHERE outbox.seq = picked.seq
+                 FROM picked
+                 WHERE outbox.seq = picked.seq
+                   AND outbox.status = 'pending'
+                   AND (outbox.lease_until IS NULL OR outbox.lease_until < now())
                  RETURNING outbox.seq, outbox.id, outbox.message_type, outbox.version, outbox.group_key,
                            outbox.queue, outbox.payload::text AS payload, outbox.headers::text AS headers,
                            outbox.created_at, outbox.attempts",
@@ -272,6 +275,7 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
     for batch in [1_u32, 10, 100, 1000] {
         let n = (sizes.drain_rows * batch.min(100) as usize / 100).max(100);
         for relays in [1, 2, 4] {
+            eprintln!("relay: batch {batch}, {relays} relays, {n} rows");
             fill(&pool, n).await?;
             let ours = toolkit(&pool, n, batch, relays).await?;
             fill(&pool, n).await?;

@@ -199,7 +199,14 @@ impl Store for PgStore {
                  LIMIT $1
              )
              UPDATE outbox SET lease_until = now() + $2 * interval '1 millisecond'
-             FROM picked WHERE outbox.seq = picked.seq
+             FROM picked
+             WHERE outbox.seq = picked.seq
+               -- `picked` is read from the statement's snapshot, unlocked:
+               -- another relay may have leased or relayed a row since. These
+               -- conditions are rechecked on the row's newest version, so
+               -- such a row is left out rather than claimed twice.
+               AND outbox.status = 'pending'
+               AND (outbox.lease_until IS NULL OR outbox.lease_until < now())
              RETURNING outbox.seq, outbox.id, outbox.message_type, outbox.version, outbox.group_key,
                        outbox.queue, outbox.payload::text AS payload, outbox.headers::text AS headers,
                        outbox.created_at, outbox.attempts",
