@@ -12,14 +12,25 @@ use crate::db::Scratch;
 use crate::messages::m0;
 use crate::report::{Section, count, median, ratio};
 
-/// Transactions per second with `messages` outbox rows each, from `clients`
-/// tasks doing `per_client` transactions each.
+/// What each transaction writes besides the order row.
+#[derive(Clone, Copy, Debug)]
+enum Extra {
+    Nothing,
+    /// `n` outbox messages through the toolkit.
+    Outbox(usize),
+    /// One plain row in a table with one index, the same JSON payload: the
+    /// control that tells the toolkit's cost from a second statement's.
+    PlainRow,
+}
+
+/// Transactions per second, from `clients` tasks doing `per_client`
+/// transactions each.
 async fn throughput(
     pool: &PgPool,
     store: &PgStore,
     clients: usize,
     per_client: usize,
-    messages: usize,
+    extra: Extra,
 ) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -30,6 +41,10 @@ async fn throughput(
             for i in 0..per_client {
                 let n = client * per_client + i;
                 // Encoding is part of the cost: the app does it per message.
+                let messages = match extra {
+                    Extra::Outbox(k) => k,
+                    Extra::Nothing | Extra::PlainRow => 0,
+                };
                 let outgoing = (0..messages)
                     .map(|k| Outgoing::new(&m0(n * 10 + k)))
                     .collect::<Result<Vec<_>, _>>()?;
@@ -41,6 +56,12 @@ async fn throughput(
                     .await?;
                 if !outgoing.is_empty() {
                     store.enqueue_all(&mut tx, &outgoing).await?;
+                }
+                if let Extra::PlainRow = extra {
+                    sqlx::query("INSERT INTO bench_control (payload) VALUES ($1::json)")
+                        .bind(serde_json::to_string(&m0(n))?)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 tx.commit().await?;
             }
@@ -63,34 +84,46 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
     )
     .execute(&pool)
     .await?;
+    sqlx::query("CREATE TABLE bench_control (id BIGSERIAL PRIMARY KEY, payload JSON NOT NULL)")
+        .execute(&pool)
+        .await?;
 
     let mut section = Section::new(
         "1. Enqueue: the outbox's cost in the app's transaction",
         &format!(
             "One transaction = insert an order row and commit, on PostgreSQL, {} transactions per \
              client; with the outbox, the same transaction also inserts 1 or 10 outbox rows \
-             (`Store::enqueue_all`, one statement, messages encoded inside the loop). The three \
-             variants alternate in 3 rounds; the median round is shown. Baseline: the \
-             transaction without the outbox.",
+             (`Store::enqueue_all`, one statement, messages encoded inside the loop). Control: \
+             the same transaction with one plain row (the same JSON, a table with only a primary \
+             key) instead of the outbox, to tell what a second statement costs from what the \
+             toolkit adds. The variants alternate in 3 rounds; the median round is shown. \
+             Baseline: the transaction without the outbox.",
             count(sizes.enqueue_per_client as f64)
         ),
         &["clients", "variant", "transactions/s", "× domain only"],
     );
     let mut verdicts = Vec::new();
     for clients in [1, 8] {
-        let mut rounds: [Vec<f64>; 3] = Default::default();
+        let mut rounds: [Vec<f64>; 4] = Default::default();
+        let extras = [
+            Extra::Nothing,
+            Extra::Outbox(1),
+            Extra::Outbox(10),
+            Extra::PlainRow,
+        ];
         for _ in 0..3 {
-            for (slot, messages) in [0, 1, 10].into_iter().enumerate() {
+            for (slot, extra) in extras.into_iter().enumerate() {
                 let tps =
-                    throughput(&pool, &store, clients, sizes.enqueue_per_client, messages).await?;
+                    throughput(&pool, &store, clients, sizes.enqueue_per_client, extra).await?;
                 rounds[slot].push(tps);
             }
         }
-        let [alone, one, ten] = rounds.map(median);
+        let [alone, one, ten, control] = rounds.map(median);
         for (name, tps) in [
             ("domain row only (baseline)", alone),
             ("+ 1 outbox message", one),
             ("+ 10 outbox messages (batched)", ten),
+            ("+ 1 plain row (control)", control),
         ] {
             section.row(vec![
                 clients.to_string(),
@@ -101,9 +134,10 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
         }
         let cost = 1.0 - one / alone;
         verdicts.push(format!(
-            "{clients} client{}: one message costs {:.1}% of the throughput",
+            "{clients} client{}: one message costs {:.1}% of the throughput, a plain row {:.1}%",
             if clients == 1 { "" } else { "s" },
-            cost * 100.0
+            cost * 100.0,
+            (1.0 - control / alone) * 100.0
         ));
     }
     section.verdict = format!(
