@@ -25,7 +25,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use outbox_runtime::{Pump, RowStatus};
 
-use crate::db::AppDb;
+use crate::db::{AppDb, OrderView};
 use crate::domain::{CustomerId, DomainError};
 use crate::orders::{self, OrderError};
 
@@ -188,12 +188,7 @@ async fn create_order<S: AppDb>(
     let id = orders::create(&api.store, api.pump.as_ref(), &customer)
         .await
         .map_err(OrderError::Internal)?;
-    let view = api
-        .store
-        .order_view(id)
-        .await
-        .map_err(OrderError::Internal)?
-        .ok_or(OrderError::NotFound(id))?;
+    let view = order_view(&api.store, id).await?;
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, format!("/orders/{id}"))],
@@ -202,17 +197,21 @@ async fn create_order<S: AppDb>(
         .into_response())
 }
 
+/// The order and its history, or a 404 problem.
+async fn order_view<S: AppDb>(store: &S, id: i64) -> Result<OrderView, OrderError> {
+    store
+        .order_view(id)
+        .await
+        .map_err(OrderError::Internal)?
+        .ok_or(OrderError::NotFound(id))
+}
+
 async fn get_order<S: AppDb>(
     State(api): State<Api<S>>,
     id: Result<Path<i64>, PathRejection>,
 ) -> Result<Response, Problem> {
     let Path(id) = id?;
-    let view = api
-        .store
-        .order_view(id)
-        .await
-        .map_err(OrderError::Internal)?
-        .ok_or(OrderError::NotFound(id))?;
+    let view = order_view(&api.store, id).await?;
     Ok(Json(view).into_response())
 }
 
@@ -222,12 +221,7 @@ async fn submit_order<S: AppDb>(
 ) -> Result<Response, Problem> {
     let Path(id) = id?;
     orders::submit(&api.store, api.pump.as_ref(), id).await?;
-    let view = api
-        .store
-        .order_view(id)
-        .await
-        .map_err(OrderError::Internal)?
-        .ok_or(OrderError::NotFound(id))?;
+    let view = order_view(&api.store, id).await?;
     Ok(Json(view).into_response())
 }
 
