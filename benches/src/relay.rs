@@ -98,65 +98,30 @@ async fn toolkit(pool: &PgPool, n: usize, batch: u32, relays: usize) -> anyhow::
     Ok(rate)
 }
 
-/// The same statements `PgStore` issues for a drain on a non-durable queue
-/// (recover expired relayed rows, claim, mark relayed), with no toolkit code
+/// The statements `PgStore` issues for a drain on a non-durable queue
+/// (`RECOVER_SQL`, `CLAIM_SQL`, `MARK_RELAYED_SQL`), with no toolkit code
 /// around them and nothing published: the ceiling the relay works under.
 async fn raw_sql(pool: &PgPool, n: usize, batch: u32, relays: usize) -> anyhow::Result<f64> {
     let pool2 = pool.clone();
     drain(pool, n, relays, move || {
         let pool = pool2.clone();
         async move {
-            sqlx::query(
-                "UPDATE outbox SET status = 'pending', lease_until = NULL
-                 WHERE status = 'relayed' AND lease_until < now()",
-            )
-            .execute(&pool)
-            .await?;
-            let rows = sqlx::query(
-                "WITH heads AS (
-                     SELECT o.seq, o.group_key FROM outbox o
-                     WHERE o.status = 'pending'
-                       AND o.available_at <= now()
-                       AND (o.lease_until IS NULL OR o.lease_until < now())
-                       AND NOT EXISTS (
-                           SELECT 1 FROM outbox e
-                           WHERE e.status = 'pending' AND e.group_key = o.group_key AND e.seq < o.seq)
-                     ORDER BY o.seq
-                     LIMIT $1
-                     FOR UPDATE SKIP LOCKED
-                 ),
-                 picked AS (
-                     SELECT o.seq FROM outbox o JOIN heads h ON h.group_key = o.group_key
-                     WHERE o.status = 'pending'
-                     ORDER BY o.seq
-                     LIMIT $1
-                 )
-                 UPDATE outbox SET lease_until = now() + $2 * interval '1 millisecond'
-                 FROM picked
-                 WHERE outbox.seq = picked.seq
-                   AND outbox.status = 'pending'
-                   AND (outbox.lease_until IS NULL OR outbox.lease_until < now())
-                 RETURNING outbox.seq, outbox.id, outbox.message_type, outbox.version, outbox.group_key,
-                           outbox.queue, outbox.payload::text AS payload, outbox.headers::text AS headers,
-                           outbox.created_at, outbox.attempts",
-            )
-            .bind(i64::from(batch))
-            .bind(30_000_i64)
-            .fetch_all(&pool)
-            .await?;
+            sqlx::query(PgStore::RECOVER_SQL).execute(&pool).await?;
+            let rows = sqlx::query(PgStore::CLAIM_SQL)
+                .bind(i64::from(batch))
+                .bind(30_000_i64)
+                .fetch_all(&pool)
+                .await?;
             let seqs: Vec<i64> = rows
                 .iter()
                 .map(|r| r.try_get("seq"))
                 .collect::<Result<_, _>>()?;
             if !seqs.is_empty() {
-                sqlx::query(
-                    "UPDATE outbox SET status = 'relayed', lease_until = now() + $2 * interval '1 millisecond'
-                     WHERE seq = ANY($1) AND status = 'pending'",
-                )
-                .bind(&seqs)
-                .bind(300_000_i64)
-                .execute(&pool)
-                .await?;
+                sqlx::query(PgStore::MARK_RELAYED_SQL)
+                    .bind(&seqs)
+                    .bind(300_000_i64)
+                    .execute(&pool)
+                    .await?;
             }
             Ok(seqs.len() as u64)
         }
