@@ -14,7 +14,7 @@ use crate::report::{Section, count, median, ratio};
 
 /// What each transaction writes besides the order row.
 #[derive(Clone, Copy, Debug)]
-enum Extra {
+pub(crate) enum Extra {
     Nothing,
     /// `n` outbox messages through the toolkit.
     Outbox(usize),
@@ -25,7 +25,7 @@ enum Extra {
 
 /// Transactions per second, from `clients` tasks doing `per_client`
 /// transactions each.
-async fn throughput(
+pub(crate) async fn throughput(
     pool: &PgPool,
     store: &PgStore,
     clients: usize,
@@ -74,19 +74,25 @@ async fn throughput(
     Ok((clients * per_client) as f64 / started.elapsed().as_secs_f64())
 }
 
+/// The domain table and the control's table.
+pub(crate) async fn create_tables(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::query(
+        "CREATE TABLE bench_orders (id BIGSERIAL PRIMARY KEY, customer TEXT NOT NULL, amount_cents BIGINT NOT NULL)",
+    )
+    .execute(pool)
+    .await?;
+    sqlx::query("CREATE TABLE bench_control (id BIGSERIAL PRIMARY KEY, payload JSON NOT NULL)")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
     let scratch = Scratch::create(server, "enqueue").await?;
     let pool = scratch.pool(8).await?;
     let store = PgStore::new(pool.clone());
     store.migrate().await?;
-    sqlx::query(
-        "CREATE TABLE bench_orders (id BIGSERIAL PRIMARY KEY, customer TEXT NOT NULL, amount_cents BIGINT NOT NULL)",
-    )
-    .execute(&pool)
-    .await?;
-    sqlx::query("CREATE TABLE bench_control (id BIGSERIAL PRIMARY KEY, payload JSON NOT NULL)")
-        .execute(&pool)
-        .await?;
+    create_tables(&pool).await?;
 
     let mut section = Section::new(
         "1. Enqueue: the outbox's cost in the app's transaction",

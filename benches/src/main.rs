@@ -17,6 +17,7 @@ mod enqueue;
 mod lambda;
 mod latency;
 mod messages;
+mod peer;
 mod relay;
 mod report;
 
@@ -55,6 +56,8 @@ pub(crate) struct Sizes {
     pub(crate) dispatches: usize,
     /// Seconds of load per latency rate.
     pub(crate) latency_secs: f64,
+    /// Messages handled per run in the peer scenario.
+    pub(crate) peer_messages: usize,
     /// Cold starts measured.
     pub(crate) cold_starts: usize,
 }
@@ -68,6 +71,7 @@ impl Sizes {
                 drain_rows: 500,
                 dispatches: 2_000,
                 latency_secs: 0.5,
+                peer_messages: 200,
                 cold_starts: 1,
             }
         } else {
@@ -79,6 +83,7 @@ impl Sizes {
                 drain_rows: 20_000,
                 dispatches: 1_000_000,
                 latency_secs: 10.0,
+                peer_messages: 10_000,
                 cold_starts: 5,
             }
         }
@@ -111,6 +116,10 @@ async fn main() -> anyhow::Result<()> {
     if wanted("latency") {
         eprintln!("== latency");
         report.section(latency::run(sizes, &server).await?);
+    }
+    if wanted("peer") {
+        eprintln!("== peer");
+        report.section(peer::run(sizes, &server).await?);
     }
     if wanted("lambda") {
         eprintln!("== lambda");

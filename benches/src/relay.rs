@@ -22,7 +22,7 @@ use crate::report::{Section, count, ratio};
 const GROUPS: i64 = 100;
 
 /// Replaces the outbox's rows with `n` pending ones.
-async fn fill(pool: &PgPool, n: usize) -> anyhow::Result<()> {
+pub(crate) async fn fill(pool: &PgPool, n: usize) -> anyhow::Result<()> {
     sqlx::query("TRUNCATE outbox").execute(pool).await?;
     sqlx::query(
         "INSERT INTO outbox (id, message_type, version, group_key, payload, headers, created_at)

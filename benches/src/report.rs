@@ -78,12 +78,23 @@ impl Report {
                 "a release"
             },
         );
-        for section in &self.sections {
+        // Numbered order, whatever order they ran in.
+        let mut sections: Vec<&Section> = self.sections.iter().collect();
+        sections.sort_by_key(|section| number(&section.title));
+        for section in sections {
             out.push_str(&render(section));
             out.push('\n');
         }
         out
     }
+}
+
+/// The number a section's title starts with ("2. Relay drain" is 2).
+fn number(title: &str) -> u32 {
+    title
+        .split_once('.')
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or(u32::MAX)
 }
 
 fn render(section: &Section) -> String {

@@ -35,14 +35,21 @@ fn every_scenario_runs_in_quick_mode_and_reports() {
         report.starts_with("# Benchmarks\n\n**Quick mode"),
         "{report}"
     );
+    // Every section, in numbered order whatever order they ran in.
+    let mut last = 0;
     for section in [
         "## 1. Enqueue",
         "## 2. Relay",
         "## 3. Dispatch",
         "## 4. Commit-to-handler latency",
+        "## 5. A peer crate: sqlxmq",
         "## 6. The Lambda artefact",
     ] {
-        assert!(report.contains(section), "no `{section}` in:\n{report}");
+        let at = report
+            .find(section)
+            .unwrap_or_else(|| panic!("no `{section}` in:\n{report}"));
+        assert!(at > last, "`{section}` is out of order in:\n{report}");
+        last = at;
     }
     // Every table row has as many cells as its header.
     for table in report.split("\n\n").filter(|b| b.starts_with('|')) {

@@ -1,0 +1,233 @@
+//! Scenario 5: a peer crate doing the same job on the same database server.
+//! sqlxmq (pinned at 0.6.0) is the closest Rust peer: a `#[job]` macro, jobs
+//! spawned in the app's transaction, typed handlers. It brings sqlx 0.8, so it
+//! lives in its own workspace (`benches/peer-sqlxmq`) and runs as a child
+//! process that measures itself and prints one JSON line; this process
+//! alternates it with the toolkit's runs, in the same invocation.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use outbox_runtime::{
+    Dispatcher, InProcessQueue, Metrics, PgStore, Relay, RelayWaker, Store, Worker, WorkerConfig,
+};
+
+use crate::Sizes;
+use crate::db::Scratch;
+use crate::enqueue::{self, Extra};
+use crate::relay;
+use crate::report::{Section, count, median, ratio};
+
+/// Workers the toolkit's drain runs, as the sample app's `serve` does.
+const WORKERS: usize = 4;
+
+/// The peer's binary: `OUTBOX_BENCH_PEER_BINARY`, or `sqlxmq-peer` next to
+/// this binary (scripts/bench and scripts/test build it there).
+fn peer_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("OUTBOX_BENCH_PEER_BINARY") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    let path = exe.with_file_name("sqlxmq-peer");
+    anyhow::ensure!(
+        path.exists(),
+        "{} is missing: build it with `cargo build {}--manifest-path benches/peer-sqlxmq/Cargo.toml` \
+         (scripts/bench and scripts/test do), or set OUTBOX_BENCH_PEER_BINARY",
+        path.display(),
+        if cfg!(debug_assertions) {
+            ""
+        } else {
+            "--release "
+        },
+    );
+    Ok(path)
+}
+
+/// Runs the peer with `args` and returns its `per_sec`.
+fn peer(binary: &PathBuf, args: &[&str]) -> anyhow::Result<f64> {
+    let line = run_peer(binary, args)?;
+    line["per_sec"]
+        .as_f64()
+        .with_context(|| format!("no `per_sec` in {line}"))
+}
+
+/// Runs the peer with `args` and returns the JSON line it printed.
+fn run_peer(binary: &PathBuf, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let output = Command::new(binary)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", binary.display()))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "sqlxmq-peer {} failed: {}",
+        args.first().copied().unwrap_or_default(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).with_context(|| {
+        format!(
+            "sqlxmq-peer printed {:?}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+/// Messages per second handled by the toolkit: `n` pending rows drained by
+/// a relay into the in-process queue and handled by [`WORKERS`] workers
+/// (typed `bench.m00` handler, inbox record in the handler's transaction).
+async fn toolkit_drain(store: &PgStore, n: usize) -> anyhow::Result<f64> {
+    relay::fill(store.pool(), n).await?;
+    let queue = Arc::new(InProcessQueue::new());
+    let metrics = Arc::new(Metrics::default());
+    let relay = Relay::new(store.clone(), Arc::clone(&queue));
+    let worker = Worker::new(store.clone(), queue, Arc::new(Dispatcher::from_registry()?))
+        .with_metrics(Arc::clone(&metrics))
+        .with_config(WorkerConfig {
+            wait: Duration::from_millis(100),
+            retention: None,
+            ..WorkerConfig::default()
+        });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let shutdown = || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+
+    let started = Instant::now();
+    let waker = RelayWaker::new();
+    let mut background = tokio::task::JoinSet::new();
+    {
+        let (waker, shutdown) = (waker.clone(), shutdown());
+        background.spawn(async move { relay.run(waker, shutdown).await });
+    }
+    for _ in 0..WORKERS {
+        let (worker, shutdown) = (worker.clone(), shutdown());
+        background.spawn(async move { worker.run(shutdown).await });
+    }
+    waker.wake();
+    let deadline = started + Duration::from_secs(600);
+    while metrics.snapshot().handled < n as u64 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the toolkit handled {} of {n} messages in 10 minutes",
+            metrics.snapshot().handled
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let _ = stop.send(true);
+    while background.join_next().await.is_some() {}
+    let handled = metrics.snapshot().handled;
+    anyhow::ensure!(handled == n as u64, "{handled} handlings of {n} messages");
+    Ok(n as f64 / secs)
+}
+
+pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
+    let binary = peer_binary()?;
+    let ours_db = Scratch::create(server, "peer_ours").await?;
+    let theirs_db = Scratch::create(server, "peer_sqlxmq").await?;
+    let pool = ours_db.pool(16).await?;
+    let store = PgStore::new(pool.clone());
+    store.migrate().await?;
+    enqueue::create_tables(&pool).await?;
+    run_peer(&binary, &["setup", &theirs_db.url])?;
+
+    let mut section = Section::new(
+        "5. A peer crate: sqlxmq",
+        &format!(
+            "The same job done by [sqlxmq](https://crates.io/crates/sqlxmq) 0.6.0 (pinned), the \
+             closest Rust peer (a `#[job]` macro, jobs spawned in the app's transaction), on the \
+             same PostgreSQL server, each in its own database. It runs as a child process \
+             (`benches/peer-sqlxmq`, its own workspace because it brings sqlx 0.8) that times \
+             itself; the variants alternate in 3 rounds and the median round is shown. \
+             **Enqueue**: scenario 1's transaction (an order row and one message: \
+             `Store::enqueue_all` vs sqlxmq's `spawn`), {} transactions per client. \
+             **Handle**: {} messages waiting, then handled by a typed handler that decodes \
+             the payload; timed from start until every handler has committed. The toolkit: a \
+             relay into the in-process queue and {WORKERS} workers (as the sample's `serve`), \
+             each message handled in a transaction that records it in the inbox, in order \
+             within its group (100 groups). sqlxmq: a runner with its default concurrency \
+             (16 to 32 jobs), the job completed (deleted) after the handler; once unordered \
+             (its default), once ordered within 100 channels (its `set_ordered`, the toolkit's \
+             guarantee).",
+            count(sizes.enqueue_per_client as f64),
+            count(sizes.peer_messages as f64),
+        ),
+        &["what", "toolkit (/s)", "sqlxmq (/s)", "toolkit ÷ sqlxmq"],
+    );
+
+    for clients in [1_usize, 8] {
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            ours.push(
+                enqueue::throughput(
+                    &pool,
+                    &store,
+                    clients,
+                    sizes.enqueue_per_client,
+                    Extra::Outbox(1),
+                )
+                .await?,
+            );
+            theirs.push(peer(
+                &binary,
+                &[
+                    "enqueue",
+                    &theirs_db.url,
+                    &clients.to_string(),
+                    &sizes.enqueue_per_client.to_string(),
+                ],
+            )?);
+        }
+        let (ours, theirs) = (median(ours), median(theirs));
+        section.row(vec![
+            format!(
+                "enqueue, {clients} client{}",
+                if clients == 1 { "" } else { "s" }
+            ),
+            count(ours),
+            count(theirs),
+            ratio(ours / theirs),
+        ]);
+    }
+
+    let messages = sizes.peer_messages.to_string();
+    let (mut ours, mut unordered, mut ordered) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..3 {
+        ours.push(toolkit_drain(&store, sizes.peer_messages).await?);
+        unordered.push(peer(
+            &binary,
+            &["drain", &theirs_db.url, &messages, "unordered"],
+        )?);
+        ordered.push(peer(
+            &binary,
+            &["drain", &theirs_db.url, &messages, "ordered"],
+        )?);
+    }
+    let ours = median(ours);
+    for (name, theirs) in [
+        ("handle, sqlxmq unordered", median(unordered)),
+        ("handle, sqlxmq ordered per group", median(ordered)),
+    ] {
+        section.row(vec![
+            name.to_owned(),
+            count(ours),
+            count(theirs),
+            ratio(ours / theirs),
+        ]);
+    }
+    section.verdict = "The issue sets no goal here; the ratio is the result. What differs is \
+                       in the description: the toolkit's handler transaction records an inbox \
+                       row (exactly-once effects for handlers writing to the same database); \
+                       sqlxmq deletes the job after the handler, in a separate statement."
+        .to_owned();
+
+    pool.close().await;
+    ours_db.drop_db().await?;
+    theirs_db.drop_db().await?;
+    Ok(section)
+}
