@@ -110,6 +110,7 @@ async fn raw_sql(pool: &PgPool, n: usize, batch: u32, relays: usize) -> anyhow::
             let rows = sqlx::query(PgStore::CLAIM_SQL)
                 .bind(i64::from(batch))
                 .bind(30_000_i64)
+                .bind(PgStore::claim_window(batch))
                 .fetch_all(&pool)
                 .await?;
             let seqs: Vec<i64> = rows

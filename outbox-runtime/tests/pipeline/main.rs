@@ -3,6 +3,7 @@
 //! cascades). Every scenario runs against the real PostgreSQL (a fresh
 //! database per test, from `#[sqlx::test]`) and against an SQLite file.
 
+mod claim;
 mod db;
 #[path = "../support/fault_report.rs"]
 mod fault_report;
