@@ -39,7 +39,7 @@ struct Args {
     /// Run only the scenarios whose name contains this.
     #[arg(long)]
     only: Option<String>,
-    /// Rows for the relay scenario (default: 20,000; quick: 500).
+    /// Rows for the relay scenario (default: 100,000; quick: 500).
     #[arg(long)]
     drain_rows: Option<usize>,
 }
@@ -78,9 +78,7 @@ impl Sizes {
             Sizes {
                 quick,
                 enqueue_per_client: 1_000,
-                // 100,000 makes the relay scenario alone take over half an
-                // hour on 2 cores: see benches/ANALYSIS.md.
-                drain_rows: 20_000,
+                drain_rows: 100_000,
                 dispatches: 1_000_000,
                 latency_secs: 10.0,
                 peer_messages: 10_000,
