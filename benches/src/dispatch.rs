@@ -98,19 +98,26 @@ fn envelopes() -> anyhow::Result<Vec<Envelope>> {
         .collect()
 }
 
-/// Nanoseconds per call of `f` over `n` calls cycling through `envelopes`:
-/// the median of five samples.
-fn time(n: usize, envelopes: &[Envelope], mut f: impl FnMut(&Envelope)) -> f64 {
-    let samples = (0..5)
-        .map(|_| {
+/// Rounds each variant is timed in.
+const ROUNDS: usize = 10;
+
+/// Nanoseconds per call of each of `variants`, each called `n` times in all,
+/// cycling through `envelopes`: the variants take turns, [`ROUNDS`] rounds
+/// of `n / ROUNDS` calls, so drift on the machine falls on all of them
+/// alike; the median round is the result.
+fn time(n: usize, envelopes: &[Envelope], variants: &mut [&mut dyn FnMut(&Envelope)]) -> Vec<f64> {
+    let per_round = (n / ROUNDS).max(1);
+    let mut samples = vec![Vec::with_capacity(ROUNDS); variants.len()];
+    for _ in 0..ROUNDS {
+        for (variant, samples) in variants.iter_mut().zip(&mut samples) {
             let started = Instant::now();
-            for i in 0..n {
-                f(black_box(&envelopes[i % envelopes.len()]));
+            for i in 0..per_round {
+                variant(black_box(&envelopes[i % envelopes.len()]));
             }
-            started.elapsed().as_nanos() as f64 / n as f64
-        })
-        .collect();
-    median(samples)
+            samples.push(started.elapsed().as_nanos() as f64 / per_round as f64);
+        }
+    }
+    samples.into_iter().map(median).collect()
 }
 
 pub(crate) fn run(sizes: Sizes) -> anyhow::Result<Section> {
@@ -136,31 +143,48 @@ pub(crate) fn run(sizes: Sizes) -> anyhow::Result<Section> {
         now(registry[&envelope.message_type](&envelope.payload))?;
     }
 
-    let lookup_table = time(n, &envelopes, |e| {
-        black_box(dispatcher.route(e).ok());
-    });
-    let lookup_match = time(n, &envelopes, |e| {
-        black_box(match_lookup(e));
-    });
-    let lookup_map = time(n, &envelopes, |e| {
-        black_box(registry.get(e.message_type.as_str()));
-    });
-    let full_table = time(n, &envelopes, |e| {
-        black_box(now(dispatcher.dispatch(e)).map(|r| r.succeeded()).ok());
-    });
-    let full_match = time(n, &envelopes, |e| {
-        black_box(now(match_dispatch(e)).is_ok());
-    });
-    let full_map = time(n, &envelopes, |e| {
-        let handler = &registry[e.message_type.as_str()];
-        black_box(now(handler(&e.payload)).is_ok());
-    });
+    let lookups = time(
+        n,
+        &envelopes,
+        &mut [
+            &mut |e| {
+                black_box(dispatcher.route(e).ok());
+            },
+            &mut |e| {
+                black_box(match_lookup(e));
+            },
+            &mut |e| {
+                black_box(registry.get(e.message_type.as_str()));
+            },
+        ],
+    );
+    let fulls = time(
+        n,
+        &envelopes,
+        &mut [
+            &mut |e| {
+                black_box(now(dispatcher.dispatch(e)).map(|r| r.succeeded()).ok());
+            },
+            &mut |e| {
+                black_box(now(match_dispatch(e)).is_ok());
+            },
+            &mut |e| {
+                let handler = &registry[e.message_type.as_str()];
+                black_box(now(handler(&e.payload)).is_ok());
+            },
+        ],
+    );
+    let ([lookup_table, lookup_match, lookup_map], [full_table, full_match, full_map]) = (
+        <[f64; 3]>::try_from(lookups).map_err(|_| anyhow::anyhow!("three lookups"))?,
+        <[f64; 3]>::try_from(fulls).map_err(|_| anyhow::anyhow!("three variants"))?,
+    );
 
     let mut section = Section::new(
         "3. Dispatch: the generated table against hand-written routing",
         &format!(
             "16 message types (the table holds a 17th, the latency probe), {} envelopes cycling \
-             through the 16 per sample, median of 5 samples, one thread, no I/O. *Lookup*: find the handler for (type, version). \
+             through the 16, per variant; the variants take turns in 10 rounds and the \
+             median round is shown; one thread, no I/O. *Lookup*: find the handler for (type, version). \
              *Decode + handle*: also decode the payload into the Rust type and run the no-op \
              handler (the table through `Dispatcher::dispatch`, which also builds its report). \
              Baseline: a hand-written `match` on the type name.",
