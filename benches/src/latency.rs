@@ -16,6 +16,7 @@ use uuid::Uuid;
 use crate::Sizes;
 use crate::db::Scratch;
 use crate::report::{Section, count, ms, quantile};
+use crate::running::Running;
 
 /// The latency probe's message.
 #[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
@@ -136,22 +137,7 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
         retention: None,
         ..WorkerConfig::default()
     });
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let shutdown = || {
-        let mut stopped = stopped.clone();
-        async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        }
-    };
-    let mut background = tokio::task::JoinSet::new();
-    {
-        let (relay, waker, shutdown) = (relay.clone(), waker.clone(), shutdown());
-        background.spawn(async move { relay.run(waker, shutdown).await });
-    }
-    for _ in 0..2 {
-        let (worker, shutdown) = (worker.clone(), shutdown());
-        background.spawn(async move { worker.run(shutdown).await });
-    }
+    let running = Running::start(relay, &waker, &worker, 2);
 
     let mut section = Section::new(
         "4. Commit-to-handler latency",
@@ -177,8 +163,7 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
             if met { "met" } else { "missed" }.to_owned(),
         ]);
     }
-    let _ = stop.send(true);
-    while background.join_next().await.is_some() {}
+    running.stop().await;
     pool.close().await;
     scratch.drop_db().await?;
     Ok(section)

@@ -20,6 +20,7 @@ mod messages;
 mod peer;
 mod relay;
 mod report;
+mod running;
 
 use std::path::PathBuf;
 

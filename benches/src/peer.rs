@@ -20,6 +20,7 @@ use crate::db::Scratch;
 use crate::enqueue::{self, Extra};
 use crate::relay;
 use crate::report::{Section, count, median, ratio};
+use crate::running::Running;
 
 /// Workers the toolkit's drain runs, as the sample app's `serve` does.
 const WORKERS: usize = 4;
@@ -89,25 +90,9 @@ async fn toolkit_drain(store: &PgStore, n: usize) -> anyhow::Result<f64> {
             retention: None,
             ..WorkerConfig::default()
         });
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let shutdown = || {
-        let mut stopped = stopped.clone();
-        async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        }
-    };
-
     let started = Instant::now();
     let waker = RelayWaker::new();
-    let mut background = tokio::task::JoinSet::new();
-    {
-        let (waker, shutdown) = (waker.clone(), shutdown());
-        background.spawn(async move { relay.run(waker, shutdown).await });
-    }
-    for _ in 0..WORKERS {
-        let (worker, shutdown) = (worker.clone(), shutdown());
-        background.spawn(async move { worker.run(shutdown).await });
-    }
+    let running = Running::start(relay, &waker, &worker, WORKERS);
     waker.wake();
     let deadline = started + Duration::from_secs(600);
     while metrics.snapshot().handled < n as u64 {
@@ -119,8 +104,7 @@ async fn toolkit_drain(store: &PgStore, n: usize) -> anyhow::Result<f64> {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let secs = started.elapsed().as_secs_f64();
-    let _ = stop.send(true);
-    while background.join_next().await.is_some() {}
+    running.stop().await;
     let handled = metrics.snapshot().handled;
     anyhow::ensure!(handled == n as u64, "{handled} handlings of {n} messages");
     Ok(n as f64 / secs)

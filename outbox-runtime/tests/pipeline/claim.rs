@@ -10,25 +10,25 @@ use sqlx::PgPool;
 
 use crate::Step;
 
-async fn store_with(pool: &PgPool, groups: &[(&str, usize)]) -> PgStore {
+/// A migrated store holding one `Step` per `(group, n)`, enqueued in that
+/// order in one transaction.
+async fn store_with<'a>(pool: &PgPool, steps: impl IntoIterator<Item = (&'a str, i64)>) -> PgStore {
     let store = PgStore::new(pool.clone());
     store.migrate().await.expect("migrations run");
-    let mut outgoing = Vec::new();
-    for (group, count) in groups {
-        for n in 0..*count {
-            outgoing.push(
-                Outgoing::new(&Step {
-                    group: (*group).to_owned(),
-                    n: n as i64,
-                    fail_first: 0,
-                    cascade: false,
-                    pad: String::new(),
-                    panic_first: 0,
-                })
-                .expect("encodes"),
-            );
-        }
-    }
+    let outgoing = steps
+        .into_iter()
+        .map(|(group, n)| {
+            Outgoing::new(&Step {
+                group: group.to_owned(),
+                n,
+                fail_first: 0,
+                cascade: false,
+                pad: String::new(),
+                panic_first: 0,
+            })
+            .expect("encodes")
+        })
+        .collect::<Vec<_>>();
     let mut tx = store.begin().await.expect("begins");
     store
         .enqueue_all(&mut tx, &outgoing)
@@ -55,18 +55,9 @@ const LEASE: Duration = Duration::from_secs(60);
 async fn a_group_waiting_out_a_backoff_does_not_hide_the_groups_behind_its_backlog(pool: PgPool) {
     // 300 rows of one group, then one row in each of five others. The first
     // row's publish failed: it waits out a backoff, and so does its group.
-    let store = store_with(
-        &pool,
-        &[
-            ("stuck", 300),
-            ("a", 1),
-            ("b", 1),
-            ("c", 1),
-            ("d", 1),
-            ("e", 1),
-        ],
-    )
-    .await;
+    let stuck = (0..300).map(|n| ("stuck", n));
+    let others = ["a", "b", "c", "d", "e"].map(|group| (group, 0));
+    let store = store_with(&pool, stuck.chain(others)).await;
     sqlx::query(
         "UPDATE outbox SET available_at = now() + interval '1 hour'
          WHERE seq = (SELECT min(seq) FROM outbox)",
@@ -90,31 +81,8 @@ async fn a_group_waiting_out_a_backoff_does_not_hide_the_groups_behind_its_backl
 #[sqlx::test(migrations = false)]
 async fn groups_another_relay_holds_are_skipped_without_walking_their_rows(pool: PgPool) {
     // Three groups of 200 rows each, interleaved, then one more group.
-    let store = PgStore::new(pool.clone());
-    store.migrate().await.expect("migrations run");
-    let mut outgoing = Vec::new();
-    for n in 0..200 {
-        for group in ["x", "y", "z"] {
-            outgoing.push(
-                Outgoing::new(&Step {
-                    group: group.to_owned(),
-                    n,
-                    fail_first: 0,
-                    cascade: false,
-                    pad: String::new(),
-                    panic_first: 0,
-                })
-                .expect("encodes"),
-            );
-        }
-    }
-    let mut tx = store.begin().await.expect("begins");
-    store
-        .enqueue_all(&mut tx, &outgoing)
-        .await
-        .expect("enqueues");
-    tx.commit().await.expect("commits");
-    let later = store_with(&pool, &[("late", 2)]).await;
+    let interleaved = (0..200).flat_map(|n| ["x", "y", "z"].map(|group| (group, n)));
+    let store = store_with(&pool, interleaved.chain([("late", 0), ("late", 1)])).await;
 
     // One relay takes a batch: the heads of x, y and z and what follows.
     let first = claimed(&store.claim(3, LEASE).await.expect("claims"));
@@ -126,14 +94,14 @@ async fn groups_another_relay_holds_are_skipped_without_walking_their_rows(pool:
     );
     // Another relay finds only the group nobody holds; x, y and z's 597
     // waiting rows are behind heads that are leased.
-    let second = claimed(&later.claim(3, LEASE).await.expect("claims"));
+    let second = claimed(&store.claim(3, LEASE).await.expect("claims"));
     assert_eq!(
         second,
         [("late", 0), ("late", 1)]
             .map(|(g, n)| (g.to_owned(), n))
             .to_vec()
     );
-    assert!(later.claim(3, LEASE).await.expect("claims").is_empty());
+    assert!(store.claim(3, LEASE).await.expect("claims").is_empty());
 }
 
 #[sqlx::test(migrations = false)]
@@ -144,7 +112,7 @@ async fn a_row_leased_while_the_claim_waited_for_it_is_not_claimed_again(pool: P
     // the claim must see the leases on the rows' newest versions and leave
     // them out: taking them would publish them twice (this was a bug: two
     // relays on 100,000 rows published 128,685 messages).
-    let store = store_with(&pool, &[("g", 3)]).await;
+    let store = store_with(&pool, (0..3).map(|n| ("g", n))).await;
     let mut other = pool.begin().await.expect("begins");
     sqlx::query(
         "UPDATE outbox SET lease_until = now() + interval '1 hour'
