@@ -38,13 +38,13 @@ pub(crate) async fn throughput(
         let pool = pool.clone();
         let store = store.clone();
         tasks.spawn(async move {
+            let messages = match extra {
+                Extra::Outbox(k) => k,
+                Extra::Nothing | Extra::PlainRow => 0,
+            };
             for i in 0..per_client {
                 let n = client * per_client + i;
                 // Encoding is part of the cost: the app does it per message.
-                let messages = match extra {
-                    Extra::Outbox(k) => k,
-                    Extra::Nothing | Extra::PlainRow => 0,
-                };
                 let outgoing = (0..messages)
                     .map(|k| Outgoing::new(&m0(n * 10 + k)))
                     .collect::<Result<Vec<_>, _>>()?;

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use outbox_runtime::{
-    Dispatcher, HandlerContext, InProcessQueue, OutboxMessage, PgStore, Relay, RelayWaker, Store,
-    StoreExt, Worker, WorkerConfig, commit_and_pump, handler,
+    Dispatcher, HandlerContext, OutboxMessage, PgStore, RelayWaker, Store, StoreExt,
+    commit_and_pump, handler,
 };
 use uuid::Uuid;
 
@@ -128,16 +128,8 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
     store.migrate().await?;
 
     let clock = Arc::new(Clock::default());
-    let queue = Arc::new(InProcessQueue::new());
-    let waker = RelayWaker::new();
-    let dispatcher = Arc::new(Dispatcher::from_registry()?.with_state(Arc::clone(&clock)));
-    let relay = Relay::new(store.clone(), Arc::clone(&queue));
-    let worker = Worker::new(store.clone(), queue, dispatcher).with_config(WorkerConfig {
-        wait: Duration::from_millis(100),
-        retention: None,
-        ..WorkerConfig::default()
-    });
-    let running = Running::start(relay, &waker, &worker, 2);
+    let dispatcher = Dispatcher::from_registry()?.with_state(Arc::clone(&clock));
+    let running = Running::start(&store, dispatcher, 2);
 
     let mut section = Section::new(
         "4. Commit-to-handler latency",
@@ -151,7 +143,7 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
         &["rate (messages/s)", "messages", "p50", "p99", "max", "goal"],
     );
     for rate in [100_u32, 1000] {
-        let latencies = at_rate(&store, &waker, &clock, rate, sizes.latency_secs).await?;
+        let latencies = at_rate(&store, &running.waker, &clock, rate, sizes.latency_secs).await?;
         let (p50, p99) = (quantile(&latencies, 0.5), quantile(&latencies, 0.99));
         let met = p50 <= Duration::from_millis(5) && p99 <= Duration::from_millis(20);
         section.row(vec![

@@ -5,15 +5,13 @@
 //! process that measures itself and prints one JSON line; this process
 //! alternates it with the toolkit's runs, in the same invocation.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use outbox_runtime::{
-    Dispatcher, InProcessQueue, Metrics, PgStore, Relay, RelayWaker, Store, Worker, WorkerConfig,
-};
+use outbox_runtime::{Dispatcher, PgStore, Store};
 
 use crate::Sizes;
 use crate::db::Scratch;
@@ -48,7 +46,7 @@ fn peer_binary() -> anyhow::Result<PathBuf> {
 }
 
 /// Runs the peer with `args` and returns its `per_sec`.
-fn peer(binary: &PathBuf, args: &[&str]) -> anyhow::Result<f64> {
+fn peer(binary: &Path, args: &[&str]) -> anyhow::Result<f64> {
     let line = run_peer(binary, args)?;
     line["per_sec"]
         .as_f64()
@@ -56,7 +54,7 @@ fn peer(binary: &PathBuf, args: &[&str]) -> anyhow::Result<f64> {
 }
 
 /// Runs the peer with `args` and returns the JSON line it printed.
-fn run_peer(binary: &PathBuf, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+fn run_peer(binary: &Path, args: &[&str]) -> anyhow::Result<serde_json::Value> {
     let output = Command::new(binary)
         .args(args)
         .output()
@@ -80,20 +78,15 @@ fn run_peer(binary: &PathBuf, args: &[&str]) -> anyhow::Result<serde_json::Value
 /// (typed `bench.m00` handler, inbox record in the handler's transaction).
 async fn toolkit_drain(store: &PgStore, n: usize) -> anyhow::Result<f64> {
     relay::fill(store.pool(), n).await?;
-    let queue = Arc::new(InProcessQueue::new());
-    let metrics = Arc::new(Metrics::default());
-    let relay = Relay::new(store.clone(), Arc::clone(&queue));
-    let worker = Worker::new(store.clone(), queue, Arc::new(Dispatcher::from_registry()?))
-        .with_metrics(Arc::clone(&metrics))
-        .with_config(WorkerConfig {
-            wait: Duration::from_millis(100),
-            retention: None,
-            ..WorkerConfig::default()
-        });
+    // The previous round's inbox rows go too: sqlxmq's drain also starts
+    // from empty tables.
+    sqlx::query("TRUNCATE outbox_inbox")
+        .execute(store.pool())
+        .await?;
     let started = Instant::now();
-    let waker = RelayWaker::new();
-    let running = Running::start(relay, &waker, &worker, WORKERS);
-    waker.wake();
+    let running = Running::start(store, Dispatcher::from_registry()?, WORKERS);
+    let metrics = Arc::clone(&running.metrics);
+    running.waker.wake();
     let deadline = started + Duration::from_secs(600);
     while metrics.snapshot().handled < n as u64 {
         anyhow::ensure!(

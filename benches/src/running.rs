@@ -1,23 +1,37 @@
 //! A relay and workers delivering through the in-process queue in the
 //! background until stopped: what the latency and peer scenarios run.
 
-use outbox_runtime::{InProcessQueue, PgStore, Relay, RelayWaker, Worker};
+use std::sync::Arc;
+use std::time::Duration;
+
+use outbox_runtime::{
+    Dispatcher, InProcessQueue, Metrics, PgStore, Relay, RelayWaker, Worker, WorkerConfig,
+};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub(crate) struct Running {
+    /// Wakes the relay (`commit_and_pump`, or to start a drain).
+    pub(crate) waker: RelayWaker,
+    /// The workers' counters.
+    pub(crate) metrics: Arc<Metrics>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
 
 impl Running {
-    /// Starts `relay` (woken by `waker`) and `workers` copies of `worker`.
-    pub(crate) fn start(
-        relay: Relay<PgStore, InProcessQueue>,
-        waker: &RelayWaker,
-        worker: &Worker<PgStore, InProcessQueue>,
-        workers: usize,
-    ) -> Self {
+    /// Starts a relay from `store` into a new in-process queue, and
+    /// `workers` workers handling its messages with `dispatcher` (no
+    /// retention: a benchmark measures delivery only).
+    pub(crate) fn start(store: &PgStore, dispatcher: Dispatcher, workers: usize) -> Self {
+        let queue = Arc::new(InProcessQueue::new());
+        let relay = Relay::new(store.clone(), Arc::clone(&queue));
+        let worker =
+            Worker::new(store.clone(), queue, Arc::new(dispatcher)).with_config(WorkerConfig {
+                wait: Duration::from_millis(100),
+                retention: None,
+                ..WorkerConfig::default()
+            });
         let (stop, stopped) = watch::channel(false);
         let shutdown = || {
             let mut stopped = stopped.clone();
@@ -25,6 +39,7 @@ impl Running {
                 let _ = stopped.wait_for(|s| *s).await;
             }
         };
+        let waker = RelayWaker::new();
         let mut tasks = JoinSet::new();
         {
             let (waker, shutdown) = (waker.clone(), shutdown());
@@ -34,7 +49,12 @@ impl Running {
             let (worker, shutdown) = (worker.clone(), shutdown());
             tasks.spawn(async move { worker.run(shutdown).await });
         }
-        Running { stop, tasks }
+        Running {
+            waker,
+            metrics: Arc::clone(worker.metrics()),
+            stop,
+            tasks,
+        }
     }
 
     /// Stops them all and waits until they have.
