@@ -148,8 +148,9 @@ impl Dispatcher {
 }
 
 /// Runs `future` in `span`, or bare when no subscriber wants the span: an
-/// `Instrumented` future enters and leaves even a disabled span on every poll,
-/// which was a third of the dispatch benchmark's cost without a subscriber.
+/// `Instrumented` future enters and leaves even a disabled span on every poll
+/// (about 200 instructions per dispatch under callgrind, without a
+/// subscriber).
 async fn in_span<F: Future>(span: tracing::Span, future: F) -> F::Output {
     if span.is_disabled() {
         future.await

@@ -91,6 +91,9 @@ impl PgStore {
              ),
              -- Runs only when the window was full and short of heads (the
              -- planner gates it on these two conditions, evaluated once).
+             -- The window is written out again for the count: a CTE read
+             -- twice is materialized whole, and `window_heads` could no
+             -- longer stop at `$1` heads.
              groups (group_key) AS (
                  (SELECT group_key FROM outbox
                   WHERE status = 'pending'

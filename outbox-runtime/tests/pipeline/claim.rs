@@ -79,7 +79,7 @@ async fn a_group_waiting_out_a_backoff_does_not_hide_the_groups_behind_its_backl
 }
 
 #[sqlx::test(migrations = false)]
-async fn groups_another_relay_holds_are_skipped_without_walking_their_rows(pool: PgPool) {
+async fn a_free_group_is_found_behind_the_rows_of_groups_another_relay_holds(pool: PgPool) {
     // Three groups of 200 rows each, interleaved, then one more group.
     let interleaved = (0..200).flat_map(|n| ["x", "y", "z"].map(|group| (group, n)));
     let store = store_with(&pool, interleaved.chain([("late", 0), ("late", 1)])).await;
