@@ -6,14 +6,19 @@
 //! # Replay
 //!
 //! A dead letter is replayed as a **new** message: a fresh id (a FIFO queue
-//! drops a repeated deduplication id for five minutes, and the inbox
-//! remembers the old id's handlers), the same type, version, group and
-//! payload, the original id as causation id, the same correlation id, and two
-//! headers: [`REPLAY_OF_HEADER`] (the original id) and, when one handler gave
-//! up, [`ONLY_HANDLER_HEADER`] (its name). The consumer runs only that
-//! handler, so the handlers that already committed the original do not run
-//! twice. The new row is enqueued and the dead letter deleted in one
-//! transaction: replaying twice cannot enqueue twice.
+//! drops a repeated deduplication id for five minutes), the same type,
+//! version, group and payload, the original id as causation id, the same
+//! correlation id, and two headers: [`REPLAY_OF_HEADER`] (the original id)
+//! and, when one handler gave up, [`ONLY_HANDLER_HEADER`] (its name).
+//!
+//! The consumer handles a replay under the original id
+//! ([`Envelope::original_id`]): that is its inbox key, so a handler that
+//! committed the original never runs again for it, whether the dead letter
+//! was one handler's give-up or a whole message found poison. In one
+//! transaction the replay enqueues the new row, deletes the dead letter, and
+//! clears what the give-up recorded for that handler (its inbox row and its
+//! failed attempts), so the handler runs again with a fresh count of
+//! attempts. Replaying twice cannot enqueue twice.
 //!
 //! A row the relay gave up on is requeued in place: back to `pending`, due
 //! now, attempts reset, last error cleared. It keeps its id and its place in
@@ -39,12 +44,7 @@ use crate::envelope::{Envelope, Outgoing};
 use crate::store::{Store, StoreError, StoredDeadLetter};
 use crate::table::DispatchTable;
 
-/// Header of a replayed message: the id of the message it replays.
-pub const REPLAY_OF_HEADER: &str = "outbox-replay-of";
-
-/// Header of a replayed message: the only handler to run (the one that gave
-/// up). Without it, every handler of the message runs.
-pub const ONLY_HANDLER_HEADER: &str = "outbox-only-handler";
+pub use crate::envelope::{ONLY_HANDLER_HEADER, REPLAY_OF_HEADER};
 
 /// An operator action could not be done.
 #[derive(Debug, thiserror::Error)]
@@ -104,10 +104,11 @@ pub fn replay_message(
     };
     envelope.headers.causation_id = Some(original.id);
     envelope.headers.correlation_id = Some(original.headers.correlation_id.unwrap_or(original.id));
-    envelope
-        .headers
-        .extra
-        .insert(REPLAY_OF_HEADER.to_owned(), original.id.to_string());
+    // A replay of a replay still names the first message: its inbox key.
+    envelope.headers.extra.insert(
+        REPLAY_OF_HEADER.to_owned(),
+        original.original_id().to_string(),
+    );
     if let Some(handler) = &letter.handler {
         envelope
             .headers
@@ -136,11 +137,7 @@ pub async fn replay_dead_letter<S: Store>(
         return Err(AdminError::NoSuchDeadLetter(id));
     }
     tracing::info!(dead_letter = id, replay_id = %replay.envelope.id, "dead letter replayed");
-    let original_id = replay
-        .envelope
-        .headers
-        .causation_id
-        .unwrap_or(replay.envelope.id);
+    let original_id = replay.envelope.original_id();
     Ok(Replayed {
         dead_letter: id,
         original_id,

@@ -8,11 +8,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::admin::ONLY_HANDLER_HEADER;
 use crate::backoff::Backoff;
 use crate::context::HandlerContext;
 use crate::dispatch::{Dispatcher, invoke};
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, ONLY_HANDLER_HEADER};
 use crate::handler::HandlerError;
 use crate::metrics::Metrics;
 use crate::pump::{Drain, Pump, is_pump};
@@ -64,20 +63,30 @@ impl Outcome {
 enum HandlerRun {
     Committed,
     AlreadyHandled,
-    Failed(HandlerError),
+    /// The run failed; it was the handler's `attempt`-th run of the message.
+    Failed {
+        error: HandlerError,
+        attempt: u32,
+    },
 }
 
 /// Runs received messages through a [`Dispatcher`] with a [`Store`]:
 ///
 /// 1. a pump message makes it drain the outbox (when it has a relay);
-/// 2. an envelope's handlers each run in their own store transaction: the
-///    handler is skipped if the inbox says it already committed this
+/// 2. an envelope's handlers each run in their own store transaction, under
+///    the message's [original id](Envelope::original_id): the handler is
+///    skipped if the inbox says it already committed (or gave up on) this
 ///    message; otherwise it runs with the transaction in its
 ///    [`HandlerContext`], and on success the inbox row and the messages it
 ///    published are written and committed with its own writes;
-/// 3. poison (not an envelope, unknown type, unsupported version,
+/// 3. a failed run is counted in the store, per message and handler:
+///    [`HandlerContext::attempt`] is 1 + the handler's failed runs, and a
+///    delivery that does not run the handler (held back behind its group,
+///    an outage) counts nothing;
+/// 4. poison (not an envelope, unknown type, unsupported version,
 ///    undecodable payload) and handlers out of attempts go to dead letters,
-///    and the delivery is acknowledged: they never block their group.
+///    and the delivery is acknowledged: they never block their group. A
+///    handler's give-up commits its dead letter and its inbox row together.
 pub struct Consumer<S> {
     store: S,
     dispatcher: Arc<Dispatcher>,
@@ -253,7 +262,7 @@ impl<S: Store> Consumer<S> {
             message.id = %envelope.id,
             message.type = %envelope.message_type,
             message.group = %envelope.group,
-            attempt = delivery.receive_count,
+            receive_count = delivery.receive_count,
         );
         self.handle_envelope(delivery, &envelope)
             .instrument(span)
@@ -276,20 +285,26 @@ impl<S: Store> Consumer<S> {
             );
             return self.poison(delivery, Some(envelope), error).await;
         }
-        let mut retry = false;
+        let identity = envelope.original_id();
+        // The delay before the message comes back: the longest any failed
+        // handler asks for.
+        let mut retry: Option<Duration> = None;
         let mut dead = false;
         let handlers = entry
             .handlers()
             .iter()
             .filter(|h| only.is_none_or(|only| h.name == only.as_str()));
         for &handler in handlers {
-            match self
-                .run_handler(handler, envelope, delivery.receive_count)
-                .await
-            {
-                Ok(HandlerRun::Committed) => self.metrics.add_handled(1),
-                Ok(HandlerRun::AlreadyHandled) => self.metrics.add_duplicates_suppressed(1),
-                Ok(HandlerRun::Failed(err)) => {
+            let delay = match self.run_handler(handler, envelope, identity).await {
+                Ok(HandlerRun::Committed) => {
+                    self.metrics.add_handled(1);
+                    continue;
+                }
+                Ok(HandlerRun::AlreadyHandled) => {
+                    self.metrics.add_duplicates_suppressed(1);
+                    continue;
+                }
+                Ok(HandlerRun::Failed { error, attempt }) => {
                     self.metrics.add_handler_failures(1);
                     let max = handler
                         .max_attempts
@@ -297,49 +312,69 @@ impl<S: Store> Consumer<S> {
                     // A permanent error (the payload does not decode, the
                     // handler says so) will not heal by retrying: dead-letter
                     // it for this handler now; the others still run.
-                    if err.is_permanent() || delivery.receive_count >= max {
-                        match self.give_up(handler, delivery, envelope, &err).await {
-                            Ok(()) => dead = true,
+                    if error.is_permanent() || attempt >= max {
+                        match self
+                            .give_up(handler, delivery, envelope, identity, &error, attempt)
+                            .await
+                        {
+                            Ok(true) => {
+                                dead = true;
+                                continue;
+                            }
+                            Ok(false) => {
+                                self.metrics.add_duplicates_suppressed(1);
+                                continue;
+                            }
                             Err(store) => {
-                                tracing::warn!(error = %store, "could not dead-letter; will retry");
-                                retry = true;
+                                tracing::warn!(handler = handler.name, error = %store, "could not dead-letter; will retry");
+                                self.config.retry_backoff.delay(attempt)
                             }
                         }
                     } else {
-                        retry = true;
+                        if let Err(store) = self
+                            .store
+                            .record_handler_failure(identity, handler.name, &error.to_string())
+                            .await
+                        {
+                            // The run is not counted: the handler gets one
+                            // more attempt than it would have.
+                            tracing::warn!(handler = handler.name, error = %store, "could not count a failed attempt");
+                        }
+                        self.config.retry_backoff.delay(attempt)
                     }
                 }
                 Err(err) => {
                     tracing::warn!(handler = handler.name, error = %err, "store failed while handling; will retry");
-                    retry = true;
+                    self.config.retry_backoff.delay(1)
                 }
-            }
+            };
+            retry = Some(retry.map_or(delay, |longest| longest.max(delay)));
         }
-        if retry {
-            Outcome::Retry(self.config.retry_backoff.delay(delivery.receive_count))
-        } else if dead {
-            Outcome::DeadLettered
-        } else {
-            Outcome::Done
+        match retry {
+            Some(delay) => Outcome::Retry(delay),
+            None if dead => Outcome::DeadLettered,
+            None => Outcome::Done,
         }
     }
 
-    /// Runs one handler in its own transaction, with the inbox.
+    /// Runs one handler in its own transaction, with the inbox and the
+    /// handler's attempt count, under the message's original id.
     async fn run_handler(
         &self,
         handler: &'static HandlerRegistration,
         envelope: &Envelope,
-        attempt: u32,
+        identity: uuid::Uuid,
     ) -> Result<HandlerRun, StoreError> {
         let mut tx = self.store.begin().await?;
-        if self
+        let state = self
             .store
-            .inbox_contains(&mut tx, envelope.id, handler.name)
-            .await?
-        {
+            .handler_state(&mut tx, identity, handler.name)
+            .await?;
+        if state.handled {
             tx.rollback().await?;
             return Ok(HandlerRun::AlreadyHandled);
         }
+        let attempt = state.failures.saturating_add(1);
         let (result, published) = {
             let mut ctx = HandlerContext::new(envelope, self.dispatcher.state())
                 .for_handler(handler.name, attempt)
@@ -347,13 +382,13 @@ impl<S: Store> Consumer<S> {
             let result = invoke(handler, envelope, &mut ctx).await;
             (result, ctx.take_published())
         };
-        if let Err(err) = result {
+        if let Err(error) = result {
             tx.rollback().await?;
-            return Ok(HandlerRun::Failed(err));
+            return Ok(HandlerRun::Failed { error, attempt });
         }
         if let Err(err) = self
             .store
-            .inbox_insert(&mut tx, envelope.id, handler.name)
+            .inbox_insert(&mut tx, identity, handler.name)
             .await
         {
             // Another worker committed this handler for this message since we
@@ -376,36 +411,52 @@ impl<S: Store> Consumer<S> {
         Ok(HandlerRun::Committed)
     }
 
-    /// A handler ran out of attempts or failed permanently: keep the message
-    /// in dead letters and mark the handler done, so redeliveries caused by
-    /// other handlers do not run it again. A replay of the dead letter is a
-    /// new message for this handler alone (see [`crate::admin`]).
+    /// A handler ran out of attempts or failed permanently: in one
+    /// transaction, keep the message in dead letters and mark the handler
+    /// done in the inbox, so redeliveries caused by other handlers do not
+    /// run it again. Returns `false`, keeping no dead letter, when another
+    /// run of the handler committed the message meanwhile. A replay of the
+    /// dead letter runs the handler again (see [`crate::admin`]).
     async fn give_up(
         &self,
         handler: &'static HandlerRegistration,
         delivery: &Delivery,
         envelope: &Envelope,
+        identity: uuid::Uuid,
         err: &HandlerError,
-    ) -> Result<(), StoreError> {
-        tracing::error!(handler = handler.name, error = %err, permanent = err.is_permanent(), "handler gave up; dead-lettered");
-        self.store
-            .dead_letter(&DeadLetter {
-                message_id: Some(envelope.id),
-                handler: Some(handler.name.to_owned()),
-                message_type: Some(envelope.message_type.clone()),
-                group: Some(envelope.group.clone()),
-                body: delivery.body.clone(),
-                error: err.to_string(),
-                attempts: delivery.receive_count,
-            })
-            .await?;
+        attempt: u32,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.store.begin().await?;
-        self.store
-            .inbox_insert(&mut tx, envelope.id, handler.name)
-            .await?;
+        if let Err(insert) = self
+            .store
+            .inbox_insert(&mut tx, identity, handler.name)
+            .await
+        {
+            tx.rollback().await?;
+            return if insert.is_unique_violation() {
+                tracing::info!(
+                    handler = handler.name,
+                    "another run committed the handler; nothing to give up"
+                );
+                Ok(false)
+            } else {
+                Err(insert)
+            };
+        }
+        let entry = DeadLetter {
+            message_id: Some(identity),
+            handler: Some(handler.name.to_owned()),
+            message_type: Some(envelope.message_type.clone()),
+            group: Some(envelope.group.clone()),
+            body: delivery.body.clone(),
+            error: err.to_string(),
+            attempts: attempt,
+        };
+        self.store.dead_letter(&mut tx, &entry).await?;
         tx.commit().await?;
+        tracing::error!(handler = handler.name, error = %err, attempt, permanent = err.is_permanent(), "handler gave up; dead-lettered");
         self.metrics.add_dead_lettered(1);
-        Ok(())
+        Ok(true)
     }
 
     /// The message can never be handled: keep it in dead letters and
@@ -418,7 +469,7 @@ impl<S: Store> Consumer<S> {
     ) -> Outcome {
         tracing::error!(%error, group = %delivery.group, "poison message dead-lettered");
         let entry = DeadLetter {
-            message_id: envelope.map(|e| e.id),
+            message_id: envelope.map(Envelope::original_id),
             handler: None,
             message_type: envelope.map(|e| e.message_type.clone()),
             group: Some(delivery.group.clone()),
@@ -426,7 +477,13 @@ impl<S: Store> Consumer<S> {
             error,
             attempts: delivery.receive_count,
         };
-        match self.store.dead_letter(&entry).await {
+        let kept = async {
+            let mut tx = self.store.begin().await?;
+            self.store.dead_letter(&mut tx, &entry).await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(())
+        };
+        match kept.await {
             Ok(()) => {
                 self.metrics.add_dead_lettered(1);
                 Outcome::DeadLettered

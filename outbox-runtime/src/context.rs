@@ -101,9 +101,12 @@ impl<'c> HandlerContext<'c> {
         self.envelope
     }
 
-    /// The id of the message being handled (its inbox key).
+    /// The id the message is handled under, its inbox key: the envelope's
+    /// id, or for a replayed dead letter the id of the message it replays
+    /// ([`Envelope::original_id`]). Use it as an idempotency key for effects
+    /// outside the store.
     pub fn message_id(&self) -> Uuid {
-        self.envelope.id
+        self.envelope.original_id()
     }
 
     /// The name of the handler running (empty when called outside a dispatcher).
@@ -111,7 +114,11 @@ impl<'c> HandlerContext<'c> {
         self.handler
     }
 
-    /// Which attempt this is, from 1.
+    /// Which attempt this is, from 1: 1 + this handler's failed runs of this
+    /// message, as the store counted them. Deliveries that did not run the
+    /// handler (held back behind a failure in its group, an outage of the
+    /// store or the queue) do not count; a replayed dead letter starts
+    /// again from 1.
     pub fn attempt(&self) -> u32 {
         self.attempt
     }

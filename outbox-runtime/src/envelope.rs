@@ -182,11 +182,32 @@ impl Envelope {
         Ok(())
     }
 
+    /// The id the message is handled under: for a replay of a dead letter,
+    /// the id of the message it replays ([`REPLAY_OF_HEADER`]); otherwise its
+    /// own. It keys the inbox and the handlers' attempts, so a replay never
+    /// runs a handler that already committed the original.
+    pub fn original_id(&self) -> Uuid {
+        self.headers
+            .extra
+            .get(REPLAY_OF_HEADER)
+            .and_then(|id| Uuid::parse_str(id).ok())
+            .unwrap_or(self.id)
+    }
+
     /// The JSON Schema of the envelope, as checked in at `schemas/envelope.schema.json`.
     pub fn json_schema() -> schemars::Schema {
         schemars::schema_for!(Envelope)
     }
 }
+
+/// Header of a replayed message: the id of the message it replays (the first
+/// one, when a replay is replayed again). The replay is handled under that
+/// id: its inbox key and [`Envelope::original_id`].
+pub const REPLAY_OF_HEADER: &str = "outbox-replay-of";
+
+/// Header of a replayed message: the only handler to run (the one that gave
+/// up). Without it, every handler of the message runs.
+pub const ONLY_HANDLER_HEADER: &str = "outbox-only-handler";
 
 /// An envelope on its way into the outbox, with the logical queue it is
 /// published to (`OutboxMessage::QUEUE`; `None` is the default queue).
@@ -222,8 +243,16 @@ pub(crate) fn check_group(group: &str) -> Result<(), String> {
             "contains {c:?}; only ASCII letters, digits and punctuation are allowed"
         ));
     }
+    if group.starts_with(RESERVED_GROUP_PREFIX) {
+        return Err(format!(
+            "starts with `{RESERVED_GROUP_PREFIX}`, which the toolkit reserves for its own messages (the relay's pump)"
+        ));
+    }
     Ok(())
 }
+
+/// Message groups starting with this are the toolkit's own (the pump's).
+pub(crate) const RESERVED_GROUP_PREFIX: &str = "__outbox";
 
 /// An envelope received from outside is unusable. Such a message is poison.
 #[derive(Debug, thiserror::Error)]

@@ -81,8 +81,9 @@ pub use crate::store::postgres::PgStore;
 #[cfg(feature = "sqlite")]
 pub use crate::store::sqlite::SqliteStore;
 pub use crate::store::{
-    ClaimedMessage, CleanupReport, DeadLetter, EnqueueError, GroupStats, OutboxRow, OutboxStats,
-    PublishFailure, RetentionPolicy, RowStatus, Store, StoreError, StoreExt, StoredDeadLetter, Tx,
+    ClaimedMessage, CleanupReport, DeadLetter, EnqueueError, GroupStats, HandlerState, OutboxRow,
+    OutboxStats, PublishFailure, RetentionPolicy, RowStatus, Store, StoreError, StoreExt,
+    StoredDeadLetter, Tx,
 };
 pub use crate::table::{
     DispatchTable, HandlerInfo, MessageEntry, MessageInfo, TableError, TableProblem,

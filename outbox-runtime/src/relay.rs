@@ -5,7 +5,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
@@ -24,7 +23,8 @@ pub struct RelayConfig {
     /// batch published twice (deduplicated by id downstream).
     pub lease: Duration,
     /// Publish attempts per row before it is dead-lettered. Attempts that fail
-    /// because the whole transport is down are not counted against it.
+    /// because the whole transport is down are not counted against it and
+    /// never dead-letter it.
     pub max_attempts: u32,
     /// Delay between attempts of one row.
     pub backoff: Backoff,
@@ -284,7 +284,7 @@ impl<S: Store, T: Transport> Relay<S, T> {
         self.store.record_failures(&failures).await?;
         self.store.release(&skipped).await?;
 
-        let dead = failures.iter().filter(|f| f.retry_at.is_none()).count() as u64;
+        let dead = failures.iter().filter(|f| f.retry_after.is_none()).count() as u64;
         report.published += published.len() as u64;
         report.dead += dead;
         report.retried += failures.len() as u64 - dead;
@@ -296,7 +296,8 @@ impl<S: Store, T: Transport> Relay<S, T> {
 
     /// The failure record of one attempt: retry after a backoff, or dead when
     /// the error is permanent or the row is out of attempts. Transport-wide
-    /// outages (`counts == false`) never dead-letter a row.
+    /// outages (`counts == false`) use up no attempt and never dead-letter a
+    /// row.
     fn failure(
         &self,
         message: &ClaimedMessage,
@@ -306,7 +307,7 @@ impl<S: Store, T: Transport> Relay<S, T> {
     ) -> PublishFailure {
         let attempt = message.attempts + 1;
         let out_of_attempts = counts && attempt >= self.config.max_attempts;
-        let retry_at = if permanent || out_of_attempts {
+        let retry_after = if permanent || out_of_attempts {
             tracing::error!(
                 message.id = %message.envelope.id,
                 message.type = %message.envelope.message_type,
@@ -317,15 +318,13 @@ impl<S: Store, T: Transport> Relay<S, T> {
             );
             None
         } else {
-            let delay = chrono::Duration::from_std(self.config.backoff.delay(attempt))
-                .unwrap_or(chrono::Duration::days(1));
-            let now = Utc::now();
-            Some(now.checked_add_signed(delay).unwrap_or(now))
+            Some(self.config.backoff.delay(attempt))
         };
         PublishFailure {
             seq: message.seq,
             error,
-            retry_at,
+            retry_after,
+            counts,
         }
     }
 }

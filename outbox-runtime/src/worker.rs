@@ -2,8 +2,10 @@
 //! [`Receiver`], hands them to a [`Consumer`], acknowledges or releases each
 //! message by its outcome, and runs retention on a timer.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use uuid::Uuid;
 
 use crate::consumer::{Consumer, ConsumerConfig, Outcome};
 use crate::dispatch::Dispatcher;
@@ -63,6 +65,9 @@ pub struct Worker<S, R> {
     consumer: Consumer<S>,
     receiver: Arc<R>,
     config: WorkerConfig,
+    /// On a non-durable queue: handled messages whose confirmation failed,
+    /// retried with the next batch's (their groups wait until then).
+    unconfirmed: Arc<Mutex<Vec<Uuid>>>,
 }
 
 impl<S: Clone, R> Clone for Worker<S, R> {
@@ -71,6 +76,7 @@ impl<S: Clone, R> Clone for Worker<S, R> {
             consumer: self.consumer.clone(),
             receiver: Arc::clone(&self.receiver),
             config: self.config,
+            unconfirmed: Arc::clone(&self.unconfirmed),
         }
     }
 }
@@ -91,6 +97,7 @@ impl<S: Store, R: Receiver> Worker<S, R> {
             consumer: Consumer::new(store, dispatcher),
             receiver,
             config: WorkerConfig::default(),
+            unconfirmed: Arc::default(),
         }
     }
 
@@ -210,19 +217,42 @@ impl<S: Store, R: Receiver> Worker<S, R> {
             }
         }
         report.acked = acks.len();
-        if !self.receiver.durable() && !handled.is_empty() {
-            // The queue dies with the process: only now is the row safe to
-            // call published. If this fails, the row is published again
-            // after its lease and the inbox absorbs the repeat.
-            match self.consumer.store().confirm(&handled).await {
-                Ok(()) => self.consumer.wake_relay().await,
-                Err(err) => tracing::warn!(error = %err, "could not confirm handled messages"),
-            }
+        if !self.receiver.durable() {
+            self.confirm(handled).await;
         }
         if !acks.is_empty() {
             self.receiver.ack(&acks).await?;
         }
         Ok(report)
+    }
+
+    /// The queue dies with the process: only once handled is a row safe to
+    /// call published, and until then it holds its group. A confirmation
+    /// that fails is retried with the next batch's; if the process dies
+    /// first, the rows are published again once `relayed_for` runs out, and
+    /// the inbox absorbs the repeat.
+    async fn confirm(&self, handled: Vec<Uuid>) {
+        let ids = {
+            let mut unconfirmed = self
+                .unconfirmed
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            unconfirmed.extend(handled);
+            std::mem::take(&mut *unconfirmed)
+        };
+        if ids.is_empty() {
+            return;
+        }
+        match self.consumer.store().confirm(&ids).await {
+            Ok(()) => self.consumer.wake_relay().await,
+            Err(err) => {
+                tracing::warn!(error = %err, count = ids.len(), "could not confirm handled messages; retrying with the next batch");
+                self.unconfirmed
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .extend(ids);
+            }
+        }
     }
 
     async fn handle_with_heartbeat(&self, deliveries: &[Delivery]) -> Vec<Outcome> {

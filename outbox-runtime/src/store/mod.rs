@@ -21,20 +21,39 @@
 //!
 //! # Claiming, ordering and concurrency
 //!
-//! The first pending row of each group (its *head*) is the group's lock: a
-//! relay claims a group by leasing its head (`lease_until`), and then takes
-//! that group's following rows in sequence order. Another relay skips a group
-//! whose head is leased, so no two relays publish one group at once, and a
-//! group whose head failed (and waits out its backoff in `available_at`) is
-//! not overtaken by its later rows. A relay that dies loses its lease when it
-//! expires; its rows are claimed again (at-least-once; the SQS deduplication
-//! id and the inbox absorb the repeat).
+//! Order within a group is commit order. On PostgreSQL, enqueueing takes a
+//! transaction-scoped advisory lock per group (`pg_advisory_xact_lock(
+//! 1869968482, hashtext(group))`), so producers of one group commit one after
+//! the other and a group's `seq` order is its commit order; producers of
+//! different groups never wait for each other. SQLite has one writer at a
+//! time, so its `seq` order is commit order already. Enqueue just before
+//! commit: the lock is held until then.
+//!
+//! A group is held by at most one claim at a time. The first pending row of
+//! each group (its *head*) is claimed only while no row of the group is
+//! leased by a live claim (`lease_until` in the future) or `relayed` to a
+//! queue and unconfirmed; with the head, the claim leases the group's
+//! following pending rows, in sequence order. So no two relays publish one
+//! group at once, a group whose head failed (and waits out its backoff in
+//! `available_at`) is not overtaken by its later rows, and a group whose
+//! rows sit unconfirmed in one process's in-process queue is not published
+//! by another. A relay that dies loses its lease when it expires; its rows
+//! are claimed again (at-least-once; the SQS deduplication id and the inbox
+//! absorb the repeat).
 //!
 //! On a transport that dies with the process (the in-process queue), a
 //! published row is `relayed` until a consumer confirms it; a `relayed` row
 //! whose lease ran out (the process died) is pending again, so a crash loses
-//! nothing. Confirmation follows group order (the queue delivers in order),
-//! so the rows that return are a group's unconfirmed tail, in order.
+//! nothing.
+//!
+//! # Handler attempts
+//!
+//! `outbox_attempts` counts each handler's failed runs of each message,
+//! keyed like the inbox: a delivery that did not run the handler (held back
+//! behind its group, or an outage of the store or the queue) does not
+//! count. A consumer reads the count with the inbox before each run
+//! ([`Store::handler_state`]) and writes it after a failed one
+//! ([`Store::record_handler_failure`]).
 
 use std::future::Future;
 use std::time::Duration;
@@ -58,7 +77,8 @@ pub struct ClaimedMessage {
     pub envelope: Envelope,
     /// Its logical queue (`None`: the default queue).
     pub queue: Option<String>,
-    /// How many publish attempts failed before this one.
+    /// How many publish attempts failed before this one (outages of the
+    /// whole transport do not count).
     pub attempts: u32,
 }
 
@@ -69,14 +89,19 @@ pub struct PublishFailure {
     pub seq: i64,
     /// What went wrong, stored as the row's last error.
     pub error: String,
-    /// When to try again; `None` dead-letters the row (status `dead`).
-    pub retry_at: Option<DateTime<Utc>>,
+    /// How long from now (the database's clock) to wait before trying
+    /// again; `None` dead-letters the row (status `dead`).
+    pub retry_after: Option<Duration>,
+    /// Whether it uses up one of the row's attempts: `false` when the whole
+    /// transport was down, which says nothing about the row.
+    pub counts: bool,
 }
 
 /// A message a consumer gave up on.
 #[derive(Clone, Debug)]
 pub struct DeadLetter {
-    /// The message id, when the body was an envelope.
+    /// The id the message is handled under, when the body was an envelope
+    /// ([`Envelope::original_id`]: for a replay, the replayed message's).
     pub message_id: Option<Uuid>,
     /// The handler that gave up, or `None` when the message itself is poison.
     pub handler: Option<String>,
@@ -88,8 +113,17 @@ pub struct DeadLetter {
     pub body: String,
     /// Why.
     pub error: String,
-    /// How many times it was received.
+    /// The handler's failed runs (for poison: how many times it was received).
     pub attempts: u32,
+}
+
+/// What the store knows of one handler and one message, read before a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandlerState {
+    /// The handler committed the message (or gave up on it): skip it.
+    pub handled: bool,
+    /// The handler's failed runs of the message so far.
+    pub failures: u32,
 }
 
 /// A dead letter as kept in `outbox_dead_letters`, read back by an operator
@@ -98,7 +132,7 @@ pub struct DeadLetter {
 pub struct StoredDeadLetter {
     /// Its id in `outbox_dead_letters`: what replay and purge take.
     pub id: i64,
-    /// The message id, when the body was an envelope.
+    /// The id the message is handled under, when the body was an envelope.
     pub message_id: Option<Uuid>,
     /// The handler that gave up, or `None` when the message itself is poison.
     pub handler: Option<String>,
@@ -110,7 +144,7 @@ pub struct StoredDeadLetter {
     pub body: String,
     /// Why.
     pub error: String,
-    /// How many times it was received.
+    /// The handler's failed runs (for poison: how many times it was received).
     pub attempts: u32,
     /// When it was dead-lettered.
     pub dead_at: DateTime<Utc>,
@@ -201,6 +235,8 @@ pub struct CleanupReport {
     pub published_deleted: u64,
     /// Inbox rows deleted.
     pub inbox_deleted: u64,
+    /// Handler attempt counts deleted.
+    pub attempts_deleted: u64,
 }
 
 /// Retention: how long handled data is kept, and how much one statement
@@ -209,7 +245,8 @@ pub struct CleanupReport {
 pub struct RetentionPolicy {
     /// Published outbox rows older than this (by `published_at`) are deleted.
     pub published_for: Duration,
-    /// Inbox rows older than this (by `handled_at`) are deleted. Keep it
+    /// Inbox rows older than this (by `handled_at`) are deleted, and so are
+    /// handlers' failed-attempt counts not updated for as long. Keep it
     /// longer than any redelivery can take (SQS keeps messages up to 14 days).
     pub inbox_for: Duration,
     /// Rows deleted per statement.
@@ -367,8 +404,8 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// published are left alone.
     fn confirm(&self, ids: &[Uuid]) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Records failed publish attempts (attempts + 1, last error, backoff or
-    /// dead), in one statement.
+    /// Records failed publish attempts (attempts + 1 where the failure
+    /// counts, last error, backoff or dead), in one statement.
     fn record_failures(
         &self,
         failures: &[PublishFailure],
@@ -380,15 +417,18 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Begins the transaction a handler runs in.
     fn begin(&self) -> impl Future<Output = Result<Tx<Self::Database>, StoreError>> + Send;
 
-    /// Whether `handler` already committed its handling of `message_id`.
-    fn inbox_contains<'t>(
+    /// Whether `handler` already committed (or gave up on) `message_id`, and
+    /// how many of its runs of it failed, in one query.
+    fn handler_state<'t>(
         &'t self,
         tx: &'t mut Tx<Self::Database>,
         message_id: Uuid,
         handler: &'t str,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 't;
+    ) -> impl Future<Output = Result<HandlerState, StoreError>> + Send + 't;
 
-    /// Records that `handler` handled `message_id`, in the handler's transaction.
+    /// Records that `handler` handled `message_id`, in the handler's
+    /// transaction. Fails with a unique violation when another run committed
+    /// it first ([`StoreError::is_unique_violation`]).
     fn inbox_insert<'t>(
         &'t self,
         tx: &'t mut Tx<Self::Database>,
@@ -396,14 +436,25 @@ pub trait Store: Clone + Send + Sync + 'static {
         handler: &'t str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
 
-    /// Keeps a message a consumer gave up on.
-    fn dead_letter(
-        &self,
-        entry: &DeadLetter,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Counts one failed run of `handler` on `message_id`, with its error, in
+    /// a transaction of its own (the run's rolled back).
+    fn record_handler_failure<'a>(
+        &'a self,
+        message_id: Uuid,
+        handler: &'a str,
+        error: &'a str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a;
 
-    /// Deletes published rows and inbox rows past the policy's ages, in
-    /// bounded batches until none is left.
+    /// Keeps a message a consumer gave up on, in `tx`: a handler's give-up
+    /// commits it with that handler's inbox row.
+    fn dead_letter<'t>(
+        &'t self,
+        tx: &'t mut Tx<Self::Database>,
+        entry: &'t DeadLetter,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
+
+    /// Deletes published rows, and inbox and attempt rows, past the
+    /// policy's ages, in bounded batches until none is left.
     fn cleanup(
         &self,
         policy: &RetentionPolicy,
@@ -439,9 +490,12 @@ pub trait Store: Clone + Send + Sync + 'static {
         id: i64,
     ) -> impl Future<Output = Result<Option<StoredDeadLetter>, StoreError>> + Send;
 
-    /// In one transaction: enqueues `replay` and deletes dead letter `id`.
-    /// Returns `false`, enqueuing nothing, when the dead letter is gone (an
-    /// operator replayed or purged it meanwhile). See
+    /// In one transaction: enqueues `replay`, deletes dead letter `id`, and
+    /// clears what the give-up recorded under the replay's original id: the
+    /// inbox row of the handler that gave up, and the failed attempts of that
+    /// handler (of every handler, for a poison message). Returns `false`,
+    /// enqueuing nothing, when the dead letter is gone (an operator replayed
+    /// or purged it meanwhile). See
     /// [`admin::replay_dead_letter`](crate::admin::replay_dead_letter).
     fn replay_dead_letter(
         &self,

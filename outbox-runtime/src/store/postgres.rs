@@ -3,15 +3,14 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use sqlx::migrate::Migrator;
 use sqlx::{PgConnection, PgPool, Postgres, Row};
 use uuid::Uuid;
 
 use super::{
-    ClaimedMessage, CleanupReport, DeadLetter, GroupStats, OutboxRow, OutboxStats, PublishFailure,
-    RetentionPolicy, RowStatus, Store, StoreError, StoredDeadLetter, Tx, attempts_from,
-    envelope_from_row, headers_json, millis, status_from, u32_column,
+    ClaimedMessage, CleanupReport, DeadLetter, GroupStats, HandlerState, OutboxRow, OutboxStats,
+    PublishFailure, RetentionPolicy, RowStatus, Store, StoreError, StoredDeadLetter, Tx,
+    attempts_from, envelope_from_row, headers_json, millis, status_from, u32_column,
 };
 use crate::envelope::Outgoing;
 
@@ -60,8 +59,9 @@ impl PgStore {
     pub const RECOVER_SQL: &'static str = "UPDATE outbox SET status = 'pending', lease_until = NULL
              WHERE status = 'relayed' AND lease_until < now()";
 
-    /// Claims up to `$1` rows of groups whose heads it locks, leased for
-    /// `$2` milliseconds (see the store's module docs), looking for heads
+    /// Claims up to `$1` rows of groups whose heads it locks and that no
+    /// live lease or unconfirmed relayed row holds, leased for `$2`
+    /// milliseconds (see the store's module docs), looking for heads
     /// among the first `$3` claimable rows ([`Self::claim_window`]) and, when that
     /// window is full of rows behind other heads, group by group.
     ///
@@ -86,6 +86,10 @@ impl PgStore {
                  WHERE NOT EXISTS (
                      SELECT 1 FROM outbox e
                      WHERE e.status = 'pending' AND e.group_key = c.group_key AND e.seq < c.seq)
+                   AND NOT EXISTS (
+                     SELECT 1 FROM outbox e
+                     WHERE e.group_key = c.group_key AND e.lease_until IS NOT NULL
+                       AND e.lease_until >= now() AND e.status IN ('pending', 'relayed'))
                  ORDER BY c.seq
                  LIMIT $1
              ),
@@ -130,6 +134,12 @@ impl PgStore {
                    AND o.status = 'pending'
                    AND o.available_at <= now()
                    AND (o.lease_until IS NULL OR o.lease_until < now())
+                   -- The group is held while any of its rows is leased by a
+                   -- live claim or relayed and unconfirmed.
+                   AND NOT EXISTS (
+                     SELECT 1 FROM outbox e
+                     WHERE e.group_key = o.group_key AND e.lease_until IS NOT NULL
+                       AND e.lease_until >= now() AND e.status IN ('pending', 'relayed'))
                  ORDER BY o.seq
                  LIMIT $1
                  FOR UPDATE SKIP LOCKED
@@ -160,6 +170,16 @@ impl PgStore {
     pub fn claim_window(limit: u32) -> i64 {
         (i64::from(limit) * 4).max(64)
     }
+
+    /// Locks the groups `$1` (text[]) until the transaction ends, in a fixed
+    /// order (no deadlock between two enqueues): producers of one group
+    /// commit in their enqueue order. The first key is the toolkit's
+    /// (`'outb'`); advisory locks with two keys never collide with an app's
+    /// one-key locks.
+    #[doc(hidden)]
+    pub const LOCK_GROUPS_SQL: &'static str = "SELECT pg_advisory_xact_lock(1869968482, k)
+             FROM (SELECT DISTINCT hashtext(g) AS k FROM unnest($1::text[]) AS g) AS l
+             ORDER BY k";
 
     /// Marks rows `$1` handed to a non-durable queue, for `$2` milliseconds.
     #[doc(hidden)]
@@ -257,6 +277,13 @@ impl Store for PgStore {
             Vec::with_capacity(n),
             Vec::with_capacity(n),
         );
+        let mut locks: Vec<&str> = messages.iter().map(|m| m.envelope.group.as_str()).collect();
+        locks.sort_unstable();
+        locks.dedup();
+        sqlx::query(Self::LOCK_GROUPS_SQL)
+            .bind(&locks)
+            .execute(&mut *conn)
+            .await?;
         for Outgoing { envelope, queue } in messages {
             ids.push(envelope.id);
             types.push(envelope.message_type.as_str());
@@ -345,20 +372,23 @@ impl Store for PgStore {
         }
         let seqs: Vec<i64> = failures.iter().map(|f| f.seq).collect();
         let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
-        let retry_at: Vec<Option<DateTime<Utc>>> = failures.iter().map(|f| f.retry_at).collect();
+        let retry_after: Vec<Option<i64>> =
+            failures.iter().map(|f| f.retry_after.map(millis)).collect();
+        let counts: Vec<bool> = failures.iter().map(|f| f.counts).collect();
         sqlx::query(
             "UPDATE outbox AS o SET
-                 attempts = o.attempts + 1,
+                 attempts = o.attempts + CASE WHEN f.counts THEN 1 ELSE 0 END,
                  last_error = f.error,
-                 available_at = COALESCE(f.retry_at, o.available_at),
-                 status = CASE WHEN f.retry_at IS NULL THEN 'dead' ELSE 'pending' END,
+                 available_at = COALESCE(now() + f.retry_ms * interval '1 millisecond', o.available_at),
+                 status = CASE WHEN f.retry_ms IS NULL THEN 'dead' ELSE 'pending' END,
                  lease_until = NULL
-             FROM UNNEST($1::int8[], $2::text[], $3::timestamptz[]) AS f(seq, error, retry_at)
+             FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::bool[]) AS f(seq, error, retry_ms, counts)
              WHERE o.seq = f.seq",
         )
         .bind(&seqs)
         .bind(&errors)
-        .bind(&retry_at)
+        .bind(&retry_after)
+        .bind(&counts)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -381,19 +411,45 @@ impl Store for PgStore {
         Ok(self.pool.begin().await?)
     }
 
-    async fn inbox_contains<'t>(
+    async fn handler_state<'t>(
         &'t self,
         tx: &'t mut Tx<Postgres>,
         message_id: Uuid,
         handler: &'t str,
-    ) -> Result<bool, StoreError> {
-        let found =
-            sqlx::query("SELECT 1 FROM outbox_inbox WHERE message_id = $1 AND handler = $2")
-                .bind(message_id)
-                .bind(handler)
-                .fetch_optional(&mut **tx)
-                .await?;
-        Ok(found.is_some())
+    ) -> Result<HandlerState, StoreError> {
+        let row = sqlx::query(
+            "SELECT EXISTS (SELECT 1 FROM outbox_inbox WHERE message_id = $1 AND handler = $2) AS handled,
+                    (SELECT failures FROM outbox_attempts WHERE message_id = $1 AND handler = $2) AS failures",
+        )
+        .bind(message_id)
+        .bind(handler)
+        .fetch_one(&mut **tx)
+        .await?;
+        let failures: Option<i32> = row.try_get("failures")?;
+        Ok(HandlerState {
+            handled: row.try_get("handled")?,
+            failures: failures.map_or(0, |n| u32::try_from(n).unwrap_or(0)),
+        })
+    }
+
+    async fn record_handler_failure<'a>(
+        &'a self,
+        message_id: Uuid,
+        handler: &'a str,
+        error: &'a str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO outbox_attempts (message_id, handler, failures, last_error)
+             VALUES ($1, $2, 1, $3)
+             ON CONFLICT (message_id, handler) DO UPDATE
+             SET failures = outbox_attempts.failures + 1, last_error = EXCLUDED.last_error, updated_at = now()",
+        )
+        .bind(message_id)
+        .bind(handler)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn inbox_insert<'t>(
@@ -410,7 +466,11 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn dead_letter(&self, entry: &DeadLetter) -> Result<(), StoreError> {
+    async fn dead_letter<'t>(
+        &'t self,
+        tx: &'t mut Tx<Postgres>,
+        entry: &'t DeadLetter,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO outbox_dead_letters (message_id, handler, message_type, group_key, body, error, attempts)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -422,7 +482,7 @@ impl Store for PgStore {
         .bind(&entry.body)
         .bind(&entry.error)
         .bind(i32::try_from(entry.attempts).unwrap_or(i32::MAX))
-        .execute(&self.pool)
+        .execute(&mut **tx)
         .await?;
         Ok(())
     }
@@ -460,6 +520,23 @@ impl Store for PgStore {
             .await?
             .rows_affected();
             report.inbox_deleted += deleted;
+            if deleted < batch.unsigned_abs() {
+                break;
+            }
+        }
+        loop {
+            let deleted = sqlx::query(
+                "DELETE FROM outbox_attempts WHERE (message_id, handler) IN (
+                     SELECT message_id, handler FROM outbox_attempts
+                     WHERE updated_at < now() - $1 * interval '1 millisecond'
+                     LIMIT $2)",
+            )
+            .bind(millis(policy.inbox_for))
+            .bind(batch)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            report.attempts_deleted += deleted;
             if deleted < batch.unsigned_abs() {
                 break;
             }
@@ -559,15 +636,29 @@ impl Store for PgStore {
 
     async fn replay_dead_letter(&self, id: i64, replay: &Outgoing) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let deleted = sqlx::query("DELETE FROM outbox_dead_letters WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
+        let Some(handler) = sqlx::query_scalar::<_, Option<String>>(
+            "DELETE FROM outbox_dead_letters WHERE id = $1 RETURNING handler",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
             tx.rollback().await?;
             return Ok(false);
-        }
+        };
+        let original = replay.envelope.original_id();
+        sqlx::query("DELETE FROM outbox_inbox WHERE message_id = $1 AND handler = $2")
+            .bind(original)
+            .bind(&handler)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "DELETE FROM outbox_attempts WHERE message_id = $1 AND ($2::text IS NULL OR handler = $2)",
+        )
+        .bind(original)
+        .bind(&handler)
+        .execute(&mut *tx)
+        .await?;
         self.enqueue_all(&mut tx, std::slice::from_ref(replay))
             .await?;
         tx.commit().await?;

@@ -25,7 +25,8 @@ pub(crate) async fn sort_out<S: Store>(
                 corrupt.push(PublishFailure {
                     seq,
                     error: format!("corrupt row: {reason}"),
-                    retry_at: None,
+                    retry_after: None,
+                    counts: true,
                 });
             }
             Err(other) => return Err(other),

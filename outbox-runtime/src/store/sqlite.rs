@@ -14,9 +14,9 @@ use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::{
-    ClaimedMessage, CleanupReport, DeadLetter, GroupStats, OutboxRow, OutboxStats, PublishFailure,
-    RetentionPolicy, RowStatus, Store, StoreError, StoredDeadLetter, Tx, attempts_from,
-    envelope_from_row, headers_json, millis, status_from, u32_column,
+    ClaimedMessage, CleanupReport, DeadLetter, GroupStats, HandlerState, OutboxRow, OutboxStats,
+    PublishFailure, RetentionPolicy, RowStatus, Store, StoreError, StoredDeadLetter, Tx,
+    attempts_from, envelope_from_row, headers_json, millis, status_from, u32_column,
 };
 use crate::envelope::Outgoing;
 
@@ -210,6 +210,12 @@ impl Store for SqliteStore {
                AND NOT EXISTS (
                    SELECT 1 FROM outbox e
                    WHERE e.status = 'pending' AND e.group_key = o.group_key AND e.seq < o.seq)
+               -- The group is held while any of its rows is leased by a live
+               -- claim or relayed and unconfirmed.
+               AND NOT EXISTS (
+                   SELECT 1 FROM outbox e
+                   WHERE e.group_key = o.group_key AND e.lease_until IS NOT NULL
+                     AND e.lease_until >= ?1 AND e.status IN ('pending', 'relayed'))
              ORDER BY o.seq
              LIMIT ?2",
         )
@@ -288,19 +294,21 @@ impl Store for SqliteStore {
         if failures.is_empty() {
             return Ok(());
         }
-        let rows: Vec<(i64, &str, Option<i64>)> = failures
+        let now = now_ms();
+        let rows: Vec<(i64, &str, Option<i64>, bool)> = failures
             .iter()
             .map(|f| {
                 (
                     f.seq,
                     f.error.as_str(),
-                    f.retry_at.map(|t| t.timestamp_millis()),
+                    f.retry_after.map(|after| now.saturating_add(millis(after))),
+                    f.counts,
                 )
             })
             .collect();
         sqlx::query(
             "UPDATE outbox SET
-                 attempts = attempts + 1,
+                 attempts = attempts + (f.value ->> 3),
                  last_error = f.value ->> 1,
                  available_at = COALESCE(f.value ->> 2, available_at),
                  status = CASE WHEN f.value ->> 2 IS NULL THEN 'dead' ELSE 'pending' END,
@@ -334,19 +342,46 @@ impl Store for SqliteStore {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
-    async fn inbox_contains<'t>(
+    async fn handler_state<'t>(
         &'t self,
         tx: &'t mut Tx<Sqlite>,
         message_id: Uuid,
         handler: &'t str,
-    ) -> Result<bool, StoreError> {
-        let found =
-            sqlx::query("SELECT 1 FROM outbox_inbox WHERE message_id = ?1 AND handler = ?2")
-                .bind(message_id.hyphenated().to_string())
-                .bind(handler)
-                .fetch_optional(&mut **tx)
-                .await?;
-        Ok(found.is_some())
+    ) -> Result<HandlerState, StoreError> {
+        let row = sqlx::query(
+            "SELECT EXISTS (SELECT 1 FROM outbox_inbox WHERE message_id = ?1 AND handler = ?2) AS handled,
+                    (SELECT failures FROM outbox_attempts WHERE message_id = ?1 AND handler = ?2) AS failures",
+        )
+        .bind(message_id.hyphenated().to_string())
+        .bind(handler)
+        .fetch_one(&mut **tx)
+        .await?;
+        let failures: Option<i64> = row.try_get("failures")?;
+        Ok(HandlerState {
+            handled: row.try_get("handled")?,
+            failures: failures.map_or(0, |n| u32::try_from(n).unwrap_or(0)),
+        })
+    }
+
+    async fn record_handler_failure<'a>(
+        &'a self,
+        message_id: Uuid,
+        handler: &'a str,
+        error: &'a str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO outbox_attempts (message_id, handler, failures, last_error, updated_at)
+             VALUES (?1, ?2, 1, ?3, ?4)
+             ON CONFLICT (message_id, handler) DO UPDATE
+             SET failures = failures + 1, last_error = excluded.last_error, updated_at = excluded.updated_at",
+        )
+        .bind(message_id.hyphenated().to_string())
+        .bind(handler)
+        .bind(error)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn inbox_insert<'t>(
@@ -366,7 +401,11 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn dead_letter(&self, entry: &DeadLetter) -> Result<(), StoreError> {
+    async fn dead_letter<'t>(
+        &'t self,
+        tx: &'t mut Tx<Sqlite>,
+        entry: &'t DeadLetter,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO outbox_dead_letters (message_id, handler, message_type, group_key, body, error, attempts, dead_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -379,7 +418,7 @@ impl Store for SqliteStore {
         .bind(&entry.error)
         .bind(i64::from(entry.attempts))
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&mut **tx)
         .await?;
         Ok(())
     }
@@ -416,6 +455,21 @@ impl Store for SqliteStore {
             .await?
             .rows_affected();
             report.inbox_deleted += deleted;
+            if deleted < batch.unsigned_abs() {
+                break;
+            }
+        }
+        loop {
+            let deleted = sqlx::query(
+                "DELETE FROM outbox_attempts WHERE (message_id, handler) IN (
+                     SELECT message_id, handler FROM outbox_attempts WHERE updated_at < ?1 LIMIT ?2)",
+            )
+            .bind(inbox_before)
+            .bind(batch)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            report.attempts_deleted += deleted;
             if deleted < batch.unsigned_abs() {
                 break;
             }
@@ -518,15 +572,29 @@ impl Store for SqliteStore {
 
     async fn replay_dead_letter(&self, id: i64, replay: &Outgoing) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
-        let deleted = sqlx::query("DELETE FROM outbox_dead_letters WHERE id = ?1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
+        let Some(handler) = sqlx::query_scalar::<_, Option<String>>(
+            "DELETE FROM outbox_dead_letters WHERE id = ?1 RETURNING handler",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
             tx.rollback().await?;
             return Ok(false);
-        }
+        };
+        let original = replay.envelope.original_id().hyphenated().to_string();
+        sqlx::query("DELETE FROM outbox_inbox WHERE message_id = ?1 AND handler = ?2")
+            .bind(&original)
+            .bind(&handler)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "DELETE FROM outbox_attempts WHERE message_id = ?1 AND (?2 IS NULL OR handler = ?2)",
+        )
+        .bind(&original)
+        .bind(&handler)
+        .execute(&mut *tx)
+        .await?;
         self.enqueue_all(&mut tx, std::slice::from_ref(replay))
             .await?;
         tx.commit().await?;

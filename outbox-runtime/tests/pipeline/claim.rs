@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use outbox_runtime::{Outgoing, PgStore, Store};
+
 use sqlx::PgPool;
 
 use crate::Step;
@@ -149,4 +150,83 @@ async fn a_row_leased_while_the_claim_waited_for_it_is_not_claimed_again(pool: P
 
     let got = claimed(&claiming.await.expect("joins").expect("claims"));
     assert_eq!(got, vec![("g".to_owned(), 0)], "only the head");
+}
+
+/// Enqueues `steps` in a transaction of its own and leaves it open.
+async fn open_with(store: &PgStore, steps: &[(&str, i64)]) -> outbox_runtime::Tx<sqlx::Postgres> {
+    let outgoing = steps
+        .iter()
+        .map(|&(group, n)| {
+            Outgoing::new(&Step {
+                group: group.to_owned(),
+                n,
+                fail_first: 0,
+                cascade: false,
+                pad: String::new(),
+                panic_first: 0,
+            })
+            .expect("encodes")
+        })
+        .collect::<Vec<_>>();
+    let mut tx = store.begin().await.expect("begins");
+    store
+        .enqueue_all(&mut tx, &outgoing)
+        .await
+        .expect("enqueues");
+    tx
+}
+
+/// Two producers of one group overlap (two requests for one customer): T1
+/// enqueues g/1 and stays open while T2 enqueues g/2 and commits. Relay R1
+/// claims; T1 commits; T3 enqueues g/3; relay R2 claims. A group is held by
+/// at most one claim, and the group is published in the order its
+/// transactions committed.
+#[sqlx::test(migrations = false)]
+async fn overlapping_producers_of_a_group_are_published_in_commit_order(pool: PgPool) {
+    let store = store_with(&pool, []).await;
+    let t1 = open_with(&store, &[("g", 1)]).await;
+    let t2 = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let tx = open_with(&store, &[("g", 2)]).await;
+            tx.commit().await.expect("T2 commits");
+        }
+    });
+    // T2 either commits now or waits for T1: both are allowed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r1 = store.claim(10, LEASE).await.expect("R1 claims");
+    let t2_committed_first = t2.is_finished();
+    t1.commit().await.expect("T1 commits");
+    t2.await.expect("T2 ran");
+    open_with(&store, &[("g", 3)])
+        .await
+        .commit()
+        .await
+        .expect("T3 commits");
+    let r2 = store.claim(10, LEASE).await.expect("R2 claims");
+    assert!(
+        r1.is_empty() || r2.is_empty(),
+        "R2 claimed {:?} while R1 holds {:?}",
+        claimed(&r2),
+        claimed(&r1)
+    );
+
+    // Each relay publishes what it holds; then the rest is claimed.
+    let mut published = Vec::new();
+    for batch in [r1, r2] {
+        let seqs: Vec<i64> = batch.iter().map(|m| m.seq).collect();
+        store.mark_published(&seqs).await.expect("published");
+        published.extend(claimed(&batch));
+    }
+    published.extend(claimed(&store.claim(10, LEASE).await.expect("claims")));
+    let commit_order = if t2_committed_first {
+        [2, 1, 3]
+    } else {
+        [1, 2, 3]
+    };
+    assert_eq!(
+        published,
+        commit_order.map(|n| ("g".to_owned(), n)).to_vec(),
+        "published in commit order (T2 committed first: {t2_committed_first})"
+    );
 }

@@ -58,30 +58,69 @@ pub(crate) struct Doomed {
     pub(crate) group: String,
 }
 
+/// One run of a `step.record` handler: the attempt the context reported,
+/// and whether it succeeded. Kept outside the handler's transaction, so
+/// failed runs are seen too.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Run {
+    pub(crate) message_id: uuid::Uuid,
+    pub(crate) n: i64,
+    pub(crate) attempt: u32,
+    pub(crate) ok: bool,
+}
+
+/// Every `step.record` run of this test process (nextest runs each test in
+/// its own process).
+pub(crate) static RUNS: std::sync::Mutex<Vec<Run>> = std::sync::Mutex::new(Vec::new());
+
+/// The runs of `step.record` so far.
+pub(crate) fn runs() -> Vec<Run> {
+    RUNS.lock().expect("not poisoned").clone()
+}
+
+/// Scripts a `Step`'s failures by the handler's real runs of the message
+/// (counted here, not by `ctx.attempt()`, which is what tests check).
 #[handler(name = "step.record")]
 async fn record_step(msg: Step, ctx: &mut HandlerContext<'_>) -> anyhow::Result<()> {
-    assert!(
-        ctx.attempt() > msg.panic_first,
-        "step {} panics in attempt {}",
-        msg.n,
-        ctx.attempt()
-    );
-    db::record_effect(ctx, "step", &msg.group, msg.n).await?;
-    if msg.cascade {
-        ctx.publish(&Followup {
-            group: msg.group.clone(),
+    let (id, attempt) = (ctx.message_id(), ctx.attempt());
+    let run = 1 + RUNS
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .filter(|r| r.message_id == id)
+        .count() as u32;
+    let log = |ok: bool| {
+        RUNS.lock().expect("not poisoned").push(Run {
+            message_id: id,
             n: msg.n,
-        })?;
-        anyhow::ensure!(ctx.attempt() > 1, "cascading step fails its first attempt");
+            attempt,
+            ok,
+        });
+    };
+    if run <= msg.panic_first {
+        log(false);
+        panic!("step {} panics in run {run}", msg.n);
     }
-    anyhow::ensure!(
-        ctx.attempt() > msg.fail_first,
-        "step {} fails attempt {} of its first {}",
-        msg.n,
-        ctx.attempt(),
-        msg.fail_first
-    );
-    Ok(())
+    let result = async {
+        db::record_effect(ctx, "step", &msg.group, msg.n).await?;
+        if msg.cascade {
+            ctx.publish(&Followup {
+                group: msg.group.clone(),
+                n: msg.n,
+            })?;
+            anyhow::ensure!(run > 1, "cascading step fails its first run");
+        }
+        anyhow::ensure!(
+            run > msg.fail_first,
+            "step {} fails run {run} of its first {}",
+            msg.n,
+            msg.fail_first
+        );
+        Ok(())
+    }
+    .await;
+    log(result.is_ok());
+    result
 }
 
 #[handler(name = "followup.record")]
@@ -115,6 +154,29 @@ async fn charge_flaky(msg: Flaky, ctx: &mut HandlerContext<'_>) -> anyhow::Resul
     let fixed = FIXED.lock().expect("not poisoned").contains(&msg.group);
     anyhow::ensure!(fixed, "charging {} hits the bug", msg.group);
     db::record_effect(ctx, "charge", &msg.group, 0).await
+}
+
+/// A message whose handler fails once it has run [`CONTEST`]'s hook: the
+/// hook stands in for another delivery of the same message committing this
+/// handler while this run was failing.
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+#[outbox(name = "test.contested", group = group)]
+pub(crate) struct Contested {
+    pub(crate) group: String,
+}
+
+/// What `contested.fail` runs before it fails (taken: it runs once).
+pub(crate) static CONTEST: std::sync::Mutex<
+    Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+> = std::sync::Mutex::new(None);
+
+#[handler(name = "contested.fail", max_attempts = 1)]
+async fn fail_contested(msg: Contested) -> anyhow::Result<()> {
+    let hook = CONTEST.lock().expect("not poisoned").take();
+    if let Some(hook) = hook {
+        hook.await;
+    }
+    anyhow::bail!("{} fails", msg.group)
 }
 
 /// A store, a queue, a relay and a worker wired together with fast retries.
@@ -200,6 +262,12 @@ mod postgres_faults {
     async fn connections_killed_mid_batch_lose_nothing(pool: sqlx::PgPool) {
         crate::scenarios::connections_killed_mid_batch_lose_nothing(pool).await;
     }
+
+    #[sqlx::test(migrations = false)]
+    async fn a_give_up_after_another_delivery_committed_writes_no_dead_letter(pool: sqlx::PgPool) {
+        crate::scenarios::a_give_up_after_another_delivery_committed_writes_no_dead_letter(pool)
+            .await;
+    }
 }
 
 /// Runs each scenario on both stores.
@@ -245,4 +313,7 @@ on_both_stores!(
     stuck_messages_are_reported,
     replayed_dead_letter_runs_only_the_handler_that_gave_up,
     requeued_dead_row_is_published_after_the_fix,
+    relayed_rows_hold_their_group,
+    held_back_deliveries_use_up_no_attempts,
+    replaying_a_poison_dead_letter_skips_the_handlers_that_committed,
 );

@@ -10,7 +10,7 @@ use outbox_runtime::{
 };
 
 use crate::db::TestDb;
-use crate::{Doomed, FIXED, Flaky, Harness, Step};
+use crate::{CONTEST, Contested, Doomed, FIXED, Flaky, Harness, Step};
 
 fn step(group: &str, n: i64) -> Step {
     Step {
@@ -195,7 +195,11 @@ pub(crate) async fn publish_failures_back_off_and_count_attempts<S: TestDb>(stor
     assert!(report.transport_down.is_some(), "{report:?}");
     assert_eq!((report.published, report.retried, report.dead), (0, 1, 0));
     let row = &h.store.outbox_rows().await[0];
-    assert_eq!((row.status.as_str(), row.attempts), ("pending", 1));
+    assert_eq!(
+        (row.status.as_str(), row.attempts),
+        ("pending", 0),
+        "an outage uses none of the row's attempts"
+    );
     assert!(
         row.last_error
             .as_deref()
@@ -233,7 +237,7 @@ pub(crate) async fn publish_failures_back_off_and_count_attempts<S: TestDb>(stor
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let row = &h.store.outbox_rows().await[1];
-    assert_eq!((row.status.as_str(), row.attempts), ("pending", 4));
+    assert_eq!((row.status.as_str(), row.attempts), ("pending", 0));
 }
 
 pub(crate) async fn oversized_message_is_dead_lettered_without_blocking_other_groups<S: TestDb>(
@@ -784,7 +788,12 @@ pub(crate) async fn a_drain_past_its_deadline_still_publishes_a_batch<S: TestDb>
     assert!(!report.complete);
     let report = h.relay.drain_until(None).await.expect("drain");
     assert!(report.complete);
-    assert_eq!(report.published, 70);
+    assert_eq!(
+        report.published, 0,
+        "every group waits until the queue's consumer confirms its first batch"
+    );
+    h.settle(Duration::from_secs(10)).await;
+    assert_eq!(h.store.effects().await.len(), 120);
 }
 
 pub(crate) async fn stuck_messages_are_reported<S: TestDb>(store: S) {
@@ -930,4 +939,185 @@ pub(crate) async fn requeued_dead_row_is_published_after_the_fix<S: TestDb>(stor
         admin::purge_dead_row(&fixed.store, row.seq).await,
         Err(AdminError::NotDead(_))
     ));
+}
+
+/// Two processes on one database, each with its own in-process queue: the
+/// first has relayed the group's head and not yet confirmed it when the
+/// second claims. The group is the first one's until it confirms.
+pub(crate) async fn relayed_rows_hold_their_group<S: TestDb>(store: S) {
+    let h = Harness::new(store).await;
+    commit_steps(&h.store, 1, &[step("g", 0)]).await;
+    commit_steps(&h.store, 2, &[step("g", 1)]).await;
+    let lease = Duration::from_secs(60);
+    let ns = |claimed: &[outbox_runtime::ClaimedMessage]| -> Vec<i64> {
+        claimed
+            .iter()
+            .map(|m| {
+                serde_json::from_str::<Step>(m.envelope.payload.get())
+                    .expect("a step")
+                    .n
+            })
+            .collect()
+    };
+
+    let first = h.store.claim(1, lease).await.expect("claims");
+    assert_eq!(ns(&first), [0]);
+    h.store
+        .mark_relayed(&[first[0].seq], lease)
+        .await
+        .expect("relayed");
+    let second = h.store.claim(10, lease).await.expect("claims");
+    assert_eq!(
+        ns(&second),
+        [] as [i64; 0],
+        "claimed while the group's head is relayed and unconfirmed"
+    );
+
+    h.store
+        .confirm(&[first[0].envelope.id])
+        .await
+        .expect("confirms");
+    let third = h.store.claim(10, lease).await.expect("claims");
+    assert_eq!(ns(&third), [1], "the group is free once confirmed");
+}
+
+/// A message held back behind its group's failing head is not run, so its
+/// handler's attempts are untouched: `ctx.attempt()` counts the handler's
+/// own failed runs of that message, and a message is dead-lettered only
+/// after `max_attempts` of them (5 for `step.record`).
+pub(crate) async fn held_back_deliveries_use_up_no_attempts<S: TestDb>(store: S) {
+    let h = Harness::new(store).await;
+    let steps: Vec<Step> = (0..5)
+        .map(|n| Step {
+            // The head needs all five attempts; the next message fails once.
+            fail_first: match n {
+                0 => 4,
+                1 => 1,
+                _ => 0,
+            },
+            ..step("g", n)
+        })
+        .collect();
+    commit_steps(&h.store, 1, &steps).await;
+    h.settle(Duration::from_secs(20)).await;
+
+    assert_eq!(h.store.dead_letter_errors().await, [], "nothing gave up");
+    assert_eq!(
+        by_group(&h.store.effects().await, "step")["g"],
+        [0, 1, 2, 3, 4]
+    );
+    let mut failed: std::collections::HashMap<uuid::Uuid, u32> = Default::default();
+    for run in crate::runs() {
+        let before = failed.entry(run.message_id).or_default();
+        assert_eq!(
+            run.attempt,
+            *before + 1,
+            "step {} ran with attempt {} after {} failed runs",
+            run.n,
+            run.attempt,
+            before
+        );
+        if !run.ok {
+            *before += 1;
+        }
+    }
+}
+
+/// A message that an older build found poison (say, its version was
+/// unknown there) after a newer build had committed its handlers: the
+/// replay is handled under the original message's id, so those handlers
+/// do not run again.
+pub(crate) async fn replaying_a_poison_dead_letter_skips_the_handlers_that_committed<S: TestDb>(
+    store: S,
+) {
+    use outbox_runtime::admin;
+
+    let h = Harness::new(store).await;
+    let group = format!("poisoned-{}", uuid::Uuid::now_v7().simple());
+    FIXED.lock().expect("not poisoned").push(group.clone());
+    let mut tx = h.store.begin().await.expect("begin");
+    let original = h
+        .store
+        .enqueue(
+            &mut tx,
+            &Flaky {
+                group: group.clone(),
+            },
+        )
+        .await
+        .expect("enqueue");
+    tx.commit().await.expect("commit");
+    h.settle(Duration::from_secs(10)).await;
+    assert_eq!(h.store.effects().await.len(), 2, "audit and charge");
+
+    let mut tx = h.store.begin().await.expect("begin");
+    h.store
+        .dead_letter(
+            &mut tx,
+            &outbox_runtime::DeadLetter {
+                message_id: Some(original.id),
+                handler: None,
+                message_type: Some(original.message_type.clone()),
+                group: Some(group.clone()),
+                body: original.to_json(),
+                error: "unsupported version".into(),
+                attempts: 1,
+            },
+        )
+        .await
+        .expect("dead-lettered");
+    tx.commit().await.expect("commit");
+    let letter = h
+        .store
+        .dead_letters(1)
+        .await
+        .expect("dead letters")
+        .remove(0);
+    let table = outbox_runtime::DispatchTable::from_registry().expect("table");
+    admin::replay_dead_letter(&h.store, &table, letter.id)
+        .await
+        .expect("replayed");
+    h.settle(Duration::from_secs(10)).await;
+
+    let mut kinds: Vec<String> = h
+        .store
+        .effects()
+        .await
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["audit", "charge"], "no handler ran twice");
+}
+
+/// PostgreSQL (on SQLite the handler's transaction holds the only write
+/// lock, so no other delivery can commit meanwhile): another delivery of
+/// the message commits the handler while this run fails its last attempt.
+/// The give-up finds the handler done and writes no dead letter.
+pub(crate) async fn a_give_up_after_another_delivery_committed_writes_no_dead_letter(
+    pool: sqlx::PgPool,
+) {
+    use outbox_runtime::Store;
+
+    let h = Harness::new(outbox_runtime::PgStore::new(pool)).await;
+    let mut tx = h.store.begin().await.expect("begin");
+    let envelope = h
+        .store
+        .enqueue(&mut tx, &Contested { group: "c".into() })
+        .await
+        .expect("enqueue");
+    tx.commit().await.expect("commit");
+    let (store, id) = (h.store.clone(), envelope.id.to_string());
+    *CONTEST.lock().expect("not poisoned") = Some(Box::pin(async move {
+        store.insert_inbox(&id, "contested.fail").await;
+    }));
+
+    h.settle(Duration::from_secs(10)).await;
+    assert_eq!(
+        h.store.dead_letter_errors().await,
+        [],
+        "the handler committed elsewhere: nothing to give up"
+    );
+    assert_eq!(h.store.inbox_count().await, 1);
+    assert_eq!(h.queue.stats().queued, 0);
 }

@@ -1,0 +1,17 @@
+-- A handler's failed runs of a message (its attempts), keyed like the inbox.
+-- Written after a failed run, in a transaction of its own; read with the
+-- inbox before each run.
+CREATE TABLE outbox_attempts (
+    message_id UUID        NOT NULL,
+    handler    TEXT        NOT NULL,
+    failures   INTEGER     NOT NULL,
+    last_error TEXT,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (message_id, handler)
+);
+CREATE INDEX outbox_attempts_updated_at ON outbox_attempts (updated_at);
+
+-- Rows that may hold their group: leased by a relay, or relayed to a
+-- non-durable queue and not yet confirmed. The claim skips a group that has
+-- one whose lease is live.
+CREATE INDEX outbox_held ON outbox (group_key) WHERE lease_until IS NOT NULL;
