@@ -107,10 +107,12 @@ async fn raw_sql(pool: &PgPool, n: usize, batch: u32, relays: usize) -> anyhow::
         let pool = pool2.clone();
         async move {
             sqlx::query(PgStore::RECOVER_SQL).execute(&pool).await?;
+            let token = uuid::Uuid::now_v7();
             let rows = sqlx::query(PgStore::CLAIM_SQL)
                 .bind(i64::from(batch))
                 .bind(30_000_i64)
                 .bind(PgStore::claim_window(batch))
+                .bind(token)
                 .fetch_all(&pool)
                 .await?;
             let seqs: Vec<i64> = rows
@@ -121,6 +123,7 @@ async fn raw_sql(pool: &PgPool, n: usize, batch: u32, relays: usize) -> anyhow::
                 sqlx::query(PgStore::MARK_RELAYED_SQL)
                     .bind(&seqs)
                     .bind(300_000_i64)
+                    .bind(token)
                     .execute(&pool)
                     .await?;
             }

@@ -210,6 +210,9 @@ impl<S: Store, T: Transport> Relay<S, T> {
         batch: Vec<ClaimedMessage>,
         report: &mut DrainReport,
     ) -> Result<(), RelayError> {
+        let Some(lease) = batch.first().map(|m| m.lease) else {
+            return Ok(());
+        };
         let mut published = Vec::new();
         let mut failures = Vec::new();
         let mut skipped = Vec::new();
@@ -275,14 +278,14 @@ impl<S: Store, T: Transport> Relay<S, T> {
         // transport that dies with the process, rows stay pending under
         // their lease until a consumer confirms them.
         if self.transport.durable() {
-            self.store.mark_published(&published).await?;
+            self.store.mark_published(lease, &published).await?;
         } else {
             self.store
-                .mark_relayed(&published, self.config.relayed_for)
+                .mark_relayed(lease, &published, self.config.relayed_for)
                 .await?;
         }
-        self.store.record_failures(&failures).await?;
-        self.store.release(&skipped).await?;
+        self.store.record_failures(lease, &failures).await?;
+        self.store.release(lease, &skipped).await?;
 
         let dead = failures.iter().filter(|f| f.retry_after.is_none()).count() as u64;
         report.published += published.len() as u64;

@@ -80,6 +80,9 @@ pub struct ClaimedMessage {
     /// How many publish attempts failed before this one (outages of the
     /// whole transport do not count).
     pub attempts: u32,
+    /// The claim's lease token: the relay's writes about this row must
+    /// carry it, and are ignored once another claim took the row.
+    pub lease: Uuid,
 }
 
 /// A failed publish attempt, recorded by [`Store::record_failures`].
@@ -385,15 +388,23 @@ pub trait Store: Clone + Send + Sync + 'static {
         lease: Duration,
     ) -> impl Future<Output = Result<Vec<ClaimedMessage>, StoreError>> + Send;
 
-    /// Marks rows published, in one statement.
-    fn mark_published(&self, seqs: &[i64]) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Marks rows published, in one statement. Rows no longer leased under
+    /// `lease` (another claim took them) are left alone, as are the
+    /// following methods'.
+    fn mark_published(
+        &self,
+        lease: Uuid,
+        seqs: &[i64],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Marks rows handed to a non-durable transport `relayed` until `until`:
-    /// no longer claimable, but not yet published. A consumer confirms them
-    /// ([`confirm`](Self::confirm)); those still unconfirmed at `until` (the
-    /// process died with the queue) become pending again at the next claim.
+    /// no longer claimable, but not yet published, and holding their
+    /// groups. A consumer confirms them ([`confirm`](Self::confirm)); those
+    /// still unconfirmed at `until` (the process died with the queue) become
+    /// pending again at the next claim.
     fn mark_relayed(
         &self,
+        lease: Uuid,
         seqs: &[i64],
         until: Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -408,11 +419,16 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// counts, last error, backoff or dead), in one statement.
     fn record_failures(
         &self,
+        lease: Uuid,
         failures: &[PublishFailure],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Gives back the lease of claimed rows that were not attempted.
-    fn release(&self, seqs: &[i64]) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn release(
+        &self,
+        lease: Uuid,
+        seqs: &[i64],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Begins the transaction a handler runs in.
     fn begin(&self) -> impl Future<Output = Result<Tx<Self::Database>, StoreError>> + Send;

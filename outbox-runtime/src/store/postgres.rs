@@ -61,7 +61,7 @@ impl PgStore {
 
     /// Claims up to `$1` rows of groups whose heads it locks and that no
     /// live lease or unconfirmed relayed row holds, leased for `$2`
-    /// milliseconds (see the store's module docs), looking for heads
+    /// milliseconds under token `$4` (see the store's module docs), looking for heads
     /// among the first `$3` claimable rows ([`Self::claim_window`]) and, when that
     /// window is full of rows behind other heads, group by group.
     ///
@@ -150,7 +150,7 @@ impl PgStore {
                  ORDER BY o.seq
                  LIMIT $1
              )
-             UPDATE outbox SET lease_until = now() + $2 * interval '1 millisecond'
+             UPDATE outbox SET lease_until = now() + $2 * interval '1 millisecond', lease_token = $4
              FROM picked
              WHERE outbox.seq = picked.seq
                -- `picked` is read from the statement's snapshot, unlocked:
@@ -181,14 +181,18 @@ impl PgStore {
              FROM (SELECT DISTINCT hashtext(g) AS k FROM unnest($1::text[]) AS g) AS l
              ORDER BY k";
 
-    /// Marks rows `$1` handed to a non-durable queue, for `$2` milliseconds.
+    /// Marks rows `$1` handed to a non-durable queue, for `$2` milliseconds,
+    /// if still leased under token `$3`.
     #[doc(hidden)]
     pub const MARK_RELAYED_SQL: &'static str =
         "UPDATE outbox SET status = 'relayed', lease_until = now() + $2 * interval '1 millisecond'
-             WHERE seq = ANY($1) AND status = 'pending'";
+             WHERE seq = ANY($1) AND status = 'pending' AND lease_token = $3";
 }
 
-fn claimed_from_row(row: &sqlx::postgres::PgRow) -> Result<ClaimedMessage, StoreError> {
+fn claimed_from_row(
+    row: &sqlx::postgres::PgRow,
+    lease: Uuid,
+) -> Result<ClaimedMessage, StoreError> {
     let seq: i64 = row.try_get("seq")?;
     let version: i32 = row.try_get("version")?;
     let attempts: i32 = row.try_get("attempts")?;
@@ -207,6 +211,7 @@ fn claimed_from_row(row: &sqlx::postgres::PgRow) -> Result<ClaimedMessage, Store
         )?,
         queue: row.try_get("queue")?,
         attempts: attempts_from(seq, i64::from(attempts))?,
+        lease,
     })
 }
 
@@ -317,36 +322,50 @@ impl Store for PgStore {
     async fn claim(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedMessage>, StoreError> {
         // Rows relayed to a queue that died before confirming them.
         sqlx::query(Self::RECOVER_SQL).execute(&self.pool).await?;
+        let token = Uuid::now_v7();
         let rows = sqlx::query(Self::CLAIM_SQL)
             .bind(i64::from(limit))
             .bind(millis(lease))
             .bind(Self::claim_window(limit))
+            .bind(token)
             .fetch_all(&self.pool)
             .await?;
-        super::sort_out(self, rows.iter().map(claimed_from_row)).await
+        super::sort_out(
+            self,
+            token,
+            rows.iter().map(|row| claimed_from_row(row, token)),
+        )
+        .await
     }
 
-    async fn mark_published(&self, seqs: &[i64]) -> Result<(), StoreError> {
+    async fn mark_published(&self, lease: Uuid, seqs: &[i64]) -> Result<(), StoreError> {
         if seqs.is_empty() {
             return Ok(());
         }
         sqlx::query(
             "UPDATE outbox SET status = 'published', published_at = now(), lease_until = NULL
-             WHERE seq = ANY($1)",
+             WHERE seq = ANY($1) AND status = 'pending' AND lease_token = $2",
         )
         .bind(seqs)
+        .bind(lease)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    async fn mark_relayed(&self, seqs: &[i64], until: Duration) -> Result<(), StoreError> {
+    async fn mark_relayed(
+        &self,
+        lease: Uuid,
+        seqs: &[i64],
+        until: Duration,
+    ) -> Result<(), StoreError> {
         if seqs.is_empty() {
             return Ok(());
         }
         sqlx::query(Self::MARK_RELAYED_SQL)
             .bind(seqs)
             .bind(millis(until))
+            .bind(lease)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -366,7 +385,11 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn record_failures(&self, failures: &[PublishFailure]) -> Result<(), StoreError> {
+    async fn record_failures(
+        &self,
+        lease: Uuid,
+        failures: &[PublishFailure],
+    ) -> Result<(), StoreError> {
         if failures.is_empty() {
             return Ok(());
         }
@@ -383,25 +406,28 @@ impl Store for PgStore {
                  status = CASE WHEN f.retry_ms IS NULL THEN 'dead' ELSE 'pending' END,
                  lease_until = NULL
              FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::bool[]) AS f(seq, error, retry_ms, counts)
-             WHERE o.seq = f.seq",
+             WHERE o.seq = f.seq AND o.status = 'pending' AND o.lease_token = $5",
         )
         .bind(&seqs)
         .bind(&errors)
         .bind(&retry_after)
         .bind(&counts)
+        .bind(lease)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    async fn release(&self, seqs: &[i64]) -> Result<(), StoreError> {
+    async fn release(&self, lease: Uuid, seqs: &[i64]) -> Result<(), StoreError> {
         if seqs.is_empty() {
             return Ok(());
         }
         sqlx::query(
-            "UPDATE outbox SET lease_until = NULL WHERE seq = ANY($1) AND status = 'pending'",
+            "UPDATE outbox SET lease_until = NULL
+             WHERE seq = ANY($1) AND status = 'pending' AND lease_token = $2",
         )
         .bind(seqs)
+        .bind(lease)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -13,6 +13,7 @@ use crate::envelope::Envelope;
 /// with the reason, so it neither stops the relay nor blocks its group.
 pub(crate) async fn sort_out<S: Store>(
     store: &S,
+    lease: Uuid,
     rows: impl Iterator<Item = Result<ClaimedMessage, StoreError>>,
 ) -> Result<Vec<ClaimedMessage>, StoreError> {
     let mut claimed = Vec::new();
@@ -32,7 +33,7 @@ pub(crate) async fn sort_out<S: Store>(
             Err(other) => return Err(other),
         }
     }
-    store.record_failures(&corrupt).await?;
+    store.record_failures(lease, &corrupt).await?;
     claimed.sort_unstable_by_key(|m| m.seq);
     Ok(claimed)
 }

@@ -86,7 +86,10 @@ fn time_column(seq: i64, ms: i64) -> Result<DateTime<Utc>, StoreError> {
     })
 }
 
-fn claimed_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ClaimedMessage, StoreError> {
+fn claimed_from_row(
+    row: &sqlx::sqlite::SqliteRow,
+    lease: Uuid,
+) -> Result<ClaimedMessage, StoreError> {
     let seq: i64 = row.try_get("seq")?;
     let id: String = row.try_get("id")?;
     let headers: String = row.try_get("headers")?;
@@ -105,6 +108,7 @@ fn claimed_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ClaimedMessage, Sto
         )?,
         queue: row.try_get("queue")?,
         attempts: attempts_from(seq, attempts)?,
+        lease,
     })
 }
 
@@ -227,8 +231,9 @@ impl Store for SqliteStore {
             tx.commit().await?;
             return Ok(Vec::new());
         }
+        let token = Uuid::now_v7();
         let rows = sqlx::query(
-            "UPDATE outbox SET lease_until = ?1
+            "UPDATE outbox SET lease_until = ?1, lease_token = ?4
              WHERE seq IN (
                  SELECT seq FROM outbox
                  WHERE status = 'pending' AND group_key IN (SELECT value FROM json_each(?2))
@@ -238,37 +243,50 @@ impl Store for SqliteStore {
         .bind(now.saturating_add(millis(lease)))
         .bind(json_list(&groups))
         .bind(i64::from(limit))
+        .bind(token.hyphenated().to_string())
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        super::sort_out(self, rows.iter().map(claimed_from_row)).await
+        super::sort_out(
+            self,
+            token,
+            rows.iter().map(|row| claimed_from_row(row, token)),
+        )
+        .await
     }
 
-    async fn mark_published(&self, seqs: &[i64]) -> Result<(), StoreError> {
+    async fn mark_published(&self, lease: Uuid, seqs: &[i64]) -> Result<(), StoreError> {
         if seqs.is_empty() {
             return Ok(());
         }
         sqlx::query(
             "UPDATE outbox SET status = 'published', published_at = ?1, lease_until = NULL
-             WHERE seq IN (SELECT value FROM json_each(?2))",
+             WHERE seq IN (SELECT value FROM json_each(?2)) AND status = 'pending' AND lease_token = ?3",
         )
         .bind(now_ms())
         .bind(json_list(seqs))
+        .bind(lease.hyphenated().to_string())
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    async fn mark_relayed(&self, seqs: &[i64], until: Duration) -> Result<(), StoreError> {
+    async fn mark_relayed(
+        &self,
+        lease: Uuid,
+        seqs: &[i64],
+        until: Duration,
+    ) -> Result<(), StoreError> {
         if seqs.is_empty() {
             return Ok(());
         }
         sqlx::query(
             "UPDATE outbox SET status = 'relayed', lease_until = ?1
-             WHERE seq IN (SELECT value FROM json_each(?2)) AND status = 'pending'",
+             WHERE seq IN (SELECT value FROM json_each(?2)) AND status = 'pending' AND lease_token = ?3",
         )
         .bind(now_ms().saturating_add(millis(until)))
         .bind(json_list(seqs))
+        .bind(lease.hyphenated().to_string())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -290,7 +308,11 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn record_failures(&self, failures: &[PublishFailure]) -> Result<(), StoreError> {
+    async fn record_failures(
+        &self,
+        lease: Uuid,
+        failures: &[PublishFailure],
+    ) -> Result<(), StoreError> {
         if failures.is_empty() {
             return Ok(());
         }
@@ -314,23 +336,25 @@ impl Store for SqliteStore {
                  status = CASE WHEN f.value ->> 2 IS NULL THEN 'dead' ELSE 'pending' END,
                  lease_until = NULL
              FROM json_each(?1) AS f
-             WHERE outbox.seq = f.value ->> 0",
+             WHERE outbox.seq = f.value ->> 0 AND outbox.status = 'pending' AND outbox.lease_token = ?2",
         )
         .bind(json_list(&rows))
+        .bind(lease.hyphenated().to_string())
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    async fn release(&self, seqs: &[i64]) -> Result<(), StoreError> {
+    async fn release(&self, lease: Uuid, seqs: &[i64]) -> Result<(), StoreError> {
         if seqs.is_empty() {
             return Ok(());
         }
         sqlx::query(
             "UPDATE outbox SET lease_until = NULL
-             WHERE seq IN (SELECT value FROM json_each(?1)) AND status = 'pending'",
+             WHERE seq IN (SELECT value FROM json_each(?1)) AND status = 'pending' AND lease_token = ?2",
         )
         .bind(json_list(seqs))
+        .bind(lease.hyphenated().to_string())
         .execute(&self.pool)
         .await?;
         Ok(())

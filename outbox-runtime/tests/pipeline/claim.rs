@@ -215,7 +215,12 @@ async fn overlapping_producers_of_a_group_are_published_in_commit_order(pool: Pg
     let mut published = Vec::new();
     for batch in [r1, r2] {
         let seqs: Vec<i64> = batch.iter().map(|m| m.seq).collect();
-        store.mark_published(&seqs).await.expect("published");
+        if let Some(first) = batch.first() {
+            store
+                .mark_published(first.lease, &seqs)
+                .await
+                .expect("published");
+        }
         published.extend(claimed(&batch));
     }
     published.extend(claimed(&store.claim(10, LEASE).await.expect("claims")));

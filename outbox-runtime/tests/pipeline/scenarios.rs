@@ -963,7 +963,7 @@ pub(crate) async fn relayed_rows_hold_their_group<S: TestDb>(store: S) {
     let first = h.store.claim(1, lease).await.expect("claims");
     assert_eq!(ns(&first), [0]);
     h.store
-        .mark_relayed(&[first[0].seq], lease)
+        .mark_relayed(first[0].lease, &[first[0].seq], lease)
         .await
         .expect("relayed");
     let second = h.store.claim(10, lease).await.expect("claims");
@@ -1120,4 +1120,49 @@ pub(crate) async fn a_give_up_after_another_delivery_committed_writes_no_dead_le
     );
     assert_eq!(h.store.inbox_count().await, 1);
     assert_eq!(h.queue.stats().queued, 0);
+}
+
+/// A relay whose lease ran out while it was publishing (a long pause, a
+/// slow queue) reports on rows another relay has claimed and published
+/// since: its late writes change nothing.
+pub(crate) async fn a_relay_whose_lease_ran_out_cannot_overwrite_the_rows(store: impl TestDb) {
+    let h = Harness::new(store).await;
+    commit_steps(&h.store, 1, &[step("g", 0)]).await;
+    let slow = h
+        .store
+        .claim(10, Duration::from_millis(50))
+        .await
+        .expect("claims");
+    assert_eq!(slow.len(), 1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let fast = h
+        .store
+        .claim(10, Duration::from_secs(60))
+        .await
+        .expect("claims again once the lease ran out");
+    assert_eq!(fast.len(), 1);
+    h.store
+        .mark_published(fast[0].lease, &[fast[0].seq])
+        .await
+        .expect("published");
+
+    // The slow relay's publish failed; it says so, too late.
+    h.store
+        .record_failures(
+            slow[0].lease,
+            &[outbox_runtime::PublishFailure {
+                seq: slow[0].seq,
+                error: "the queue refused it".into(),
+                retry_after: None,
+                counts: true,
+            }],
+        )
+        .await
+        .expect("recorded");
+    let row = &h.store.outbox_rows().await[0];
+    assert_eq!(
+        (row.status.as_str(), row.attempts),
+        ("published", 0),
+        "a stale lease wrote over the row: {row:?}"
+    );
 }
