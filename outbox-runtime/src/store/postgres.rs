@@ -181,6 +181,12 @@ impl PgStore {
              FROM (SELECT DISTINCT hashtext(g) AS k FROM unnest($1::text[]) AS g) AS l
              ORDER BY k";
 
+    /// Marks rows `$1` published, if still leased under token `$2`.
+    #[doc(hidden)]
+    pub const MARK_PUBLISHED_SQL: &'static str =
+        "UPDATE outbox SET status = 'published', published_at = now(), lease_until = NULL
+             WHERE seq = ANY($1) AND status = 'pending' AND lease_token = $2";
+
     /// Marks rows `$1` handed to a non-durable queue, for `$2` milliseconds,
     /// if still leased under token `$3`.
     #[doc(hidden)]
@@ -342,14 +348,11 @@ impl Store for PgStore {
         if seqs.is_empty() {
             return Ok(());
         }
-        sqlx::query(
-            "UPDATE outbox SET status = 'published', published_at = now(), lease_until = NULL
-             WHERE seq = ANY($1) AND status = 'pending' AND lease_token = $2",
-        )
-        .bind(seqs)
-        .bind(lease)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(Self::MARK_PUBLISHED_SQL)
+            .bind(seqs)
+            .bind(lease)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
