@@ -254,7 +254,7 @@ impl<S: Store, T: Transport> Relay<S, T> {
                                     message,
                                     err.to_string(),
                                     err.permanent,
-                                    true,
+                                    !err.outage,
                                 ));
                             }
                         }

@@ -231,6 +231,60 @@ async fn oversized_and_unroutable_entries_fail_with_their_group_only() {
     );
 }
 
+/// Ten bodies of 200 KiB each: every one fits SQS's limit for a message,
+/// together they pass its limit for one `SendMessageBatch` request (1 MiB,
+/// which the local server enforces as AWS does).
+#[tokio::test]
+async fn a_batch_larger_than_one_request_allows_is_sent_in_several() {
+    let client = client().await;
+    let (url, _) = fifo_queue(&client, None).await;
+    let transport = SqsTransport::new(client.clone(), &url);
+    let envelopes: Vec<Envelope> = (0..10)
+        .map(|n| {
+            let mut envelope = Envelope::from_message(&step("big", n)).unwrap();
+            envelope.payload = serde_json::value::RawValue::from_string(format!(
+                r#"{{"group":"big","n":{n},"pad":"{}"}}"#,
+                "x".repeat(200 * 1024)
+            ))
+            .unwrap();
+            envelope
+        })
+        .collect();
+    let results = transport.publish(&entries(&envelopes)).await.unwrap();
+    assert!(
+        results.iter().all(Result::is_ok),
+        "{:?}",
+        results.iter().filter_map(|r| r.as_ref().err()).next()
+    );
+}
+
+/// Messages for two queues, the second of which does not exist: what SQS
+/// accepted for the first is reported as accepted, not lost in the
+/// failure of the call that followed it.
+#[tokio::test]
+async fn what_one_queue_accepted_is_kept_when_the_next_queue_fails() {
+    let client = client().await;
+    let (url, _) = fifo_queue(&client, None).await;
+    let missing = url.replace(".fifo", "-missing.fifo");
+    let transport = SqsTransport::new(client.clone(), &url).with_queue("missing", &missing);
+    let envelopes = [
+        Envelope::from_message(&step("a", 1)).unwrap(),
+        Envelope::from_message(&step("b", 1)).unwrap(),
+    ];
+    let mut list = entries(&envelopes);
+    list[1].queue = Some("missing");
+    let results = transport
+        .publish(&list)
+        .await
+        .expect("the first queue's call succeeded");
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    let err = results[1].as_ref().unwrap_err();
+    assert!(
+        err.outage && !err.permanent,
+        "the second call's failure is an outage of that queue: {err:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_queue_that_is_down_is_a_transport_error() {
     let sdk = outbox_runtime::aws::sdk_config().await;

@@ -286,22 +286,18 @@ impl Transport for InProcessQueue {
             for entry in entries {
                 let group = entry.envelope.group.as_str();
                 if failed_groups.contains(group) {
-                    results.push(Err(EntryError {
-                        message: "an earlier message of its group in this batch failed".into(),
-                        permanent: false,
-                    }));
+                    results.push(Err(EntryError::retry(
+                        "an earlier message of its group in this batch failed",
+                    )));
                     continue;
                 }
                 if entry.body.len() > config.max_body_bytes {
                     failed_groups.insert(group);
-                    results.push(Err(EntryError {
-                        message: format!(
-                            "body is {} bytes, the limit is {}",
-                            entry.body.len(),
-                            config.max_body_bytes
-                        ),
-                        permanent: true,
-                    }));
+                    results.push(Err(EntryError::permanent(format!(
+                        "body is {} bytes, the limit is {}",
+                        entry.body.len(),
+                        config.max_body_bytes
+                    ))));
                     continue;
                 }
                 let id = entry.envelope.id;

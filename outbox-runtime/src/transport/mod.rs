@@ -36,6 +36,39 @@ pub struct EntryError {
     /// Whether retrying cannot help (too large, malformed): the row is
     /// dead-lettered at once instead of blocking its group.
     pub permanent: bool,
+    /// Whether the entry's queue could not be reached (while others in the
+    /// same publish could): the row waits, using up none of its attempts.
+    pub outage: bool,
+}
+
+impl EntryError {
+    /// Retrying cannot help: the row is dead-lettered at once.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        EntryError {
+            message: message.into(),
+            permanent: true,
+            outage: false,
+        }
+    }
+
+    /// Worth retrying; the attempt counts against the row's attempts.
+    pub fn retry(message: impl Into<String>) -> Self {
+        EntryError {
+            message: message.into(),
+            permanent: false,
+            outage: false,
+        }
+    }
+
+    /// The entry's queue is unavailable: retried, and the attempt does not
+    /// count.
+    pub fn outage(message: impl Into<String>) -> Self {
+        EntryError {
+            message: message.into(),
+            permanent: false,
+            outage: true,
+        }
+    }
 }
 
 /// The sending side of a transport, used by the relay.

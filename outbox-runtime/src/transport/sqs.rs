@@ -11,7 +11,7 @@ use std::fmt;
 use std::time::Duration;
 
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
     MessageSystemAttributeName, SendMessageBatchRequestEntry,
@@ -28,14 +28,31 @@ pub const SQS_MAX_BODY_BYTES: usize = 256 * 1024;
 /// Entries per `SendMessageBatch` call, an SQS limit.
 const SQS_BATCH: usize = 10;
 
+/// The bodies of one `SendMessageBatch` call together, an SQS limit (1 MiB).
+pub const SQS_MAX_BATCH_BYTES: usize = 1024 * 1024;
+
+/// Error codes of a `SendMessageBatch` call refused for its shape: sending
+/// the same call again cannot succeed.
+const MALFORMED_BATCH: [&str; 5] = [
+    "BatchRequestTooLong",
+    "TooManyEntriesInBatchRequest",
+    "BatchEntryIdsNotDistinct",
+    "InvalidBatchEntryId",
+    "EmptyBatchRequest",
+];
+
 /// Publishes envelopes to SQS FIFO queues with `SendMessageBatch`:
 /// `MessageGroupId` is the envelope's group, `MessageDeduplicationId` its
 /// id, the body its JSON.
 ///
 /// Bodies over the size limit fail permanently before anything is sent (the
-/// relay dead-letters the row instead of retrying it forever). An entry that
-/// SQS refuses fails, and so do the later entries of its group in the same
-/// publish; other groups go on.
+/// relay dead-letters the row instead of retrying it forever). Calls hold at
+/// most 10 entries and [`SQS_MAX_BATCH_BYTES`] of bodies. An entry that SQS
+/// refuses fails, and so do the later entries of its group in the same
+/// publish; other groups go on. When a call fails after earlier calls of the
+/// same publish succeeded (another logical queue, another chunk), what SQS
+/// accepted is reported accepted and the rest fail as an outage of their
+/// queue; when the first call fails, the whole publish fails.
 #[derive(Clone)]
 pub struct SqsTransport {
     client: Client,
@@ -132,19 +149,13 @@ impl Transport for SqsTransport {
         for (at, entry) in entries.iter().enumerate() {
             let group = entry.envelope.group.as_str();
             let check = if entry.body.len() > self.max_body_bytes {
-                Err(EntryError {
-                    message: format!(
-                        "message body is {} bytes; SQS accepts at most {} (store large payloads elsewhere and send a reference)",
-                        entry.body.len(),
-                        self.max_body_bytes
-                    ),
-                    permanent: true,
-                })
+                Err(EntryError::permanent(format!(
+                    "message body is {} bytes; SQS accepts at most {} (store large payloads elsewhere and send a reference)",
+                    entry.body.len(),
+                    self.max_body_bytes
+                )))
             } else {
-                self.queue_url(entry.queue).map_err(|message| EntryError {
-                    message,
-                    permanent: false,
-                })
+                self.queue_url(entry.queue).map_err(EntryError::retry)
             };
             match check {
                 Ok(url) => match by_queue.iter_mut().find(|(u, _)| *u == url) {
@@ -158,17 +169,17 @@ impl Transport for SqsTransport {
             }
         }
 
+        let mut any_sent = false;
         for (url, indexes) in by_queue {
-            for chunk in indexes.chunks(SQS_BATCH) {
+            for chunk in chunks(&indexes, |at| entries[at].body.len()) {
                 let mut batch = Vec::with_capacity(chunk.len());
                 let mut sent = Vec::with_capacity(chunk.len());
                 for &at in chunk {
                     let entry = &entries[at];
                     if failed_groups.contains(entry.envelope.group.as_str()) {
-                        results[at] = Some(Err(EntryError {
-                            message: "an earlier message of its group in this batch failed".into(),
-                            permanent: false,
-                        }));
+                        results[at] = Some(Err(EntryError::retry(
+                            "an earlier message of its group in this batch failed",
+                        )));
                         continue;
                     }
                     let request = SendMessageBatchRequestEntry::builder()
@@ -184,14 +195,45 @@ impl Transport for SqsTransport {
                 if batch.is_empty() {
                     continue;
                 }
-                let response = self
+                let response = match self
                     .client
                     .send_message_batch()
                     .queue_url(url)
                     .set_entries(Some(batch))
                     .send()
                     .await
-                    .map_err(|err| TransportError::Unavailable(sdk_error(err)))?;
+                {
+                    Ok(response) => response,
+                    Err(err) => {
+                        let malformed = err
+                            .code()
+                            .is_some_and(|code| MALFORMED_BATCH.iter().any(|m| code.ends_with(m)));
+                        let message = sdk_error(err);
+                        if malformed {
+                            // Sending this call again cannot succeed: the
+                            // rows' attempts run out and they go dead.
+                            tracing::error!(%message, "SQS refused a batch for its shape");
+                            for &at in &sent {
+                                failed_groups.insert(entries[at].envelope.group.as_str());
+                                results[at] = Some(Err(EntryError::retry(format!(
+                                    "SQS refused the batch: {message}"
+                                ))));
+                            }
+                            continue;
+                        }
+                        if !any_sent {
+                            return Err(TransportError::Unavailable(message));
+                        }
+                        // Keep what SQS accepted; the rest waits for the queue.
+                        for result in results.iter_mut().filter(|r| r.is_none()) {
+                            *result = Some(Err(EntryError::outage(format!(
+                                "queue unavailable: {message}"
+                            ))));
+                        }
+                        return Ok(results.into_iter().map(no_result).collect());
+                    }
+                };
+                any_sent = true;
                 for ok in response.successful() {
                     if let Ok(at) = ok.id().parse::<usize>() {
                         results[at] = Some(Ok(()));
@@ -202,13 +244,15 @@ impl Transport for SqsTransport {
                         continue;
                     };
                     failed_groups.insert(entries[at].envelope.group.as_str());
-                    results[at] = Some(Err(EntryError {
-                        message: format!(
-                            "SQS refused the message: {}: {}",
-                            failed.code(),
-                            failed.message().unwrap_or("no message")
-                        ),
-                        permanent: failed.sender_fault(),
+                    let message = format!(
+                        "SQS refused the message: {}: {}",
+                        failed.code(),
+                        failed.message().unwrap_or("no message")
+                    );
+                    results[at] = Some(Err(if failed.sender_fault() {
+                        EntryError::permanent(message)
+                    } else {
+                        EntryError::retry(message)
                     }));
                 }
                 // SQS could accept a later entry of a group whose earlier
@@ -232,18 +276,34 @@ impl Transport for SqsTransport {
             }
         }
 
-        Ok(results
-            .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(EntryError {
-                        message: "SQS returned no result for this entry".into(),
-                        permanent: false,
-                    })
-                })
-            })
-            .collect())
+        Ok(results.into_iter().map(no_result).collect())
     }
+}
+
+/// An entry SQS said nothing about: retried.
+fn no_result(result: Option<Result<(), EntryError>>) -> Result<(), EntryError> {
+    result.unwrap_or_else(|| Err(EntryError::retry("SQS returned no result for this entry")))
+}
+
+/// Splits `indexes` into `SendMessageBatch` calls: at most [`SQS_BATCH`]
+/// entries and [`SQS_MAX_BATCH_BYTES`] of bodies each, in order. A body
+/// larger than the limit (a queue configured for larger messages) goes
+/// alone.
+fn chunks(indexes: &[usize], size: impl Fn(usize) -> usize) -> Vec<&[usize]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, &at) in indexes.iter().enumerate() {
+        let body = size(at);
+        if i > start && (i - start == SQS_BATCH || bytes + body > SQS_MAX_BATCH_BYTES) {
+            chunks.push(&indexes[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += body;
+    }
+    if start < indexes.len() {
+        chunks.push(&indexes[start..]);
+    }
+    chunks
 }
 
 /// Receives from an SQS FIFO queue with long polling, for the
@@ -453,6 +513,22 @@ mod tests {
         assert_eq!(visibility_seconds(Duration::from_millis(1)), 1);
         assert_eq!(visibility_seconds(Duration::from_millis(1500)), 2);
         assert_eq!(visibility_seconds(Duration::from_secs(100_000)), 43_200);
+    }
+
+    #[test]
+    fn calls_hold_at_most_ten_entries_and_a_mebibyte_of_bodies() {
+        let indexes: Vec<usize> = (0..25).collect();
+        let lens: Vec<usize> = chunks(&indexes, |_| 10).iter().map(|c| c.len()).collect();
+        assert_eq!(lens, [10, 10, 5]);
+        let big = 300 * 1024;
+        let lens: Vec<usize> = chunks(&indexes[..7], |_| big)
+            .iter()
+            .map(|c| c.len())
+            .collect();
+        assert_eq!(lens, [3, 3, 1], "three bodies of 300 KiB per call");
+        let huge = chunks(&indexes[..2], |_| 2 * SQS_MAX_BATCH_BYTES);
+        assert_eq!(huge, [&[0][..], &[1][..]], "an oversized body goes alone");
+        assert!(chunks(&[], |_| 1).is_empty());
     }
 
     #[test]
