@@ -378,6 +378,7 @@ impl<S: Store> Consumer<S> {
         let (result, published) = {
             let mut ctx = HandlerContext::new(envelope, self.dispatcher.state())
                 .for_handler(handler.name, attempt)
+                .with_max_message_bytes(self.store.max_message_bytes())
                 .with_transaction(&mut tx);
             let result = invoke(handler, envelope, &mut ctx).await;
             (result, ctx.take_published())
@@ -400,7 +401,18 @@ impl<S: Store> Consumer<S> {
                 Err(err)
             };
         }
-        self.store.enqueue_all(&mut tx, &published).await?;
+        if let Err(err) = self.store.enqueue_all(&mut tx, &published).await {
+            tx.rollback().await?;
+            return match err {
+                // A message it published cannot be stored: the handler's
+                // failure, not the store's.
+                StoreError::Encode(encode) => Ok(HandlerRun::Failed {
+                    error: HandlerError::Failed(Box::new(encode)),
+                    attempt,
+                }),
+                other => Err(other),
+            };
+        }
         tx.commit().await?;
         if !published.is_empty()
             && let Some(pump) = &self.pump

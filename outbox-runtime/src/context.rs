@@ -55,6 +55,7 @@ pub struct HandlerContext<'c> {
     attempt: u32,
     transaction: Option<Transaction<'c>>,
     published: Vec<Outgoing>,
+    max_message_bytes: usize,
 }
 
 struct Transaction<'c> {
@@ -73,7 +74,18 @@ impl<'c> HandlerContext<'c> {
             attempt: 1,
             transaction: None,
             published: Vec::new(),
+            max_message_bytes: crate::envelope::DEFAULT_MAX_MESSAGE_BYTES,
         }
+    }
+
+    /// Sets the largest envelope [`publish`](Self::publish) accepts (set by
+    /// the consumer to its store's
+    /// [`max_message_bytes`](crate::Store::max_message_bytes); default
+    /// [`DEFAULT_MAX_MESSAGE_BYTES`](crate::DEFAULT_MAX_MESSAGE_BYTES)).
+    #[must_use]
+    pub fn with_max_message_bytes(mut self, limit: usize) -> Self {
+        self.max_message_bytes = limit;
+        self
     }
 
     /// Gives the handler a transaction, reachable through
@@ -165,10 +177,12 @@ impl<'c> HandlerContext<'c> {
     /// Publishes a follow-up message. It is written to the outbox in this
     /// handler's transaction, so it is sent if and only if the handler commits.
     /// Its causation id is this message's id; correlation id and trace context
-    /// are carried over.
+    /// are carried over. Fails, publishing nothing, when the message does not
+    /// encode or is too large for the transport ([`EncodeError::TooLarge`]).
     pub fn publish<M: OutboxMessage>(&mut self, message: &M) -> Result<(), EncodeError> {
         let mut outgoing = Outgoing::new(message)?;
         outgoing.envelope = outgoing.envelope.caused_by(self.envelope);
+        outgoing.envelope.check_size(self.max_message_bytes)?;
         self.published.push(outgoing);
         Ok(())
     }
@@ -228,4 +242,41 @@ pub enum ContextError {
         /// What the store provides.
         actual: &'static str,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+    struct Note {
+        text: String,
+    }
+
+    impl OutboxMessage for Note {
+        const NAME: &'static str = "note";
+        const VERSION: u32 = 1;
+        fn group_key(&self) -> std::borrow::Cow<'_, str> {
+            std::borrow::Cow::Borrowed("notes")
+        }
+    }
+
+    #[test]
+    fn publishing_a_message_too_large_for_the_transport_fails_and_publishes_nothing() {
+        let parent = Envelope::from_message(&Note { text: "hi".into() }).expect("encodes");
+        let state = State::new();
+        let mut ctx = HandlerContext::new(&parent, &state).with_max_message_bytes(1000);
+        let err = ctx
+            .publish(&Note {
+                text: "x".repeat(1000),
+            })
+            .expect_err("too large");
+        assert!(
+            matches!(err, EncodeError::TooLarge { limit: 1000, bytes, .. } if bytes > 1000),
+            "{err}"
+        );
+        assert!(ctx.published().is_empty());
+        ctx.publish(&Note { text: "ok".into() }).expect("fits");
+        assert_eq!(ctx.published().len(), 1);
+    }
 }

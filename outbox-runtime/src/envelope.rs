@@ -159,6 +159,39 @@ impl Envelope {
         Ok(envelope)
     }
 
+    /// The size of [`to_json`](Self::to_json)'s output, counted without
+    /// building it.
+    pub fn wire_len(&self) -> usize {
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut count = Count(0);
+        // As in `to_json`: serialization cannot fail, and counting never does.
+        let _ = serde_json::to_writer(&mut count, self);
+        count.0
+    }
+
+    /// Fails with [`EncodeError::TooLarge`] when the envelope is larger than
+    /// `limit` bytes as JSON.
+    pub fn check_size(&self, limit: usize) -> Result<(), EncodeError> {
+        let bytes = self.wire_len();
+        if bytes > limit {
+            return Err(EncodeError::TooLarge {
+                message: self.message_type.clone(),
+                bytes,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
     /// Serializes the envelope to its JSON wire form.
     pub fn to_json(&self) -> String {
         // Every field is a string, number, UUID, timestamp or already-valid
@@ -199,6 +232,11 @@ impl Envelope {
         schemars::schema_for!(Envelope)
     }
 }
+
+/// The largest envelope (as JSON) a store accepts unless told otherwise:
+/// 256 KiB, what an SQS queue takes by default. See
+/// [`Store::max_message_bytes`](crate::Store::max_message_bytes).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// Header of a replayed message: the id of the message it replays (the first
 /// one, when a replay is replayed again). The replay is handled under that

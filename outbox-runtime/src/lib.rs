@@ -66,7 +66,7 @@ pub use crate::backoff::Backoff;
 pub use crate::consumer::{Consumer, ConsumerConfig, Outcome};
 pub use crate::context::{ContextError, HandlerContext};
 pub use crate::dispatch::{DispatchError, DispatchReport, Dispatcher, HandlerOutcome, invoke};
-pub use crate::envelope::{Envelope, EnvelopeError, Headers, Outgoing};
+pub use crate::envelope::{DEFAULT_MAX_MESSAGE_BYTES, Envelope, EnvelopeError, Headers, Outgoing};
 pub use crate::handler::{BoxError, HandlerError, IntoHandlerResult};
 pub use crate::message::{DecodeError, EncodeError, GroupKey, GroupSpec, OutboxMessage};
 pub use crate::metrics::{Metrics, MetricsSnapshot};

@@ -140,6 +140,18 @@ pub enum EncodeError {
         /// What is wrong with it.
         reason: String,
     },
+    /// Its envelope is larger than the transport takes.
+    #[error(
+        "message `{message}` is {bytes} bytes as an envelope; the limit is {limit} (the transport's: SQS takes 256 KiB by default). Store large data elsewhere and send a reference"
+    )]
+    TooLarge {
+        /// The message name.
+        message: String,
+        /// The envelope's size as JSON.
+        bytes: usize,
+        /// The largest envelope accepted.
+        limit: usize,
+    },
 }
 
 /// A value that can be a message group, used by `#[outbox(group = field)]`.

@@ -293,6 +293,10 @@ pub enum StoreError {
     /// The embedded migrations failed.
     #[error("outbox store migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A message cannot be stored as it is (too large for the transport).
+    /// Nothing was written.
+    #[error(transparent)]
+    Encode(#[from] crate::EncodeError),
     /// A row holds data that is not a valid envelope (edited by hand, or
     /// written by an incompatible version).
     #[error("outbox row {seq} is corrupt: {reason}")]
@@ -320,7 +324,7 @@ impl StoreError {
                     .as_database_error()
                     .is_some_and(|db| is_transient_code(db.code().as_deref()))
             }
-            StoreError::Migrate(_) | StoreError::CorruptRow { .. } => false,
+            StoreError::Migrate(_) | StoreError::Encode(_) | StoreError::CorruptRow { .. } => false,
         }
     }
 }
@@ -333,7 +337,7 @@ impl StoreError {
             StoreError::Database(err) => err
                 .as_database_error()
                 .is_some_and(|db| db.is_unique_violation()),
-            StoreError::Migrate(_) | StoreError::CorruptRow { .. } => false,
+            StoreError::Migrate(_) | StoreError::Encode(_) | StoreError::CorruptRow { .. } => false,
         }
     }
 }
@@ -371,9 +375,18 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// several processes at once).
     fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// The largest envelope, as JSON, that [`enqueue_all`](Self::enqueue_all)
+    /// accepts: what the transport takes
+    /// ([`DEFAULT_MAX_MESSAGE_BYTES`](crate::DEFAULT_MAX_MESSAGE_BYTES), SQS's
+    /// default, unless the store was built with another limit). A claim
+    /// loads at most `batch_size` times this.
+    fn max_message_bytes(&self) -> usize;
+
     /// Inserts messages into the outbox on `conn`: the app's open
     /// transaction. Does not commit and does not talk to any queue. All
-    /// messages go in one statement, in order.
+    /// messages go in one statement, in order. A message larger than
+    /// [`max_message_bytes`](Self::max_message_bytes) fails the call with
+    /// [`StoreError::Encode`] before anything is written.
     fn enqueue_all<'c>(
         &'c self,
         conn: &'c mut <Self::Database as sqlx::Database>::Connection,
@@ -553,7 +566,10 @@ pub trait StoreExt: Store {
         message: &M,
     ) -> impl Future<Output = Result<Envelope, EnqueueError>> + Send + 'c {
         // Encoded before the future, so the message need not be `Sync`.
-        let outgoing = Outgoing::new(message);
+        let outgoing = Outgoing::new(message).and_then(|outgoing| {
+            outgoing.envelope.check_size(self.max_message_bytes())?;
+            Ok(outgoing)
+        });
         async move {
             let outgoing = outgoing?;
             self.enqueue_all(conn, std::slice::from_ref(&outgoing))
@@ -569,7 +585,8 @@ impl<S: Store> StoreExt for S {}
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EnqueueError {
-    /// The message cannot become an envelope.
+    /// The message cannot become an envelope, or its envelope is too large
+    /// for the transport.
     #[error(transparent)]
     Encode(#[from] crate::EncodeError),
     /// The insert failed; the app's transaction should be rolled back.
@@ -590,5 +607,6 @@ pub(crate) fn own_migrator(embedded: &sqlx::migrate::Migrator) -> sqlx::migrate:
 mod row;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) use row::{
-    attempts_from, envelope_from_row, headers_json, millis, sort_out, status_from, u32_column,
+    attempts_from, check_sizes, envelope_from_row, headers_json, millis, sort_out, status_from,
+    u32_column,
 };

@@ -37,12 +37,26 @@ static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    max_message_bytes: usize,
 }
 
 impl PgStore {
     /// A store on `pool`. Run [`Store::migrate`] once before use.
     pub fn new(pool: PgPool) -> Self {
-        PgStore { pool }
+        PgStore {
+            pool,
+            max_message_bytes: crate::DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+
+    /// Sets the largest envelope (as JSON) it accepts: your transport's
+    /// limit, when it is not SQS's default 256 KiB (an SQS queue can be
+    /// configured up to 1 MiB; set the same on
+    /// [`SqsTransport::with_max_body_bytes`](crate::SqsTransport)).
+    #[must_use]
+    pub fn with_max_message_bytes(mut self, limit: usize) -> Self {
+        self.max_message_bytes = limit;
+        self
     }
 
     /// The pool.
@@ -262,6 +276,10 @@ const DEAD_LETTER_COLUMNS: &str = "SELECT id, message_id, handler, message_type,
 impl Store for PgStore {
     type Database = Postgres;
 
+    fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
         super::own_migrator(&MIGRATIONS).run(&self.pool).await?;
         Ok(())
@@ -275,6 +293,7 @@ impl Store for PgStore {
         if messages.is_empty() {
             return Ok(());
         }
+        super::check_sizes(messages, self.max_message_bytes)?;
         let n = messages.len();
         let (mut ids, mut types, mut versions, mut groups) = (
             Vec::with_capacity(n),

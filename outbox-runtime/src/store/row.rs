@@ -92,3 +92,15 @@ pub(crate) fn u32_column(seq: i64, column: &str, value: i64) -> Result<u32, Stor
         reason: format!("{column} {value} is out of range"),
     })
 }
+
+/// Fails on the first message larger than `limit` as an envelope, before
+/// anything is written.
+pub(crate) fn check_sizes(
+    messages: &[crate::envelope::Outgoing],
+    limit: usize,
+) -> Result<(), StoreError> {
+    for outgoing in messages {
+        outgoing.envelope.check_size(limit)?;
+    }
+    Ok(())
+}

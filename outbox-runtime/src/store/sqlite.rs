@@ -27,6 +27,7 @@ static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    max_message_bytes: usize,
 }
 
 impl SqliteStore {
@@ -34,7 +35,20 @@ impl SqliteStore {
     /// should use WAL mode and a busy timeout; [`SqliteStore::open`] sets
     /// them.
     pub fn new(pool: SqlitePool) -> Self {
-        SqliteStore { pool }
+        SqliteStore {
+            pool,
+            max_message_bytes: crate::DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+
+    /// Sets the largest envelope (as JSON) it accepts: your transport's
+    /// limit, when it is not SQS's default 256 KiB (an SQS queue can be
+    /// configured up to 1 MiB; set the same on
+    /// [`SqsTransport::with_max_body_bytes`](crate::SqsTransport)).
+    #[must_use]
+    pub fn with_max_message_bytes(mut self, limit: usize) -> Self {
+        self.max_message_bytes = limit;
+        self
     }
 
     /// Opens (creating if missing) the database at `url`, such as
@@ -159,6 +173,10 @@ fn json_list<T: serde::Serialize>(values: &[T]) -> String {
 impl Store for SqliteStore {
     type Database = Sqlite;
 
+    fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
         super::own_migrator(&MIGRATIONS).run(&self.pool).await?;
         Ok(())
@@ -172,6 +190,7 @@ impl Store for SqliteStore {
         if messages.is_empty() {
             return Ok(());
         }
+        super::check_sizes(messages, self.max_message_bytes)?;
         // One multi-row INSERT per chunk; SQLite allows 32,766 bound
         // parameters, 9 per row.
         for chunk in messages.chunks(3000) {

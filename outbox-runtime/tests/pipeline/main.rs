@@ -317,4 +317,5 @@ on_both_stores!(
     held_back_deliveries_use_up_no_attempts,
     replaying_a_poison_dead_letter_skips_the_handlers_that_committed,
     a_relay_whose_lease_ran_out_cannot_overwrite_the_rows,
+    a_message_too_large_for_the_transport_is_refused_at_enqueue,
 );

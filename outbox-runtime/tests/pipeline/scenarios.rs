@@ -1166,3 +1166,45 @@ pub(crate) async fn a_relay_whose_lease_ran_out_cannot_overwrite_the_rows(store:
         "a stale lease wrote over the row: {row:?}"
     );
 }
+
+/// A message larger than the transport takes (256 KiB as an envelope, by
+/// default: SQS's) is refused at enqueue with an error that says so, and
+/// nothing is written; the app's transaction goes on.
+pub(crate) async fn a_message_too_large_for_the_transport_is_refused_at_enqueue<S: TestDb>(
+    store: S,
+) {
+    let h = Harness::new(store).await;
+    let mut big = step("g", 1);
+    big.pad = "x".repeat(300 * 1024);
+    let mut tx = h.store.begin().await.expect("begin");
+    h.store.insert_order(&mut tx, 1).await;
+    let err = h
+        .store
+        .enqueue(&mut tx, &big)
+        .await
+        .expect_err("a 300 KiB message is refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("test.step") && text.contains("262144"),
+        "the error names the message and the limit: {text}"
+    );
+    let outgoing = Outgoing::new(&big).expect("encodes");
+    assert!(
+        h.store
+            .enqueue_all(&mut tx, std::slice::from_ref(&outgoing))
+            .await
+            .is_err(),
+        "enqueue_all refuses it too"
+    );
+    h.store
+        .enqueue(&mut tx, &step("g", 2))
+        .await
+        .expect("a small one goes in");
+    tx.commit().await.expect("the transaction still commits");
+    assert_eq!(h.store.orders().await, 1);
+    assert_eq!(
+        h.store.outbox_rows().await.len(),
+        1,
+        "only the small message"
+    );
+}
