@@ -83,6 +83,10 @@ fn a_group_that_sqs_would_reject_is_refused_before_anything_is_written() {
         ("has space", "contains ' '"),
         ("ünïcode", "contains 'ü'"),
         (&"x".repeat(129), "is 129 bytes long, the limit is 128"),
+        (
+            outbox_runtime::PUMP_GROUP,
+            "starts with `__outbox`, which the toolkit reserves",
+        ),
     ] {
         let err = Envelope::from_message(&AccountOpened {
             owner: owner.into(),
