@@ -2,8 +2,11 @@
 //! transport, keeping per-group order.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
+use uuid::Uuid;
 
 use tracing::Instrument;
 
@@ -32,8 +35,12 @@ pub struct RelayConfig {
     /// recovers lost pumps and retries rows whose backoff ran out.
     pub sweep_interval: Duration,
     /// On a non-durable transport, how long a published row waits for a
-    /// consumer to confirm it before it is published again (the process is
-    /// presumed dead; the inbox absorbs a repeat).
+    /// consumer to confirm it before it is published again. The relay
+    /// renews it every third of this while it lives (on every drain that
+    /// comes due), so only a process that died lets its rows go: another
+    /// process publishes them again after this long (the inbox absorbs a
+    /// repeat). Keep it below the queue's deduplication window (the
+    /// in-process queue's: 5 minutes).
     pub relayed_for: Duration,
 }
 
@@ -45,7 +52,7 @@ impl Default for RelayConfig {
             max_attempts: 10,
             backoff: Backoff::default(),
             sweep_interval: Duration::from_secs(1),
-            relayed_for: Duration::from_secs(300),
+            relayed_for: Duration::from_secs(60),
         }
     }
 }
@@ -87,6 +94,15 @@ pub struct Relay<S, T> {
     transport: Arc<T>,
     config: RelayConfig,
     metrics: Arc<Metrics>,
+    /// Claims whose rows sit `relayed` in this process's queue, and when
+    /// they were last renewed. Shared by clones (one transport).
+    relayed: Arc<Mutex<Relayed>>,
+}
+
+#[derive(Default)]
+struct Relayed {
+    leases: HashSet<Uuid>,
+    renewed: Option<Instant>,
 }
 
 impl<S: Clone, T> Clone for Relay<S, T> {
@@ -96,6 +112,7 @@ impl<S: Clone, T> Clone for Relay<S, T> {
             transport: Arc::clone(&self.transport),
             config: self.config,
             metrics: Arc::clone(&self.metrics),
+            relayed: Arc::clone(&self.relayed),
         }
     }
 }
@@ -116,6 +133,7 @@ impl<S: Store, T: Transport> Relay<S, T> {
             transport,
             config: RelayConfig::default(),
             metrics: Arc::default(),
+            relayed: Arc::default(),
         }
     }
 
@@ -153,6 +171,7 @@ impl<S: Store, T: Transport> Relay<S, T> {
         deadline: Option<tokio::time::Instant>,
     ) -> Result<DrainReport, RelayError> {
         let mut report = DrainReport::default();
+        self.renew_relayed().await;
         loop {
             // The first batch is claimed whatever the deadline says, so that
             // every drain makes progress (a pump that re-pumps without
@@ -203,6 +222,46 @@ impl<S: Store, T: Transport> Relay<S, T> {
                 () = tokio::time::sleep(self.config.sweep_interval) => {}
             }
         }
+    }
+
+    /// Renews the confirmation deadline of the rows this relay handed to its
+    /// non-durable queue, once a third of `relayed_for` has passed since the
+    /// last renewal, and forgets claims whose rows are all confirmed. A
+    /// failure is logged: the rows are renewed at the next drain, or
+    /// published again once their deadline passes.
+    async fn renew_relayed(&self) {
+        let leases: Vec<Uuid> = {
+            let relayed = self.lock_relayed();
+            let due = relayed
+                .renewed
+                .is_none_or(|at| at.elapsed() >= self.config.relayed_for / 3);
+            if relayed.leases.is_empty() || !due {
+                return;
+            }
+            relayed.leases.iter().copied().collect()
+        };
+        match self
+            .store
+            .renew_relayed(&leases, self.config.relayed_for)
+            .await
+        {
+            Ok(held) => {
+                let held: HashSet<Uuid> = held.into_iter().collect();
+                let mut relayed = self.lock_relayed();
+                // Claims relayed since the query started are kept.
+                relayed
+                    .leases
+                    .retain(|lease| held.contains(lease) || !leases.contains(lease));
+                relayed.renewed = Some(Instant::now());
+            }
+            Err(err) => tracing::warn!(error = %err, "could not renew relayed rows"),
+        }
+    }
+
+    fn lock_relayed(&self) -> std::sync::MutexGuard<'_, Relayed> {
+        self.relayed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn publish_batch(
@@ -283,6 +342,13 @@ impl<S: Store, T: Transport> Relay<S, T> {
             self.store
                 .mark_relayed(lease, &published, self.config.relayed_for)
                 .await?;
+            if !published.is_empty() {
+                let mut relayed = self.lock_relayed();
+                if relayed.leases.is_empty() {
+                    relayed.renewed = Some(Instant::now());
+                }
+                relayed.leases.insert(lease);
+            }
         }
         self.store.record_failures(lease, &failures).await?;
         self.store.release(lease, &skipped).await?;

@@ -234,7 +234,7 @@ pub(crate) struct WorkTiming {
 impl Default for WorkTiming {
     fn default() -> Self {
         WorkTiming {
-            relayed_for: Duration::from_secs(300),
+            relayed_for: Duration::from_secs(60),
             retry_initial: Duration::from_secs(1),
         }
     }

@@ -73,7 +73,7 @@ enum Command {
         database_url: String,
         /// How long a relayed, unconfirmed message waits before it is
         /// relayed again (after a crash).
-        #[arg(long, default_value_t = 300_000)]
+        #[arg(long, default_value_t = 60_000)]
         relayed_for_ms: u64,
         /// The delay before a failed handler's first retry (it doubles).
         #[arg(long, default_value_t = 1_000)]

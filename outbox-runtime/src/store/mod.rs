@@ -422,6 +422,16 @@ pub trait Store: Clone + Send + Sync + 'static {
         until: Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Extends by `until` from now the confirmation deadline of the rows
+    /// still `relayed` under the claims `leases`: the relay that handed them
+    /// to its queue is alive, so they are not published again while a
+    /// consumer lags. Returns the leases that still hold relayed rows.
+    fn renew_relayed(
+        &self,
+        leases: &[Uuid],
+        until: Duration,
+    ) -> impl Future<Output = Result<Vec<Uuid>, StoreError>> + Send;
+
     /// Marks the rows of handled messages published, by message id: how a
     /// worker on a non-durable transport confirms delivery (see
     /// [`Transport::durable`](crate::Transport::durable)). Rows already

@@ -393,6 +393,27 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn renew_relayed(
+        &self,
+        leases: &[Uuid],
+        until: Duration,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(sqlx::query_scalar(
+            "WITH renewed AS (
+                 UPDATE outbox SET lease_until = now() + $2 * interval '1 millisecond'
+                 WHERE status = 'relayed' AND lease_token = ANY($1)
+                 RETURNING lease_token)
+             SELECT DISTINCT lease_token FROM renewed",
+        )
+        .bind(leases)
+        .bind(millis(until))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn confirm(&self, ids: &[Uuid]) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());

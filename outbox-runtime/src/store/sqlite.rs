@@ -311,6 +311,33 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn renew_relayed(
+        &self,
+        leases: &[Uuid],
+        until: Duration,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tokens: Vec<String> = leases.iter().map(|l| l.hyphenated().to_string()).collect();
+        let renewed: Vec<String> = sqlx::query_scalar(
+            "UPDATE outbox SET lease_until = ?2
+             WHERE status = 'relayed' AND lease_token IN (SELECT value FROM json_each(?1))
+             RETURNING lease_token",
+        )
+        .bind(json_list(&tokens))
+        .bind(now_ms().saturating_add(millis(until)))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut held: Vec<Uuid> = renewed
+            .iter()
+            .filter_map(|token| Uuid::parse_str(token).ok())
+            .collect();
+        held.sort_unstable();
+        held.dedup();
+        Ok(held)
+    }
+
     async fn confirm(&self, ids: &[Uuid]) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());

@@ -23,6 +23,10 @@ pub struct InProcessConfig {
     pub max_body_bytes: usize,
     /// Entries per publish call (SQS: 10).
     pub max_batch: usize,
+    /// The most messages it holds, in flight or not. Past it, publishing
+    /// fails as an outage of the queue: the relay's rows wait, using up none
+    /// of their attempts, until workers make room.
+    pub capacity: usize,
 }
 
 impl Default for InProcessConfig {
@@ -32,6 +36,7 @@ impl Default for InProcessConfig {
             dedup_window: Duration::from_secs(300),
             max_body_bytes: 256 * 1024,
             max_batch: 10,
+            capacity: 10_000,
         }
     }
 }
@@ -283,8 +288,17 @@ impl Transport for InProcessQueue {
             }
             let mut failed_groups: HashSet<&str> = HashSet::new();
             let mut results = Vec::with_capacity(entries.len());
+            let mut queued: usize = state.groups.values().map(|g| g.messages.len()).sum();
             for entry in entries {
                 let group = entry.envelope.group.as_str();
+                if queued >= config.capacity {
+                    failed_groups.insert(group);
+                    results.push(Err(EntryError::outage(format!(
+                        "the in-process queue is full ({} messages); the row waits for the workers",
+                        config.capacity
+                    ))));
+                    continue;
+                }
                 if failed_groups.contains(group) {
                     results.push(Err(EntryError::retry(
                         "an earlier message of its group in this batch failed",
@@ -323,6 +337,7 @@ impl Transport for InProcessQueue {
                         receipt: None,
                     });
                 state.stats.sent += 1;
+                queued += 1;
                 results.push(Ok(()));
             }
             results
@@ -545,6 +560,26 @@ mod tests {
             "never accepted behind a failure"
         );
         assert!(results[2].is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_more_as_an_outage_until_a_message_leaves() {
+        let queue = InProcessQueue::with_config(InProcessConfig {
+            capacity: 2,
+            ..InProcessConfig::default()
+        });
+        let (a1, b1, c1) = (envelope("a", 1), envelope("b", 1), envelope("c", 1));
+        let results = send(&queue, &[&a1, &b1, &c1]).await;
+        assert!(results[0].is_ok() && results[1].is_ok());
+        assert!(
+            results[2]
+                .as_ref()
+                .is_err_and(|e| e.outage && !e.permanent && e.message.contains("full")),
+            "{results:?}"
+        );
+        let got = queue.receive(1, Duration::ZERO).await.unwrap();
+        queue.ack(&[got[0].receipt.clone()]).await.unwrap();
+        assert!(send(&queue, &[&c1]).await[0].is_ok(), "room again");
     }
 
     #[tokio::test]

@@ -318,4 +318,6 @@ on_both_stores!(
     replaying_a_poison_dead_letter_skips_the_handlers_that_committed,
     a_relay_whose_lease_ran_out_cannot_overwrite_the_rows,
     a_message_too_large_for_the_transport_is_refused_at_enqueue,
+    a_live_relay_keeps_its_relayed_rows_while_consumers_lag,
+    a_full_queue_makes_the_relay_wait_without_using_attempts,
 );

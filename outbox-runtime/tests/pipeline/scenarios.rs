@@ -1208,3 +1208,79 @@ pub(crate) async fn a_message_too_large_for_the_transport_is_refused_at_enqueue<
         "only the small message"
     );
 }
+
+/// A relay that is alive keeps the rows it handed to its in-process queue:
+/// their confirmation deadline (`relayed_for`) is renewed while they wait
+/// for a slow consumer, so they are not published again behind its back.
+/// Only a relay that died lets them go back to pending.
+pub(crate) async fn a_live_relay_keeps_its_relayed_rows_while_consumers_lag<S: TestDb>(store: S) {
+    let h = Harness::new(store).await;
+    let steps: Vec<Step> = (0..6).map(|n| step(&format!("g{}", n % 3), n)).collect();
+    commit_steps(&h.store, 1, &steps).await;
+    let relay = h.relay.clone().with_config(RelayConfig {
+        relayed_for: Duration::from_millis(300),
+        sweep_interval: Duration::from_millis(20),
+        backoff: crate::fast_backoff(),
+        ..RelayConfig::default()
+    });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn({
+        let relay = relay.clone();
+        let mut stopped = stopped.clone();
+        async move {
+            relay
+                .run(outbox_runtime::RelayWaker::new(), async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await;
+        }
+    });
+    // No consumer for three times `relayed_for`.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let _ = stop.send(true);
+    running.await.expect("relay task");
+    let stats = h.queue.stats();
+    assert_eq!(
+        (stats.sent, stats.duplicates_dropped),
+        (6, 0),
+        "each row handed over once, none again while its relay lives"
+    );
+    assert!(
+        h.store
+            .outbox_rows()
+            .await
+            .iter()
+            .all(|r| r.status == "relayed"),
+        "{:?}",
+        h.store.outbox_rows().await
+    );
+    h.settle(Duration::from_secs(10)).await;
+    assert_eq!(h.store.effects().await.len(), 6);
+}
+
+/// An in-process queue at capacity: the relay's rows wait, pending and
+/// using up none of their attempts, and go once the workers make room.
+pub(crate) async fn a_full_queue_makes_the_relay_wait_without_using_attempts<S: TestDb>(store: S) {
+    let h = Harness::with_queue(
+        store,
+        InProcessConfig {
+            capacity: 5,
+            ..InProcessConfig::default()
+        },
+    )
+    .await;
+    let steps: Vec<Step> = (0..12).map(|n| step(&format!("g{n}"), n)).collect();
+    commit_steps(&h.store, 1, &steps).await;
+    let report = h.relay.drain().await.expect("drain");
+    assert_eq!(report.published, 5);
+    assert_eq!(h.queue.stats().queued, 5);
+    let rows = h.store.outbox_rows().await;
+    assert!(
+        rows.iter()
+            .filter(|r| r.status == "pending")
+            .all(|r| r.attempts == 0),
+        "{rows:?}"
+    );
+    h.settle(Duration::from_secs(20)).await;
+    assert_eq!(h.store.effects().await.len(), 12);
+}
