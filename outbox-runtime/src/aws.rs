@@ -154,14 +154,15 @@ async fn secret_database_url(_: &aws_config::SdkConfig, arn: &str) -> Result<Str
 }
 
 /// Builds a PostgreSQL URL from an RDS credentials secret
-/// (`{"username", "password", "host", "port", "dbname"}`).
+/// (`{"username", "password", "host", "port", "dbname"}`), with TLS
+/// required (`sslmode=require`): the credentials cross the network.
 ///
 /// ```
 /// # use outbox_runtime::aws::postgres_url_from_secret;
 /// let url = postgres_url_from_secret(
 ///     r#"{"username":"app","password":"p@ss/word","host":"db.example","port":5432,"dbname":"orders","engine":"postgres"}"#,
 /// ).unwrap();
-/// assert_eq!(url, "postgres://app:p%40ss%2Fword@db.example:5432/orders");
+/// assert_eq!(url, "postgres://app:p%40ss%2Fword@db.example:5432/orders?sslmode=require");
 /// ```
 pub fn postgres_url_from_secret(secret: &str) -> Result<String, String> {
     #[derive(serde::Deserialize)]
@@ -186,7 +187,7 @@ pub fn postgres_url_from_secret(secret: &str) -> Result<String, String> {
         Some(other) => return Err(format!("port {other} is not a number")),
     };
     Ok(format!(
-        "postgres://{}:{}@{}:{port}/{}",
+        "postgres://{}:{}@{}:{port}/{}?sslmode=require",
         encode(&rds.username),
         encode(&rds.password),
         rds.host,

@@ -715,7 +715,7 @@ async fn the_database_url_comes_from_the_environment_or_a_secrets_manager_secret
     .unwrap();
     assert_eq!(
         from_secret,
-        "postgres://app:s3cr%2Ft%21@db.internal:5432/orders"
+        "postgres://app:s3cr%2Ft%21@db.internal:5432/orders?sslmode=require"
     );
 
     let direct = outbox_runtime::aws::database_url_from(

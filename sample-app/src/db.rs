@@ -86,6 +86,8 @@ pub(crate) trait AppDb: Store {
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
     /// Counts rows of one of the sample's tables.
     fn count(&self, table: Table) -> impl Future<Output = anyhow::Result<i64>> + Send;
+    /// Whether the database answers (`SELECT 1`).
+    fn ping(&self) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
 /// Reads an order row in a transaction (locked where the database can).
@@ -179,6 +181,11 @@ macro_rules! app_db {
                     Table::Notifications => "SELECT count(*) FROM notifications",
                 };
                 Ok(sqlx::query_scalar(sql).fetch_one(self.pool()).await?)
+            }
+
+            async fn ping(&self) -> anyhow::Result<()> {
+                sqlx::query("SELECT 1").execute(self.pool()).await?;
+                Ok(())
             }
         }
     };
