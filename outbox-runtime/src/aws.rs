@@ -240,7 +240,7 @@ mod tests {
         assert_eq!(
             postgres_url_from_secret(r#"{"username":"u","password":"p","host":"h","port":"6543"}"#)
                 .unwrap(),
-            "postgres://u:p@h:6543/postgres"
+            "postgres://u:p@h:6543/postgres?sslmode=require"
         );
     }
 }

@@ -398,6 +398,28 @@ impl Receiver for InProcessQueue {
         first_error.map_or(Ok(()), Err)
     }
 
+    async fn extend(&self, receipts: &[Receipt], by: Duration) -> Result<(), TransportError> {
+        let mut state = self.lock();
+        Self::check_available(&state)?;
+        let until = Instant::now() + by;
+        for receipt in receipts {
+            let stale = || TransportError::StaleReceipt(receipt.clone());
+            let number: u64 = receipt.0.parse().map_err(|_| stale())?;
+            let Some((group, id)) = state.receipts.get(&number).cloned() else {
+                // Acknowledged or delivered again since: nothing to extend.
+                continue;
+            };
+            if let Some(message) = state.groups.get_mut(&group).and_then(|g| {
+                g.messages
+                    .iter_mut()
+                    .find(|m| m.id == id && m.receipt == Some(number))
+            }) {
+                message.visible_at = message.visible_at.max(until);
+            }
+        }
+        Ok(())
+    }
+
     async fn release(&self, receipt: &Receipt, delay: Duration) -> Result<(), TransportError> {
         {
             let mut state = self.lock();
@@ -506,6 +528,27 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(queue.stats().queued, 0);
+    }
+
+    #[tokio::test]
+    async fn extending_a_delivery_keeps_it_invisible_past_the_visibility_timeout() {
+        let queue = InProcessQueue::with_config(InProcessConfig {
+            visibility_timeout: Duration::from_millis(50),
+            ..InProcessConfig::default()
+        });
+        send(&queue, &[&envelope("a", 1)]).await;
+        let got = queue.receive(1, Duration::ZERO).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        queue
+            .extend(&[got[0].receipt.clone()], Duration::from_millis(300))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(70)).await;
+        assert!(
+            queue.receive(1, Duration::ZERO).await.unwrap().is_empty(),
+            "a heartbeat keeps a slow handler's message from being delivered again"
+        );
+        queue.ack(&[got[0].receipt.clone()]).await.unwrap();
     }
 
     #[tokio::test]

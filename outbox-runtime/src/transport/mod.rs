@@ -146,8 +146,8 @@ pub trait Receiver: Send + Sync + 'static {
     fn ack(&self, receipts: &[Receipt]) -> impl Future<Output = Result<(), TransportError>> + Send;
 
     /// Keeps received messages invisible for another `by`, for handlers that
-    /// take longer than the queue's visibility timeout. The default does
-    /// nothing (the in-process queue's timeout is set at construction).
+    /// take longer than the queue's visibility timeout. Receipts no longer
+    /// valid are skipped. The default does nothing.
     fn extend(
         &self,
         receipts: &[Receipt],
