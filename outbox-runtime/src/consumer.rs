@@ -59,6 +59,16 @@ impl Outcome {
     }
 }
 
+/// The deadline of a pump's drain: the batch's, or half the time left when
+/// other records wait behind the pump in the batch, so they are handled in
+/// the same invocation.
+fn pump_deadline(now: Instant, deadline: Option<Instant>, waiting: usize) -> Option<Instant> {
+    match deadline {
+        Some(deadline) if waiting > 0 => Some(now + deadline.saturating_duration_since(now) / 2),
+        other => other,
+    }
+}
+
 /// What became of one handler on one message.
 enum HandlerRun {
     Committed,
@@ -200,11 +210,20 @@ impl<S: Store> Consumer<S> {
     ) -> Vec<Outcome> {
         let mut stopped: HashSet<&str> = HashSet::new();
         let mut outcomes = Vec::with_capacity(deliveries.len());
-        for delivery in deliveries {
+        for (at, delivery) in deliveries.iter().enumerate() {
             if stopped.contains(delivery.group.as_str()) {
                 outcomes.push(Outcome::HeldBack);
                 continue;
             }
+            let waiting = deliveries[at + 1..]
+                .iter()
+                .filter(|d| !is_pump(&d.body))
+                .count();
+            let deadline = if is_pump(&delivery.body) {
+                pump_deadline(Instant::now(), deadline, waiting)
+            } else {
+                deadline
+            };
             let outcome = self.handle_until(delivery, deadline).await;
             if !outcome.is_done() {
                 stopped.insert(&delivery.group);
@@ -505,5 +524,26 @@ impl<S: Store> Consumer<S> {
                 Outcome::Retry(self.config.retry_backoff.delay(delivery.receive_count))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pump_leaves_half_the_time_to_the_records_behind_it() {
+        let now = Instant::now();
+        let deadline = now + Duration::from_secs(10);
+        assert_eq!(
+            pump_deadline(now, Some(deadline), 3),
+            Some(now + Duration::from_secs(5))
+        );
+        assert_eq!(pump_deadline(now, Some(deadline), 0), Some(deadline));
+        assert_eq!(
+            pump_deadline(now, None, 3),
+            None,
+            "a worker has no deadline"
+        );
     }
 }
