@@ -41,8 +41,9 @@
 use uuid::Uuid;
 
 use crate::envelope::{Envelope, Outgoing};
-use crate::store::{Store, StoreError, StoredDeadLetter};
+use crate::store::{DeadLetter, Store, StoreError, StoredDeadLetter};
 use crate::table::DispatchTable;
+use crate::transport::{Receiver, TransportError};
 
 pub use crate::envelope::{ONLY_HANDLER_HEADER, REPLAY_OF_HEADER};
 
@@ -71,6 +72,9 @@ pub enum AdminError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The queue failed.
+    #[error(transparent)]
+    Queue(#[from] TransportError),
 }
 
 /// A dead letter that is a message again.
@@ -144,6 +148,61 @@ pub async fn replay_dead_letter<S: Store>(
         replay_id: replay.envelope.id,
         handler: letter.handler,
     })
+}
+
+/// Moves what a queue gave up on (an SQS queue's dead-letter queue, after
+/// `maxReceiveCount` receives: a long database outage on Lambda ends there)
+/// into the toolkit's dead letters, where it is listed and replayed like
+/// any other. Each message becomes a whole-message dead letter (handler
+/// `None`, id [`Envelope::original_id`], or none when the body is not an
+/// envelope), then is deleted from `dlq`. Returns how many were moved.
+///
+/// A replay is handled under the original id, so handlers that committed
+/// the message before it went to the DLQ do not run again. At least once:
+/// a message whose delete fails is imported again next time, and its
+/// second replay finds every handler done.
+///
+/// ```no_run
+/// # async fn example(store: outbox_runtime::PgStore, sqs: aws_sdk_sqs::Client) -> Result<(), outbox_runtime::admin::AdminError> {
+/// let dlq = outbox_runtime::SqsReceiver::new(sqs, "https://sqs.eu-west-1.amazonaws.com/123456789012/orders-dlq.fifo");
+/// let moved = outbox_runtime::admin::import_dead_letter_queue(&store, &dlq).await?;
+/// println!("{moved} messages are dead letters now; replay them with admin::replay_dead_letter");
+/// # Ok(()) }
+/// ```
+pub async fn import_dead_letter_queue<S: Store, R: Receiver>(
+    store: &S,
+    dlq: &R,
+) -> Result<u64, AdminError> {
+    let mut moved = 0;
+    loop {
+        // Long polling (1 s): a short poll of SQS may miss messages.
+        let deliveries = dlq.receive(10, std::time::Duration::from_secs(1)).await?;
+        if deliveries.is_empty() {
+            return Ok(moved);
+        }
+        let mut tx = store.begin().await?;
+        for delivery in &deliveries {
+            let envelope = Envelope::from_json(&delivery.body).ok();
+            let entry = DeadLetter {
+                message_id: envelope.as_ref().map(Envelope::original_id),
+                handler: None,
+                message_type: envelope.as_ref().map(|e| e.message_type.clone()),
+                group: Some(delivery.group.clone()),
+                body: delivery.body.clone(),
+                error: format!(
+                    "the queue gave up on it after {} receives (moved to its dead-letter queue)",
+                    delivery.receive_count
+                ),
+                attempts: delivery.receive_count,
+            };
+            store.dead_letter(&mut tx, &entry).await?;
+        }
+        tx.commit().await.map_err(StoreError::from)?;
+        let receipts: Vec<_> = deliveries.into_iter().map(|d| d.receipt).collect();
+        dlq.ack(&receipts).await?;
+        moved += receipts.len() as u64;
+        tracing::info!(moved, "queue dead letters imported");
+    }
 }
 
 /// Deletes dead letter `id` for good.

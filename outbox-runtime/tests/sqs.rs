@@ -517,6 +517,69 @@ async fn lambda_reports_a_failed_group_and_the_sqs_dlq_takes_it_after_max_receiv
     assert_eq!(got[..2], [("fine".to_owned(), 0), ("fine".to_owned(), 1)]);
 }
 
+/// What the queue gave up on (its DLQ, after `maxReceiveCount` receives:
+/// a long database outage on Lambda ends there) comes back into the
+/// toolkit's dead letters, to be listed and replayed like any other; the
+/// DLQ is emptied.
+#[sqlx::test(migrations = false)]
+async fn messages_in_the_queues_dlq_are_imported_as_dead_letters(pool: PgPool) {
+    let client = client().await;
+    let (_, dlq) = fifo_queue(&client, Some(3)).await;
+    let dlq = dlq.unwrap();
+    let store = PgStore::new(pool.clone());
+    store.migrate().await.unwrap();
+    let envelope = Envelope::from_message(&step("outage", 7)).unwrap();
+    for (body, group, dedup) in [
+        (envelope.to_json(), "outage", envelope.id.to_string()),
+        (
+            "not an envelope".to_owned(),
+            "strange",
+            "strange-1".to_owned(),
+        ),
+    ] {
+        client
+            .send_message()
+            .queue_url(&dlq)
+            .message_body(body)
+            .message_group_id(group)
+            .message_deduplication_id(dedup)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    let receiver = SqsReceiver::new(client.clone(), &dlq);
+    let imported = outbox_runtime::admin::import_dead_letter_queue(&store, &receiver)
+        .await
+        .unwrap();
+    assert_eq!(imported, 2);
+    assert!(
+        receiver
+            .receive(10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the DLQ is empty"
+    );
+    let mut letters = store.dead_letters(10).await.unwrap();
+    letters.sort_by_key(|l| l.id);
+    let ours = &letters[0];
+    assert_eq!(ours.message_id, Some(envelope.id));
+    assert_eq!(ours.handler, None, "every handler, under the original id");
+    assert_eq!(ours.group.as_deref(), Some("outage"));
+    assert_eq!(ours.message_type.as_deref(), Some("sqs.step"));
+    assert_eq!(ours.body, envelope.to_json());
+    assert!(ours.error.contains("dead-letter queue"), "{}", ours.error);
+    assert_eq!(letters[1].message_id, None);
+    assert_eq!(letters[1].body, "not an envelope");
+
+    let table = outbox_runtime::DispatchTable::from_registry().unwrap();
+    let replayed = outbox_runtime::admin::replay_dead_letter(&store, &table, ours.id)
+        .await
+        .unwrap();
+    assert_eq!(replayed.original_id, envelope.id);
+}
+
 #[sqlx::test(migrations = false)]
 async fn poison_records_are_dead_lettered_and_acknowledged(pool: PgPool) {
     let client = client().await;

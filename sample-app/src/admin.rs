@@ -1,6 +1,6 @@
 //! The operator's commands: `outbox` (rows, requeue and purge of rows the
 //! relay gave up on) and `dead-letters` (list, show, replay, purge of
-//! messages a consumer gave up on). The actions are the runtime's
+//! messages a consumer gave up on; import of what the SQS queue gave up on). The actions are the runtime's
 //! ([`outbox_runtime::admin`]); this module parses and prints. Every listing
 //! prints a table for people or, with `--json`, one JSON document for scripts.
 
@@ -76,6 +76,14 @@ pub(crate) enum DeadLetterCommand {
         /// Every dead letter.
         #[arg(long)]
         all: bool,
+    },
+    /// Move what the SQS queue gave up on (its dead-letter queue: the stack
+    /// output `DeadLetterQueueUrl`) into the dead letters, to replay from
+    /// there.
+    Import {
+        /// The dead-letter queue's URL.
+        #[arg(long, env = "OUTBOX_DLQ_URL")]
+        queue_url: String,
     },
 }
 
@@ -189,6 +197,13 @@ pub(crate) async fn dead_letters<S: Store>(
                 admin::purge_dead_letter(store, id)
             })
             .await
+        }
+        DeadLetterCommand::Import { queue_url } => {
+            let sqs = aws_sdk_sqs::Client::new(&outbox_runtime::aws::sdk_config().await);
+            let dlq = outbox_runtime::SqsReceiver::new(sqs, queue_url);
+            let moved = admin::import_dead_letter_queue(store, &dlq).await?;
+            println!("imported {moved} message(s) from the queue's dead-letter queue");
+            Ok(())
         }
     }
 }

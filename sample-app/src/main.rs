@@ -98,7 +98,8 @@ enum Command {
         #[command(subcommand)]
         command: admin::OutboxCommand,
     },
-    /// List, show, replay or purge the messages a consumer gave up on.
+    /// List, show, replay, purge or import (from the SQS DLQ) the messages a
+    /// consumer gave up on.
     DeadLetters {
         /// The database (`sqlite://FILE` or `postgres://...`).
         #[arg(long, env = "DATABASE_URL")]
