@@ -363,8 +363,10 @@ impl<S: Store> Consumer<S> {
                     }
                 }
                 Err(err) => {
+                    // The store is down: no attempt is counted, and the
+                    // delay grows with the deliveries.
                     tracing::warn!(handler = handler.name, error = %err, "store failed while handling; will retry");
-                    self.config.retry_backoff.delay(1)
+                    self.config.retry_backoff.delay(delivery.receive_count)
                 }
             };
             retry = Some(retry.map_or(delay, |longest| longest.max(delay)));

@@ -22,13 +22,16 @@
 //! # }
 //! ```
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry;
 use lambda_runtime::{LambdaEvent, service_fn};
 use tokio::time::Instant;
 
-use crate::consumer::Consumer;
+use crate::consumer::{Consumer, Outcome};
 use crate::store::Store;
 use crate::transport::{Delivery, Receipt};
 
@@ -38,11 +41,38 @@ fn safety_margin(remaining: Duration) -> Duration {
     (remaining / 10).min(Duration::from_secs(2))
 }
 
-/// Serves SQS events with `consumer` until the Lambda runtime stops the process.
+/// Serves SQS events with `consumer` until the Lambda runtime stops the
+/// process. Records to retry come back after the queue's visibility
+/// timeout; [`run_with_backoff`] makes them wait out their retry delay.
 pub async fn run<S: Store>(consumer: Consumer<S>) -> Result<(), lambda_runtime::Error> {
+    serve(consumer, None).await
+}
+
+/// Like [`run`], and each record to retry is made invisible for its retry
+/// delay with `ChangeMessageVisibility` ([`RetryVisibility`]): a failing
+/// handler's backoff, or for an outage of the store a delay that grows
+/// with the record's receive count. So receives grow slowly during an
+/// outage, instead of one per visibility timeout until `maxReceiveCount`
+/// sends the message to the queue's DLQ.
+pub async fn run_with_backoff<S: Store>(
+    consumer: Consumer<S>,
+    sqs: aws_sdk_sqs::Client,
+) -> Result<(), lambda_runtime::Error> {
+    serve(consumer, Some(RetryVisibility::new(sqs))).await
+}
+
+async fn serve<S: Store>(
+    consumer: Consumer<S>,
+    visibility: Option<RetryVisibility>,
+) -> Result<(), lambda_runtime::Error> {
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let consumer = consumer.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle_event(&consumer, event).await) }
+        let visibility = visibility.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(
+                handle_event_with(&consumer, event, visibility.as_ref()).await,
+            )
+        }
     }))
     .await
 }
@@ -52,6 +82,14 @@ pub async fn run<S: Store>(consumer: Consumer<S>) -> Result<(), lambda_runtime::
 pub async fn handle_event<S: Store>(
     consumer: &Consumer<S>,
     event: LambdaEvent<SqsEvent>,
+) -> SqsBatchResponse {
+    handle_event_with(consumer, event, None).await
+}
+
+async fn handle_event_with<S: Store>(
+    consumer: &Consumer<S>,
+    event: LambdaEvent<SqsEvent>,
+    visibility: Option<&RetryVisibility>,
 ) -> SqsBatchResponse {
     let remaining = event
         .context
@@ -65,7 +103,7 @@ pub async fn handle_event<S: Store>(
         remaining_ms = remaining.as_millis(),
         "invocation"
     );
-    handle_records(consumer, event.payload.records, Some(deadline)).await
+    handle_records_with(consumer, event.payload.records, Some(deadline), visibility).await
 }
 
 /// Handles records (the body of [`handle_event`], without the Lambda context).
@@ -74,9 +112,24 @@ pub async fn handle_records<S: Store>(
     records: Vec<SqsMessage>,
     deadline: Option<Instant>,
 ) -> SqsBatchResponse {
+    handle_records_with(consumer, records, deadline, None).await
+}
+
+/// [`handle_records`], then, with `visibility`, each record to retry made
+/// invisible for its retry delay (see [`run_with_backoff`]).
+pub async fn handle_records_with<S: Store>(
+    consumer: &Consumer<S>,
+    records: Vec<SqsMessage>,
+    deadline: Option<Instant>,
+    visibility: Option<&RetryVisibility>,
+) -> SqsBatchResponse {
+    let arns: Vec<Option<String>> = records.iter().map(|r| r.event_source_arn.clone()).collect();
     let (ids, deliveries): (Vec<Option<String>>, Vec<Delivery>) =
         records.into_iter().map(delivery).unzip();
     let outcomes = consumer.handle_batch_until(&deliveries, deadline).await;
+    if let Some(visibility) = visibility {
+        visibility.apply(&arns, &deliveries, &outcomes).await;
+    }
     let mut response = SqsBatchResponse::default();
     for (id, outcome) in ids.into_iter().zip(outcomes) {
         if outcome.is_done() {
@@ -94,6 +147,124 @@ pub async fn handle_records<S: Store>(
         }
     }
     response
+}
+
+/// Makes records to retry invisible for their retry delay, with
+/// `ChangeMessageVisibility` on their queue (found from the record's
+/// `eventSourceARN`, its URL cached). A record held back behind a failure
+/// in its group waits one second longer than that failure, so the group
+/// comes back in order. A failure to change visibility is logged: the
+/// record then comes back after the queue's visibility timeout.
+#[derive(Clone, Debug)]
+pub struct RetryVisibility {
+    sqs: aws_sdk_sqs::Client,
+    urls: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl RetryVisibility {
+    /// Changes visibility through `sqs`.
+    pub fn new(sqs: aws_sdk_sqs::Client) -> Self {
+        RetryVisibility {
+            sqs,
+            urls: Arc::default(),
+        }
+    }
+
+    async fn apply(&self, arns: &[Option<String>], deliveries: &[Delivery], outcomes: &[Outcome]) {
+        let mut group_delay: HashMap<&str, Duration> = HashMap::new();
+        let mut by_queue: HashMap<&str, Vec<(&Receipt, Duration)>> = HashMap::new();
+        for ((arn, delivery), outcome) in arns.iter().zip(deliveries).zip(outcomes) {
+            let delay = match outcome {
+                Outcome::Retry(delay) => {
+                    group_delay.entry(&delivery.group).or_insert(*delay);
+                    *delay
+                }
+                Outcome::HeldBack => {
+                    group_delay
+                        .get(delivery.group.as_str())
+                        .copied()
+                        .unwrap_or_default()
+                        + Duration::from_secs(1)
+                }
+                _ => continue,
+            };
+            match arn {
+                Some(arn) => by_queue
+                    .entry(arn)
+                    .or_default()
+                    .push((&delivery.receipt, delay)),
+                None => tracing::warn!(
+                    "a record to retry has no eventSourceARN; its visibility is left alone"
+                ),
+            }
+        }
+        for (arn, records) in by_queue {
+            if let Err(err) = self.change(arn, &records).await {
+                tracing::warn!(%arn, error = %err, "could not delay records to retry; they come back after the queue's visibility timeout");
+            }
+        }
+    }
+
+    async fn change(&self, arn: &str, records: &[(&Receipt, Duration)]) -> Result<(), String> {
+        let url = self.queue_url(arn).await?;
+        for chunk in records.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, (receipt, delay))| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(&receipt.0)
+                        .visibility_timeout(crate::transport::sqs::visibility_seconds(*delay))
+                        .build()
+                        .map_err(|err| err.to_string())
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let response = self
+                .sqs
+                .change_message_visibility_batch()
+                .queue_url(&url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|err| aws_sdk_sqs::error::DisplayErrorContext(err).to_string())?;
+            for failed in response.failed() {
+                tracing::warn!(code = failed.code(), message = ?failed.message(), "visibility not changed");
+            }
+        }
+        Ok(())
+    }
+
+    /// The URL of the queue `arn` names (`arn:aws:sqs:REGION:ACCOUNT:NAME`).
+    async fn queue_url(&self, arn: &str) -> Result<String, String> {
+        if let Some(url) = self
+            .urls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(arn)
+        {
+            return Ok(url.clone());
+        }
+        let mut parts = arn.rsplitn(3, ':');
+        let (Some(name), Some(account)) = (parts.next(), parts.next()) else {
+            return Err(format!("{arn} is not a queue ARN"));
+        };
+        let url = self
+            .sqs
+            .get_queue_url()
+            .queue_name(name)
+            .queue_owner_aws_account_id(account)
+            .send()
+            .await
+            .map_err(|err| aws_sdk_sqs::error::DisplayErrorContext(err).to_string())?
+            .queue_url
+            .ok_or_else(|| format!("no URL for {arn}"))?;
+        self.urls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(arn.to_owned(), url.clone());
+        Ok(url)
+    }
 }
 
 /// A record as a delivery. A record without a body is delivered as an empty

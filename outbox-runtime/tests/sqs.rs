@@ -376,6 +376,28 @@ async fn deliver_as_lambda(
     url: &str,
     consumer: &Consumer<PgStore>,
 ) -> (usize, Vec<String>) {
+    deliver_as_lambda_with(client, url, consumer, None).await
+}
+
+/// [`deliver_as_lambda`], with the records' visibility changed to their
+/// retry delays when `visibility` is given.
+async fn deliver_as_lambda_with(
+    client: &Client,
+    url: &str,
+    consumer: &Consumer<PgStore>,
+    visibility: Option<&outbox_runtime::lambda::RetryVisibility>,
+) -> (usize, Vec<String>) {
+    let arn = client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()
+        .remove(&QueueAttributeName::QueueArn)
+        .unwrap();
     let received = client
         .receive_message()
         .queue_url(url)
@@ -402,11 +424,13 @@ async fn deliver_as_lambda(
                 "attributes": attributes,
                 "messageAttributes": {},
                 "eventSource": "aws:sqs",
+                "eventSourceARN": arn,
             }))
             .unwrap()
         })
         .collect();
-    let response = outbox_runtime::lambda::handle_records(consumer, records, None).await;
+    let response =
+        outbox_runtime::lambda::handle_records_with(consumer, records, None, visibility).await;
     let failed: Vec<String> = response
         .batch_item_failures
         .into_iter()
@@ -424,6 +448,66 @@ async fn deliver_as_lambda(
         }
     }
     (messages.len(), failed)
+}
+
+/// A record to retry waits out its retry delay (here 3 s) before SQS
+/// delivers it again, instead of the queue's visibility timeout (1 s): the
+/// same failure on a queue delivered without `RetryVisibility` is back
+/// after the timeout, which shows the test can tell the two apart.
+#[sqlx::test(migrations = false)]
+async fn with_backoff_a_record_to_retry_waits_out_its_delay(pool: PgPool) {
+    let client = client().await;
+    let store = PgStore::new(pool.clone());
+    store.migrate().await.unwrap();
+    effects_table(&pool).await;
+    let consumer = Consumer::new(
+        store.clone(),
+        Arc::new(Dispatcher::from_registry().unwrap()),
+    )
+    .with_config(ConsumerConfig {
+        retry_backoff: Backoff {
+            initial: Duration::from_secs(3),
+            max: Duration::from_secs(3),
+            multiplier: 1.0,
+            jitter: false,
+        },
+        ..ConsumerConfig::default()
+    });
+    let visibility = outbox_runtime::lambda::RetryVisibility::new(client.clone());
+    let mut back_after = Vec::new();
+    for with_backoff in [true, false] {
+        let (url, _) = fifo_queue(&client, None).await;
+        let mut failing = step(if with_backoff { "slow" } else { "fast" }, 0);
+        failing.fail_first = 1;
+        let envelope = Envelope::from_message(&failing).unwrap();
+        SqsTransport::new(client.clone(), &url)
+            .publish(&entries(std::slice::from_ref(&envelope)))
+            .await
+            .unwrap();
+        let (_, failed) = deliver_as_lambda_with(
+            &client,
+            &url,
+            &consumer,
+            with_backoff.then_some(&visibility),
+        )
+        .await;
+        assert_eq!(failed.len(), 1);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let back = client
+            .receive_message()
+            .queue_url(&url)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        back_after.push(!back.is_empty());
+    }
+    assert_eq!(
+        back_after,
+        [false, true],
+        "after 1.5 s: invisible with backoff, visible again without"
+    );
 }
 
 #[sqlx::test(migrations = false)]

@@ -69,8 +69,8 @@ async fn consumer() -> anyhow::Result<()> {
     let relay = Relay::new(store.clone(), Arc::new(queues.transport(sqs.clone())));
     let consumer = Consumer::new(store, Arc::new(Dispatcher::new(table)))
         .with_relay(Arc::new(relay))
-        .with_pump(Arc::new(queues.pump(sqs)));
-    outbox_runtime::lambda::run(consumer)
+        .with_pump(Arc::new(queues.pump(sqs.clone())));
+    outbox_runtime::lambda::run_with_backoff(consumer, sqs)
         .await
         .map_err(|err| anyhow::anyhow!("lambda runtime: {err}"))
 }

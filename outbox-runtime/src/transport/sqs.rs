@@ -351,7 +351,7 @@ impl fmt::Debug for SqsReceiver {
 }
 
 /// SQS visibility timeouts are whole seconds from 0 to 12 hours.
-fn visibility_seconds(duration: Duration) -> i32 {
+pub(crate) fn visibility_seconds(duration: Duration) -> i32 {
     let seconds = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
     i32::try_from(seconds.min(43_200)).unwrap_or(43_200)
 }
