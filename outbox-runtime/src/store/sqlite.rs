@@ -2,7 +2,16 @@
 //!
 //! SQLite has one writer at a time, so a claim runs in a `BEGIN IMMEDIATE`
 //! transaction: it takes the write lock first, and two relays (in one process
-//! or several) claim one after the other. Times are Unix milliseconds.
+//! or several) claim one after the other. Producers commit one after the
+//! other too, so a group's `seq` order is its commit order. Times are Unix
+//! milliseconds.
+//!
+//! A handler's transaction is `BEGIN IMMEDIATE` as well: it holds the write
+//! lock from the handler's start to its commit. While a handler runs, every
+//! other write to the database (the app's transactions, the relay, other
+//! workers) waits, up to the busy timeout ([`SqliteStore::open`] sets
+//! 5 s), after which it fails with `database is locked`. Keep handlers on
+//! SQLite short; a handler that calls slow services belongs on PostgreSQL.
 
 use std::str::FromStr;
 use std::time::Duration;
