@@ -151,5 +151,8 @@ fn hostile_input_decodes_or_is_a_typed_error_and_valid_envelopes_survive_the_wir
         lost: 0,
         duplicate_effects: 0,
         duplicates_suppressed: None,
+        order_violations: None,
+        stuck_groups: None,
+        attempt_mismatches: None,
     });
 }

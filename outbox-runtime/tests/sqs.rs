@@ -1171,6 +1171,9 @@ async fn a_queue_that_goes_down_holds_rows_without_a_busy_loop_and_delivery_resu
         lost: total - got.len() as u64,
         duplicate_effects: 0,
         duplicates_suppressed: Some(worker.metrics().snapshot().duplicates_suppressed),
+        order_violations: None,
+        stuck_groups: None,
+        attempt_mismatches: None,
     });
     println!("{failures} failed publish attempts while down");
 }

@@ -115,6 +115,9 @@ fn killing_the_worker_process_twenty_times_loses_and_duplicates_nothing() {
         lost: (ORDERS as i64 - distinct).unsigned_abs(),
         duplicate_effects: (rows - distinct).unsigned_abs(),
         duplicates_suppressed: last_run["duplicates_suppressed"].as_u64(),
+        order_violations: None,
+        stuck_groups: None,
+        attempt_mismatches: None,
     });
     assert_eq!(distinct, ORDERS as i64, "messages lost");
     assert_eq!(rows, distinct, "a handler's effect was committed twice");

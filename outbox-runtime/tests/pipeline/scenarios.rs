@@ -503,6 +503,9 @@ async fn concurrent_relays_and_workers<S: TestDb>(store: S, n: usize) {
         lost: (total - ids.len()) as u64,
         duplicate_effects: (effects.len() - ids.len()) as u64,
         duplicates_suppressed: Some(h.metrics.snapshot().duplicates_suppressed),
+        order_violations: None,
+        stuck_groups: None,
+        attempt_mismatches: None,
     });
 }
 
@@ -544,6 +547,9 @@ pub(crate) async fn a_panicking_handler_fails_that_message_only<S: TestDb>(store
         lost: 100 - ids.len() as u64,
         duplicate_effects: (effects.len() - ids.len()) as u64,
         duplicates_suppressed: Some(metrics.duplicates_suppressed),
+        order_violations: None,
+        stuck_groups: None,
+        attempt_mismatches: None,
     });
 }
 
@@ -645,6 +651,9 @@ pub(crate) async fn connections_killed_mid_batch_lose_nothing(pool: sqlx::PgPool
         lost: (total - ids.len()) as u64,
         duplicate_effects: (effects.len() - ids.len()) as u64,
         duplicates_suppressed: Some(h.metrics.snapshot().duplicates_suppressed),
+        order_violations: None,
+        stuck_groups: None,
+        attempt_mismatches: None,
     });
 }
 

@@ -22,6 +22,19 @@ pub(crate) struct FaultRecord<'a> {
     pub(crate) duplicate_effects: u64,
     /// Redeliveries the inbox absorbed, where the test can count them.
     pub(crate) duplicates_suppressed: Option<u64>,
+    /// Adjacent pairs of handler effects out of their group's commit order
+    /// (must be 0), where the test checks order against commits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) order_violations: Option<u64>,
+    /// Groups still pending when the test's settle bound passed (must be 0),
+    /// where the test has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) stuck_groups: Option<u64>,
+    /// Handler runs whose `ctx.attempt()` did not count the handler's own
+    /// failed runs, and give-ups after a wrong number of them (must be 0),
+    /// where the test logs every run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) attempt_mismatches: Option<u64>,
 }
 
 /// Prints the record and appends it to `OUTBOX_FAULT_REPORT`, if set.

@@ -1,0 +1,496 @@
+//! Drives one schedule on a store: producers commit while consumer nodes
+//! relay and handle, faults hit them, an operator replays dead letters; then
+//! the faults stop, the doomed handlers are fixed, and everything runs until
+//! the outbox, the queues and the dead letters are empty (or the settle
+//! bound passes).
+//!
+//! A node is an [`InProcessQueue`] of its own with relays and workers, each
+//! a spawned task looping on `Relay::drain` or `Worker::run_once`, so a
+//! fault can abort it at any await point (its future is dropped mid-claim,
+//! mid-publish, mid-handler, mid-commit).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outbox_runtime::{
+    Backoff, ConsumerConfig, Dispatcher, InProcessConfig, InProcessQueue, Metrics, Outgoing, Relay,
+    RelayConfig, Store, StoreExt, Worker, WorkerConfig, admin,
+};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::db::HistoryStore;
+use crate::plan::{EnqueueStyle, FaultKind, NodeShape, Plan, TxPlan};
+use crate::record::{Recorder, Run, SeenDeadLetter};
+
+/// How long a schedule may take to settle once the faults stop. A healthy
+/// one needs a few seconds at most: the time a killed node's relayed rows
+/// wait for their confirmation ([`RELAYED_FOR`]), plus retries.
+const SETTLE_LIMIT: Duration = Duration::from_secs(20);
+
+/// How long a received message stays invisible. The in-process queue cannot
+/// extend it (the worker's heartbeat does nothing there), so it must cover
+/// a batch: up to 10 messages whose two handlers may each sleep 40 ms, and
+/// wait for SQLite's write lock.
+const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a relayed row waits for its confirmation before it is pending
+/// again (`RelayConfig::relayed_for`): how long a killed node's rows take to
+/// come back. It must exceed what a live node can take to handle them,
+/// [`VISIBILITY_TIMEOUT`] included (a message whose worker lost the queue
+/// mid-batch comes back after it); shorter, the rows of a live node are
+/// published again to another node, and the checker would report that
+/// misconfiguration as the library's order violations.
+const RELAYED_FOR: Duration = Duration::from_secs(3);
+
+/// A relay's claim: from the claim to `mark_relayed`, a few milliseconds
+/// unless the relay is killed (then its groups wait this long).
+const LEASE: Duration = Duration::from_secs(1);
+
+/// What a schedule did, besides what it left in the database.
+#[derive(Debug)]
+pub(crate) struct Recorded {
+    /// Every handler run.
+    pub(crate) runs: Vec<Run>,
+    /// Every dead letter: those the operator replayed, and those left.
+    pub(crate) dead_letters: Vec<SeenDeadLetter>,
+    /// Whether a task was killed (a failed run may then go unrecorded by
+    /// the library, so attempts are only bounded, not exact).
+    pub(crate) killed: bool,
+    /// Keys of the messages of rolled-back transactions.
+    pub(crate) rolled_back: HashSet<Uuid>,
+    /// Set when the schedule did not settle in time.
+    pub(crate) unsettled: Option<Unsettled>,
+    /// What went wrong outside the checks: a producer transaction failed, a
+    /// relay or worker task panicked.
+    pub(crate) trouble: Vec<String>,
+    /// Redeliveries the inbox absorbed, by the consumers' counters.
+    pub(crate) duplicates_suppressed: u64,
+}
+
+/// A schedule that did not settle within [`SETTLE_LIMIT`].
+#[derive(Debug)]
+pub(crate) struct Unsettled {
+    /// Groups with rows still pending or relayed, or with dead letters.
+    pub(crate) groups: BTreeSet<String>,
+    /// The outbox and queue counts at the bound.
+    pub(crate) state: String,
+}
+
+/// Problems seen by tasks, collected for the schedule's report.
+#[derive(Clone, Debug, Default)]
+struct Trouble(Arc<Mutex<Vec<String>>>);
+
+impl Trouble {
+    fn note(&self, what: String) {
+        self.0
+            .lock()
+            .expect("never locked across a panic")
+            .push(what);
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().expect("never locked across a panic"))
+    }
+}
+
+/// What every node is built from.
+struct Wiring<S> {
+    store: S,
+    dispatcher: Arc<Dispatcher>,
+    metrics: Arc<Metrics>,
+    trouble: Trouble,
+}
+
+fn fast_backoff(initial_ms: u64, max_ms: u64) -> Backoff {
+    Backoff {
+        initial: Duration::from_millis(initial_ms),
+        max: Duration::from_millis(max_ms),
+        multiplier: 2.0,
+        jitter: true,
+    }
+}
+
+/// A consumer node: one queue, its relays and its workers.
+struct Node<S: Store> {
+    queue: Arc<InProcessQueue>,
+    relay: Relay<S, InProcessQueue>,
+    worker: Worker<S, InProcessQueue>,
+    relays: Vec<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl<S: HistoryStore> Node<S> {
+    fn start(wiring: &Wiring<S>, shape: NodeShape) -> Self {
+        let queue = Arc::new(InProcessQueue::with_config(InProcessConfig {
+            visibility_timeout: VISIBILITY_TIMEOUT,
+            ..InProcessConfig::default()
+        }));
+        let relay = Relay::new(wiring.store.clone(), Arc::clone(&queue))
+            .with_config(RelayConfig {
+                batch_size: shape.relay_batch,
+                lease: LEASE,
+                backoff: fast_backoff(10, 100),
+                sweep_interval: Duration::from_millis(50),
+                relayed_for: RELAYED_FOR,
+                ..RelayConfig::default()
+            })
+            .with_metrics(Arc::clone(&wiring.metrics));
+        let worker = Worker::new(
+            wiring.store.clone(),
+            Arc::clone(&queue),
+            Arc::clone(&wiring.dispatcher),
+        )
+        .with_config(WorkerConfig {
+            batch_size: shape.worker_batch,
+            wait: Duration::from_millis(20),
+            retention: None,
+            stuck_after: None,
+            heartbeat: None,
+        })
+        .with_consumer_config(ConsumerConfig {
+            default_max_attempts: crate::MAX_ATTEMPTS,
+            retry_backoff: fast_backoff(5, 40),
+        })
+        .with_metrics(Arc::clone(&wiring.metrics));
+        let mut node = Node {
+            queue,
+            relay,
+            worker,
+            relays: Vec::new(),
+            workers: Vec::new(),
+        };
+        for _ in 0..shape.relays {
+            let task = node.spawn_relay();
+            node.relays.push(task);
+        }
+        for _ in 0..shape.workers {
+            let task = node.spawn_worker();
+            node.workers.push(task);
+        }
+        node
+    }
+
+    fn spawn_relay(&self) -> JoinHandle<()> {
+        let relay = self.relay.clone();
+        tokio::spawn(async move {
+            loop {
+                let busy = matches!(
+                    relay.drain().await,
+                    Ok(report) if report.published > 0 && report.transport_down.is_none()
+                );
+                if !busy {
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                }
+            }
+        })
+    }
+
+    fn spawn_worker(&self) -> JoinHandle<()> {
+        let worker = self.worker.clone();
+        tokio::spawn(async move {
+            loop {
+                // Waits up to the worker's `wait` when the queue is empty.
+                if worker.run_once().await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        })
+    }
+
+    /// Aborts one relay (chosen by `pick`) and starts a fresh one.
+    async fn restart_relay(&mut self, pick: u64, trouble: &Trouble) {
+        let at = pick_index(pick, self.relays.len());
+        let fresh = self.spawn_relay();
+        stop(
+            std::mem::replace(&mut self.relays[at], fresh),
+            "relay",
+            trouble,
+        )
+        .await;
+    }
+
+    /// Aborts one worker (chosen by `pick`) and starts a fresh one.
+    async fn restart_worker(&mut self, pick: u64, trouble: &Trouble) {
+        let at = pick_index(pick, self.workers.len());
+        let fresh = self.spawn_worker();
+        stop(
+            std::mem::replace(&mut self.workers[at], fresh),
+            "worker",
+            trouble,
+        )
+        .await;
+    }
+
+    /// Aborts every task; the queue dies with the node.
+    async fn stop(self, trouble: &Trouble) {
+        for task in self.relays {
+            stop(task, "relay", trouble).await;
+        }
+        for task in self.workers {
+            stop(task, "worker", trouble).await;
+        }
+    }
+}
+
+fn pick_index(pick: u64, len: usize) -> usize {
+    usize::try_from(pick % len.max(1) as u64).expect("an index fits a usize")
+}
+
+/// Aborts a task and waits until its future is dropped; a task that had
+/// panicked is trouble.
+async fn stop(task: JoinHandle<()>, what: &str, trouble: &Trouble) {
+    task.abort();
+    if let Err(err) = task.await
+        && err.is_panic()
+    {
+        trouble.note(format!("a {what} task panicked: {err}"));
+    }
+}
+
+/// Runs `plan` on `store` (whose tables are empty) and returns what happened.
+pub(crate) async fn run<S: HistoryStore>(store: &S, plan: &Plan) -> Recorded {
+    store.seed_clocks(&plan.groups).await;
+    let recorder = Arc::new(Recorder::default());
+    let wiring = Wiring {
+        store: store.clone(),
+        dispatcher: Arc::new(
+            Dispatcher::from_registry()
+                .expect("the checker's dispatch table is complete")
+                .with_state(Arc::clone(&recorder)),
+        ),
+        metrics: Arc::new(Metrics::default()),
+        trouble: Trouble::default(),
+    };
+    let trouble = &wiring.trouble;
+    let mut nodes: Vec<Node<S>> = plan
+        .nodes
+        .iter()
+        .map(|&shape| Node::start(&wiring, shape))
+        .collect();
+
+    let started = Instant::now();
+    let producers: Vec<_> = plan
+        .producers
+        .iter()
+        .map(|txs| tokio::spawn(produce(store.clone(), txs.clone())))
+        .collect();
+    let operator = tokio::spawn(operate(
+        store.clone(),
+        Arc::clone(&wiring.dispatcher),
+        Arc::clone(&recorder),
+    ));
+
+    inject_faults(plan, &mut nodes, &wiring, started).await;
+    let mut rolled_back = HashSet::new();
+    for producer in producers {
+        match producer.await {
+            Ok(Ok(keys)) => rolled_back.extend(keys),
+            Ok(Err(err)) => trouble.note(err),
+            Err(err) => trouble.note(format!("a producer task failed: {err}")),
+        }
+    }
+
+    // The final phase: no more faults, the bug is fixed, settle.
+    recorder.fix();
+    let unsettled = settle(store, &nodes).await;
+    stop(operator, "operator", trouble).await;
+    for node in nodes {
+        node.stop(trouble).await;
+    }
+    // Dead letters written after the operator last looked.
+    for letter in store
+        .dead_letters(10_000)
+        .await
+        .expect("dead letters are readable")
+    {
+        recorder.saw_dead_letter(&letter);
+    }
+    let (runs, dead_letters) = recorder.snapshot();
+    Recorded {
+        runs,
+        dead_letters,
+        killed: plan.kills(),
+        rolled_back,
+        unsettled,
+        trouble: trouble.take(),
+        duplicates_suppressed: wiring.metrics.snapshot().duplicates_suppressed,
+    }
+}
+
+/// The chaos: each fault at its time, then the end of the chaos, with every
+/// queue back up.
+async fn inject_faults<S: HistoryStore>(
+    plan: &Plan,
+    nodes: &mut Vec<Node<S>>,
+    wiring: &Wiring<S>,
+    started: Instant,
+) {
+    let trouble = &wiring.trouble;
+    let mut restores = Vec::new();
+    for fault in &plan.faults {
+        tokio::time::sleep_until(started + fault.at).await;
+        let at = pick_index(fault.pick, nodes.len());
+        let pick = fault.pick / nodes.len().max(1) as u64;
+        match fault.kind {
+            FaultKind::KillRelay => nodes[at].restart_relay(pick, trouble).await,
+            FaultKind::KillWorker => nodes[at].restart_worker(pick, trouble).await,
+            FaultKind::KillNode(shape) => {
+                let node = nodes.swap_remove(at);
+                node.stop(trouble).await;
+                nodes.push(Node::start(wiring, shape));
+            }
+            FaultKind::QueueDown(down) => {
+                let queue = Arc::clone(&nodes[at].queue);
+                queue.set_available(false);
+                restores.push(tokio::spawn(async move {
+                    tokio::time::sleep(down).await;
+                    queue.set_available(true);
+                }));
+            }
+        }
+    }
+    tokio::time::sleep_until(started + plan.chaos).await;
+    for restore in restores {
+        restore.await.expect("a queue comes back up");
+    }
+}
+
+/// One producer task: its transactions in order. Returns the keys it rolled
+/// back.
+async fn produce<S: HistoryStore>(store: S, txs: Vec<TxPlan>) -> Result<Vec<Uuid>, String> {
+    let mut rolled_back = Vec::new();
+    for tx in txs {
+        tokio::time::sleep(tx.gap).await;
+        // As an app does: a transaction the database aborted to break a
+        // deadlock (two producers locking the same groups in opposite
+        // orders, see the store's docs) is retried; it wrote nothing.
+        let mut tries = 0;
+        loop {
+            match transact(&store, &tx).await {
+                Ok(()) => break,
+                Err(err) if tries < 5 && is_transient(&err) => tries += 1,
+                Err(err) => return Err(format!("a producer transaction failed: {err:#}")),
+            }
+        }
+        if tx.rollback {
+            rolled_back.extend(tx.events.iter().map(|e| e.key));
+        }
+    }
+    Ok(rolled_back)
+}
+
+/// Whether the database aborted the transaction in a way worth retrying
+/// (a deadlock or a serialization failure, SQLSTATE class 40).
+fn is_transient(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<outbox_runtime::StoreError>()
+            .is_some_and(outbox_runtime::StoreError::is_transient)
+            || cause.downcast_ref::<sqlx::Error>().is_some_and(|err| {
+                err.as_database_error()
+                    .and_then(|db| db.code())
+                    .is_some_and(|code| code.starts_with("40"))
+            })
+    })
+}
+
+/// One producer transaction: enqueue, pause, record the commit order (see
+/// [`crate::db`]), commit or roll back.
+async fn transact<S: HistoryStore>(store: &S, plan: &TxPlan) -> anyhow::Result<()> {
+    let mut tx = store.begin().await?;
+    match plan.style {
+        EnqueueStyle::All => {
+            let outgoing = plan
+                .events
+                .iter()
+                .map(Outgoing::new)
+                .collect::<Result<Vec<_>, _>>()?;
+            store.enqueue_all(&mut *tx, &outgoing).await?;
+        }
+        EnqueueStyle::OneByOne => {
+            for event in &plan.events {
+                store.enqueue(&mut *tx, event).await?;
+            }
+        }
+    }
+    tokio::time::sleep(plan.pause).await;
+    let mut by_group: BTreeMap<&str, Vec<(i64, Uuid)>> = BTreeMap::new();
+    for (idx, event) in (0_i64..).zip(&plan.events) {
+        by_group
+            .entry(event.group.as_str())
+            .or_default()
+            .push((idx, event.key));
+    }
+    for (group, keys) in &by_group {
+        store.record_commit(&mut tx, group, keys).await?;
+    }
+    if plan.rollback {
+        tx.rollback().await?;
+    } else {
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// The operator: replays every dead letter of our handlers as soon as it
+/// appears (logging it first, so the run log knows where the replay's life
+/// starts). A replay that fails is tried again at the next look.
+async fn operate<S: Store>(store: S, dispatcher: Arc<Dispatcher>, recorder: Arc<Recorder>) {
+    loop {
+        if let Ok(letters) = store.dead_letters(1000).await {
+            // Newest first: replay the oldest first.
+            for letter in letters.iter().rev() {
+                if recorder.saw_dead_letter(letter)
+                    && let Ok(replayed) =
+                        admin::replay_dead_letter(&store, dispatcher.table(), letter.id).await
+                {
+                    recorder.replayed(letter.id, replayed.replay_id);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until nothing is pending in the outbox, no queue holds anything
+/// and no dead letter is left; `Some` if that did not happen in time.
+async fn settle<S: Store>(store: &S, nodes: &[Node<S>]) -> Option<Unsettled> {
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    loop {
+        let stats = store.stats().await;
+        let queued: u64 = nodes.iter().map(|n| n.queue.stats().queued).sum();
+        if let Ok(stats) = &stats
+            && stats.pending == 0
+            && stats.dead_letters == 0
+            && queued == 0
+        {
+            return None;
+        }
+        if Instant::now() >= deadline {
+            let mut groups: BTreeSet<String> = store
+                .group_stats(10_000)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|g| g.pending > 0)
+                .map(|g| g.group)
+                .collect();
+            groups.extend(
+                store
+                    .dead_letters(10_000)
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|d| d.group),
+            );
+            return Some(Unsettled {
+                groups,
+                state: format!("{stats:?}, {queued} in the queues"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
