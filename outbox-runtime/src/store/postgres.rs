@@ -103,7 +103,7 @@ impl PgStore {
                    AND NOT EXISTS (
                      SELECT 1 FROM outbox e
                      WHERE e.group_key = c.group_key AND e.lease_until IS NOT NULL
-                       AND e.lease_until >= now() AND e.status IN ('pending', 'relayed'))
+                       AND (e.status = 'relayed' OR (e.status = 'pending' AND e.lease_until >= now())))
                  ORDER BY c.seq
                  LIMIT $1
              ),
@@ -149,11 +149,14 @@ impl PgStore {
                    AND o.available_at <= now()
                    AND (o.lease_until IS NULL OR o.lease_until < now())
                    -- The group is held while any of its rows is leased by a
-                   -- live claim or relayed and unconfirmed.
+                   -- live claim or relayed and unconfirmed (a relayed row past
+                   -- its deadline too, until RECOVER_SQL, a statement of its
+                   -- own, has made it pending: else its group's later rows
+                   -- could pass it).
                    AND NOT EXISTS (
                      SELECT 1 FROM outbox e
                      WHERE e.group_key = o.group_key AND e.lease_until IS NOT NULL
-                       AND e.lease_until >= now() AND e.status IN ('pending', 'relayed'))
+                       AND (e.status = 'relayed' OR (e.status = 'pending' AND e.lease_until >= now())))
                  ORDER BY o.seq
                  LIMIT $1
                  FOR UPDATE SKIP LOCKED

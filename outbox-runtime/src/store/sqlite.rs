@@ -247,7 +247,7 @@ impl Store for SqliteStore {
                AND NOT EXISTS (
                    SELECT 1 FROM outbox e
                    WHERE e.group_key = o.group_key AND e.lease_until IS NOT NULL
-                     AND e.lease_until >= ?1 AND e.status IN ('pending', 'relayed'))
+                     AND (e.status = 'relayed' OR (e.status = 'pending' AND e.lease_until >= ?1)))
              ORDER BY o.seq
              LIMIT ?2",
         )
