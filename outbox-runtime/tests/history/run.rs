@@ -30,20 +30,18 @@ use crate::record::{Recorder, Run, SeenDeadLetter};
 /// wait for their confirmation ([`RELAYED_FOR`]), plus retries.
 const SETTLE_LIMIT: Duration = Duration::from_secs(20);
 
-/// How long a received message stays invisible. The in-process queue cannot
-/// extend it (the worker's heartbeat does nothing there), so it must cover
-/// a batch: up to 10 messages whose two handlers may each sleep 40 ms, and
-/// wait for SQLite's write lock.
+/// How long a received message stays invisible; the worker's heartbeat
+/// ([`HEARTBEAT`]) extends it while a batch is handled, so it only decides
+/// how soon a killed worker's messages come back.
 const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often a worker extends the visibility of the batch it handles.
+const HEARTBEAT: Duration = Duration::from_millis(300);
 
 /// How long a relayed row waits for its confirmation before it is pending
 /// again (`RelayConfig::relayed_for`): how long a killed node's rows take to
-/// come back. It must exceed what a live node can take to handle them,
-/// [`VISIBILITY_TIMEOUT`] included (a message whose worker lost the queue
-/// mid-batch comes back after it); shorter, the rows of a live node are
-/// published again to another node, and the checker would report that
-/// misconfiguration as the library's order violations.
-const RELAYED_FOR: Duration = Duration::from_secs(3);
+/// come back. A live node's relay renews its rows every third of it.
+const RELAYED_FOR: Duration = Duration::from_millis(1500);
 
 /// A relay's claim: from the claim to `mark_relayed`, a few milliseconds
 /// unless the relay is killed (then its groups wait this long).
@@ -148,7 +146,7 @@ impl<S: HistoryStore> Node<S> {
             wait: Duration::from_millis(20),
             retention: None,
             stuck_after: None,
-            heartbeat: None,
+            heartbeat: Some(HEARTBEAT),
         })
         .with_consumer_config(ConsumerConfig {
             default_max_attempts: crate::MAX_ATTEMPTS,
