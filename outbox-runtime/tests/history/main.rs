@@ -1,5 +1,6 @@
 //! The history checker: random, seeded schedules run the real pipeline
-//! (producers, the store, relays, in-process queues, workers) concurrently
+//! (producers, the store, relays, in-process queues or the local SQS
+//! server, workers) concurrently
 //! under random faults, record everything that happens, and check the whole
 //! history once the schedule has settled.
 //!
@@ -19,6 +20,11 @@
 //!
 //! - `OUTBOX_HISTORY_SCHEDULES`: schedules per store, seeds `1..=N`
 //!   (default 12; `scripts/reliability` runs 1,000).
+//! - `OUTBOX_HISTORY_SQS_SCHEDULES`: schedules on PostgreSQL with every
+//!   node on one FIFO queue of the local SQS server (default 12;
+//!   `scripts/reliability` runs 200). Those plans have no faults and no
+//!   failing handlers: see `Plan::on_sqs` for what the local server cannot
+//!   play.
 //! - `OUTBOX_HISTORY_SEED=N`: runs seed `N` only, and prints what each
 //!   failed check saw (a replay of a failure).
 //!
@@ -50,6 +56,11 @@ pub(crate) const MAX_ATTEMPTS: u32 = 3;
 
 /// Schedules per store when `OUTBOX_HISTORY_SCHEDULES` is not set.
 const DEFAULT_SCHEDULES: u64 = 12;
+
+/// Schedules on the local SQS server when `OUTBOX_HISTORY_SQS_SCHEDULES`
+/// is not set.
+#[cfg(feature = "sqs")]
+const DEFAULT_SQS_SCHEDULES: u64 = 12;
 
 /// The one message type of the checker. Its handlers follow the script it
 /// carries, so a schedule decides every failure up front.
@@ -178,8 +189,9 @@ async fn scripted(
     result
 }
 
-/// The seeds to run: `OUTBOX_HISTORY_SEED` alone, or `1..=OUTBOX_HISTORY_SCHEDULES`.
-fn seeds() -> (Vec<u64>, bool) {
+/// The seeds to run: `OUTBOX_HISTORY_SEED` alone, or
+/// `1..=OUTBOX_HISTORY_SCHEDULES` (`OUTBOX_HISTORY_SQS_SCHEDULES` on SQS).
+fn seeds(via: Via) -> (Vec<u64>, bool) {
     let parse = |name: &str| {
         std::env::var(name).ok().map(|value| {
             value
@@ -191,7 +203,11 @@ fn seeds() -> (Vec<u64>, bool) {
     if let Some(seed) = parse("OUTBOX_HISTORY_SEED") {
         return (vec![seed], true);
     }
-    let schedules = parse("OUTBOX_HISTORY_SCHEDULES").unwrap_or(DEFAULT_SCHEDULES);
+    let schedules = match via {
+        Via::InProcess => parse("OUTBOX_HISTORY_SCHEDULES").unwrap_or(DEFAULT_SCHEDULES),
+        #[cfg(feature = "sqs")]
+        Via::Sqs => parse("OUTBOX_HISTORY_SQS_SCHEDULES").unwrap_or(DEFAULT_SQS_SCHEDULES),
+    };
     ((1..=schedules).collect(), false)
 }
 
@@ -216,20 +232,55 @@ fn quiet_scripted_panics() {
 /// How a scripted panic's message ends.
 const SCRIPTED_PANIC: &str = "panics as scripted";
 
+/// How the schedules' messages travel.
+#[derive(Clone, Copy, Debug)]
+enum Via {
+    InProcess,
+    #[cfg(feature = "sqs")]
+    Sqs,
+}
+
 /// Runs every seed on one store, prints a line per failing schedule, reports
 /// the totals, and fails if any schedule failed.
-async fn suite<T: Site>(mut site: T) {
+async fn suite<T: Site>(mut site: T, via: Via) {
     quiet_scripted_panics();
-    let (seeds, replay) = seeds();
+    let (seeds, replay) = seeds(via);
+    let label = match via {
+        Via::InProcess => T::KIND.to_owned(),
+        #[cfg(feature = "sqs")]
+        Via::Sqs => format!("{}, SQS", T::KIND),
+    };
+    #[cfg(feature = "sqs")]
+    let sqs = match via {
+        Via::Sqs => {
+            assert!(
+                std::env::var_os("AWS_ENDPOINT_URL").is_some(),
+                "AWS_ENDPOINT_URL is not set: run scripts/test, which starts the local SQS server (moto) and sets it"
+            );
+            Some(aws_sdk_sqs::Client::new(
+                &outbox_runtime::aws::sdk_config().await,
+            ))
+        }
+        Via::InProcess => None,
+    };
     let started = Instant::now();
     let mut total = Findings::default();
     let mut failed = Vec::new();
     let mut slowest = Duration::ZERO;
     for &seed in &seeds {
-        let plan = plan::Plan::from_seed(seed);
+        let (plan, queues) = match via {
+            Via::InProcess => (plan::Plan::from_seed(seed), run::Queues::InProcess),
+            #[cfg(feature = "sqs")]
+            Via::Sqs => (
+                plan::Plan::from_seed(seed).on_sqs(),
+                run::Queues::Sqs(
+                    run::SqsQueue::create(sqs.clone().expect("a client for SQS schedules")).await,
+                ),
+            ),
+        };
         let store = site.fresh().await;
         let schedule_started = Instant::now();
-        let recorded = run::run(&store, &plan).await;
+        let recorded = run::run(&store, &plan, &queues).await;
         let history = db::History::read(&store).await;
         let findings = check::check(&plan, &history, &recorded);
         site.release(store).await;
@@ -238,7 +289,7 @@ async fn suite<T: Site>(mut site: T) {
         if findings.failed() {
             let line = format!(
                 "history: seed {seed} on {} failed: {}; replay with OUTBOX_HISTORY_SEED={seed} cargo nextest run -p outbox-runtime --all-features --test history",
-                T::KIND,
+                label,
                 findings.summary()
             );
             println!("{line}");
@@ -252,7 +303,7 @@ async fn suite<T: Site>(mut site: T) {
         if replay {
             println!(
                 "history: seed {seed} on {}: {} messages, {} runs, {} faults ({}), {took:.2?}",
-                T::KIND,
+                label,
                 findings.sent,
                 recorded.runs.len(),
                 plan.faults.len(),
@@ -270,7 +321,7 @@ async fn suite<T: Site>(mut site: T) {
     println!(
         "history: {} schedules on {} in {elapsed:.1?} ({:.2?} per schedule, slowest {slowest:.2?}): {} messages, {} handled, {} failed",
         seeds.len(),
-        T::KIND,
+        label,
         elapsed / u32::try_from(seeds.len().max(1)).unwrap_or(u32::MAX),
         total.sent,
         total.handled,
@@ -280,7 +331,7 @@ async fn suite<T: Site>(mut site: T) {
         scenario: "random histories, checked",
         injection: &format!(
             "seeded random schedules: 2-4 producers interleave 20-60 messages in 2-5 groups while relays, workers and whole nodes are killed, queues go down, handlers fail, panic and give up, and dead letters are replayed; every handler run and effect is recorded and checked ({})",
-            T::KIND
+            label
         ),
         runs: seeds.len() as u64,
         sent: total.sent,
@@ -297,7 +348,7 @@ async fn suite<T: Site>(mut site: T) {
         "{} of {} schedules on {} failed (seeds {failed:?}); each printed a line above saying what failed and how to replay it",
         failed.len(),
         seeds.len(),
-        T::KIND,
+        label,
     );
 }
 
@@ -316,7 +367,7 @@ fn on_multi_thread_runtime<F: Future<Output = ()> + Send + 'static>(future: F) {
 #[sqlx::test(migrations = false)]
 async fn postgres_histories_hold(pool: sqlx::PgPool) {
     let options = (*pool.connect_options()).clone();
-    let suite = async move { suite(site::PgSite::new(options).await).await };
+    let suite = async move { suite(site::PgSite::new(options).await, Via::InProcess).await };
     if let Err(err) = tokio::task::spawn_blocking(move || on_multi_thread_runtime(suite)).await {
         if err.is_panic() {
             std::panic::resume_unwind(err.into_panic());
@@ -327,5 +378,19 @@ async fn postgres_histories_hold(pool: sqlx::PgPool) {
 
 #[test]
 fn sqlite_histories_hold() {
-    on_multi_thread_runtime(async { suite(site::SqliteSite::new()).await });
+    on_multi_thread_runtime(async { suite(site::SqliteSite::new(), Via::InProcess).await });
+}
+
+/// PostgreSQL, with every node on one SQS FIFO queue of the local server.
+#[cfg(feature = "sqs")]
+#[sqlx::test(migrations = false)]
+async fn postgres_histories_hold_on_sqs(pool: sqlx::PgPool) {
+    let options = (*pool.connect_options()).clone();
+    let suite = async move { suite(site::PgSite::new(options).await, Via::Sqs).await };
+    if let Err(err) = tokio::task::spawn_blocking(move || on_multi_thread_runtime(suite)).await {
+        if err.is_panic() {
+            std::panic::resume_unwind(err.into_panic());
+        }
+        panic!("the suite did not finish: {err}");
+    }
 }

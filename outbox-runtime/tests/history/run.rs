@@ -4,18 +4,20 @@
 //! the outbox, the queues and the dead letters are empty (or the settle
 //! bound passes).
 //!
-//! A node is an [`InProcessQueue`] of its own with relays and workers, each
-//! a spawned task looping on `Relay::drain` or `Worker::run_once`, so a
-//! fault can abort it at any await point (its future is dropped mid-claim,
-//! mid-publish, mid-handler, mid-commit).
+//! A node is relays and workers, each a spawned task looping on
+//! `Relay::drain` or `Worker::run_once`, so a fault can abort it at any
+//! await point (its future is dropped mid-claim, mid-publish, mid-handler,
+//! mid-commit). In process, each node has an [`InProcessQueue`] of its own
+//! (a process of the app); on SQS, every node shares the schedule's FIFO
+//! queue on the local server (the production shape).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use outbox_runtime::{
-    Backoff, ConsumerConfig, Dispatcher, InProcessConfig, InProcessQueue, Metrics, Outgoing, Relay,
-    RelayConfig, Store, StoreExt, Worker, WorkerConfig, admin,
+    Backoff, ConsumerConfig, Dispatcher, InProcessConfig, InProcessQueue, Metrics, Outgoing,
+    Receiver, Relay, RelayConfig, Store, StoreExt, Transport, Worker, WorkerConfig, admin,
 };
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -111,97 +113,149 @@ fn fast_backoff(initial_ms: u64, max_ms: u64) -> Backoff {
     }
 }
 
-/// A consumer node: one queue, its relays and its workers.
-struct Node<S: Store> {
-    queue: Arc<InProcessQueue>,
-    relay: Relay<S, InProcessQueue>,
-    worker: Worker<S, InProcessQueue>,
+/// Where a schedule's messages travel.
+#[derive(Clone, Debug)]
+pub(crate) enum Queues {
+    /// An in-process queue per node.
+    InProcess,
+    /// One SQS FIFO queue for every node, made for the schedule.
+    #[cfg(feature = "sqs")]
+    Sqs(SqsQueue),
+}
+
+/// A FIFO queue on the local SQS server.
+#[cfg(feature = "sqs")]
+#[derive(Clone, Debug)]
+pub(crate) struct SqsQueue {
+    pub(crate) client: aws_sdk_sqs::Client,
+    pub(crate) url: String,
+}
+
+#[cfg(feature = "sqs")]
+impl SqsQueue {
+    /// A new FIFO queue (a unique name per schedule).
+    pub(crate) async fn create(client: aws_sdk_sqs::Client) -> Self {
+        use aws_sdk_sqs::types::QueueAttributeName;
+        let url = client
+            .create_queue()
+            .queue_name(format!("history-{}.fifo", Uuid::now_v7().simple()))
+            .attributes(QueueAttributeName::FifoQueue, "true")
+            .attributes(
+                QueueAttributeName::VisibilityTimeout,
+                VISIBILITY_TIMEOUT.as_secs().to_string(),
+            )
+            .send()
+            .await
+            .expect("the local SQS server creates a queue")
+            .queue_url
+            .expect("a created queue has a URL");
+        SqsQueue { client, url }
+    }
+
+    /// Messages in the queue, visible, in flight or delayed (`u64::MAX`
+    /// when the server does not answer).
+    async fn queued(&self) -> u64 {
+        use aws_sdk_sqs::types::QueueAttributeName;
+        let Ok(got) = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+        else {
+            return u64::MAX;
+        };
+        got.attributes()
+            .into_iter()
+            .flatten()
+            .map(|(_, n)| n.parse::<u64>().unwrap_or(u64::MAX))
+            .fold(0, u64::saturating_add)
+    }
+}
+
+/// A node's queue, as the faults and the settling see it.
+enum NodeQueue {
+    InProcess(Arc<InProcessQueue>),
+    #[cfg(feature = "sqs")]
+    Sqs(SqsQueue),
+}
+
+impl NodeQueue {
+    async fn queued(&self) -> u64 {
+        match self {
+            NodeQueue::InProcess(queue) => queue.stats().queued,
+            #[cfg(feature = "sqs")]
+            NodeQueue::Sqs(queue) => queue.queued().await,
+        }
+    }
+}
+
+/// Starts a relay or a worker task.
+type Spawn = Box<dyn Fn() -> JoinHandle<()> + Send + Sync>;
+
+/// A consumer node: a queue, its relays and its workers.
+struct Node {
+    queue: NodeQueue,
+    spawn_relay: Spawn,
+    spawn_worker: Spawn,
     relays: Vec<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
 }
 
-impl<S: HistoryStore> Node<S> {
-    fn start(wiring: &Wiring<S>, shape: NodeShape) -> Self {
-        let queue = Arc::new(InProcessQueue::with_config(InProcessConfig {
-            visibility_timeout: VISIBILITY_TIMEOUT,
-            ..InProcessConfig::default()
-        }));
-        let relay = Relay::new(wiring.store.clone(), Arc::clone(&queue))
-            .with_config(RelayConfig {
-                batch_size: shape.relay_batch,
-                lease: LEASE,
-                backoff: fast_backoff(10, 100),
-                sweep_interval: Duration::from_millis(50),
-                relayed_for: RELAYED_FOR,
-                ..RelayConfig::default()
-            })
-            .with_metrics(Arc::clone(&wiring.metrics));
-        let worker = Worker::new(
-            wiring.store.clone(),
-            Arc::clone(&queue),
-            Arc::clone(&wiring.dispatcher),
-        )
-        .with_config(WorkerConfig {
-            batch_size: shape.worker_batch,
-            wait: Duration::from_millis(20),
-            retention: None,
-            stuck_after: None,
-            heartbeat: Some(HEARTBEAT),
-        })
-        .with_consumer_config(ConsumerConfig {
-            default_max_attempts: crate::MAX_ATTEMPTS,
-            retry_backoff: fast_backoff(5, 40),
-        })
-        .with_metrics(Arc::clone(&wiring.metrics));
+impl Node {
+    fn start<S: HistoryStore>(wiring: &Wiring<S>, shape: NodeShape, queues: &Queues) -> Self {
+        let (queue, spawn_relay, spawn_worker): (NodeQueue, Spawn, Spawn) = match queues {
+            Queues::InProcess => {
+                let queue = Arc::new(InProcessQueue::with_config(InProcessConfig {
+                    visibility_timeout: VISIBILITY_TIMEOUT,
+                    ..InProcessConfig::default()
+                }));
+                let relay = relay(wiring, shape, Arc::clone(&queue));
+                let worker = worker(wiring, shape, Arc::clone(&queue));
+                (
+                    NodeQueue::InProcess(queue),
+                    Box::new(move || spawn_relay(relay.clone())),
+                    Box::new(move || spawn_worker(worker.clone())),
+                )
+            }
+            #[cfg(feature = "sqs")]
+            Queues::Sqs(sqs) => {
+                let transport = outbox_runtime::SqsTransport::new(sqs.client.clone(), &sqs.url);
+                let receiver = outbox_runtime::SqsReceiver::new(sqs.client.clone(), &sqs.url);
+                let relay = relay(wiring, shape, Arc::new(transport));
+                let worker = worker(wiring, shape, Arc::new(receiver));
+                (
+                    NodeQueue::Sqs(sqs.clone()),
+                    Box::new(move || spawn_relay(relay.clone())),
+                    Box::new(move || spawn_worker(worker.clone())),
+                )
+            }
+        };
         let mut node = Node {
             queue,
-            relay,
-            worker,
+            spawn_relay,
+            spawn_worker,
             relays: Vec::new(),
             workers: Vec::new(),
         };
         for _ in 0..shape.relays {
-            let task = node.spawn_relay();
+            let task = (node.spawn_relay)();
             node.relays.push(task);
         }
         for _ in 0..shape.workers {
-            let task = node.spawn_worker();
+            let task = (node.spawn_worker)();
             node.workers.push(task);
         }
         node
     }
 
-    fn spawn_relay(&self) -> JoinHandle<()> {
-        let relay = self.relay.clone();
-        tokio::spawn(async move {
-            loop {
-                let busy = matches!(
-                    relay.drain().await,
-                    Ok(report) if report.published > 0 && report.transport_down.is_none()
-                );
-                if !busy {
-                    tokio::time::sleep(Duration::from_millis(3)).await;
-                }
-            }
-        })
-    }
-
-    fn spawn_worker(&self) -> JoinHandle<()> {
-        let worker = self.worker.clone();
-        tokio::spawn(async move {
-            loop {
-                // Waits up to the worker's `wait` when the queue is empty.
-                if worker.run_once().await.is_err() {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        })
-    }
-
     /// Aborts one relay (chosen by `pick`) and starts a fresh one.
     async fn restart_relay(&mut self, pick: u64, trouble: &Trouble) {
         let at = pick_index(pick, self.relays.len());
-        let fresh = self.spawn_relay();
+        let fresh = (self.spawn_relay)();
         stop(
             std::mem::replace(&mut self.relays[at], fresh),
             "relay",
@@ -213,7 +267,7 @@ impl<S: HistoryStore> Node<S> {
     /// Aborts one worker (chosen by `pick`) and starts a fresh one.
     async fn restart_worker(&mut self, pick: u64, trouble: &Trouble) {
         let at = pick_index(pick, self.workers.len());
-        let fresh = self.spawn_worker();
+        let fresh = (self.spawn_worker)();
         stop(
             std::mem::replace(&mut self.workers[at], fresh),
             "worker",
@@ -233,6 +287,72 @@ impl<S: HistoryStore> Node<S> {
     }
 }
 
+fn relay<S: HistoryStore, T: Transport>(
+    wiring: &Wiring<S>,
+    shape: NodeShape,
+    transport: Arc<T>,
+) -> Relay<S, T> {
+    Relay::new(wiring.store.clone(), transport)
+        .with_config(RelayConfig {
+            batch_size: shape.relay_batch,
+            lease: LEASE,
+            backoff: fast_backoff(10, 100),
+            sweep_interval: Duration::from_millis(50),
+            relayed_for: RELAYED_FOR,
+            ..RelayConfig::default()
+        })
+        .with_metrics(Arc::clone(&wiring.metrics))
+}
+
+fn worker<S: HistoryStore, R: Receiver>(
+    wiring: &Wiring<S>,
+    shape: NodeShape,
+    receiver: Arc<R>,
+) -> Worker<S, R> {
+    Worker::new(
+        wiring.store.clone(),
+        receiver,
+        Arc::clone(&wiring.dispatcher),
+    )
+    .with_config(WorkerConfig {
+        batch_size: shape.worker_batch,
+        wait: Duration::from_millis(20),
+        retention: None,
+        stuck_after: None,
+        heartbeat: Some(HEARTBEAT),
+    })
+    .with_consumer_config(ConsumerConfig {
+        default_max_attempts: crate::MAX_ATTEMPTS,
+        retry_backoff: fast_backoff(5, 40),
+    })
+    .with_metrics(Arc::clone(&wiring.metrics))
+}
+
+fn spawn_relay<S: HistoryStore, T: Transport>(relay: Relay<S, T>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let busy = matches!(
+                relay.drain().await,
+                Ok(report) if report.published > 0 && report.transport_down.is_none()
+            );
+            if !busy {
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        }
+    })
+}
+
+fn spawn_worker<S: HistoryStore, R: Receiver>(worker: Worker<S, R>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            // Waits up to the worker's `wait` when the queue is empty.
+            if worker.run_once().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    })
+}
+
 fn pick_index(pick: u64, len: usize) -> usize {
     usize::try_from(pick % len.max(1) as u64).expect("an index fits a usize")
 }
@@ -249,7 +369,7 @@ async fn stop(task: JoinHandle<()>, what: &str, trouble: &Trouble) {
 }
 
 /// Runs `plan` on `store` (whose tables are empty) and returns what happened.
-pub(crate) async fn run<S: HistoryStore>(store: &S, plan: &Plan) -> Recorded {
+pub(crate) async fn run<S: HistoryStore>(store: &S, plan: &Plan, queues: &Queues) -> Recorded {
     store.seed_clocks(&plan.groups).await;
     let recorder = Arc::new(Recorder::default());
     let wiring = Wiring {
@@ -263,10 +383,10 @@ pub(crate) async fn run<S: HistoryStore>(store: &S, plan: &Plan) -> Recorded {
         trouble: Trouble::default(),
     };
     let trouble = &wiring.trouble;
-    let mut nodes: Vec<Node<S>> = plan
+    let mut nodes: Vec<Node> = plan
         .nodes
         .iter()
-        .map(|&shape| Node::start(&wiring, shape))
+        .map(|&shape| Node::start(&wiring, shape, queues))
         .collect();
 
     let started = Instant::now();
@@ -281,7 +401,7 @@ pub(crate) async fn run<S: HistoryStore>(store: &S, plan: &Plan) -> Recorded {
         Arc::clone(&recorder),
     ));
 
-    inject_faults(plan, &mut nodes, &wiring, started).await;
+    inject_faults(plan, &mut nodes, &wiring, queues, started).await;
     let mut rolled_back = HashSet::new();
     for producer in producers {
         match producer.await {
@@ -322,8 +442,9 @@ pub(crate) async fn run<S: HistoryStore>(store: &S, plan: &Plan) -> Recorded {
 /// queue back up.
 async fn inject_faults<S: HistoryStore>(
     plan: &Plan,
-    nodes: &mut Vec<Node<S>>,
+    nodes: &mut Vec<Node>,
     wiring: &Wiring<S>,
+    queues: &Queues,
     started: Instant,
 ) {
     let trouble = &wiring.trouble;
@@ -338,10 +459,13 @@ async fn inject_faults<S: HistoryStore>(
             FaultKind::KillNode(shape) => {
                 let node = nodes.swap_remove(at);
                 node.stop(trouble).await;
-                nodes.push(Node::start(wiring, shape));
+                nodes.push(Node::start(wiring, shape, queues));
             }
             FaultKind::QueueDown(down) => {
-                let queue = Arc::clone(&nodes[at].queue);
+                let NodeQueue::InProcess(queue) = &nodes[at].queue else {
+                    unreachable!("SQS plans have no faults (Plan::on_sqs)");
+                };
+                let queue = Arc::clone(queue);
                 queue.set_available(false);
                 restores.push(tokio::spawn(async move {
                     tokio::time::sleep(down).await;
@@ -455,11 +579,14 @@ async fn operate<S: Store>(store: S, dispatcher: Arc<Dispatcher>, recorder: Arc<
 
 /// Waits until nothing is pending in the outbox, no queue holds anything
 /// and no dead letter is left; `Some` if that did not happen in time.
-async fn settle<S: Store>(store: &S, nodes: &[Node<S>]) -> Option<Unsettled> {
+async fn settle<S: Store>(store: &S, nodes: &[Node]) -> Option<Unsettled> {
     let deadline = Instant::now() + SETTLE_LIMIT;
     loop {
         let stats = store.stats().await;
-        let queued: u64 = nodes.iter().map(|n| n.queue.stats().queued).sum();
+        let mut queued: u64 = 0;
+        for node in nodes {
+            queued = queued.saturating_add(node.queue.queued().await);
+        }
         if let Ok(stats) = &stats
             && stats.pending == 0
             && stats.dead_letters == 0
