@@ -94,7 +94,8 @@ pub use crate::transport::sqs::{
     SQS_MAX_BATCH_BYTES, SQS_MAX_BODY_BYTES, SqsPump, SqsReceiver, SqsTransport,
 };
 pub use crate::transport::{
-    Delivery, EntryError, PublishEntry, Receipt, Receiver, Transport, TransportError,
+    Delivery, EntryError, EntryErrorKind, PublishEntry, Receipt, Receiver, Transport,
+    TransportError,
 };
 pub use crate::worker::{BatchReport, Worker, WorkerConfig};
 

@@ -14,7 +14,7 @@ use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 use crate::pump::RelayWaker;
 use crate::store::{ClaimedMessage, PublishFailure, Store, StoreError};
-use crate::transport::{PublishEntry, Transport};
+use crate::transport::{EntryErrorKind, PublishEntry, Transport};
 
 /// Settings of a [`Relay`].
 #[derive(Clone, Copy, Debug)]
@@ -305,18 +305,21 @@ impl<S: Store, T: Transport> Relay<S, T> {
             match self.transport.publish(&entries).await {
                 Ok(results) => {
                     for (message, result) in messages.iter().zip(results) {
-                        match result {
-                            Ok(()) => published.push(message.seq),
-                            Err(err) => {
-                                blocked.insert(message.envelope.group.as_str());
-                                failures.push(self.failure(
-                                    message,
-                                    err.to_string(),
-                                    err.permanent,
-                                    !err.outage,
-                                ));
+                        let Err(err) = result else {
+                            published.push(message.seq);
+                            continue;
+                        };
+                        blocked.insert(message.envelope.group.as_str());
+                        let (permanent, counts) = match err.kind {
+                            EntryErrorKind::HeldBack => {
+                                skipped.push(message.seq);
+                                continue;
                             }
-                        }
+                            EntryErrorKind::Permanent => (true, true),
+                            EntryErrorKind::Unavailable => (false, false),
+                            _ => (false, true),
+                        };
+                        failures.push(self.failure(message, err.to_string(), permanent, counts));
                     }
                 }
                 Err(err) => {

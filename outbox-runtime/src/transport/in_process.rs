@@ -9,6 +9,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+#[cfg(test)]
+use super::EntryErrorKind;
 use super::{Delivery, EntryError, PublishEntry, Receipt, Receiver, Transport, TransportError};
 
 /// Settings of an [`InProcessQueue`]. The defaults follow SQS.
@@ -293,16 +295,14 @@ impl Transport for InProcessQueue {
                 let group = entry.envelope.group.as_str();
                 if queued >= config.capacity {
                     failed_groups.insert(group);
-                    results.push(Err(EntryError::outage(format!(
+                    results.push(Err(EntryError::unavailable(format!(
                         "the in-process queue is full ({} messages); the row waits for the workers",
                         config.capacity
                     ))));
                     continue;
                 }
                 if failed_groups.contains(group) {
-                    results.push(Err(EntryError::retry(
-                        "an earlier message of its group in this batch failed",
-                    )));
+                    results.push(Err(EntryError::held_back()));
                     continue;
                 }
                 if entry.body.len() > config.max_body_bytes {
@@ -597,9 +597,15 @@ mod tests {
             ..InProcessConfig::default()
         });
         let results = send(&queue, &[&big, &after, &other]).await;
-        assert!(results[0].as_ref().is_err_and(|e| e.permanent));
         assert!(
-            results[1].as_ref().is_err_and(|e| !e.permanent),
+            results[0]
+                .as_ref()
+                .is_err_and(|e| e.kind == EntryErrorKind::Permanent)
+        );
+        assert!(
+            results[1]
+                .as_ref()
+                .is_err_and(|e| e.kind == EntryErrorKind::HeldBack),
             "never accepted behind a failure"
         );
         assert!(results[2].is_ok());
@@ -617,7 +623,7 @@ mod tests {
         assert!(
             results[2]
                 .as_ref()
-                .is_err_and(|e| e.outage && !e.permanent && e.message.contains("full")),
+                .is_err_and(|e| e.kind == EntryErrorKind::Unavailable && e.message.contains("full")),
             "{results:?}"
         );
         let got = queue.receive(1, Duration::ZERO).await.unwrap();

@@ -30,43 +30,60 @@ pub struct PublishEntry<'a> {
 /// Why one entry of a batch was not published.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("{message}")]
+#[non_exhaustive]
 pub struct EntryError {
     /// What the transport said.
     pub message: String,
-    /// Whether retrying cannot help (too large, malformed): the row is
-    /// dead-lettered at once instead of blocking its group.
-    pub permanent: bool,
-    /// Whether the entry's queue could not be reached (while others in the
-    /// same publish could): the row waits, using up none of its attempts.
-    pub outage: bool,
+    /// What the relay does with the row.
+    pub kind: EntryErrorKind,
+}
+
+/// What an [`EntryError`] means for its row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EntryErrorKind {
+    /// Retrying cannot help (too large, malformed): the row is dead-lettered
+    /// at once instead of blocking its group.
+    Permanent,
+    /// Worth retrying; the attempt counts against the row's attempts.
+    Retry,
+    /// The entry's queue could not be reached (while others in the same
+    /// publish could): retried, using up none of the row's attempts.
+    Unavailable,
+    /// Not sent, because an earlier entry of its group in the same publish
+    /// failed: the row is left as it was, to go after that one.
+    HeldBack,
 }
 
 impl EntryError {
     /// Retrying cannot help: the row is dead-lettered at once.
     pub fn permanent(message: impl Into<String>) -> Self {
-        EntryError {
-            message: message.into(),
-            permanent: true,
-            outage: false,
-        }
+        Self::new(message, EntryErrorKind::Permanent)
     }
 
     /// Worth retrying; the attempt counts against the row's attempts.
     pub fn retry(message: impl Into<String>) -> Self {
-        EntryError {
-            message: message.into(),
-            permanent: false,
-            outage: false,
-        }
+        Self::new(message, EntryErrorKind::Retry)
     }
 
     /// The entry's queue is unavailable: retried, and the attempt does not
     /// count.
-    pub fn outage(message: impl Into<String>) -> Self {
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(message, EntryErrorKind::Unavailable)
+    }
+
+    /// Not sent behind a failure of its group in the same publish.
+    pub fn held_back() -> Self {
+        Self::new(
+            "not sent: an earlier message of its group in this publish failed",
+            EntryErrorKind::HeldBack,
+        )
+    }
+
+    fn new(message: impl Into<String>, kind: EntryErrorKind) -> Self {
         EntryError {
             message: message.into(),
-            permanent: false,
-            outage: true,
+            kind,
         }
     }
 }
@@ -75,7 +92,8 @@ impl EntryError {
 ///
 /// Contract, so that group order holds: entries are sent in the given order,
 /// and an entry is never accepted after an earlier entry of the same group
-/// in the same call failed (the transport fails it too).
+/// in the same call failed (the transport reports it
+/// [`EntryErrorKind::HeldBack`]).
 pub trait Transport: Send + Sync + 'static {
     /// The most entries one [`publish`](Self::publish) call takes (10 for SQS).
     fn max_batch(&self) -> usize;

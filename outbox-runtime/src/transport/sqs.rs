@@ -11,14 +11,18 @@ use std::fmt;
 use std::time::Duration;
 
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_sqs::config::http::HttpResponse;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
     MessageSystemAttributeName, SendMessageBatchRequestEntry,
 };
 use uuid::Uuid;
 
-use super::{Delivery, EntryError, PublishEntry, Receipt, Receiver, Transport, TransportError};
+use super::{
+    Delivery, EntryError, EntryErrorKind, PublishEntry, Receipt, Receiver, Transport,
+    TransportError,
+};
 use crate::pump::{PUMP_BODY, PUMP_GROUP, Pump, PumpError, PumpFuture};
 
 /// The largest message body SQS accepts by default (256 KiB). Raise it with
@@ -31,15 +35,24 @@ const SQS_BATCH: usize = 10;
 /// The bodies of one `SendMessageBatch` call together, an SQS limit (1 MiB).
 pub const SQS_MAX_BATCH_BYTES: usize = 1024 * 1024;
 
-/// Error codes of a `SendMessageBatch` call refused for its shape: sending
-/// the same call again cannot succeed.
-const MALFORMED_BATCH: [&str; 5] = [
-    "BatchRequestTooLong",
-    "TooManyEntriesInBatchRequest",
-    "BatchEntryIdsNotDistinct",
-    "InvalidBatchEntryId",
-    "EmptyBatchRequest",
-];
+/// How a failed `SendMessageBatch` call counts for its entries. A call SQS
+/// refused (its shape, a queue that does not exist, no permission: any
+/// client error but throttling) will be refused again, so it uses up the
+/// rows' attempts and they end dead instead of waiting for ever; anything
+/// else (no answer, a server error, throttling) is the queue being
+/// unavailable, which uses none.
+fn call_failure<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> EntryErrorKind {
+    let SdkError::ServiceError(service) = err else {
+        return EntryErrorKind::Unavailable;
+    };
+    let status = service.raw().status().as_u16();
+    let throttled = status == 429 || err.code().is_some_and(|code| code.contains("Throttl"));
+    if (400..500).contains(&status) && !throttled {
+        EntryErrorKind::Retry
+    } else {
+        EntryErrorKind::Unavailable
+    }
+}
 
 /// Publishes envelopes to SQS FIFO queues with `SendMessageBatch`:
 /// `MessageGroupId` is the envelope's group, `MessageDeduplicationId` its
@@ -49,10 +62,12 @@ const MALFORMED_BATCH: [&str; 5] = [
 /// relay dead-letters the row instead of retrying it forever). Calls hold at
 /// most 10 entries and [`SQS_MAX_BATCH_BYTES`] of bodies. An entry that SQS
 /// refuses fails, and so do the later entries of its group in the same
-/// publish; other groups go on. When a call fails after earlier calls of the
-/// same publish succeeded (another logical queue, another chunk), what SQS
-/// accepted is reported accepted and the rest fail as an outage of their
-/// queue; when the first call fails, the whole publish fails.
+/// publish; other groups go on. A call that fails fails its own entries
+/// (and its queue's later calls are not made): refused by SQS, they count
+/// against their rows; unanswered, they wait for their queue. What other
+/// calls sent is reported sent. When nothing was sent because every queue
+/// was unreachable, the whole publish fails
+/// ([`TransportError::Unavailable`]).
 #[derive(Clone)]
 pub struct SqsTransport {
     client: Client,
@@ -169,23 +184,30 @@ impl Transport for SqsTransport {
             }
         }
 
-        let mut any_sent = false;
+        let mut unreachable: Option<String> = None;
         for (url, indexes) in by_queue {
+            // Set when a call to this queue found it unreachable: its later
+            // entries are not sent in this publish.
+            let mut queue_down: Option<String> = None;
             for chunk in chunks(&indexes, |at| entries[at].body.len()) {
                 let mut batch = Vec::with_capacity(chunk.len());
                 let mut sent = Vec::with_capacity(chunk.len());
                 for &at in chunk {
                     let entry = &entries[at];
-                    if failed_groups.contains(entry.envelope.group.as_str()) {
-                        results[at] = Some(Err(EntryError::retry(
-                            "an earlier message of its group in this batch failed",
-                        )));
+                    let group = entry.envelope.group.as_str();
+                    if failed_groups.contains(group) {
+                        results[at] = Some(Err(EntryError::held_back()));
+                        continue;
+                    }
+                    if let Some(message) = &queue_down {
+                        failed_groups.insert(group);
+                        results[at] = Some(Err(EntryError::unavailable(message.clone())));
                         continue;
                     }
                     let request = SendMessageBatchRequestEntry::builder()
                         .id(at.to_string())
                         .message_body(entry.body.as_str())
-                        .message_group_id(entry.envelope.group.as_str())
+                        .message_group_id(group)
                         .message_deduplication_id(entry.envelope.id.to_string())
                         .build()
                         .map_err(|err| TransportError::Unavailable(sdk_error(err)))?;
@@ -205,35 +227,24 @@ impl Transport for SqsTransport {
                 {
                     Ok(response) => response,
                     Err(err) => {
-                        let malformed = err
-                            .code()
-                            .is_some_and(|code| MALFORMED_BATCH.iter().any(|m| code.ends_with(m)));
-                        let message = sdk_error(err);
-                        if malformed {
-                            // Sending this call again cannot succeed: the
-                            // rows' attempts run out and they go dead.
-                            tracing::error!(%message, "SQS refused a batch for its shape");
-                            for &at in &sent {
-                                failed_groups.insert(entries[at].envelope.group.as_str());
-                                results[at] = Some(Err(EntryError::retry(format!(
-                                    "SQS refused the batch: {message}"
-                                ))));
-                            }
-                            continue;
+                        let kind = call_failure(&err);
+                        let message = format!("SQS call failed: {}", sdk_error(err));
+                        tracing::warn!(queue = url, %message, ?kind, "a SendMessageBatch call failed");
+                        for &at in &sent {
+                            failed_groups.insert(entries[at].envelope.group.as_str());
+                            results[at] = Some(Err(if kind == EntryErrorKind::Unavailable {
+                                EntryError::unavailable(message.clone())
+                            } else {
+                                EntryError::retry(message.clone())
+                            }));
                         }
-                        if !any_sent {
-                            return Err(TransportError::Unavailable(message));
+                        if kind == EntryErrorKind::Unavailable {
+                            unreachable.get_or_insert_with(|| message.clone());
+                            queue_down = Some(message);
                         }
-                        // Keep what SQS accepted; the rest waits for the queue.
-                        for result in results.iter_mut().filter(|r| r.is_none()) {
-                            *result = Some(Err(EntryError::outage(format!(
-                                "queue unavailable: {message}"
-                            ))));
-                        }
-                        return Ok(results.into_iter().map(no_result).collect());
+                        continue;
                     }
                 };
-                any_sent = true;
                 for ok in response.successful() {
                     if let Ok(at) = ok.id().parse::<usize>() {
                         results[at] = Some(Ok(()));
@@ -276,7 +287,21 @@ impl Transport for SqsTransport {
             }
         }
 
-        Ok(results.into_iter().map(no_result).collect())
+        let results: Vec<Result<(), EntryError>> = results.into_iter().map(no_result).collect();
+        // Nothing sent and nothing refused: every queue was unreachable.
+        if let Some(message) = unreachable
+            && results.iter().all(|r| {
+                r.as_ref().is_err_and(|e| {
+                    matches!(
+                        e.kind,
+                        EntryErrorKind::Unavailable | EntryErrorKind::HeldBack
+                    )
+                })
+            })
+        {
+            return Err(TransportError::Unavailable(message));
+        }
+        Ok(results)
     }
 }
 

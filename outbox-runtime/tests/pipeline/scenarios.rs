@@ -262,6 +262,18 @@ pub(crate) async fn oversized_message_is_dead_lettered_without_blocking_other_gr
     assert_eq!(pending, [("g1", 2, 0), ("g2", 1, 0)], "oldest first");
     assert!(groups[0].oldest_pending_age.is_some());
 
+    // The first drain: the huge row fails for good; the row behind it in
+    // its group was not sent, so it uses up no attempt.
+    h.relay.drain().await.expect("drain");
+    let rows = h.store.outbox_rows().await;
+    assert_eq!(
+        rows.iter()
+            .map(|r| (r.status.as_str(), r.attempts))
+            .collect::<Vec<_>>()[..2],
+        [("dead", 1), ("relayed", 0)],
+        "{rows:?}"
+    );
+
     h.settle(Duration::from_secs(10)).await;
     let groups = h.store.group_stats(10).await.expect("group stats");
     let after: Vec<_> = groups
