@@ -36,8 +36,8 @@ pub struct RelayConfig {
     pub sweep_interval: Duration,
     /// On a non-durable transport, how long a published row waits for a
     /// consumer to confirm it before it is published again. The relay
-    /// renews it every third of this while it lives (on every drain that
-    /// comes due), so only a process that died lets its rows go: another
+    /// renews it every third of this while it lives (before each claim of a
+    /// drain, once due), so only a process that died lets its rows go: another
     /// process publishes them again after this long (the inbox absorbs a
     /// repeat). Keep it below the queue's deduplication window (the
     /// in-process queue's: 5 minutes).
@@ -171,8 +171,9 @@ impl<S: Store, T: Transport> Relay<S, T> {
         deadline: Option<tokio::time::Instant>,
     ) -> Result<DrainReport, RelayError> {
         let mut report = DrainReport::default();
-        self.renew_relayed().await;
         loop {
+            // Before each claim: a long drain renews its early rows too.
+            self.renew_relayed().await;
             // The first batch is claimed whatever the deadline says, so that
             // every drain makes progress (a pump that re-pumps without
             // draining would loop forever).

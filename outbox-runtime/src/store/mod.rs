@@ -4,15 +4,16 @@
 //! One trait, [`Store`], with one implementation per database, each behind a
 //! cargo feature: [`PgStore`](crate::PgStore) (`postgres`) for production and
 //! [`SqliteStore`](crate::SqliteStore) (`sqlite`) for the embedded default.
-//! Both keep the same three tables, created by embedded migrations tracked in
+//! Both keep the same four tables, created by embedded migrations tracked in
 //! their own table (`_outbox_migrations`), so they never collide with the
 //! app's own `sqlx` migrations:
 //!
 //! | table | rows |
 //! |---|---|
-//! | `outbox` | one per message: `seq` (order), `id`, type, version, group, queue, payload, headers, created/available-at, attempts, last error, status (`pending` / `relayed` / `published` / `dead`), published-at, lease |
-//! | `outbox_inbox` | one per (message id, handler) that committed: the idempotency record |
-//! | `outbox_dead_letters` | one per message a consumer gave up on: poison, or a handler out of attempts |
+//! | `outbox` | one per message: `seq` (order), `id`, type, version, group, queue, payload, headers, created/available-at, publish attempts, last error, status (`pending` / `relayed` / `published` / `dead`), published-at, lease (until when, and the claim's token) |
+//! | `outbox_inbox` | one per (message id, handler) that committed or gave up: the idempotency record |
+//! | `outbox_attempts` | one per (message id, handler) that failed: its failed runs and last error |
+//! | `outbox_dead_letters` | one per message a consumer gave up on: poison, a handler out of attempts, or imported from a queue's DLQ |
 //!
 //! A row the relay cannot publish stays in `outbox` with status `dead` and its
 //! last error; a message a consumer cannot handle goes to
@@ -26,8 +27,19 @@
 //! 1869968482, hashtext(group))`), so producers of one group commit one after
 //! the other and a group's `seq` order is its commit order; producers of
 //! different groups never wait for each other. SQLite has one writer at a
-//! time, so its `seq` order is commit order already. Enqueue just before
-//! commit: the lock is held until then.
+//! time, so its `seq` order is commit order already.
+//!
+//! What the lock asks of an app on PostgreSQL:
+//!
+//! - Enqueue just before commit: the lock is held until then, and other
+//!   producers of the group wait for it. Messages that use the default
+//!   group (one per message type) serialize every producer of that type.
+//! - Enqueue a transaction's messages in one [`Store::enqueue_all`] call:
+//!   it locks their groups in a fixed order. Two transactions that enqueue
+//!   the same groups in opposite orders, one call each, deadlock;
+//!   PostgreSQL aborts one of them (SQLSTATE `40P01`,
+//!   [`StoreError::is_transient`]), and the app retries it, as for any
+//!   deadlock.
 //!
 //! A group is held by at most one claim at a time. The first pending row of
 //! each group (its *head*) is claimed only while no row of the group is

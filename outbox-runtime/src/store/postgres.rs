@@ -189,10 +189,11 @@ impl PgStore {
     }
 
     /// Locks the groups `$1` (text[]) until the transaction ends, in a fixed
-    /// order (no deadlock between two enqueues): producers of one group
-    /// commit in their enqueue order. The first key is the toolkit's
-    /// (`'outb'`); advisory locks with two keys never collide with an app's
-    /// one-key locks.
+    /// order (two calls never deadlock each other; two transactions of
+    /// several calls each can, see the store's module docs): producers of
+    /// one group commit in their enqueue order. The first key is the
+    /// toolkit's (`'outb'`); advisory locks with two keys never collide with
+    /// an app's one-key locks.
     #[doc(hidden)]
     pub const LOCK_GROUPS_SQL: &'static str = "SELECT pg_advisory_xact_lock(1869968482, k)
              FROM (SELECT DISTINCT hashtext(g) AS k FROM unnest($1::text[]) AS g) AS l
