@@ -1,3 +1,8 @@
+-- Waits at most 10 s for its locks (ADD COLUMN takes a brief exclusive lock
+-- on outbox): behind a long transaction it fails instead of stalling every
+-- query on the table; migrate again.
+SET LOCAL lock_timeout = '10s';
+
 -- A handler's failed runs of a message (its attempts), keyed like the inbox.
 -- Written after a failed run, in a transaction of its own; read with the
 -- inbox before each run.
@@ -12,9 +17,13 @@ CREATE TABLE outbox_attempts (
 CREATE INDEX outbox_attempts_updated_at ON outbox_attempts (updated_at);
 
 -- Rows that may hold their group: leased by a relay, or relayed to a
--- non-durable queue and not yet confirmed. The claim skips a group that has
--- one whose lease is live.
-CREATE INDEX outbox_held ON outbox (group_key) WHERE lease_until IS NOT NULL;
+-- non-durable queue and not yet confirmed. The claim skips a group with a
+-- row leased by a live claim, or relayed.
+-- Built in the migration's transaction, which blocks writes to outbox while
+-- it scans the table; on a large table, create it first with
+--   CREATE INDEX CONCURRENTLY outbox_held ON outbox (group_key) WHERE lease_until IS NOT NULL;
+-- and this statement leaves it be.
+CREATE INDEX IF NOT EXISTS outbox_held ON outbox (group_key) WHERE lease_until IS NOT NULL;
 
 -- The claim that leased a row: a relay's later writes to the row (published,
 -- relayed, failed, released) apply only while it still holds the lease, so
