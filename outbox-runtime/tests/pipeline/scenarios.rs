@@ -1027,6 +1027,12 @@ pub(crate) async fn held_back_deliveries_use_up_no_attempts<S: TestDb>(store: S)
         by_group(&h.store.effects().await, "step")["g"],
         [0, 1, 2, 3, 4]
     );
+    // Every delivery ran the handler or was held back behind the head.
+    let held_back = h.queue.stats().delivered - crate::runs().len() as u64;
+    assert!(
+        held_back >= 4 * 4,
+        "the four later messages were held back behind each of the head's four failures: {held_back} held back"
+    );
     let mut failed: std::collections::HashMap<uuid::Uuid, u32> = Default::default();
     for run in crate::runs() {
         let before = failed.entry(run.message_id).or_default();
@@ -1098,6 +1104,7 @@ pub(crate) async fn replaying_a_poison_dead_letter_skips_the_handlers_that_commi
     admin::replay_dead_letter(&h.store, &table, letter.id)
         .await
         .expect("replayed");
+    let suppressed = h.metrics.snapshot().duplicates_suppressed;
     h.settle(Duration::from_secs(10)).await;
 
     let mut kinds: Vec<String> = h
@@ -1109,6 +1116,12 @@ pub(crate) async fn replaying_a_poison_dead_letter_skips_the_handlers_that_commi
         .collect();
     kinds.sort();
     assert_eq!(kinds, ["audit", "charge"], "no handler ran twice");
+    assert_eq!(
+        h.metrics.snapshot().duplicates_suppressed - suppressed,
+        2,
+        "the replay ran, and both handlers found it done"
+    );
+    assert_eq!(h.store.dead_letter_errors().await, [], "not poison again");
 }
 
 /// PostgreSQL (on SQLite the handler's transaction holds the only write
@@ -1144,8 +1157,10 @@ pub(crate) async fn a_give_up_after_another_delivery_committed_writes_no_dead_le
 }
 
 /// A relay whose lease ran out while it was publishing (a long pause, a
-/// slow queue) reports on rows another relay has claimed and published
-/// since: its late writes change nothing.
+/// slow queue) reports on rows another relay has claimed since: while the
+/// row is pending under the other relay's lease, the stale relay's writes
+/// (failed for good, released, published) change nothing, and the other
+/// relay's work goes on.
 pub(crate) async fn a_relay_whose_lease_ran_out_cannot_overwrite_the_rows(store: impl TestDb) {
     let h = Harness::new(store).await;
     commit_steps(&h.store, 1, &[step("g", 0)]).await;
@@ -1162,12 +1177,8 @@ pub(crate) async fn a_relay_whose_lease_ran_out_cannot_overwrite_the_rows(store:
         .await
         .expect("claims again once the lease ran out");
     assert_eq!(fast.len(), 1);
-    h.store
-        .mark_published(fast[0].lease, &[fast[0].seq])
-        .await
-        .expect("published");
 
-    // The slow relay's publish failed; it says so, too late.
+    // The slow relay's publish failed for good; it says so, too late.
     h.store
         .record_failures(
             slow[0].lease,
@@ -1180,12 +1191,33 @@ pub(crate) async fn a_relay_whose_lease_ran_out_cannot_overwrite_the_rows(store:
         )
         .await
         .expect("recorded");
+    h.store
+        .release(slow[0].lease, &[slow[0].seq])
+        .await
+        .expect("released");
+    h.store
+        .mark_published(slow[0].lease, &[slow[0].seq])
+        .await
+        .expect("marked");
     let row = &h.store.outbox_rows().await[0];
     assert_eq!(
-        (row.status.as_str(), row.attempts),
-        ("published", 0),
+        (row.status.as_str(), row.attempts, row.last_error.as_deref()),
+        ("pending", 0, None),
         "a stale lease wrote over the row: {row:?}"
     );
+    assert!(
+        h.store
+            .claim(10, Duration::from_secs(60))
+            .await
+            .expect("claims")
+            .is_empty(),
+        "the other relay's lease still holds the row"
+    );
+    h.store
+        .mark_published(fast[0].lease, &[fast[0].seq])
+        .await
+        .expect("published");
+    assert_eq!(h.store.outbox_rows().await[0].status, "published");
 }
 
 /// A message larger than the transport takes (256 KiB as an envelope, by
