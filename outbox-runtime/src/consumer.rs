@@ -69,6 +69,23 @@ fn pump_deadline(now: Instant, deadline: Option<Instant>, waiting: usize) -> Opt
     }
 }
 
+/// Whether a handler's failure is the store's: a transient database error
+/// (deadlock, serialization failure, lost connection) anywhere in its
+/// chain of causes.
+fn is_store_trouble(error: &HandlerError) -> bool {
+    let HandlerError::Failed(error) = error else {
+        return false;
+    };
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+    while let Some(error) = cause {
+        if crate::store::is_transient_cause(error) {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
 /// What became of one handler on one message.
 enum HandlerRun {
     Committed,
@@ -92,7 +109,9 @@ enum HandlerRun {
 /// 3. a failed run is counted in the store, per message and handler:
 ///    [`HandlerContext::attempt`] is 1 + the handler's failed runs, and a
 ///    delivery that does not run the handler (held back behind its group,
-///    an outage) counts nothing;
+///    an outage) counts nothing, nor does a run whose transaction the
+///    database aborted (a transient database error among its error's
+///    causes: deadlock, serialization failure, lost connection);
 /// 4. poison (not an envelope, unknown type, unsupported version,
 ///    undecodable payload) and handlers out of attempts go to dead letters,
 ///    and the delivery is acknowledged: they never block their group. A
@@ -322,6 +341,13 @@ impl<S: Store> Consumer<S> {
                 Ok(HandlerRun::AlreadyHandled) => {
                     self.metrics.add_duplicates_suppressed(1);
                     continue;
+                }
+                Ok(HandlerRun::Failed { error, .. }) if is_store_trouble(&error) => {
+                    // The database aborted the handler's transaction
+                    // (deadlock, lost connection): no attempt is counted.
+                    self.metrics.add_handler_failures(1);
+                    tracing::warn!(handler = handler.name, %error, "the store failed the handler's transaction; will retry");
+                    self.config.retry_backoff.delay(delivery.receive_count)
                 }
                 Ok(HandlerRun::Failed { error, attempt }) => {
                     self.metrics.add_handler_failures(1);

@@ -78,12 +78,12 @@ impl<'c> HandlerContext<'c> {
         }
     }
 
-    /// Sets the largest envelope [`publish`](Self::publish) accepts (set by
-    /// the consumer to its store's
-    /// [`max_message_bytes`](crate::Store::max_message_bytes); default
-    /// [`DEFAULT_MAX_MESSAGE_BYTES`](crate::DEFAULT_MAX_MESSAGE_BYTES)).
+    /// Sets the largest envelope [`publish`](Self::publish) accepts: the
+    /// consumer's store's
+    /// [`max_message_bytes`](crate::Store::max_message_bytes); otherwise
+    /// [`DEFAULT_MAX_MESSAGE_BYTES`](crate::DEFAULT_MAX_MESSAGE_BYTES).
     #[must_use]
-    pub fn with_max_message_bytes(mut self, limit: usize) -> Self {
+    pub(crate) fn with_max_message_bytes(mut self, limit: usize) -> Self {
         self.max_message_bytes = limit;
         self
     }

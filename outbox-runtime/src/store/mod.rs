@@ -324,18 +324,7 @@ impl StoreError {
     /// Whether the operation may succeed if retried (I/O, pool, lock errors).
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Database(err) => {
-                matches!(
-                    err,
-                    sqlx::Error::Io(_)
-                        | sqlx::Error::PoolTimedOut
-                        | sqlx::Error::PoolClosed
-                        | sqlx::Error::WorkerCrashed
-                        | sqlx::Error::Protocol(_)
-                ) || err
-                    .as_database_error()
-                    .is_some_and(|db| is_transient_code(db.code().as_deref()))
-            }
+            StoreError::Database(err) => is_transient(err),
             StoreError::Migrate(_) | StoreError::Encode(_) | StoreError::CorruptRow { .. } => false,
         }
     }
@@ -352,6 +341,40 @@ impl StoreError {
             StoreError::Migrate(_) | StoreError::Encode(_) | StoreError::CorruptRow { .. } => false,
         }
     }
+}
+
+/// Whether a database error may go away by retrying: the connection or pool
+/// failed, or the database aborted the transaction (deadlock, serialization
+/// failure, shutdown; SQLite busy or locked).
+pub(crate) fn is_transient(err: &sqlx::Error) -> bool {
+    matches!(
+        err,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_)
+    ) || err
+        .as_database_error()
+        .is_some_and(|db| is_transient_code(db.code().as_deref()))
+}
+
+/// Whether one link of an error's chain of causes is a transient database
+/// error: a `sqlx::Error` or [`StoreError`] (as a handler's `?` keeps it
+/// in a `Box<dyn Error>`), or the database's own error (`sqlx::Error`'s
+/// source), which is all a boxed `anyhow::Error` shows of it.
+pub(crate) fn is_transient_cause(cause: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(err) = cause.downcast_ref::<sqlx::Error>() {
+        return is_transient(err);
+    }
+    if let Some(err) = cause.downcast_ref::<StoreError>() {
+        return err.is_transient();
+    }
+    // What `sqlx::Error::Database` gives as its source.
+    if let Some(err) = cause.downcast_ref::<Box<dyn sqlx::error::DatabaseError>>() {
+        return is_transient_code(err.code().as_deref());
+    }
+    false
 }
 
 /// SQLSTATE classes worth a retry: connection exceptions (08), serialization
@@ -588,10 +611,7 @@ pub trait StoreExt: Store {
         message: &M,
     ) -> impl Future<Output = Result<Envelope, EnqueueError>> + Send + 'c {
         // Encoded before the future, so the message need not be `Sync`.
-        let outgoing = Outgoing::new(message).and_then(|outgoing| {
-            outgoing.envelope.check_size(self.max_message_bytes())?;
-            Ok(outgoing)
-        });
+        let outgoing = Outgoing::new(message);
         async move {
             let outgoing = outgoing?;
             self.enqueue_all(conn, std::slice::from_ref(&outgoing))

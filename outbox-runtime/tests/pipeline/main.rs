@@ -179,6 +179,32 @@ async fn fail_contested(msg: Contested) -> anyhow::Result<()> {
     anyhow::bail!("{} fails", msg.group)
 }
 
+/// A message whose handler's first run hits a deadlock in its own
+/// transaction (PostgreSQL raises SQLSTATE 40P01), then works. Its
+/// `max_attempts` is 1: only a run the handler itself got wrong may count.
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+#[outbox(name = "test.deadlocked", group = group)]
+pub(crate) struct Deadlocked {
+    pub(crate) group: String,
+}
+
+/// Runs of `deadlocked.once`.
+pub(crate) static DEADLOCKED_RUNS: std::sync::atomic::AtomicU32 =
+    std::sync::atomic::AtomicU32::new(0);
+
+#[handler(name = "deadlocked.once", max_attempts = 1)]
+async fn deadlock_once(msg: Deadlocked, ctx: &mut HandlerContext<'_>) -> anyhow::Result<()> {
+    let run = DEADLOCKED_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    if run == 1 {
+        sqlx::query(
+            "DO $$ BEGIN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01'; END $$",
+        )
+        .execute(ctx.db::<sqlx::Postgres>()?)
+        .await?;
+    }
+    db::record_effect(ctx, "deadlocked", &msg.group, i64::from(run)).await
+}
+
 /// A store, a queue, a relay and a worker wired together with fast retries.
 pub(crate) struct Harness<S: TestDb> {
     pub(crate) store: S,
@@ -261,6 +287,11 @@ mod postgres_faults {
     #[sqlx::test(migrations = false)]
     async fn connections_killed_mid_batch_lose_nothing(pool: sqlx::PgPool) {
         crate::scenarios::connections_killed_mid_batch_lose_nothing(pool).await;
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn a_deadlock_in_the_handlers_transaction_uses_no_attempt(pool: sqlx::PgPool) {
+        crate::scenarios::a_deadlock_in_the_handlers_transaction_uses_no_attempt(pool).await;
     }
 
     #[sqlx::test(migrations = false)]

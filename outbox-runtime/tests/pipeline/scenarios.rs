@@ -1337,3 +1337,26 @@ pub(crate) async fn a_full_queue_makes_the_relay_wait_without_using_attempts<S: 
     h.settle(Duration::from_secs(20)).await;
     assert_eq!(h.store.effects().await.len(), 12);
 }
+
+/// PostgreSQL: the database aborts the handler's transaction to break a
+/// deadlock (SQLSTATE 40P01) in its first run. That is the store's
+/// trouble, not the handler's: the run uses no attempt (its `max_attempts`
+/// is 1), and the retry commits.
+pub(crate) async fn a_deadlock_in_the_handlers_transaction_uses_no_attempt(pool: sqlx::PgPool) {
+    use outbox_runtime::Store;
+
+    let h = Harness::new(outbox_runtime::PgStore::new(pool)).await;
+    let mut tx = h.store.begin().await.expect("begin");
+    h.store
+        .enqueue(&mut tx, &crate::Deadlocked { group: "d".into() })
+        .await
+        .expect("enqueue");
+    tx.commit().await.expect("commit");
+    h.settle(Duration::from_secs(10)).await;
+    assert_eq!(
+        h.store.dead_letter_errors().await,
+        [],
+        "no attempt was used"
+    );
+    assert_eq!(h.store.effects().await.len(), 1, "the retry committed");
+}
