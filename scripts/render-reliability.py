@@ -26,33 +26,69 @@ What the toolkit promises, and the faults that test it.
 - **Nothing is done twice.** Delivery is at least once; a handler's effects
   commit in one transaction with an inbox row keyed by (message id,
   handler), so a redelivered message skips the handlers that already
-  committed.
-- **Order within a group.** Messages of one group (a customer, say) are
-  published and handled in the order they were committed; a failing
-  message holds back its group only, never the others.
+  committed. A replayed dead letter is handled under the original
+  message's id, so it never runs a handler that committed the original.
+- **Order within a group is commit order.** Messages of one group (a
+  customer, say) are handled in the order their producer transactions
+  committed (ARCHITECTURE.md defines it), also when producers of the group
+  overlap: on PostgreSQL the enqueue takes a per-group lock held to commit.
+  A group is in one relay's hands at a time, and rows handed to an
+  in-process queue hold it until a worker confirms them. A failing message
+  holds back its group only. What the toolkit gives up on (a dead letter,
+  a dead row) lets its group move on.
+- **Attempts are the handler's own failed runs**, stored per message and
+  handler: a delivery held back behind its group, an outage of the queue or
+  the database, or a transaction the database aborted uses none.
+  `ctx.attempt()` is that count from 1; after `max_attempts` the handler
+  gives up, writing its dead letter and inbox row in one transaction.
 - **A failure is kept, not dropped.** A handler out of attempts, a message
   that can never be handled (malformed, unknown type, a version from the
-  future) or a row the queue refuses is kept with its error, in the
-  dead-letter table or as a dead row, until an operator replays or purges
-  it (`sample-app dead-letters`, `sample-app outbox`).
-- **An outage waits, it does not spin.** A queue or database that is down
-  leaves rows pending; retries back off exponentially and an outage never
-  counts against a row's attempts.
+  future), a row the queue refuses and a message the SQS queue moved to its
+  DLQ (once imported) are kept with their error, in the dead-letter table
+  or as dead rows, until an operator replays or purges them
+  (`sample-app dead-letters`, `sample-app outbox`).
+- **Limits are checked where the mistake is made.** A message too large for
+  the transport is refused at enqueue; a publish call respects SQS's limits
+  for a whole batch.
 
 ## The fault suite
 
 Each row is one test of the suite, run by `scripts/test` in CI (it fails if
-any message is lost or any handler effect is committed twice) and by
-`scripts/reliability`, which rewrote this file. *Handled* counts messages
-whose effect is in the database; *duplicate effects* counts effects
-committed twice; *suppressed* counts redeliveries the inbox absorbed, where
-the test can count them (for the killed process: in its last run only).
-The history checker (`outbox-runtime/tests/history`) also counts *order*
-violations (adjacent pairs of handler effects out of their group's commit
-order), *stuck* groups (still pending when the settle bound passed) and
-*attempt* mismatches (handler runs whose `ctx.attempt()` did not count the
-handler's own failed runs, and give-ups after the wrong number of them);
-`-` where a test does not check them.
+any message is lost, any handler effect is committed twice, or a history
+breaks a check) and by `scripts/reliability`, which rewrote this file.
+*Handled* counts messages whose effect is in the database; *duplicate
+effects* counts effects committed twice; *suppressed* counts redeliveries
+the inbox absorbed, where the test can count them (for the killed process:
+in its last run only). The history checker (`outbox-runtime/tests/history`)
+also counts *order* violations (adjacent pairs of handler effects out of
+their group's commit order), *stuck* groups (still pending when the settle
+bound passed) and *attempt* mismatches (handler runs whose `ctx.attempt()`
+did not count the handler's own failed runs, and give-ups after the wrong
+number of them); `-` where a test does not check them.
+"""
+
+HOLES = """\
+## Each hole, and the test that closed it
+
+Each of these failed on the code before its fix, or with its fix taken out
+again (the commits quote the failures), and passes in the run that wrote
+this file; `scripts/fault-tests.filter` selects them.
+
+| what broke | tests |
+|---|---|
+| overlapping producers of one group published out of commit order (PostgreSQL) | `claim::overlapping_producers_of_a_group_are_published_in_commit_order`, `claim::a_group_with_a_leased_row_is_not_claimed_again`, the history checker |
+| rows handed to a queue did not hold their group | `relayed_rows_hold_their_group` (both stores), `claim::a_relayed_row_past_its_deadline_holds_its_group_until_recovered`, the history checker |
+| held-back deliveries used up handler attempts | `held_back_deliveries_use_up_no_attempts` (both stores), `on_lambda_a_held_back_record_uses_no_attempts` (SQS), `a_deadlock_in_the_handlers_transaction_uses_no_attempt`, the history checker |
+| a queue outage used up publish attempts | `publish_failures_back_off_and_count_attempts`, `a_full_queue_makes_the_relay_wait_without_using_attempts`, `oversized_message_is_dead_lettered_without_blocking_other_groups` (held-back entries untouched) |
+| giving up was two steps | `a_give_up_after_another_delivery_committed_writes_no_dead_letter` |
+| replaying a poison dead letter reran committed handlers | `replaying_a_poison_dead_letter_skips_the_handlers_that_committed` (both stores) |
+| a batch too large in total stuck its rows; one failing queue discarded what others accepted | `a_batch_larger_than_one_request_allows_is_sent_in_several`, `what_one_queue_accepted_is_kept_when_another_queue_fails` (SQS) |
+| oversized payloads were caught only at publish | `a_message_too_large_for_the_transport_is_refused_at_enqueue` (both stores) |
+| a long outage on Lambda sent messages out of sight, to the SQS DLQ | `with_backoff_a_record_to_retry_waits_out_its_delay`, `messages_in_the_queues_dlq_are_imported_as_dead_letters` (SQS), `the_queues_dead_letters_are_imported_and_listed` (sample) |
+| the in-process queue grew without bound and republished rows of lagging consumers | `a_live_relay_keeps_its_relayed_rows_while_consumers_lag`, `a_full_queue_makes_the_relay_wait_without_using_attempts` (both stores) |
+| a relay whose lease ran out could overwrite rows | `a_relay_whose_lease_ran_out_cannot_overwrite_the_rows` (both stores) |
+| the pump's group accepted as an app group; in-process `extend` did nothing; TLS not required for the secret's database URL | `a_group_that_sqs_would_reject_is_refused_before_anything_is_written`, `extending_a_delivery_keeps_it_invisible_past_the_visibility_timeout`, the `postgres_url_from_secret` doc test (in CI's doc tests) |
+
 """
 
 # The history checker's columns: (record field, heading, what it counts).
@@ -119,6 +155,7 @@ def main():
         "`outbox-runtime/tests/sqs.rs`)."
     )
     out.append("")
+    out.append(HOLES)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cpus = os.cpu_count()
     out.append(
