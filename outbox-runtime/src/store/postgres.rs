@@ -277,6 +277,31 @@ fn stored_dead_letter(row: &sqlx::postgres::PgRow) -> Result<StoredDeadLetter, S
 
 const DEAD_LETTER_COLUMNS: &str = "SELECT id, message_id, handler, message_type, group_key, body, error, attempts, dead_at FROM outbox_dead_letters";
 
+impl PgStore {
+    /// Runs `delete` (`$1`: an age in milliseconds, `$2`: the batch) until
+    /// it deletes fewer rows than a batch; returns how many it deleted.
+    async fn delete_in_batches(
+        &self,
+        delete: &'static str,
+        age: Duration,
+        batch: i64,
+    ) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let deleted = sqlx::query(delete)
+                .bind(millis(age))
+                .bind(batch)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            total += deleted;
+            if deleted < batch.unsigned_abs() {
+                return Ok(total);
+            }
+        }
+    }
+}
+
 impl Store for PgStore {
     type Database = Postgres;
 
@@ -562,59 +587,38 @@ impl Store for PgStore {
 
     async fn cleanup(&self, policy: &RetentionPolicy) -> Result<CleanupReport, StoreError> {
         let batch = i64::from(policy.batch_size.max(1));
-        let mut report = CleanupReport::default();
-        loop {
-            let deleted = sqlx::query(
-                "DELETE FROM outbox WHERE seq IN (
-                     SELECT seq FROM outbox
-                     WHERE status = 'published' AND published_at < now() - $1 * interval '1 millisecond'
-                     ORDER BY seq LIMIT $2)",
-            )
-            .bind(millis(policy.published_for))
-            .bind(batch)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            report.published_deleted += deleted;
-            if deleted < batch.unsigned_abs() {
-                break;
-            }
-        }
-        loop {
-            let deleted = sqlx::query(
-                "DELETE FROM outbox_inbox WHERE (message_id, handler) IN (
-                     SELECT message_id, handler FROM outbox_inbox
-                     WHERE handled_at < now() - $1 * interval '1 millisecond'
-                     LIMIT $2)",
-            )
-            .bind(millis(policy.inbox_for))
-            .bind(batch)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            report.inbox_deleted += deleted;
-            if deleted < batch.unsigned_abs() {
-                break;
-            }
-        }
-        loop {
-            let deleted = sqlx::query(
-                "DELETE FROM outbox_attempts WHERE (message_id, handler) IN (
-                     SELECT message_id, handler FROM outbox_attempts
-                     WHERE updated_at < now() - $1 * interval '1 millisecond'
-                     LIMIT $2)",
-            )
-            .bind(millis(policy.inbox_for))
-            .bind(batch)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            report.attempts_deleted += deleted;
-            if deleted < batch.unsigned_abs() {
-                break;
-            }
-        }
-        Ok(report)
+        Ok(CleanupReport {
+            published_deleted: self
+                .delete_in_batches(
+                    "DELETE FROM outbox WHERE seq IN (
+                         SELECT seq FROM outbox
+                         WHERE status = 'published' AND published_at < now() - $1 * interval '1 millisecond'
+                         ORDER BY seq LIMIT $2)",
+                    policy.published_for,
+                    batch,
+                )
+                .await?,
+            inbox_deleted: self
+                .delete_in_batches(
+                    "DELETE FROM outbox_inbox WHERE (message_id, handler) IN (
+                         SELECT message_id, handler FROM outbox_inbox
+                         WHERE handled_at < now() - $1 * interval '1 millisecond'
+                         LIMIT $2)",
+                    policy.inbox_for,
+                    batch,
+                )
+                .await?,
+            attempts_deleted: self
+                .delete_in_batches(
+                    "DELETE FROM outbox_attempts WHERE (message_id, handler) IN (
+                         SELECT message_id, handler FROM outbox_attempts
+                         WHERE updated_at < now() - $1 * interval '1 millisecond'
+                         LIMIT $2)",
+                    policy.inbox_for,
+                    batch,
+                )
+                .await?,
+        })
     }
 
     async fn stats(&self) -> Result<OutboxStats, StoreError> {

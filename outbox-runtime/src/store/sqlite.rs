@@ -179,6 +179,31 @@ fn json_list<T: serde::Serialize>(values: &[T]) -> String {
     serde_json::to_string(values).unwrap_or_else(|_| String::from("[]"))
 }
 
+impl SqliteStore {
+    /// Runs `delete` (`?1`: a time bound, `?2`: the batch) until it deletes
+    /// fewer rows than a batch; returns how many it deleted.
+    async fn delete_in_batches(
+        &self,
+        delete: &'static str,
+        before: i64,
+        batch: i64,
+    ) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let deleted = sqlx::query(delete)
+                .bind(before)
+                .bind(batch)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            total += deleted;
+            if deleted < batch.unsigned_abs() {
+                return Ok(total);
+            }
+        }
+    }
+}
+
 impl Store for SqliteStore {
     type Database = Sqlite;
 
@@ -504,56 +529,34 @@ impl Store for SqliteStore {
 
     async fn cleanup(&self, policy: &RetentionPolicy) -> Result<CleanupReport, StoreError> {
         let batch = i64::from(policy.batch_size.max(1));
-        let mut report = CleanupReport::default();
-        let published_before = now_ms().saturating_sub(millis(policy.published_for));
-        loop {
-            let deleted = sqlx::query(
-                "DELETE FROM outbox WHERE seq IN (
-                     SELECT seq FROM outbox WHERE status = 'published' AND published_at < ?1
-                     ORDER BY seq LIMIT ?2)",
-            )
-            .bind(published_before)
-            .bind(batch)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            report.published_deleted += deleted;
-            if deleted < batch.unsigned_abs() {
-                break;
-            }
-        }
-        let inbox_before = now_ms().saturating_sub(millis(policy.inbox_for));
-        loop {
-            let deleted = sqlx::query(
-                "DELETE FROM outbox_inbox WHERE (message_id, handler) IN (
-                     SELECT message_id, handler FROM outbox_inbox WHERE handled_at < ?1 LIMIT ?2)",
-            )
-            .bind(inbox_before)
-            .bind(batch)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            report.inbox_deleted += deleted;
-            if deleted < batch.unsigned_abs() {
-                break;
-            }
-        }
-        loop {
-            let deleted = sqlx::query(
-                "DELETE FROM outbox_attempts WHERE (message_id, handler) IN (
-                     SELECT message_id, handler FROM outbox_attempts WHERE updated_at < ?1 LIMIT ?2)",
-            )
-            .bind(inbox_before)
-            .bind(batch)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            report.attempts_deleted += deleted;
-            if deleted < batch.unsigned_abs() {
-                break;
-            }
-        }
-        Ok(report)
+        let before = |age: Duration| now_ms().saturating_sub(millis(age));
+        Ok(CleanupReport {
+            published_deleted: self
+                .delete_in_batches(
+                    "DELETE FROM outbox WHERE seq IN (
+                         SELECT seq FROM outbox WHERE status = 'published' AND published_at < ?1
+                         ORDER BY seq LIMIT ?2)",
+                    before(policy.published_for),
+                    batch,
+                )
+                .await?,
+            inbox_deleted: self
+                .delete_in_batches(
+                    "DELETE FROM outbox_inbox WHERE (message_id, handler) IN (
+                         SELECT message_id, handler FROM outbox_inbox WHERE handled_at < ?1 LIMIT ?2)",
+                    before(policy.inbox_for),
+                    batch,
+                )
+                .await?,
+            attempts_deleted: self
+                .delete_in_batches(
+                    "DELETE FROM outbox_attempts WHERE (message_id, handler) IN (
+                         SELECT message_id, handler FROM outbox_attempts WHERE updated_at < ?1 LIMIT ?2)",
+                    before(policy.inbox_for),
+                    batch,
+                )
+                .await?,
+        })
     }
 
     async fn stats(&self) -> Result<OutboxStats, StoreError> {

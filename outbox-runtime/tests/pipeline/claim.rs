@@ -11,12 +11,9 @@ use sqlx::PgPool;
 
 use crate::Step;
 
-/// A migrated store holding one `Step` per `(group, n)`, enqueued in that
-/// order in one transaction.
-async fn store_with<'a>(pool: &PgPool, steps: impl IntoIterator<Item = (&'a str, i64)>) -> PgStore {
-    let store = PgStore::new(pool.clone());
-    store.migrate().await.expect("migrations run");
-    let outgoing = steps
+/// One `Step` per `(group, n)`, as outgoing messages.
+fn steps<'a>(steps: impl IntoIterator<Item = (&'a str, i64)>) -> Vec<Outgoing> {
+    steps
         .into_iter()
         .map(|(group, n)| {
             Outgoing::new(&Step {
@@ -29,13 +26,19 @@ async fn store_with<'a>(pool: &PgPool, steps: impl IntoIterator<Item = (&'a str,
             })
             .expect("encodes")
         })
-        .collect::<Vec<_>>();
-    let mut tx = store.begin().await.expect("begins");
-    store
-        .enqueue_all(&mut tx, &outgoing)
+        .collect()
+}
+
+/// A migrated store holding one `Step` per `(group, n)`, enqueued in that
+/// order in one transaction.
+async fn store_with<'a>(pool: &PgPool, rows: impl IntoIterator<Item = (&'a str, i64)>) -> PgStore {
+    let store = PgStore::new(pool.clone());
+    store.migrate().await.expect("migrations run");
+    open_with(&store, rows)
         .await
-        .expect("enqueues");
-    tx.commit().await.expect("commits");
+        .commit()
+        .await
+        .expect("commits");
     store
 }
 
@@ -152,25 +155,15 @@ async fn a_row_leased_while_the_claim_waited_for_it_is_not_claimed_again(pool: P
     assert_eq!(got, vec![("g".to_owned(), 0)], "only the head");
 }
 
-/// Enqueues `steps` in a transaction of its own and leaves it open.
-async fn open_with(store: &PgStore, steps: &[(&str, i64)]) -> outbox_runtime::Tx<sqlx::Postgres> {
-    let outgoing = steps
-        .iter()
-        .map(|&(group, n)| {
-            Outgoing::new(&Step {
-                group: group.to_owned(),
-                n,
-                fail_first: 0,
-                cascade: false,
-                pad: String::new(),
-                panic_first: 0,
-            })
-            .expect("encodes")
-        })
-        .collect::<Vec<_>>();
+/// Enqueues one `Step` per `(group, n)` in a transaction of its own and
+/// leaves it open.
+async fn open_with<'a>(
+    store: &PgStore,
+    rows: impl IntoIterator<Item = (&'a str, i64)>,
+) -> outbox_runtime::Tx<sqlx::Postgres> {
     let mut tx = store.begin().await.expect("begins");
     store
-        .enqueue_all(&mut tx, &outgoing)
+        .enqueue_all(&mut tx, &steps(rows))
         .await
         .expect("enqueues");
     tx
@@ -185,11 +178,11 @@ async fn open_with(store: &PgStore, steps: &[(&str, i64)]) -> outbox_runtime::Tx
 #[sqlx::test(migrations = false)]
 async fn overlapping_producers_of_a_group_are_published_in_commit_order(pool: PgPool) {
     let store = store_with(&pool, []).await;
-    let t1 = open_with(&store, &[("g", 1)]).await;
+    let t1 = open_with(&store, [("g", 1)]).await;
     let t2 = tokio::spawn({
         let store = store.clone();
         async move {
-            let tx = open_with(&store, &[("g", 2)]).await;
+            let tx = open_with(&store, [("g", 2)]).await;
             tx.commit().await.expect("T2 commits");
         }
     });
@@ -202,7 +195,7 @@ async fn overlapping_producers_of_a_group_are_published_in_commit_order(pool: Pg
     assert_eq!(claimed(&r1), [], "nothing of g is committed yet");
     t1.commit().await.expect("T1 commits");
     t2.await.expect("T2 ran");
-    open_with(&store, &[("g", 3)])
+    open_with(&store, [("g", 3)])
         .await
         .commit()
         .await
