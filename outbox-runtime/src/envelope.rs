@@ -219,6 +219,11 @@ impl Envelope {
     /// the id of the message it replays ([`REPLAY_OF_HEADER`]); otherwise its
     /// own. It keys the inbox and the handlers' attempts, so a replay never
     /// runs a handler that already committed the original.
+    ///
+    /// The header is trusted as received: whoever can send to the queue can
+    /// name another message's id in it, and that message's handlers then
+    /// count as done for the sender's message. Only the outbox should write
+    /// to the queue (the sample's IAM policies allow no one else).
     pub fn original_id(&self) -> Uuid {
         self.headers
             .extra

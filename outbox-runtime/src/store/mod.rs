@@ -445,26 +445,26 @@ pub trait Store: Clone + Send + Sync + 'static {
         seqs: &[i64],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Marks rows handed to a non-durable transport `relayed` until `until`:
-    /// no longer claimable, but not yet published, and holding their
-    /// groups. A consumer confirms them ([`confirm`](Self::confirm)); those
-    /// still unconfirmed at `until` (the process died with the queue) become
-    /// pending again at the next claim.
+    /// Marks rows handed to a non-durable transport `relayed`, to be
+    /// confirmed within `confirm_within`: no longer claimable, but not yet
+    /// published, and holding their groups. A consumer confirms them
+    /// ([`confirm`](Self::confirm)); those still unconfirmed by then (the
+    /// process died with the queue) become pending again at the next claim.
     fn mark_relayed(
         &self,
         lease: Uuid,
         seqs: &[i64],
-        until: Duration,
+        confirm_within: Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Extends by `until` from now the confirmation deadline of the rows
+    /// Moves to `confirm_within` from now the confirmation deadline of the rows
     /// still `relayed` under the claims `leases`: the relay that handed them
     /// to its queue is alive, so they are not published again while a
     /// consumer lags. Returns the leases that still hold relayed rows.
     fn renew_relayed(
         &self,
         leases: &[Uuid],
-        until: Duration,
+        confirm_within: Duration,
     ) -> impl Future<Output = Result<Vec<Uuid>, StoreError>> + Send;
 
     /// Marks the rows of handled messages published, by message id: how a

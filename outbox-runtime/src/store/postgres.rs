@@ -408,14 +408,14 @@ impl Store for PgStore {
         &self,
         lease: Uuid,
         seqs: &[i64],
-        until: Duration,
+        confirm_within: Duration,
     ) -> Result<(), StoreError> {
         if seqs.is_empty() {
             return Ok(());
         }
         sqlx::query(Self::MARK_RELAYED_SQL)
             .bind(seqs)
-            .bind(millis(until))
+            .bind(millis(confirm_within))
             .bind(lease)
             .execute(&self.pool)
             .await?;
@@ -425,7 +425,7 @@ impl Store for PgStore {
     async fn renew_relayed(
         &self,
         leases: &[Uuid],
-        until: Duration,
+        confirm_within: Duration,
     ) -> Result<Vec<Uuid>, StoreError> {
         if leases.is_empty() {
             return Ok(Vec::new());
@@ -438,7 +438,7 @@ impl Store for PgStore {
              SELECT DISTINCT lease_token FROM renewed",
         )
         .bind(leases)
-        .bind(millis(until))
+        .bind(millis(confirm_within))
         .fetch_all(&self.pool)
         .await?)
     }

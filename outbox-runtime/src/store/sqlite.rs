@@ -328,7 +328,7 @@ impl Store for SqliteStore {
         &self,
         lease: Uuid,
         seqs: &[i64],
-        until: Duration,
+        confirm_within: Duration,
     ) -> Result<(), StoreError> {
         if seqs.is_empty() {
             return Ok(());
@@ -337,7 +337,7 @@ impl Store for SqliteStore {
             "UPDATE outbox SET status = 'relayed', lease_until = ?1
              WHERE seq IN (SELECT value FROM json_each(?2)) AND status = 'pending' AND lease_token = ?3",
         )
-        .bind(now_ms().saturating_add(millis(until)))
+        .bind(now_ms().saturating_add(millis(confirm_within)))
         .bind(json_list(seqs))
         .bind(lease.hyphenated().to_string())
         .execute(&self.pool)
@@ -348,7 +348,7 @@ impl Store for SqliteStore {
     async fn renew_relayed(
         &self,
         leases: &[Uuid],
-        until: Duration,
+        confirm_within: Duration,
     ) -> Result<Vec<Uuid>, StoreError> {
         if leases.is_empty() {
             return Ok(Vec::new());
@@ -360,7 +360,7 @@ impl Store for SqliteStore {
              RETURNING lease_token",
         )
         .bind(json_list(&tokens))
-        .bind(now_ms().saturating_add(millis(until)))
+        .bind(now_ms().saturating_add(millis(confirm_within)))
         .fetch_all(&self.pool)
         .await?;
         let mut held: Vec<Uuid> = renewed
