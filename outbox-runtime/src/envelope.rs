@@ -223,7 +223,8 @@ impl Envelope {
     /// The header is trusted as received: whoever can send to the queue can
     /// name another message's id in it, and that message's handlers then
     /// count as done for the sender's message. Only the outbox should write
-    /// to the queue (the sample's IAM policies allow no one else).
+    /// to the queue (the sample's template grants `sqs:SendMessage` to its
+    /// two functions and its schedule only).
     pub fn original_id(&self) -> Uuid {
         self.headers
             .extra
