@@ -22,9 +22,13 @@ use crate::transport::Delivery;
 /// Settings of a [`Consumer`].
 #[derive(Clone, Copy, Debug)]
 pub struct ConsumerConfig {
-    /// Attempts per handler when it sets no `max_attempts`.
+    /// Attempts per handler when it sets no `max_attempts`: failed runs
+    /// before it gives up (so 5 means the fifth failure dead-letters it).
+    /// Default: 5.
     pub default_max_attempts: u32,
-    /// Delay before a failed message is delivered again.
+    /// Delay before a failed message is delivered again, by the handler's
+    /// attempt. Default: [`Backoff::default`] (1 s, doubling, at most 300 s,
+    /// jittered).
     pub retry_backoff: Backoff,
 }
 

@@ -19,20 +19,22 @@ use crate::transport::{EntryErrorKind, PublishEntry, Transport};
 /// Settings of a [`Relay`].
 #[derive(Clone, Copy, Debug)]
 pub struct RelayConfig {
-    /// Rows claimed per batch.
+    /// Rows claimed per batch. Default: 100.
     pub batch_size: u32,
     /// How long a claim is exclusive. A relay that dies holds its groups this
     /// long; one that takes longer than this to publish a batch may see the
-    /// batch published twice (deduplicated by id downstream).
+    /// batch published twice (deduplicated by id downstream). Default: 30 s.
     pub lease: Duration,
     /// Publish attempts per row before it is dead-lettered. Attempts that fail
     /// because the whole transport is down are not counted against it and
-    /// never dead-letter it.
+    /// never dead-letter it. Default: 10.
     pub max_attempts: u32,
-    /// Delay between attempts of one row.
+    /// Delay between attempts of one row. Default: [`Backoff::default`]
+    /// (1 s, doubling, at most 300 s, jittered).
     pub backoff: Backoff,
     /// How often [`Relay::run`] drains without being woken: the sweep that
-    /// recovers lost pumps and retries rows whose backoff ran out.
+    /// recovers lost pumps and retries rows whose backoff ran out. Default:
+    /// 1 s.
     pub sweep_interval: Duration,
     /// On a non-durable transport, how long a published row waits for a
     /// consumer to confirm it before it is published again. The relay
@@ -40,7 +42,7 @@ pub struct RelayConfig {
     /// drain, once due), so only a process that died lets its rows go: another
     /// process publishes them again after this long (the inbox absorbs a
     /// repeat). Keep it below the queue's deduplication window (the
-    /// in-process queue's: 5 minutes).
+    /// in-process queue's: 5 minutes). Default: 60 s.
     pub relayed_for: Duration,
 }
 

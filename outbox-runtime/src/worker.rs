@@ -17,19 +17,23 @@ use crate::transport::{Delivery, Receipt, Receiver, TransportError};
 /// Settings of a [`Worker`].
 #[derive(Clone, Copy, Debug)]
 pub struct WorkerConfig {
-    /// Messages received per call (SQS: at most 10).
+    /// Messages received per call (SQS: at most 10). Default: 10.
     pub batch_size: usize,
-    /// How long one receive call waits for messages (SQS long polling: up to 20 s).
+    /// How long one receive call waits for messages (SQS long polling: up to
+    /// 20 s, in whole seconds). Default: 1 s.
     pub wait: Duration,
     /// Retention, run by [`Worker::run`] every `interval` between batches;
     /// `None` to run it elsewhere (a scheduled job, [`Store::cleanup`]).
+    /// Default: [`RetentionPolicy::default`] every 60 s.
     pub retention: Option<(RetentionPolicy, Duration)>,
     /// With retention's timer, warn (and count in `stuck_alerts`) when the
     /// oldest undelivered row is older than this: something is stuck.
+    /// Default: 300 s.
     pub stuck_after: Option<Duration>,
     /// While a batch is being handled, extend its messages' visibility every
     /// this often (by twice as much), so slow handlers do not see their
     /// messages delivered again. Set it below the queue's visibility timeout.
+    /// Default: 10 s.
     pub heartbeat: Option<Duration>,
 }
 

@@ -20,52 +20,8 @@
 //! `outbox_dead_letters` with the envelope as received. Both are kept until an
 //! operator replays or purges them.
 //!
-//! # Claiming, ordering and concurrency
-//!
-//! Order within a group is commit order. On PostgreSQL, enqueueing takes a
-//! transaction-scoped advisory lock per group (`pg_advisory_xact_lock(
-//! 1869968482, hashtext(group))`), so producers of one group commit one after
-//! the other and a group's `seq` order is its commit order; producers of
-//! different groups never wait for each other. SQLite has one writer at a
-//! time, so its `seq` order is commit order already.
-//!
-//! What the lock asks of an app on PostgreSQL:
-//!
-//! - Enqueue just before commit: the lock is held until then, and other
-//!   producers of the group wait for it. Messages that use the default
-//!   group (one per message type) serialize every producer of that type.
-//! - Enqueue a transaction's messages in one [`Store::enqueue_all`] call:
-//!   it locks their groups in a fixed order. Two transactions that enqueue
-//!   the same groups in opposite orders, one call each, deadlock;
-//!   PostgreSQL aborts one of them (SQLSTATE `40P01`,
-//!   [`StoreError::is_transient`]), and the app retries it, as for any
-//!   deadlock.
-//!
-//! A group is held by at most one claim at a time. The first pending row of
-//! each group (its *head*) is claimed only while no row of the group is
-//! leased by a live claim (`lease_until` in the future) or `relayed` to a
-//! queue and unconfirmed; with the head, the claim leases the group's
-//! following pending rows, in sequence order. So no two relays publish one
-//! group at once, a group whose head failed (and waits out its backoff in
-//! `available_at`) is not overtaken by its later rows, and a group whose
-//! rows sit unconfirmed in one process's in-process queue is not published
-//! by another. A relay that dies loses its lease when it expires; its rows
-//! are claimed again (at-least-once; the SQS deduplication id and the inbox
-//! absorb the repeat).
-//!
-//! On a transport that dies with the process (the in-process queue), a
-//! published row is `relayed` until a consumer confirms it; a `relayed` row
-//! whose lease ran out (the process died) is pending again, so a crash loses
-//! nothing.
-//!
-//! # Handler attempts
-//!
-//! `outbox_attempts` counts each handler's failed runs of each message,
-//! keyed like the inbox: a delivery that did not run the handler (held back
-//! behind its group, or an outage of the store or the queue) does not
-//! count. A consumer reads the count with the inbox before each run
-//! ([`Store::handler_state`]) and writes it after a failed one
-//! ([`Store::record_handler_failure`]).
+//! How claims keep per-group order and how attempts are counted is on
+//! [`Store`].
 
 use std::future::Future;
 use std::time::Duration;
@@ -402,6 +358,53 @@ pub type Tx<DB> = sqlx::Transaction<'static, DB>;
 /// App code uses [`StoreExt::enqueue`] or [`enqueue_all`](Self::enqueue_all)
 /// inside its own transaction; the
 /// relay, the consumer and retention use the rest.
+///
+/// # Claiming, ordering and concurrency
+///
+/// Order within a group is commit order. On PostgreSQL, enqueueing takes a
+/// transaction-scoped advisory lock per group (`pg_advisory_xact_lock(
+/// 1869968482, hashtext(group))`), so producers of one group commit one after
+/// the other and a group's `seq` order is its commit order; producers of
+/// different groups never wait for each other. SQLite has one writer at a
+/// time, so its `seq` order is commit order already.
+///
+/// What the lock asks of an app on PostgreSQL:
+///
+/// - Enqueue just before commit: the lock is held until then, and other
+///   producers of the group wait for it. Messages that use the default
+///   group (one per message type) serialize every producer of that type.
+/// - Enqueue a transaction's messages in one [`Store::enqueue_all`] call:
+///   it locks their groups in a fixed order. Two transactions that enqueue
+///   the same groups in opposite orders, one call each, deadlock;
+///   PostgreSQL aborts one of them (SQLSTATE `40P01`,
+///   [`StoreError::is_transient`]), and the app retries it, as for any
+///   deadlock.
+///
+/// A group is held by at most one claim at a time. The first pending row of
+/// each group (its *head*) is claimed only while no row of the group is
+/// leased by a live claim (`lease_until` in the future) or `relayed` to a
+/// queue and unconfirmed; with the head, the claim leases the group's
+/// following pending rows, in sequence order. So no two relays publish one
+/// group at once, a group whose head failed (and waits out its backoff in
+/// `available_at`) is not overtaken by its later rows, and a group whose
+/// rows sit unconfirmed in one process's in-process queue is not published
+/// by another. A relay that dies loses its lease when it expires; its rows
+/// are claimed again (at-least-once; the SQS deduplication id and the inbox
+/// absorb the repeat).
+///
+/// On a transport that dies with the process (the in-process queue), a
+/// published row is `relayed` until a consumer confirms it; a `relayed` row
+/// whose lease ran out (the process died) is pending again, so a crash loses
+/// nothing.
+///
+/// # Handler attempts
+///
+/// `outbox_attempts` counts each handler's failed runs of each message,
+/// keyed like the inbox: a delivery that did not run the handler (held back
+/// behind its group, or an outage of the store or the queue) does not
+/// count. A consumer reads the count with the inbox before each run
+/// ([`Store::handler_state`]) and writes it after a failed one
+/// ([`Store::record_handler_failure`]).
 pub trait Store: Clone + Send + Sync + 'static {
     /// The sqlx database.
     type Database: sqlx::Database;
@@ -429,7 +432,7 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c;
 
     /// Claims up to `limit` pending rows for publishing, leased for `lease`,
-    /// in sequence order, at most one relay per group (see the module docs).
+    /// in sequence order, at most one relay per group (see the trait's docs).
     fn claim(
         &self,
         limit: u32,
@@ -614,9 +617,14 @@ pub trait StoreExt: Store {
         let outgoing = Outgoing::new(message);
         async move {
             let outgoing = outgoing?;
-            self.enqueue_all(conn, std::slice::from_ref(&outgoing))
-                .await?;
-            Ok(outgoing.envelope)
+            match self
+                .enqueue_all(conn, std::slice::from_ref(&outgoing))
+                .await
+            {
+                Ok(()) => Ok(outgoing.envelope),
+                Err(StoreError::Encode(too_large)) => Err(EnqueueError::Encode(too_large)),
+                Err(other) => Err(EnqueueError::Store(other)),
+            }
         }
     }
 }
@@ -628,7 +636,7 @@ impl<S: Store> StoreExt for S {}
 #[non_exhaustive]
 pub enum EnqueueError {
     /// The message cannot become an envelope, or its envelope is too large
-    /// for the transport.
+    /// for the transport ([`EncodeError::TooLarge`](crate::EncodeError::TooLarge)).
     #[error(transparent)]
     Encode(#[from] crate::EncodeError),
     /// The insert failed; the app's transaction should be rolled back.

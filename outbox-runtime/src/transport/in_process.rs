@@ -17,17 +17,18 @@ use super::{Delivery, EntryError, PublishEntry, Receipt, Receiver, Transport, Tr
 #[derive(Clone, Copy, Debug)]
 pub struct InProcessConfig {
     /// How long a received message stays invisible before it is delivered
-    /// again, unless acknowledged or released.
+    /// again, unless acknowledged, released or extended. Default: 30 s.
     pub visibility_timeout: Duration,
-    /// How long a deduplication id is remembered (SQS: 5 minutes).
+    /// How long a deduplication id is remembered. Default: 5 minutes, as
+    /// SQS.
     pub dedup_window: Duration,
-    /// The largest body accepted (SQS: 256 KiB).
+    /// The largest body accepted. Default: 256 KiB, as SQS.
     pub max_body_bytes: usize,
-    /// Entries per publish call (SQS: 10).
+    /// Entries per publish call. Default: 10, as SQS.
     pub max_batch: usize,
     /// The most messages it holds, in flight or not. Past it, publishing
     /// fails as an outage of the queue: the relay's rows wait, using up none
-    /// of their attempts, until workers make room.
+    /// of their attempts, until workers make room. Default: 10,000.
     pub capacity: usize,
 }
 

@@ -101,11 +101,12 @@ pub trait Transport: Send + Sync + 'static {
     /// Whether a published message survives the death of this process.
     ///
     /// SQS is durable: the relay marks rows published as soon as SQS has
-    /// them. An in-process queue is not: the relay leaves its rows pending
-    /// (under the claim's lease) and the consumer confirms each one once it
-    /// is handled ([`Store::confirm`](crate::Store::confirm)), so a crash
-    /// loses nothing: unconfirmed rows are published again when their lease
-    /// runs out, and the inbox absorbs any repeat.
+    /// them. An in-process queue is not: the relay marks its rows `relayed`
+    /// (they hold their groups) and the worker confirms each one once it is
+    /// handled or dead-lettered ([`Store::confirm`](crate::Store::confirm)),
+    /// so a crash loses nothing: rows still unconfirmed when their deadline
+    /// passes ([`RelayConfig::relayed_for`](crate::RelayConfig::relayed_for))
+    /// are published again, and the inbox absorbs any repeat.
     fn durable(&self) -> bool {
         true
     }
