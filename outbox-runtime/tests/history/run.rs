@@ -40,6 +40,16 @@ const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a worker extends the visibility of the batch it handles.
 const HEARTBEAT: Duration = Duration::from_millis(300);
 
+/// The visibility timeout of the schedule's SQS queue, and the heartbeat
+/// there (it extends by twice as much, in whole seconds). Long: when a
+/// batch's messages time out together, the local server may deliver a
+/// group's later message first (see `Plan::on_sqs`), and 200 schedules on
+/// a loaded machine (`scripts/reliability`) made a 1 s timeout expire.
+#[cfg(feature = "sqs")]
+const SQS_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(10);
+#[cfg(feature = "sqs")]
+const SQS_HEARTBEAT: Duration = Duration::from_secs(2);
+
 /// How long a relayed row waits for its confirmation before it is pending
 /// again (`RelayConfig::relayed_for`): how long a killed node's rows take to
 /// come back. A live node's relay renews its rows every third of it.
@@ -48,6 +58,12 @@ const RELAYED_FOR: Duration = Duration::from_millis(1500);
 /// A relay's claim: from the claim to `mark_relayed`, a few milliseconds
 /// unless the relay is killed (then its groups wait this long).
 const LEASE: Duration = Duration::from_secs(1);
+
+/// A relay's claim on SQS, where publishing a batch to the local server
+/// takes hundreds of milliseconds on a loaded machine: long enough that no
+/// lease runs out mid-publish (no relay is killed there).
+#[cfg(feature = "sqs")]
+const SQS_LEASE: Duration = Duration::from_secs(10);
 
 /// What a schedule did, besides what it left in the database.
 #[derive(Debug)]
@@ -142,7 +158,7 @@ impl SqsQueue {
             .attributes(QueueAttributeName::FifoQueue, "true")
             .attributes(
                 QueueAttributeName::VisibilityTimeout,
-                VISIBILITY_TIMEOUT.as_secs().to_string(),
+                SQS_VISIBILITY_TIMEOUT.as_secs().to_string(),
             )
             .send()
             .await
@@ -213,8 +229,8 @@ impl Node {
                     visibility_timeout: VISIBILITY_TIMEOUT,
                     ..InProcessConfig::default()
                 }));
-                let relay = relay(wiring, shape, Arc::clone(&queue));
-                let worker = worker(wiring, shape, Arc::clone(&queue));
+                let relay = relay(wiring, shape, Arc::clone(&queue), LEASE);
+                let worker = worker(wiring, shape, Arc::clone(&queue), HEARTBEAT);
                 (
                     NodeQueue::InProcess(queue),
                     Box::new(move || spawn_relay(relay.clone())),
@@ -225,8 +241,8 @@ impl Node {
             Queues::Sqs(sqs) => {
                 let transport = outbox_runtime::SqsTransport::new(sqs.client.clone(), &sqs.url);
                 let receiver = outbox_runtime::SqsReceiver::new(sqs.client.clone(), &sqs.url);
-                let relay = relay(wiring, shape, Arc::new(transport));
-                let worker = worker(wiring, shape, Arc::new(receiver));
+                let relay = relay(wiring, shape, Arc::new(transport), SQS_LEASE);
+                let worker = worker(wiring, shape, Arc::new(receiver), SQS_HEARTBEAT);
                 (
                     NodeQueue::Sqs(sqs.clone()),
                     Box::new(move || spawn_relay(relay.clone())),
@@ -291,11 +307,12 @@ fn relay<S: HistoryStore, T: Transport>(
     wiring: &Wiring<S>,
     shape: NodeShape,
     transport: Arc<T>,
+    lease: Duration,
 ) -> Relay<S, T> {
     Relay::new(wiring.store.clone(), transport)
         .with_config(RelayConfig {
             batch_size: shape.relay_batch,
-            lease: LEASE,
+            lease,
             backoff: fast_backoff(10, 100),
             sweep_interval: Duration::from_millis(50),
             relayed_for: RELAYED_FOR,
@@ -308,6 +325,7 @@ fn worker<S: HistoryStore, R: Receiver>(
     wiring: &Wiring<S>,
     shape: NodeShape,
     receiver: Arc<R>,
+    heartbeat: Duration,
 ) -> Worker<S, R> {
     Worker::new(
         wiring.store.clone(),
@@ -319,7 +337,7 @@ fn worker<S: HistoryStore, R: Receiver>(
         wait: Duration::from_millis(20),
         retention: None,
         stuck_after: None,
-        heartbeat: Some(HEARTBEAT),
+        heartbeat: Some(heartbeat),
     })
     .with_consumer_config(ConsumerConfig {
         default_max_attempts: crate::MAX_ATTEMPTS,
