@@ -82,9 +82,22 @@ impl Site for PgSite {
 
     async fn fresh(&mut self) -> PgStore {
         self.empty_tables().await;
+        // A task killed while `BEGIN` was on the wire leaves its connection
+        // in a transaction sqlx does not know of (the `Transaction` that
+        // would roll it back was never built); the next user of the
+        // connection then runs inside it, and its locks are held for ever
+        // (seen: a 1,000-schedule run hung on such a connection). A process
+        // that dies closes its connections; a dropped future does not, so
+        // the pool rolls back whatever a connection holds before lending it.
         let pool = PgPoolOptions::new()
             .max_connections(24)
             .acquire_timeout(Duration::from_secs(30))
+            .before_acquire(|conn, _| {
+                Box::pin(async move {
+                    sqlx::Executor::execute(&mut *conn, "ROLLBACK").await?;
+                    Ok(true)
+                })
+            })
             .connect_with(self.options.clone())
             .await
             .expect("PostgreSQL is reachable");
