@@ -238,16 +238,16 @@ impl<S: Store> Consumer<S> {
                 outcomes.push(Outcome::HeldBack);
                 continue;
             }
-            let waiting = deliveries[at + 1..]
-                .iter()
-                .filter(|d| !is_pump(&d.body))
-                .count();
-            let deadline = if is_pump(&delivery.body) {
-                pump_deadline(Instant::now(), deadline, waiting)
+            let outcome = if is_pump(&delivery.body) {
+                let waiting = deliveries[at + 1..]
+                    .iter()
+                    .filter(|d| !is_pump(&d.body))
+                    .count();
+                self.on_pump(pump_deadline(Instant::now(), deadline, waiting))
+                    .await
             } else {
-                deadline
+                self.handle_envelope_body(delivery).await
             };
-            let outcome = self.handle_until(delivery, deadline).await;
             if !outcome.is_done() {
                 stopped.insert(&delivery.group);
             }
@@ -293,6 +293,11 @@ impl<S: Store> Consumer<S> {
         if is_pump(&delivery.body) {
             return self.on_pump(deadline).await;
         }
+        self.handle_envelope_body(delivery).await
+    }
+
+    /// Handles a delivery that is not a pump: an envelope, or poison.
+    async fn handle_envelope_body(&self, delivery: &Delivery) -> Outcome {
         let envelope = match Envelope::from_json(&delivery.body) {
             Ok(envelope) => envelope,
             Err(err) => {

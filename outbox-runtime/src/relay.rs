@@ -313,16 +313,11 @@ impl<S: Store, T: Transport> Relay<S, T> {
                             continue;
                         };
                         blocked.insert(message.envelope.group.as_str());
-                        let (permanent, counts) = match err.kind {
-                            EntryErrorKind::HeldBack => {
-                                skipped.push(message.seq);
-                                continue;
-                            }
-                            EntryErrorKind::Permanent => (true, true),
-                            EntryErrorKind::Unavailable => (false, false),
-                            _ => (false, true),
-                        };
-                        failures.push(self.failure(message, err.to_string(), permanent, counts));
+                        if err.kind == EntryErrorKind::HeldBack {
+                            skipped.push(message.seq);
+                        } else {
+                            failures.push(self.failure(message, err.to_string(), err.kind));
+                        }
                     }
                 }
                 Err(err) => {
@@ -330,7 +325,11 @@ impl<S: Store, T: Transport> Relay<S, T> {
                     // after it is attempted.
                     tracing::warn!(error = %err, "transport unavailable; rows wait out their backoff");
                     for message in &messages {
-                        failures.push(self.failure(message, err.to_string(), false, false));
+                        failures.push(self.failure(
+                            message,
+                            err.to_string(),
+                            EntryErrorKind::Unavailable,
+                        ));
                     }
                     skipped.extend(rest.by_ref().map(|m| m.seq));
                     report.transport_down = Some(err.to_string());
@@ -370,16 +369,16 @@ impl<S: Store, T: Transport> Relay<S, T> {
     }
 
     /// The failure record of one attempt: retry after a backoff, or dead when
-    /// the error is permanent or the row is out of attempts. Transport-wide
-    /// outages (`counts == false`) use up no attempt and never dead-letter a
-    /// row.
+    /// the error is permanent or the row is out of attempts. An unavailable
+    /// queue uses up no attempt and never dead-letters a row.
     fn failure(
         &self,
         message: &ClaimedMessage,
         error: String,
-        permanent: bool,
-        counts: bool,
+        kind: EntryErrorKind,
     ) -> PublishFailure {
+        let permanent = kind == EntryErrorKind::Permanent;
+        let counts = kind != EntryErrorKind::Unavailable;
         let attempt = message.attempts + 1;
         let out_of_attempts = counts && attempt >= self.config.max_attempts;
         let retry_after = if permanent || out_of_attempts {
