@@ -27,12 +27,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
-use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry;
 use lambda_runtime::{LambdaEvent, service_fn};
 use tokio::time::Instant;
 
 use crate::consumer::{Consumer, Outcome};
 use crate::store::Store;
+use crate::transport::sqs::SqsReceiver;
 use crate::transport::{Delivery, Receipt};
 
 /// Time kept back from the invocation's deadline for answering the runtime:
@@ -207,32 +207,10 @@ impl RetryVisibility {
 
     async fn change(&self, arn: &str, records: &[(&Receipt, Duration)]) -> Result<(), String> {
         let url = self.queue_url(arn).await?;
-        for chunk in records.chunks(10) {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, (receipt, delay))| {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(&receipt.0)
-                        .visibility_timeout(crate::transport::sqs::visibility_seconds(*delay))
-                        .build()
-                        .map_err(|err| err.to_string())
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let response = self
-                .sqs
-                .change_message_visibility_batch()
-                .queue_url(&url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|err| aws_sdk_sqs::error::DisplayErrorContext(err).to_string())?;
-            for failed in response.failed() {
-                tracing::warn!(code = failed.code(), message = ?failed.message(), "visibility not changed");
-            }
-        }
-        Ok(())
+        SqsReceiver::new(self.sqs.clone(), url)
+            .change_visibility(records)
+            .await
+            .map_err(|err| err.to_string())
     }
 
     /// The URL of the queue `arn` names (`arn:aws:sqs:REGION:ACCOUNT:NAME`).

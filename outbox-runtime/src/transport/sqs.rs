@@ -367,6 +367,43 @@ impl SqsReceiver {
     }
 }
 
+impl SqsReceiver {
+    /// Sets each received message's visibility to its own duration from now
+    /// (`ChangeMessageVisibilityBatch`, ten at a time). An entry SQS refuses
+    /// (its receipt went stale) is logged and skipped.
+    pub(crate) async fn change_visibility(
+        &self,
+        entries: &[(&Receipt, Duration)],
+    ) -> Result<(), TransportError> {
+        for chunk in entries.chunks(SQS_BATCH) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, (receipt, by))| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(&receipt.0)
+                        .visibility_timeout(visibility_seconds(*by))
+                        .build()
+                        .map_err(|err| TransportError::Unavailable(sdk_error(err)))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let response = self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|err| TransportError::Unavailable(sdk_error(err)))?;
+            for failed in response.failed() {
+                tracing::warn!(code = failed.code(), message = ?failed.message(), "visibility not changed");
+            }
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Debug for SqsReceiver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqsReceiver")
@@ -376,7 +413,7 @@ impl fmt::Debug for SqsReceiver {
 }
 
 /// SQS visibility timeouts are whole seconds from 0 to 12 hours.
-pub(crate) fn visibility_seconds(duration: Duration) -> i32 {
+fn visibility_seconds(duration: Duration) -> i32 {
     let seconds = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
     i32::try_from(seconds.min(43_200)).unwrap_or(43_200)
 }
@@ -457,28 +494,8 @@ impl Receiver for SqsReceiver {
     }
 
     async fn extend(&self, receipts: &[Receipt], by: Duration) -> Result<(), TransportError> {
-        for chunk in receipts.chunks(SQS_BATCH) {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, receipt)| {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(&receipt.0)
-                        .visibility_timeout(visibility_seconds(by))
-                        .build()
-                        .map_err(|err| TransportError::Unavailable(sdk_error(err)))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            self.client
-                .change_message_visibility_batch()
-                .queue_url(&self.queue_url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|err| TransportError::Unavailable(sdk_error(err)))?;
-        }
-        Ok(())
+        let entries: Vec<(&Receipt, Duration)> = receipts.iter().map(|r| (r, by)).collect();
+        self.change_visibility(&entries).await
     }
 }
 
