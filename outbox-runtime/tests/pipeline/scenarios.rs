@@ -653,6 +653,13 @@ pub(crate) async fn connections_killed_mid_batch_lose_nothing(pool: sqlx::PgPool
             "group {group} out of order"
         );
     }
+    // Every handler succeeds when it gets to run: a run cut short by a
+    // killed connection is the store's outage, which uses no attempt.
+    let counted: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_attempts")
+        .fetch_one(&mut killer)
+        .await
+        .expect("attempts are readable");
+    assert_eq!(counted, 0, "killed connections used up handler attempts");
     println!("{kills} kills terminated {killed_connections} connections");
     crate::fault_report::report(&crate::fault_report::FaultRecord {
         scenario: "database connections killed mid-batch",
