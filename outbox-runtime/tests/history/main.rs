@@ -293,10 +293,14 @@ async fn suite<T: Site>(mut site: T, via: Via) {
                 findings.summary()
             );
             println!("{line}");
-            if replay {
-                for example in &findings.examples {
-                    println!("    {example}");
-                }
+            // The evidence prints on a replay; what went wrong outside the
+            // checks always does, as a replay may not meet it again.
+            for example in findings
+                .examples
+                .iter()
+                .filter(|example| replay || example.starts_with("harness:"))
+            {
+                println!("    {example}");
             }
             failed.push(seed);
         }

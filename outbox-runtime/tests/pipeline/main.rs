@@ -329,7 +329,7 @@ on_both_stores!(
     committed_message_is_handled_exactly_once,
     redelivery_is_suppressed_by_the_inbox,
     cascade_commits_with_the_inbox_row,
-    publish_failures_back_off_and_count_attempts,
+    publish_failures_back_off_and_an_outage_uses_no_attempts,
     oversized_message_is_dead_lettered_without_blocking_other_groups,
     corrupt_row_is_dead_lettered_without_stopping_the_relay,
     failing_handler_stops_its_group_only,

@@ -176,7 +176,7 @@ pub(crate) async fn cascade_commits_with_the_inbox_row<S: TestDb>(store: S) {
     assert!(rows.iter().all(|r| r.status == "published"), "{rows:?}");
 }
 
-pub(crate) async fn publish_failures_back_off_and_count_attempts<S: TestDb>(store: S) {
+pub(crate) async fn publish_failures_back_off_and_an_outage_uses_no_attempts<S: TestDb>(store: S) {
     let h = Harness::new(store).await;
     commit_steps(&h.store, 1, &[step("g", 1)]).await;
     let relay = Relay::new(h.store.clone(), Arc::clone(&h.queue)).with_config(RelayConfig {
