@@ -232,8 +232,9 @@ impl InProcessQueue {
         Ok(out)
     }
 
-    /// Finds the in-flight message a receipt refers to.
-    fn locate(state: &mut State, receipt: &Receipt) -> Result<(String, usize), TransportError> {
+    /// Finds the in-flight message a receipt refers to: its group, its
+    /// position there, and the receipt's number.
+    fn find(state: &State, receipt: &Receipt) -> Result<(String, usize, u64), TransportError> {
         let stale = || TransportError::StaleReceipt(receipt.clone());
         let number: u64 = receipt.0.parse().map_err(|_| stale())?;
         let (group, id) = state.receipts.get(&number).cloned().ok_or_else(stale)?;
@@ -243,6 +244,13 @@ impl InProcessQueue {
             .iter()
             .position(|m| m.id == id && m.receipt == Some(number))
             .ok_or_else(stale)?;
+        Ok((group, at, number))
+    }
+
+    /// [`find`](Self::find), and retires the receipt (the message is
+    /// acknowledged or released).
+    fn locate(state: &mut State, receipt: &Receipt) -> Result<(String, usize), TransportError> {
+        let (group, at, number) = Self::find(state, receipt)?;
         state.receipts.remove(&number);
         Ok((group, at))
     }
@@ -404,17 +412,15 @@ impl Receiver for InProcessQueue {
         Self::check_available(&state)?;
         let until = Instant::now() + by;
         for receipt in receipts {
-            let stale = || TransportError::StaleReceipt(receipt.clone());
-            let number: u64 = receipt.0.parse().map_err(|_| stale())?;
-            let Some((group, id)) = state.receipts.get(&number).cloned() else {
-                // Acknowledged or delivered again since: nothing to extend.
+            // Acknowledged or delivered again since: nothing to extend.
+            let Ok((group, at, _)) = Self::find(&state, receipt) else {
                 continue;
             };
-            if let Some(message) = state.groups.get_mut(&group).and_then(|g| {
-                g.messages
-                    .iter_mut()
-                    .find(|m| m.id == id && m.receipt == Some(number))
-            }) {
+            if let Some(message) = state
+                .groups
+                .get_mut(&group)
+                .and_then(|queue| queue.messages.get_mut(at))
+            {
                 message.visible_at = message.visible_at.max(until);
             }
         }
