@@ -38,6 +38,17 @@ async fn commit_steps<S: TestDb>(store: &S, order: i64, steps: &[Step]) {
     tx.commit().await.expect("commit");
 }
 
+/// Commits one app transaction holding `message` alone; its envelope.
+async fn commit_message<S: TestDb, M: outbox_runtime::OutboxMessage>(
+    store: &S,
+    message: &M,
+) -> Envelope {
+    let mut tx = store.begin().await.expect("begin");
+    let envelope = store.enqueue(&mut tx, message).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+    envelope
+}
+
 /// Effects per group, in commit order: (n, message id).
 fn by_group(effects: &[crate::db::Effect], kind: &str) -> BTreeMap<String, Vec<i64>> {
     let mut groups: BTreeMap<String, Vec<i64>> = BTreeMap::new();
@@ -847,18 +858,13 @@ pub(crate) async fn replayed_dead_letter_runs_only_the_handler_that_gave_up<S: T
 
     let h = Harness::new(store).await;
     let group = format!("flaky-{}", uuid::Uuid::now_v7().simple());
-    let mut tx = h.store.begin().await.expect("begin");
-    let original = h
-        .store
-        .enqueue(
-            &mut tx,
-            &Flaky {
-                group: group.clone(),
-            },
-        )
-        .await
-        .expect("enqueue");
-    tx.commit().await.expect("commit");
+    let original = commit_message(
+        &h.store,
+        &Flaky {
+            group: group.clone(),
+        },
+    )
+    .await;
     h.settle(Duration::from_secs(10)).await;
 
     let kinds = |effects: Vec<crate::db::Effect>| {
@@ -1069,18 +1075,13 @@ pub(crate) async fn replaying_a_poison_dead_letter_skips_the_handlers_that_commi
     let h = Harness::new(store).await;
     let group = format!("poisoned-{}", uuid::Uuid::now_v7().simple());
     FIXED.lock().expect("not poisoned").push(group.clone());
-    let mut tx = h.store.begin().await.expect("begin");
-    let original = h
-        .store
-        .enqueue(
-            &mut tx,
-            &Flaky {
-                group: group.clone(),
-            },
-        )
-        .await
-        .expect("enqueue");
-    tx.commit().await.expect("commit");
+    let original = commit_message(
+        &h.store,
+        &Flaky {
+            group: group.clone(),
+        },
+    )
+    .await;
     h.settle(Duration::from_secs(10)).await;
     assert_eq!(h.store.effects().await.len(), 2, "audit and charge");
 
@@ -1138,16 +1139,8 @@ pub(crate) async fn replaying_a_poison_dead_letter_skips_the_handlers_that_commi
 pub(crate) async fn a_give_up_after_another_delivery_committed_writes_no_dead_letter(
     pool: sqlx::PgPool,
 ) {
-    use outbox_runtime::Store;
-
     let h = Harness::new(outbox_runtime::PgStore::new(pool)).await;
-    let mut tx = h.store.begin().await.expect("begin");
-    let envelope = h
-        .store
-        .enqueue(&mut tx, &Contested { group: "c".into() })
-        .await
-        .expect("enqueue");
-    tx.commit().await.expect("commit");
+    let envelope = commit_message(&h.store, &Contested { group: "c".into() }).await;
     let (store, id) = (h.store.clone(), envelope.id.to_string());
     *CONTEST.lock().expect("not poisoned") = Some(Box::pin(async move {
         store.insert_inbox(&id, "contested.fail").await;
@@ -1350,15 +1343,8 @@ pub(crate) async fn a_full_queue_makes_the_relay_wait_without_using_attempts<S: 
 /// trouble, not the handler's: the run uses no attempt (its `max_attempts`
 /// is 1), and the retry commits.
 pub(crate) async fn a_deadlock_in_the_handlers_transaction_uses_no_attempt(pool: sqlx::PgPool) {
-    use outbox_runtime::Store;
-
     let h = Harness::new(outbox_runtime::PgStore::new(pool)).await;
-    let mut tx = h.store.begin().await.expect("begin");
-    h.store
-        .enqueue(&mut tx, &crate::Deadlocked { group: "d".into() })
-        .await
-        .expect("enqueue");
-    tx.commit().await.expect("commit");
+    commit_message(&h.store, &crate::Deadlocked { group: "d".into() }).await;
     h.settle(Duration::from_secs(10)).await;
     assert_eq!(
         h.store.dead_letter_errors().await,
