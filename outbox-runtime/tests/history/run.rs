@@ -8,8 +8,8 @@
 //! `Relay::drain` or `Worker::run_once`, so a fault can abort it at any
 //! await point (its future is dropped mid-claim, mid-publish, mid-handler,
 //! mid-commit). In process, each node has an [`InProcessQueue`] of its own
-//! (a process of the app); on SQS, every node shares the schedule's FIFO
-//! queue on the local server (the production shape).
+//! (a process of the app); on SQS, the node uses the schedule's FIFO queue
+//! on the local server.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
