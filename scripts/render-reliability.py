@@ -79,7 +79,7 @@ file; `scripts/fault-tests.filter` selects them.
 |---|---|
 | overlapping producers of one group published out of commit order (PostgreSQL) | `claim::overlapping_producers_of_a_group_are_published_in_commit_order`, `claim::a_group_with_a_leased_row_is_not_claimed_again`, the history checker |
 | rows handed to a queue did not hold their group | `relayed_rows_hold_their_group` (both stores), `claim::a_relayed_row_past_its_deadline_holds_its_group_until_recovered`, the history checker |
-| held-back deliveries used up handler attempts | `held_back_deliveries_use_up_no_attempts` (both stores), `on_lambda_a_held_back_record_uses_no_attempts` (SQS), `a_deadlock_in_the_handlers_transaction_uses_no_attempt`, the history checker |
+| held-back deliveries used up handler attempts | `held_back_deliveries_use_up_no_attempts` (both stores), `on_lambda_a_held_back_record_uses_no_attempts` (SQS), `a_deadlock_in_the_handlers_transaction_uses_no_attempt`, `connections_killed_mid_batch_lose_nothing` (a database outage), the history checker |
 | a queue outage used up publish attempts | `publish_failures_back_off_and_an_outage_uses_no_attempts`, `a_full_queue_makes_the_relay_wait_without_using_attempts`, `oversized_message_is_dead_lettered_without_blocking_other_groups` (held-back entries untouched) |
 | giving up was two steps | `a_give_up_after_another_delivery_committed_writes_no_dead_letter` |
 | replaying a poison dead letter reran committed handlers | `replaying_a_poison_dead_letter_skips_the_handlers_that_committed` (both stores) |
