@@ -81,7 +81,8 @@ file; `scripts/fault-tests.filter` selects them.
 | rows handed to a queue did not hold their group | `relayed_rows_hold_their_group` (both stores), `claim::a_relayed_row_past_its_deadline_holds_its_group_until_recovered`, the history checker |
 | held-back deliveries used up handler attempts | `held_back_deliveries_use_up_no_attempts` (both stores), `on_lambda_a_held_back_record_uses_no_attempts` (SQS), `a_deadlock_in_the_handlers_transaction_uses_no_attempt`, `connections_killed_mid_batch_lose_nothing` (a database outage), the history checker |
 | a queue outage used up publish attempts | `publish_failures_back_off_and_an_outage_uses_no_attempts`, `a_full_queue_makes_the_relay_wait_without_using_attempts`, `oversized_message_is_dead_lettered_without_blocking_other_groups` (held-back entries untouched) |
-| giving up was two steps | `a_give_up_after_another_delivery_committed_writes_no_dead_letter` |
+| giving up was two steps | `a_second_delivery_waits_for_the_first_and_does_not_run_the_handler` (a concurrent delivery waits on the first's inbox reservation, so no give-up races a commit) |
+| one failing handler in a batched transaction could undo or hold back others | `one_failing_handler_in_a_batch_rolls_back_alone`, `a_failing_head_holds_back_its_group_across_the_batch` (both stores), the history checker (1-8 handler runs per transaction) |
 | replaying a poison dead letter reran committed handlers | `replaying_a_poison_dead_letter_skips_the_handlers_that_committed` (both stores) |
 | a batch too large in total stuck its rows; one failing queue discarded what others accepted | `a_batch_larger_than_one_request_allows_is_sent_in_several`, `what_one_queue_accepted_is_kept_when_another_queue_fails` (SQS) |
 | oversized payloads were caught only at publish | `a_message_too_large_for_the_transport_is_refused_at_enqueue` (both stores) |

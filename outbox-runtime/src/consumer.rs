@@ -1,22 +1,22 @@
 //! The [`Consumer`]: what happens to one received message, shared by the
 //! long-poll [`Worker`](crate::Worker) and the Lambda consumer.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::Instrument;
+use uuid::Uuid;
 
 use crate::backoff::Backoff;
 use crate::context::HandlerContext;
-use crate::dispatch::{Dispatcher, invoke};
+use crate::dispatch::{Dispatcher, in_span, invoke};
 use crate::envelope::{Envelope, ONLY_HANDLER_HEADER};
 use crate::handler::HandlerError;
 use crate::metrics::Metrics;
 use crate::pump::{Drain, Pump, is_pump};
 use crate::registry::HandlerRegistration;
-use crate::store::{DeadLetter, Store, StoreError};
+use crate::store::{DeadLetter, Store, StoreError, Tx};
 use crate::transport::Delivery;
 
 /// Settings of a [`Consumer`].
@@ -30,6 +30,12 @@ pub struct ConsumerConfig {
     /// attempt. Default: [`Backoff::default`] (1 s, doubling, at most 300 s,
     /// jittered).
     pub retry_backoff: Backoff,
+    /// Handler runs per database transaction, at most: a received batch is
+    /// handled in transactions of up to this many runs, each in a savepoint
+    /// (a message with more handlers gets a transaction of its own).
+    /// Default: 50, below the 64 subtransactions PostgreSQL tracks per
+    /// session before every snapshot in the database gets slower.
+    pub runs_per_transaction: usize,
 }
 
 impl Default for ConsumerConfig {
@@ -37,6 +43,7 @@ impl Default for ConsumerConfig {
         ConsumerConfig {
             default_max_attempts: 5,
             retry_backoff: Backoff::default(),
+            runs_per_transaction: 50,
         }
     }
 }
@@ -63,16 +70,6 @@ impl Outcome {
     }
 }
 
-/// The deadline of a pump's drain: the batch's, or half the time left when
-/// other records wait behind the pump in the batch, so they are handled in
-/// the same invocation.
-fn pump_deadline(now: Instant, deadline: Option<Instant>, waiting: usize) -> Option<Instant> {
-    match deadline {
-        Some(deadline) if waiting > 0 => Some(now + deadline.saturating_duration_since(now) / 2),
-        other => other,
-    }
-}
-
 /// Whether a handler's failure is the store's: a transient database error
 /// (deadlock, serialization failure, lost connection) anywhere in its
 /// chain of causes.
@@ -90,36 +87,106 @@ fn is_store_trouble(error: &HandlerError) -> bool {
     false
 }
 
-/// What became of one handler on one message.
-enum HandlerRun {
-    Committed,
-    AlreadyHandled,
-    /// The run failed; it was the handler's `attempt`-th run of the message.
-    Failed {
-        error: HandlerError,
-        attempt: u32,
+/// A received envelope (or poison), ready to handle.
+struct Prepared<'a> {
+    /// Its place in the received batch.
+    at: usize,
+    delivery: &'a Delivery,
+    work: Work<'a>,
+}
+
+enum Work<'a> {
+    /// Not an envelope, or one this binary cannot route: dead letters.
+    Poison {
+        envelope: Option<Envelope>,
+        error: String,
     },
+    Message {
+        envelope: Envelope,
+        /// The id it is handled under ([`Envelope::original_id`]).
+        identity: Uuid,
+        handlers: &'a [&'static HandlerRegistration],
+        /// A replayed dead letter runs only the handler that gave up.
+        only: Option<String>,
+    },
+}
+
+impl Prepared<'_> {
+    /// The handlers to run.
+    fn handlers(&self) -> impl Iterator<Item = &'static HandlerRegistration> + '_ {
+        let (handlers, only) = match &self.work {
+            Work::Message { handlers, only, .. } => (*handlers, only.as_deref()),
+            Work::Poison { .. } => (&[][..], None),
+        };
+        handlers
+            .iter()
+            .copied()
+            .filter(move |h| only.is_none_or(|only| h.name == only))
+    }
+}
+
+/// The number of prepared messages, from the front, that one transaction
+/// handles: up to `runs` handler runs, and at least one message.
+fn chunk_len(batch: &[Prepared<'_>], runs: usize) -> usize {
+    let mut total = 0;
+    for (len, item) in batch.iter().enumerate() {
+        total += item.handlers().count().max(1);
+        if total > runs {
+            return len.max(1);
+        }
+    }
+    batch.len()
+}
+
+/// Where one handler run (a message id and a handler) stands in a
+/// transaction.
+#[derive(Clone, Copy)]
+enum Run {
+    /// The inbox had it before this transaction: skip it.
+    Handled,
+    /// Its inbox row is reserved in this transaction; not run yet.
+    Reserved { failures: u32 },
+    /// Ran and succeeded in this transaction.
+    Committed,
+    /// Out of attempts: dead-lettered in this transaction.
+    GaveUp,
+    /// Ran and failed; deliver again after this delay.
+    Failed(Duration),
+}
+
+/// What a transaction did, applied to the metrics once it committed.
+#[derive(Default)]
+struct Tally {
+    handled: u64,
+    duplicates: u64,
+    failures: u64,
+    dead_lettered: u64,
+    published: bool,
 }
 
 /// Runs received messages through a [`Dispatcher`] with a [`Store`]:
 ///
-/// 1. a pump message makes it drain the outbox (when it has a relay);
-/// 2. an envelope's handlers each run in their own store transaction, under
-///    the message's [original id](Envelope::original_id): the handler is
-///    skipped if the inbox says it already committed (or gave up on) this
-///    message; otherwise it runs with the transaction in its
-///    [`HandlerContext`], and on success the inbox row and the messages it
-///    published are written and committed with its own writes;
-/// 3. a failed run is counted in the store, per message and handler:
+/// 1. a received batch's envelopes are handled in one store transaction
+///    (see [`handle_batch`](Self::handle_batch)), each handler under the
+///    message's [original id](Envelope::original_id): one statement
+///    reserves the inbox rows of the batch's runs and reads their attempts;
+///    a handler the inbox says already committed (or gave up on) the
+///    message is skipped; the others run in a savepoint each, with the
+///    transaction in their [`HandlerContext`], and the messages a handler
+///    publishes are written in its savepoint; a failed run is rolled back
+///    to its savepoint alone; one commit makes the batch's runs durable;
+/// 2. a failed run is counted in the store, per message and handler:
 ///    [`HandlerContext::attempt`] is 1 + the handler's failed runs, and a
 ///    delivery that does not run the handler (held back behind its group,
-///    an outage) counts nothing, nor does a run whose transaction the
-///    database aborted (a transient database error among its error's
-///    causes: deadlock, serialization failure, lost connection);
-/// 4. poison (not an envelope, unknown type, unsupported version,
+///    an outage) counts nothing, nor does a run the database aborted (a
+///    transient database error among its error's causes: deadlock,
+///    serialization failure, lost connection);
+/// 3. poison (not an envelope, unknown type, unsupported version,
 ///    undecodable payload) and handlers out of attempts go to dead letters,
 ///    and the delivery is acknowledged: they never block their group. A
-///    handler's give-up commits its dead letter and its inbox row together.
+///    handler's give-up commits its dead letter and its inbox row together;
+/// 4. a pump message makes it drain the outbox (when it has a relay), after
+///    the batch's envelopes.
 pub struct Consumer<S> {
     store: S,
     dispatcher: Arc<Dispatcher>,
@@ -220,8 +287,16 @@ impl<S: Store> Consumer<S> {
     /// Handles a received batch in order: a failure holds back the later
     /// messages of its group (they are not run, and come back after it);
     /// other groups go on. Returns one outcome per delivery, in order.
+    ///
+    /// The envelopes are handled in one database transaction (or several,
+    /// of at most [`ConsumerConfig::runs_per_transaction`] handler runs
+    /// each): one statement reserves the inbox rows and reads the attempts,
+    /// each handler runs in a savepoint of its own, so a failing run rolls
+    /// back alone, and one commit makes every run durable. When the
+    /// transaction itself fails, its messages are handled again one per
+    /// transaction. Pump messages are handled after the envelopes.
     pub async fn handle_batch(&self, deliveries: &[Delivery]) -> Vec<Outcome> {
-        self.handle_batch_until(deliveries, None).await
+        self.handle_deliveries(deliveries, None, false).await
     }
 
     /// Like [`handle_batch`](Self::handle_batch), with a deadline for pump
@@ -231,29 +306,347 @@ impl<S: Store> Consumer<S> {
         deliveries: &[Delivery],
         deadline: Option<Instant>,
     ) -> Vec<Outcome> {
-        let mut stopped: HashSet<&str> = HashSet::new();
-        let mut outcomes = Vec::with_capacity(deliveries.len());
+        self.handle_deliveries(deliveries, deadline, false).await
+    }
+
+    /// Handles one delivery: [`handle_batch`](Self::handle_batch) with a
+    /// batch of one.
+    pub async fn handle(&self, delivery: &Delivery) -> Outcome {
+        self.handle_deliveries(std::slice::from_ref(delivery), None, false)
+            .await
+            .pop()
+            .unwrap_or(Outcome::Done)
+    }
+
+    /// The batch loop. With `confirm` (a non-durable queue), the outbox rows
+    /// of the messages done with are marked published in the transaction
+    /// that handled them.
+    pub(crate) async fn handle_deliveries(
+        &self,
+        deliveries: &[Delivery],
+        deadline: Option<Instant>,
+        confirm: bool,
+    ) -> Vec<Outcome> {
+        let mut outcomes = vec![Outcome::Done; deliveries.len()];
+        let mut pumps = Vec::new();
+        let mut batch = Vec::with_capacity(deliveries.len());
         for (at, delivery) in deliveries.iter().enumerate() {
-            if stopped.contains(delivery.group.as_str()) {
-                outcomes.push(Outcome::HeldBack);
-                continue;
-            }
-            let outcome = if is_pump(&delivery.body) {
-                let waiting = deliveries[at + 1..]
-                    .iter()
-                    .filter(|d| !is_pump(&d.body))
-                    .count();
-                self.on_pump(pump_deadline(Instant::now(), deadline, waiting))
-                    .await
+            if is_pump(&delivery.body) {
+                pumps.push(at);
             } else {
-                self.handle_envelope_body(delivery).await
-            };
-            if !outcome.is_done() {
-                stopped.insert(&delivery.group);
+                batch.push(self.prepare(at, delivery));
             }
-            outcomes.push(outcome);
+        }
+        let mut stopped: HashSet<&str> = HashSet::new();
+        let mut rest = &batch[..];
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(chunk_len(rest, self.config.runs_per_transaction));
+            self.handle_chunk(chunk, &mut stopped, &mut outcomes, confirm)
+                .await;
+            rest = tail;
+        }
+        for at in pumps {
+            let group = deliveries[at].group.as_str();
+            outcomes[at] = if stopped.contains(group) {
+                Outcome::HeldBack
+            } else {
+                self.on_pump(deadline).await
+            };
+            if !outcomes[at].is_done() {
+                stopped.insert(group);
+            }
         }
         outcomes
+    }
+
+    /// Parses and routes a delivery.
+    fn prepare<'a>(&'a self, at: usize, delivery: &'a Delivery) -> Prepared<'a> {
+        let poison = |envelope, error| Prepared {
+            at,
+            delivery,
+            work: Work::Poison { envelope, error },
+        };
+        let envelope = match Envelope::from_json(&delivery.body) {
+            Ok(envelope) => envelope,
+            Err(err) => return poison(None, err.to_string()),
+        };
+        let handlers = match self.dispatcher.route(&envelope) {
+            Ok(entry) => entry.handlers(),
+            Err(err) => return poison(Some(envelope), err.to_string()),
+        };
+        let only = envelope.headers.extra.get(ONLY_HANDLER_HEADER).cloned();
+        if let Some(only) = &only
+            && !handlers.iter().any(|h| h.name == only.as_str())
+        {
+            let error = format!(
+                "the replay is for handler `{only}`, which does not handle {} v{} in this build",
+                envelope.message_type, envelope.version
+            );
+            return poison(Some(envelope), error);
+        }
+        Prepared {
+            at,
+            delivery,
+            work: Work::Message {
+                identity: envelope.original_id(),
+                envelope,
+                handlers,
+                only,
+            },
+        }
+    }
+
+    /// Handles `chunk` in one transaction; if the transaction fails, each of
+    /// its messages in a transaction of its own, and a message whose own
+    /// transaction fails is retried, its run counting no attempt.
+    async fn handle_chunk<'a>(
+        &self,
+        chunk: &[Prepared<'a>],
+        stopped: &mut HashSet<&'a str>,
+        outcomes: &mut [Outcome],
+        confirm: bool,
+    ) {
+        let mut tried = stopped.clone();
+        let err = match self.transaction(chunk, &mut tried, confirm).await {
+            Ok(done) => {
+                for (at, outcome) in done {
+                    outcomes[at] = outcome;
+                }
+                *stopped = tried;
+                return;
+            }
+            Err(err) => err,
+        };
+        if chunk.len() > 1 {
+            tracing::warn!(error = %err, messages = chunk.len(), "the batch's transaction failed; handling its messages one by one");
+        }
+        for item in chunk {
+            let one = std::slice::from_ref(item);
+            let mut tried = stopped.clone();
+            let outcome = match self.transaction(one, &mut tried, confirm).await {
+                Ok(mut done) => {
+                    *stopped = tried;
+                    done.pop().map_or(Outcome::Done, |(_, outcome)| outcome)
+                }
+                Err(err) => {
+                    // The store is down: no attempt is counted, and the
+                    // delay grows with the deliveries.
+                    tracing::warn!(error = %err, group = %item.delivery.group, "store failed while handling; will retry");
+                    stopped.insert(&item.delivery.group);
+                    Outcome::Retry(self.config.retry_backoff.delay(item.delivery.receive_count))
+                }
+            };
+            outcomes[item.at] = outcome;
+        }
+    }
+
+    /// One transaction over `chunk`: reserves the inbox rows of its runs,
+    /// runs each handler in a savepoint, gives back the reservations of runs
+    /// that did not succeed, confirms (`confirm`), commits. Returns the
+    /// outcome of each message, by its place in the batch.
+    async fn transaction<'a>(
+        &self,
+        chunk: &[Prepared<'a>],
+        stopped: &mut HashSet<&'a str>,
+        confirm: bool,
+    ) -> Result<Vec<(usize, Outcome)>, StoreError> {
+        let mut keys: Vec<(Uuid, &'static str)> = Vec::new();
+        for item in chunk {
+            if let Work::Message { identity, .. } = &item.work {
+                for handler in item.handlers() {
+                    let key = (*identity, handler.name);
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
+                }
+            }
+        }
+        let mut tx = self.store.begin().await?;
+        let states = self.store.inbox_reserve(&mut tx, &keys).await?;
+        let mut runs: HashMap<(Uuid, &'static str), Run> = keys
+            .iter()
+            .zip(states)
+            .map(|(key, state)| {
+                let run = if state.handled {
+                    Run::Handled
+                } else {
+                    Run::Reserved {
+                        failures: state.failures,
+                    }
+                };
+                (*key, run)
+            })
+            .collect();
+        let mut tally = Tally::default();
+        let mut ran = false;
+        let mut done = Vec::with_capacity(chunk.len());
+        for item in chunk {
+            let outcome = if stopped.contains(item.delivery.group.as_str()) {
+                Outcome::HeldBack
+            } else {
+                match &item.work {
+                    Work::Poison { envelope, error } => {
+                        self.poison(&mut tx, item.delivery, envelope.as_ref(), error)
+                            .await?;
+                        tally.dead_lettered += 1;
+                        Outcome::DeadLettered
+                    }
+                    Work::Message { envelope, .. } => {
+                        let span = tracing::info_span!(
+                            "outbox.consume",
+                            message.id = %envelope.id,
+                            message.type = %envelope.message_type,
+                            message.group = %envelope.group,
+                            receive_count = item.delivery.receive_count,
+                        );
+                        let run = self.run_message(&mut tx, item, &mut runs, &mut ran, &mut tally);
+                        in_span(span, run).await?
+                    }
+                }
+            };
+            if !outcome.is_done() {
+                stopped.insert(&item.delivery.group);
+            }
+            done.push((item.at, outcome));
+        }
+        let unrun: Vec<(Uuid, &str)> = keys
+            .iter()
+            .filter(|key| matches!(runs[*key], Run::Reserved { .. } | Run::Failed(_)))
+            .copied()
+            .collect();
+        self.store.inbox_unreserve(&mut tx, &unrun).await?;
+        let confirmed: Vec<Uuid> = if confirm {
+            chunk
+                .iter()
+                .zip(&done)
+                .filter(|(_, (_, outcome))| outcome.is_done())
+                .filter_map(|(item, _)| item.delivery.message_id)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.store.confirm(&mut tx, &confirmed).await?;
+        tx.commit().await?;
+        self.metrics.add_handled(tally.handled);
+        self.metrics.add_duplicates_suppressed(tally.duplicates);
+        self.metrics.add_handler_failures(tally.failures);
+        self.metrics.add_dead_lettered(tally.dead_lettered);
+        if tally.published || !confirmed.is_empty() {
+            // Cascades to publish, or groups the confirmations freed.
+            self.wake_relay().await;
+        }
+        Ok(done)
+    }
+
+    /// Runs a message's handlers, each in a savepoint of `tx`, and says what
+    /// to do with its delivery.
+    async fn run_message(
+        &self,
+        tx: &mut Tx<S::Database>,
+        item: &Prepared<'_>,
+        runs: &mut HashMap<(Uuid, &'static str), Run>,
+        ran: &mut bool,
+        tally: &mut Tally,
+    ) -> Result<Outcome, StoreError> {
+        let Work::Message {
+            envelope, identity, ..
+        } = &item.work
+        else {
+            return Ok(Outcome::Done);
+        };
+        // The delay before the message comes back: the longest any failed
+        // handler asks for.
+        let mut retry: Option<Duration> = None;
+        let mut dead = false;
+        for handler in item.handlers() {
+            let key = (*identity, handler.name);
+            let failures = match runs[&key] {
+                Run::Reserved { failures } => failures,
+                Run::Handled | Run::Committed | Run::GaveUp => {
+                    tally.duplicates += 1;
+                    continue;
+                }
+                Run::Failed(delay) => {
+                    // The same message earlier in this batch failed it.
+                    retry = Some(retry.map_or(delay, |longest| longest.max(delay)));
+                    continue;
+                }
+            };
+            self.store.begin_run(tx, *ran).await?;
+            *ran = true;
+            let attempt = failures.saturating_add(1);
+            let (result, published) = {
+                let mut ctx = HandlerContext::new(envelope, self.dispatcher.state())
+                    .for_handler(handler.name, attempt)
+                    .with_max_message_bytes(self.store.max_message_bytes())
+                    .with_transaction(tx);
+                let result = invoke(handler, envelope, &mut ctx).await;
+                (result, ctx.take_published())
+            };
+            let result = match result {
+                Ok(()) => match self.store.enqueue_all(tx, &published).await {
+                    Ok(()) => Ok(()),
+                    // A message it published cannot be stored: the
+                    // handler's failure, not the store's.
+                    Err(StoreError::Encode(encode)) => Err(HandlerError::Failed(Box::new(encode))),
+                    Err(other) => Err(HandlerError::Failed(Box::new(other))),
+                },
+                Err(error) => Err(error),
+            };
+            let error = match result {
+                Ok(()) => {
+                    runs.insert(key, Run::Committed);
+                    tally.handled += 1;
+                    tally.published |= !published.is_empty();
+                    continue;
+                }
+                Err(error) => error,
+            };
+            self.store.rollback_run(tx).await?;
+            tally.failures += 1;
+            let max = handler
+                .max_attempts
+                .unwrap_or(self.config.default_max_attempts);
+            let delay = if is_store_trouble(&error) {
+                // The database aborted the run (deadlock, lost lock): no
+                // attempt is counted.
+                tracing::warn!(handler = handler.name, %error, "the store failed the handler's run; will retry");
+                self.config.retry_backoff.delay(item.delivery.receive_count)
+            } else if error.is_permanent() || attempt >= max {
+                // Out of attempts, or an error retrying cannot heal (the
+                // payload does not decode, the handler says so): the dead
+                // letter commits with the reserved inbox row, so other
+                // handlers' redeliveries do not run it again. A replay of
+                // the dead letter does (see `crate::admin`).
+                let entry = DeadLetter {
+                    message_id: Some(*identity),
+                    handler: Some(handler.name.to_owned()),
+                    message_type: Some(envelope.message_type.clone()),
+                    group: Some(envelope.group.clone()),
+                    body: item.delivery.body.clone(),
+                    error: error.to_string(),
+                    attempts: attempt,
+                };
+                self.store.dead_letter(tx, &entry).await?;
+                tracing::error!(handler = handler.name, %error, attempt, permanent = error.is_permanent(), "handler gave up; dead-lettered");
+                runs.insert(key, Run::GaveUp);
+                tally.dead_lettered += 1;
+                dead = true;
+                continue;
+            } else {
+                self.store
+                    .record_handler_failure(tx, *identity, handler.name, &error.to_string())
+                    .await?;
+                self.config.retry_backoff.delay(attempt)
+            };
+            runs.insert(key, Run::Failed(delay));
+            retry = Some(retry.map_or(delay, |longest| longest.max(delay)));
+        }
+        Ok(match retry {
+            Some(delay) => Outcome::Retry(delay),
+            None if dead => Outcome::DeadLettered,
+            None => Outcome::Done,
+        })
     }
 
     /// Drains the outbox on a pump, until done or `deadline`. Without a relay
@@ -282,259 +675,15 @@ impl<S: Store> Consumer<S> {
         }
     }
 
-    /// Handles one delivery: decodes it, runs every handler of its type,
-    /// each in its own transaction with the inbox, and says what to do with
-    /// the delivery.
-    pub async fn handle(&self, delivery: &Delivery) -> Outcome {
-        self.handle_until(delivery, None).await
-    }
-
-    async fn handle_until(&self, delivery: &Delivery, deadline: Option<Instant>) -> Outcome {
-        if is_pump(&delivery.body) {
-            return self.on_pump(deadline).await;
-        }
-        self.handle_envelope_body(delivery).await
-    }
-
-    /// Handles a delivery that is not a pump: an envelope, or poison.
-    async fn handle_envelope_body(&self, delivery: &Delivery) -> Outcome {
-        let envelope = match Envelope::from_json(&delivery.body) {
-            Ok(envelope) => envelope,
-            Err(err) => {
-                return self.poison(delivery, None, err.to_string()).await;
-            }
-        };
-        let span = tracing::info_span!(
-            "outbox.consume",
-            message.id = %envelope.id,
-            message.type = %envelope.message_type,
-            message.group = %envelope.group,
-            receive_count = delivery.receive_count,
-        );
-        self.handle_envelope(delivery, &envelope)
-            .instrument(span)
-            .await
-    }
-
-    async fn handle_envelope(&self, delivery: &Delivery, envelope: &Envelope) -> Outcome {
-        let entry = match self.dispatcher.route(envelope) {
-            Ok(entry) => entry,
-            Err(err) => return self.poison(delivery, Some(envelope), err.to_string()).await,
-        };
-        // A replayed dead letter runs only the handler that gave up.
-        let only = envelope.headers.extra.get(ONLY_HANDLER_HEADER);
-        if let Some(only) = only
-            && !entry.handlers().iter().any(|h| h.name == only.as_str())
-        {
-            let error = format!(
-                "the replay is for handler `{only}`, which does not handle {} v{} in this build",
-                envelope.message_type, envelope.version
-            );
-            return self.poison(delivery, Some(envelope), error).await;
-        }
-        let identity = envelope.original_id();
-        // The delay before the message comes back: the longest any failed
-        // handler asks for.
-        let mut retry: Option<Duration> = None;
-        let mut dead = false;
-        let handlers = entry
-            .handlers()
-            .iter()
-            .filter(|h| only.is_none_or(|only| h.name == only.as_str()));
-        for &handler in handlers {
-            let delay = match self.run_handler(handler, envelope, identity).await {
-                Ok(HandlerRun::Committed) => {
-                    self.metrics.add_handled(1);
-                    continue;
-                }
-                Ok(HandlerRun::AlreadyHandled) => {
-                    self.metrics.add_duplicates_suppressed(1);
-                    continue;
-                }
-                Ok(HandlerRun::Failed { error, .. }) if is_store_trouble(&error) => {
-                    // The database aborted the handler's transaction
-                    // (deadlock, lost connection): no attempt is counted.
-                    self.metrics.add_handler_failures(1);
-                    tracing::warn!(handler = handler.name, %error, "the store failed the handler's transaction; will retry");
-                    self.config.retry_backoff.delay(delivery.receive_count)
-                }
-                Ok(HandlerRun::Failed { error, attempt }) => {
-                    self.metrics.add_handler_failures(1);
-                    let max = handler
-                        .max_attempts
-                        .unwrap_or(self.config.default_max_attempts);
-                    // A permanent error (the payload does not decode, the
-                    // handler says so) will not heal by retrying: dead-letter
-                    // it for this handler now; the others still run.
-                    if error.is_permanent() || attempt >= max {
-                        match self
-                            .give_up(handler, delivery, envelope, identity, &error, attempt)
-                            .await
-                        {
-                            Ok(true) => {
-                                dead = true;
-                                continue;
-                            }
-                            Ok(false) => {
-                                self.metrics.add_duplicates_suppressed(1);
-                                continue;
-                            }
-                            Err(store) => {
-                                tracing::warn!(handler = handler.name, error = %store, "could not dead-letter; will retry");
-                                self.config.retry_backoff.delay(attempt)
-                            }
-                        }
-                    } else {
-                        if let Err(store) = self
-                            .store
-                            .record_handler_failure(identity, handler.name, &error.to_string())
-                            .await
-                        {
-                            // The run is not counted: the handler gets one
-                            // more attempt than it would have.
-                            tracing::warn!(handler = handler.name, error = %store, "could not count a failed attempt");
-                        }
-                        self.config.retry_backoff.delay(attempt)
-                    }
-                }
-                Err(err) => {
-                    // The store is down: no attempt is counted, and the
-                    // delay grows with the deliveries.
-                    tracing::warn!(handler = handler.name, error = %err, "store failed while handling; will retry");
-                    self.config.retry_backoff.delay(delivery.receive_count)
-                }
-            };
-            retry = Some(retry.map_or(delay, |longest| longest.max(delay)));
-        }
-        match retry {
-            Some(delay) => Outcome::Retry(delay),
-            None if dead => Outcome::DeadLettered,
-            None => Outcome::Done,
-        }
-    }
-
-    /// Runs one handler in its own transaction, with the inbox and the
-    /// handler's attempt count, under the message's original id.
-    async fn run_handler(
-        &self,
-        handler: &'static HandlerRegistration,
-        envelope: &Envelope,
-        identity: uuid::Uuid,
-    ) -> Result<HandlerRun, StoreError> {
-        let mut tx = self.store.begin().await?;
-        let state = self
-            .store
-            .handler_state(&mut tx, identity, handler.name)
-            .await?;
-        if state.handled {
-            tx.rollback().await?;
-            return Ok(HandlerRun::AlreadyHandled);
-        }
-        let attempt = state.failures.saturating_add(1);
-        let (result, published) = {
-            let mut ctx = HandlerContext::new(envelope, self.dispatcher.state())
-                .for_handler(handler.name, attempt)
-                .with_max_message_bytes(self.store.max_message_bytes())
-                .with_transaction(&mut tx);
-            let result = invoke(handler, envelope, &mut ctx).await;
-            (result, ctx.take_published())
-        };
-        if let Err(error) = result {
-            tx.rollback().await?;
-            return Ok(HandlerRun::Failed { error, attempt });
-        }
-        if let Err(err) = self
-            .store
-            .inbox_insert(&mut tx, identity, handler.name)
-            .await
-        {
-            // Another worker committed this handler for this message since we
-            // looked: its effects stand, ours roll back.
-            tx.rollback().await?;
-            return if err.is_unique_violation() {
-                Ok(HandlerRun::AlreadyHandled)
-            } else {
-                Err(err)
-            };
-        }
-        if let Err(err) = self.store.enqueue_all(&mut tx, &published).await {
-            tx.rollback().await?;
-            return match err {
-                // A message it published cannot be stored: the handler's
-                // failure, not the store's.
-                StoreError::Encode(encode) => Ok(HandlerRun::Failed {
-                    error: HandlerError::Failed(Box::new(encode)),
-                    attempt,
-                }),
-                other => Err(other),
-            };
-        }
-        tx.commit().await?;
-        if !published.is_empty()
-            && let Some(pump) = &self.pump
-            && let Err(err) = pump.pump().await
-        {
-            tracing::warn!(error = %err, "pump after cascade failed");
-        }
-        Ok(HandlerRun::Committed)
-    }
-
-    /// A handler ran out of attempts or failed permanently: in one
-    /// transaction, keep the message in dead letters and mark the handler
-    /// done in the inbox, so redeliveries caused by other handlers do not
-    /// run it again. Returns `false`, keeping no dead letter, when another
-    /// run of the handler committed the message meanwhile. A replay of the
-    /// dead letter runs the handler again (see [`crate::admin`]).
-    async fn give_up(
-        &self,
-        handler: &'static HandlerRegistration,
-        delivery: &Delivery,
-        envelope: &Envelope,
-        identity: uuid::Uuid,
-        err: &HandlerError,
-        attempt: u32,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.store.begin().await?;
-        if let Err(insert) = self
-            .store
-            .inbox_insert(&mut tx, identity, handler.name)
-            .await
-        {
-            tx.rollback().await?;
-            return if insert.is_unique_violation() {
-                tracing::info!(
-                    handler = handler.name,
-                    "another run committed the handler; nothing to give up"
-                );
-                Ok(false)
-            } else {
-                Err(insert)
-            };
-        }
-        let entry = DeadLetter {
-            message_id: Some(identity),
-            handler: Some(handler.name.to_owned()),
-            message_type: Some(envelope.message_type.clone()),
-            group: Some(envelope.group.clone()),
-            body: delivery.body.clone(),
-            error: err.to_string(),
-            attempts: attempt,
-        };
-        self.store.dead_letter(&mut tx, &entry).await?;
-        tx.commit().await?;
-        tracing::error!(handler = handler.name, error = %err, attempt, permanent = err.is_permanent(), "handler gave up; dead-lettered");
-        self.metrics.add_dead_lettered(1);
-        Ok(true)
-    }
-
-    /// The message can never be handled: keep it in dead letters and
-    /// acknowledge it. If even that fails, retry it later rather than lose it.
+    /// The message can never be handled: keep it in dead letters, in `tx`,
+    /// and acknowledge it.
     async fn poison(
         &self,
+        tx: &mut Tx<S::Database>,
         delivery: &Delivery,
         envelope: Option<&Envelope>,
-        error: String,
-    ) -> Outcome {
+        error: &str,
+    ) -> Result<(), StoreError> {
         tracing::error!(%error, group = %delivery.group, "poison message dead-lettered");
         let entry = DeadLetter {
             message_id: envelope.map(Envelope::original_id),
@@ -542,45 +691,9 @@ impl<S: Store> Consumer<S> {
             message_type: envelope.map(|e| e.message_type.clone()),
             group: Some(delivery.group.clone()),
             body: delivery.body.clone(),
-            error,
+            error: error.to_owned(),
             attempts: delivery.receive_count,
         };
-        let kept = async {
-            let mut tx = self.store.begin().await?;
-            self.store.dead_letter(&mut tx, &entry).await?;
-            tx.commit().await?;
-            Ok::<_, StoreError>(())
-        };
-        match kept.await {
-            Ok(()) => {
-                self.metrics.add_dead_lettered(1);
-                Outcome::DeadLettered
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "could not dead-letter a poison message; will retry");
-                Outcome::Retry(self.config.retry_backoff.delay(delivery.receive_count))
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_pump_leaves_half_the_time_to_the_records_behind_it() {
-        let now = Instant::now();
-        let deadline = now + Duration::from_secs(10);
-        assert_eq!(
-            pump_deadline(now, Some(deadline), 3),
-            Some(now + Duration::from_secs(5))
-        );
-        assert_eq!(pump_deadline(now, Some(deadline), 0), Some(deadline));
-        assert_eq!(
-            pump_deadline(now, None, 3),
-            None,
-            "a worker has no deadline"
-        );
+        self.store.dead_letter(tx, &entry).await
     }
 }

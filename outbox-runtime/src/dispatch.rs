@@ -151,7 +151,7 @@ impl Dispatcher {
 /// `Instrumented` future enters and leaves even a disabled span on every poll
 /// (about 200 instructions per dispatch under callgrind, without a
 /// subscriber).
-async fn in_span<F: Future>(span: tracing::Span, future: F) -> F::Output {
+pub(crate) async fn in_span<F: Future>(span: tracing::Span, future: F) -> F::Output {
     if span.is_disabled() {
         future.await
     } else {

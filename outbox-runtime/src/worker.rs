@@ -2,10 +2,8 @@
 //! [`Receiver`], hands them to a [`Consumer`], acknowledges or releases each
 //! message by its outcome, and runs retention on a timer.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-
-use uuid::Uuid;
 
 use crate::consumer::{Consumer, ConsumerConfig, Outcome};
 use crate::dispatch::Dispatcher;
@@ -17,8 +15,17 @@ use crate::transport::{Delivery, Receipt, Receiver, TransportError};
 /// Settings of a [`Worker`].
 #[derive(Clone, Copy, Debug)]
 pub struct WorkerConfig {
-    /// Messages received per call (SQS: at most 10). Default: 10.
+    /// Messages handled together, at most (in one database transaction, up
+    /// to [`ConsumerConfig::runs_per_transaction`] handler runs). A batch is
+    /// what one receive returns; on a queue that returns fewer per call
+    /// (SQS: 10), the worker receives again, without waiting, while each
+    /// call returns a full page, for up to `linger`. So a lightly loaded
+    /// queue is handled as messages arrive, and a busy one in large
+    /// batches. Default: 50.
     pub batch_size: usize,
+    /// How long a worker keeps receiving full pages into one batch before it
+    /// handles them. Default: 10 ms.
+    pub linger: Duration,
     /// How long one receive call waits for messages (SQS long polling: up to
     /// 20 s, in whole seconds). Default: 1 s.
     pub wait: Duration,
@@ -40,7 +47,8 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
-            batch_size: 10,
+            batch_size: 50,
+            linger: Duration::from_millis(10),
             wait: Duration::from_secs(1),
             retention: Some((RetentionPolicy::default(), Duration::from_secs(60))),
             heartbeat: Some(Duration::from_secs(10)),
@@ -69,9 +77,6 @@ pub struct Worker<S, R> {
     consumer: Consumer<S>,
     receiver: Arc<R>,
     config: WorkerConfig,
-    /// On a non-durable queue: handled messages whose confirmation failed,
-    /// retried with the next batch's (their groups wait until then).
-    unconfirmed: Arc<Mutex<Vec<Uuid>>>,
 }
 
 impl<S: Clone, R> Clone for Worker<S, R> {
@@ -80,7 +85,6 @@ impl<S: Clone, R> Clone for Worker<S, R> {
             consumer: self.consumer.clone(),
             receiver: Arc::clone(&self.receiver),
             config: self.config,
-            unconfirmed: Arc::clone(&self.unconfirmed),
         }
     }
 }
@@ -101,7 +105,6 @@ impl<S: Store, R: Receiver> Worker<S, R> {
             consumer: Consumer::new(store, dispatcher),
             receiver,
             config: WorkerConfig::default(),
-            unconfirmed: Arc::default(),
         }
     }
 
@@ -145,13 +148,36 @@ impl<S: Store, R: Receiver> Worker<S, R> {
         self.consumer.metrics()
     }
 
-    /// Receives one batch (waiting up to `wait`) and handles it.
+    /// Receives one batch (waiting up to `wait` for its first message) and
+    /// handles it.
     pub async fn run_once(&self) -> Result<BatchReport, TransportError> {
-        let deliveries = self
-            .receiver
-            .receive(self.config.batch_size, self.config.wait)
-            .await?;
+        let deliveries = self.receive().await?;
         self.handle_batch(deliveries).await
+    }
+
+    /// Receives a batch: one call, and more while each returns a full page
+    /// and the batch is neither full nor older than `linger`.
+    async fn receive(&self) -> Result<Vec<Delivery>, TransportError> {
+        let size = self.config.batch_size.max(1);
+        let page = self.receiver.max_receive().clamp(1, size);
+        let mut deliveries = self.receiver.receive(page, self.config.wait).await?;
+        let started = tokio::time::Instant::now();
+        let mut last = deliveries.len();
+        while last == page && deliveries.len() < size && started.elapsed() < self.config.linger {
+            let want = page.min(size - deliveries.len());
+            let more = match self.receiver.receive(want, Duration::ZERO).await {
+                Ok(more) => more,
+                // What was received is handled; the next batch meets the
+                // error again.
+                Err(err) => {
+                    tracing::debug!(error = %err, "receive failed while filling a batch");
+                    break;
+                }
+            };
+            last = if more.len() == want { page } else { more.len() };
+            deliveries.extend(more);
+        }
+        Ok(deliveries)
     }
 
     /// Handles batches until `shutdown` resolves, running retention on its
@@ -164,7 +190,7 @@ impl<S: Store, R: Receiver> Worker<S, R> {
         loop {
             let received = tokio::select! {
                 () = &mut shutdown => return,
-                received = self.receiver.receive(self.config.batch_size, self.config.wait) => received,
+                received = self.receive() => received,
             };
             let handled = match received {
                 Ok(deliveries) => self.handle_batch(deliveries).await,
@@ -187,7 +213,9 @@ impl<S: Store, R: Receiver> Worker<S, R> {
         }
     }
 
-    /// Handles received deliveries and acknowledges or releases each.
+    /// Handles received deliveries and acknowledges or releases each. On a
+    /// non-durable queue, the messages done with are confirmed in the
+    /// transaction that handled them.
     pub async fn handle_batch(
         &self,
         deliveries: Vec<Delivery>,
@@ -198,7 +226,6 @@ impl<S: Store, R: Receiver> Worker<S, R> {
             ..BatchReport::default()
         };
         let mut acks: Vec<Receipt> = Vec::with_capacity(deliveries.len());
-        let mut handled = Vec::new();
         for (delivery, outcome) in deliveries.into_iter().zip(outcomes) {
             let delay = match outcome {
                 Outcome::Done => None,
@@ -210,10 +237,7 @@ impl<S: Store, R: Receiver> Worker<S, R> {
                 Outcome::HeldBack => Some(Duration::ZERO),
             };
             match delay {
-                None => {
-                    handled.extend(delivery.message_id);
-                    acks.push(delivery.receipt);
-                }
+                None => acks.push(delivery.receipt),
                 Some(delay) => {
                     self.receiver.release(&delivery.receipt, delay).await?;
                     report.released += 1;
@@ -221,46 +245,16 @@ impl<S: Store, R: Receiver> Worker<S, R> {
             }
         }
         report.acked = acks.len();
-        if !self.receiver.durable() {
-            self.confirm(handled).await;
-        }
         if !acks.is_empty() {
             self.receiver.ack(&acks).await?;
         }
         Ok(report)
     }
 
-    /// The queue dies with the process: only once handled is a row safe to
-    /// call published, and until then it holds its group. A confirmation
-    /// that fails is retried with the next batch's; if the process dies
-    /// first, the rows are published again once `relayed_for` runs out, and
-    /// the inbox absorbs the repeat.
-    async fn confirm(&self, handled: Vec<Uuid>) {
-        let ids = {
-            let mut unconfirmed = self
-                .unconfirmed
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            unconfirmed.extend(handled);
-            std::mem::take(&mut *unconfirmed)
-        };
-        if ids.is_empty() {
-            return;
-        }
-        match self.consumer.store().confirm(&ids).await {
-            Ok(()) => self.consumer.wake_relay().await,
-            Err(err) => {
-                tracing::warn!(error = %err, count = ids.len(), "could not confirm handled messages; retrying with the next batch");
-                self.unconfirmed
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .extend(ids);
-            }
-        }
-    }
-
     async fn handle_with_heartbeat(&self, deliveries: &[Delivery]) -> Vec<Outcome> {
-        let handling = self.consumer.handle_batch(deliveries);
+        let handling = self
+            .consumer
+            .handle_deliveries(deliveries, None, !self.receiver.durable());
         let Some(every) = self.config.heartbeat.filter(|_| !deliveries.is_empty()) else {
             return handling.await;
         };

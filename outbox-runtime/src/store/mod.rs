@@ -88,7 +88,8 @@ pub struct DeadLetter {
     pub attempts: u32,
 }
 
-/// What the store knows of one handler and one message, read before a run.
+/// What the store knows of one handler and one message, read before a run
+/// ([`Store::inbox_reserve`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HandlerState {
     /// The handler committed the message (or gave up on it): skip it.
@@ -349,6 +350,12 @@ fn is_transient_code(code: Option<&str>) -> bool {
     }
 }
 
+/// The savepoint of a handler run: set before the run, rolled back to when
+/// it fails, released when the next run starts (or by the commit).
+pub(crate) const FIRST_RUN_SQL: &str = "SAVEPOINT outbox_run";
+pub(crate) const NEXT_RUN_SQL: &str = "RELEASE SAVEPOINT outbox_run; SAVEPOINT outbox_run";
+pub(crate) const ROLLBACK_RUN_SQL: &str = "ROLLBACK TO SAVEPOINT outbox_run";
+
 /// The store's transaction type for a database.
 pub type Tx<DB> = sqlx::Transaction<'static, DB>;
 
@@ -402,9 +409,9 @@ pub type Tx<DB> = sqlx::Transaction<'static, DB>;
 /// `outbox_attempts` counts each handler's failed runs of each message,
 /// keyed like the inbox: a delivery that did not run the handler (held back
 /// behind its group, or an outage of the store or the queue) does not
-/// count. A consumer reads the count with the inbox before each run
-/// ([`Store::handler_state`]) and writes it after a failed one
-/// ([`Store::record_handler_failure`]).
+/// count. A consumer reads the counts with the inbox reservation before a
+/// batch's runs ([`Store::inbox_reserve`]) and writes one after each failed
+/// run ([`Store::record_handler_failure`]).
 pub trait Store: Clone + Send + Sync + 'static {
     /// The sqlx database.
     type Database: sqlx::Database;
@@ -470,11 +477,15 @@ pub trait Store: Clone + Send + Sync + 'static {
         confirm_within: Duration,
     ) -> impl Future<Output = Result<Vec<Uuid>, StoreError>> + Send;
 
-    /// Marks the rows of handled messages published, by message id: how a
-    /// worker on a non-durable transport confirms delivery (see
-    /// [`Transport::durable`](crate::Transport::durable)). Rows already
-    /// published are left alone.
-    fn confirm(&self, ids: &[Uuid]) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Marks the rows of handled messages published, by message id, in
+    /// `tx`: how a worker on a non-durable transport confirms delivery (see
+    /// [`Transport::durable`](crate::Transport::durable)), in the transaction
+    /// that handled them. Rows already published are left alone.
+    fn confirm<'t>(
+        &'t self,
+        tx: &'t mut Tx<Self::Database>,
+        ids: &'t [Uuid],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
 
     /// Records failed publish attempts (attempts + 1 where the failure
     /// counts, last error, backoff or dead), in one statement.
@@ -494,33 +505,53 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Begins the transaction a handler runs in.
     fn begin(&self) -> impl Future<Output = Result<Tx<Self::Database>, StoreError>> + Send;
 
-    /// Whether `handler` already committed (or gave up on) `message_id`, and
-    /// how many of its runs of it failed, in one query.
-    fn handler_state<'t>(
+    /// Reserves the inbox rows of handler runs in `tx`, in one statement,
+    /// and reads each run's state: a key (message id, handler) already in
+    /// the inbox is `handled` (skip the run); for the others the row is
+    /// inserted now, so a concurrent run of the same key waits for this
+    /// transaction and then finds it handled. Returns one state per key, in
+    /// order; `keys` holds no key twice. A reserved run that does not commit
+    /// (it failed, or was not run) must be given back with
+    /// [`inbox_unreserve`](Self::inbox_unreserve) before commit.
+    fn inbox_reserve<'t>(
         &'t self,
         tx: &'t mut Tx<Self::Database>,
-        message_id: Uuid,
-        handler: &'t str,
-    ) -> impl Future<Output = Result<HandlerState, StoreError>> + Send + 't;
+        keys: &'t [(Uuid, &'t str)],
+    ) -> impl Future<Output = Result<Vec<HandlerState>, StoreError>> + Send + 't;
 
-    /// Records that `handler` handled `message_id`, in the handler's
-    /// transaction. Fails with a unique violation when another run committed
-    /// it first ([`StoreError::is_unique_violation`]).
-    fn inbox_insert<'t>(
+    /// Deletes reserved inbox rows of runs that did not commit, in one
+    /// statement.
+    fn inbox_unreserve<'t>(
         &'t self,
         tx: &'t mut Tx<Self::Database>,
-        message_id: Uuid,
-        handler: &'t str,
+        keys: &'t [(Uuid, &'t str)],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
+
+    /// Starts a handler run in `tx`: releases the previous run's savepoint,
+    /// if `after_run`, and sets a new one (`outbox_run`), in one round trip.
+    /// [`rollback_run`](Self::rollback_run) undoes what was written since.
+    fn begin_run<'t>(
+        &'t self,
+        tx: &'t mut Tx<Self::Database>,
+        after_run: bool,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
+
+    /// Rolls `tx` back to the current run's savepoint: the run's writes are
+    /// undone, the transaction's earlier work stands.
+    fn rollback_run<'t>(
+        &'t self,
+        tx: &'t mut Tx<Self::Database>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
 
     /// Counts one failed run of `handler` on `message_id`, with its error, in
-    /// a transaction of its own (the run's rolled back).
-    fn record_handler_failure<'a>(
-        &'a self,
+    /// `tx` (after the run was rolled back to its savepoint).
+    fn record_handler_failure<'t>(
+        &'t self,
+        tx: &'t mut Tx<Self::Database>,
         message_id: Uuid,
-        handler: &'a str,
-        error: &'a str,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a;
+        handler: &'t str,
+        error: &'t str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
 
     /// Keeps a message a consumer gave up on, in `tx`: a handler's give-up
     /// commits it with that handler's inbox row.

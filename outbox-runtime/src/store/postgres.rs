@@ -8,9 +8,10 @@ use sqlx::{PgConnection, PgPool, Postgres, Row};
 use uuid::Uuid;
 
 use super::{
-    ClaimedMessage, CleanupReport, DeadLetter, GroupStats, HandlerState, OutboxRow, OutboxStats,
-    PublishFailure, RetentionPolicy, RowStatus, Store, StoreError, StoredDeadLetter, Tx,
-    attempts_from, envelope_from_row, headers_json, millis, status_from, u32_column,
+    ClaimedMessage, CleanupReport, DeadLetter, FIRST_RUN_SQL, GroupStats, HandlerState,
+    NEXT_RUN_SQL, OutboxRow, OutboxStats, PublishFailure, ROLLBACK_RUN_SQL, RetentionPolicy,
+    RowStatus, Store, StoreError, StoredDeadLetter, Tx, attempts_from, envelope_from_row,
+    headers_json, millis, status_from, u32_column,
 };
 use crate::envelope::Outgoing;
 
@@ -443,7 +444,11 @@ impl Store for PgStore {
         .await?)
     }
 
-    async fn confirm(&self, ids: &[Uuid]) -> Result<(), StoreError> {
+    async fn confirm<'t>(
+        &'t self,
+        tx: &'t mut Tx<Postgres>,
+        ids: &'t [Uuid],
+    ) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -452,7 +457,7 @@ impl Store for PgStore {
              WHERE id = ANY($1) AND status IN ('pending', 'relayed')",
         )
         .bind(ids)
-        .execute(&self.pool)
+        .execute(&mut **tx)
         .await?;
         Ok(())
     }
@@ -509,32 +514,92 @@ impl Store for PgStore {
         Ok(self.pool.begin().await?)
     }
 
-    async fn handler_state<'t>(
+    async fn inbox_reserve<'t>(
+        &'t self,
+        tx: &'t mut Tx<Postgres>,
+        keys: &'t [(Uuid, &'t str)],
+    ) -> Result<Vec<HandlerState>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (ids, handlers): (Vec<Uuid>, Vec<&str>) = keys.iter().copied().unzip();
+        // Inserted in key order, so two transactions reserving overlapping
+        // keys lock them in the same order.
+        let rows = sqlx::query(
+            "WITH keys AS (
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[]) WITH ORDINALITY AS k(message_id, handler, at)
+             ), reserved AS (
+                 INSERT INTO outbox_inbox (message_id, handler)
+                 SELECT message_id, handler FROM keys ORDER BY message_id, handler
+                 ON CONFLICT DO NOTHING
+                 RETURNING message_id, handler
+             )
+             SELECT r.message_id IS NULL AS handled, a.failures
+             FROM keys k
+             LEFT JOIN reserved r USING (message_id, handler)
+             LEFT JOIN outbox_attempts a USING (message_id, handler)
+             ORDER BY k.at",
+        )
+        .bind(&ids)
+        .bind(&handlers)
+        .fetch_all(&mut **tx)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let failures: Option<i32> = row.try_get("failures")?;
+                Ok(HandlerState {
+                    handled: row.try_get("handled")?,
+                    failures: failures.map_or(0, |n| u32::try_from(n).unwrap_or(0)),
+                })
+            })
+            .collect()
+    }
+
+    async fn inbox_unreserve<'t>(
+        &'t self,
+        tx: &'t mut Tx<Postgres>,
+        keys: &'t [(Uuid, &'t str)],
+    ) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let (ids, handlers): (Vec<Uuid>, Vec<&str>) = keys.iter().copied().unzip();
+        sqlx::query(
+            "DELETE FROM outbox_inbox i USING UNNEST($1::uuid[], $2::text[]) AS k(message_id, handler)
+             WHERE i.message_id = k.message_id AND i.handler = k.handler",
+        )
+        .bind(&ids)
+        .bind(&handlers)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn begin_run<'t>(
+        &'t self,
+        tx: &'t mut Tx<Postgres>,
+        after_run: bool,
+    ) -> Result<(), StoreError> {
+        let sql = if after_run {
+            NEXT_RUN_SQL
+        } else {
+            FIRST_RUN_SQL
+        };
+        sqlx::raw_sql(sql).execute(&mut **tx).await?;
+        Ok(())
+    }
+
+    async fn rollback_run<'t>(&'t self, tx: &'t mut Tx<Postgres>) -> Result<(), StoreError> {
+        sqlx::raw_sql(ROLLBACK_RUN_SQL).execute(&mut **tx).await?;
+        Ok(())
+    }
+
+    async fn record_handler_failure<'t>(
         &'t self,
         tx: &'t mut Tx<Postgres>,
         message_id: Uuid,
         handler: &'t str,
-    ) -> Result<HandlerState, StoreError> {
-        let row = sqlx::query(
-            "SELECT EXISTS (SELECT 1 FROM outbox_inbox WHERE message_id = $1 AND handler = $2) AS handled,
-                    (SELECT failures FROM outbox_attempts WHERE message_id = $1 AND handler = $2) AS failures",
-        )
-        .bind(message_id)
-        .bind(handler)
-        .fetch_one(&mut **tx)
-        .await?;
-        let failures: Option<i32> = row.try_get("failures")?;
-        Ok(HandlerState {
-            handled: row.try_get("handled")?,
-            failures: failures.map_or(0, |n| u32::try_from(n).unwrap_or(0)),
-        })
-    }
-
-    async fn record_handler_failure<'a>(
-        &'a self,
-        message_id: Uuid,
-        handler: &'a str,
-        error: &'a str,
+        error: &'t str,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO outbox_attempts (message_id, handler, failures, last_error)
@@ -545,22 +610,8 @@ impl Store for PgStore {
         .bind(message_id)
         .bind(handler)
         .bind(error)
-        .execute(&self.pool)
+        .execute(&mut **tx)
         .await?;
-        Ok(())
-    }
-
-    async fn inbox_insert<'t>(
-        &'t self,
-        tx: &'t mut Tx<Postgres>,
-        message_id: Uuid,
-        handler: &'t str,
-    ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO outbox_inbox (message_id, handler) VALUES ($1, $2)")
-            .bind(message_id)
-            .bind(handler)
-            .execute(&mut **tx)
-            .await?;
         Ok(())
     }
 

@@ -23,9 +23,10 @@ use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::{
-    ClaimedMessage, CleanupReport, DeadLetter, GroupStats, HandlerState, OutboxRow, OutboxStats,
-    PublishFailure, RetentionPolicy, RowStatus, Store, StoreError, StoredDeadLetter, Tx,
-    attempts_from, envelope_from_row, headers_json, millis, status_from, u32_column,
+    ClaimedMessage, CleanupReport, DeadLetter, FIRST_RUN_SQL, GroupStats, HandlerState,
+    NEXT_RUN_SQL, OutboxRow, OutboxStats, PublishFailure, ROLLBACK_RUN_SQL, RetentionPolicy,
+    RowStatus, Store, StoreError, StoredDeadLetter, Tx, attempts_from, envelope_from_row,
+    headers_json, millis, status_from, u32_column,
 };
 use crate::envelope::Outgoing;
 
@@ -372,7 +373,11 @@ impl Store for SqliteStore {
         Ok(held)
     }
 
-    async fn confirm(&self, ids: &[Uuid]) -> Result<(), StoreError> {
+    async fn confirm<'t>(
+        &'t self,
+        tx: &'t mut Tx<Sqlite>,
+        ids: &'t [Uuid],
+    ) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -383,7 +388,7 @@ impl Store for SqliteStore {
         )
         .bind(now_ms())
         .bind(json_list(&ids))
-        .execute(&self.pool)
+        .execute(&mut **tx)
         .await?;
         Ok(())
     }
@@ -446,32 +451,103 @@ impl Store for SqliteStore {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
-    async fn handler_state<'t>(
+    async fn inbox_reserve<'t>(
+        &'t self,
+        tx: &'t mut Tx<Sqlite>,
+        keys: &'t [(Uuid, &'t str)],
+    ) -> Result<Vec<HandlerState>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<(String, &str)> = keys
+            .iter()
+            .map(|(id, handler)| (id.hyphenated().to_string(), *handler))
+            .collect();
+        let listed = json_list(&keys);
+        // `WHERE true` keeps SQLite from reading ON CONFLICT as a join's.
+        let reserved: Vec<(String, String)> = sqlx::query_as(
+            "INSERT INTO outbox_inbox (message_id, handler, handled_at)
+             SELECT value ->> 0, value ->> 1, ?2 FROM json_each(?1) WHERE true
+             ON CONFLICT DO NOTHING
+             RETURNING message_id, handler",
+        )
+        .bind(&listed)
+        .bind(now_ms())
+        .fetch_all(&mut **tx)
+        .await?;
+        let failed: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT a.message_id, a.handler, a.failures FROM outbox_attempts a
+             JOIN json_each(?1) k ON a.message_id = k.value ->> 0 AND a.handler = k.value ->> 1",
+        )
+        .bind(&listed)
+        .fetch_all(&mut **tx)
+        .await?;
+        let reserved: std::collections::HashSet<(String, String)> = reserved.into_iter().collect();
+        let failed: std::collections::HashMap<(String, String), i64> = failed
+            .into_iter()
+            .map(|(id, handler, n)| ((id, handler), n))
+            .collect();
+        Ok(keys
+            .into_iter()
+            .map(|(id, handler)| {
+                let key = (id, handler.to_owned());
+                HandlerState {
+                    handled: !reserved.contains(&key),
+                    failures: failed
+                        .get(&key)
+                        .map_or(0, |n| u32::try_from(*n).unwrap_or(0)),
+                }
+            })
+            .collect())
+    }
+
+    async fn inbox_unreserve<'t>(
+        &'t self,
+        tx: &'t mut Tx<Sqlite>,
+        keys: &'t [(Uuid, &'t str)],
+    ) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<(String, &str)> = keys
+            .iter()
+            .map(|(id, handler)| (id.hyphenated().to_string(), *handler))
+            .collect();
+        sqlx::query(
+            "DELETE FROM outbox_inbox
+             WHERE (message_id, handler) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))",
+        )
+        .bind(json_list(&keys))
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn begin_run<'t>(
+        &'t self,
+        tx: &'t mut Tx<Sqlite>,
+        after_run: bool,
+    ) -> Result<(), StoreError> {
+        let sql = if after_run {
+            NEXT_RUN_SQL
+        } else {
+            FIRST_RUN_SQL
+        };
+        sqlx::raw_sql(sql).execute(&mut **tx).await?;
+        Ok(())
+    }
+
+    async fn rollback_run<'t>(&'t self, tx: &'t mut Tx<Sqlite>) -> Result<(), StoreError> {
+        sqlx::raw_sql(ROLLBACK_RUN_SQL).execute(&mut **tx).await?;
+        Ok(())
+    }
+
+    async fn record_handler_failure<'t>(
         &'t self,
         tx: &'t mut Tx<Sqlite>,
         message_id: Uuid,
         handler: &'t str,
-    ) -> Result<HandlerState, StoreError> {
-        let row = sqlx::query(
-            "SELECT EXISTS (SELECT 1 FROM outbox_inbox WHERE message_id = ?1 AND handler = ?2) AS handled,
-                    (SELECT failures FROM outbox_attempts WHERE message_id = ?1 AND handler = ?2) AS failures",
-        )
-        .bind(message_id.hyphenated().to_string())
-        .bind(handler)
-        .fetch_one(&mut **tx)
-        .await?;
-        let failures: Option<i64> = row.try_get("failures")?;
-        Ok(HandlerState {
-            handled: row.try_get("handled")?,
-            failures: failures.map_or(0, |n| u32::try_from(n).unwrap_or(0)),
-        })
-    }
-
-    async fn record_handler_failure<'a>(
-        &'a self,
-        message_id: Uuid,
-        handler: &'a str,
-        error: &'a str,
+        error: &'t str,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO outbox_attempts (message_id, handler, failures, last_error, updated_at)
@@ -482,23 +558,6 @@ impl Store for SqliteStore {
         .bind(message_id.hyphenated().to_string())
         .bind(handler)
         .bind(error)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn inbox_insert<'t>(
-        &'t self,
-        tx: &'t mut Tx<Sqlite>,
-        message_id: Uuid,
-        handler: &'t str,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO outbox_inbox (message_id, handler, handled_at) VALUES (?1, ?2, ?3)",
-        )
-        .bind(message_id.hyphenated().to_string())
-        .bind(handler)
         .bind(now_ms())
         .execute(&mut **tx)
         .await?;

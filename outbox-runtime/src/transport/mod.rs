@@ -154,6 +154,12 @@ pub trait Receiver: Send + Sync + 'static {
         true
     }
 
+    /// The most messages one [`receive`](Self::receive) returns (SQS: 10).
+    /// Default: no limit.
+    fn max_receive(&self) -> usize {
+        usize::MAX
+    }
+
     /// Receives up to `max` messages, waiting up to `wait` for the first.
     fn receive(
         &self,

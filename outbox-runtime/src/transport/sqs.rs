@@ -419,6 +419,10 @@ fn visibility_seconds(duration: Duration) -> i32 {
 }
 
 impl Receiver for SqsReceiver {
+    fn max_receive(&self) -> usize {
+        SQS_BATCH
+    }
+
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, TransportError> {
         let max = i32::try_from(max.clamp(1, SQS_BATCH)).unwrap_or(10);
         let wait = i32::try_from(wait.as_secs().min(20)).unwrap_or(20);

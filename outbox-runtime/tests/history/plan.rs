@@ -58,6 +58,9 @@ pub(crate) struct NodeShape {
     pub(crate) workers: usize,
     pub(crate) relay_batch: u32,
     pub(crate) worker_batch: usize,
+    /// Handler runs per consumer transaction, so batches split into
+    /// transactions at every place.
+    pub(crate) runs_per_transaction: usize,
 }
 
 /// One fault, at `at` from the start.
@@ -248,6 +251,7 @@ fn node(rng: &mut Rng) -> NodeShape {
         relays: rng.usize(1..=2),
         workers: rng.usize(1..=3),
         relay_batch: rng.u32(10..=50),
-        worker_batch: rng.usize(1..=10),
+        worker_batch: rng.usize(1..=20),
+        runs_per_transaction: rng.usize(1..=8),
     }
 }

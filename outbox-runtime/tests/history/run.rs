@@ -334,6 +334,7 @@ fn worker<S: HistoryStore, R: Receiver>(
     )
     .with_config(WorkerConfig {
         batch_size: shape.worker_batch,
+        linger: Duration::from_millis(5),
         wait: Duration::from_millis(20),
         retention: None,
         stuck_after: None,
@@ -342,6 +343,7 @@ fn worker<S: HistoryStore, R: Receiver>(
     .with_consumer_config(ConsumerConfig {
         default_max_attempts: crate::MAX_ATTEMPTS,
         retry_backoff: fast_backoff(5, 40),
+        runs_per_transaction: shape.runs_per_transaction,
     })
     .with_metrics(Arc::clone(&wiring.metrics))
 }

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outbox_runtime::{
-    Backoff, Envelope, InProcessConfig, Outgoing, PublishEntry, Relay, RelayConfig,
-    RetentionPolicy, StoreExt, Transport,
+    Backoff, Consumer, ConsumerConfig, Delivery, Dispatcher, Envelope, InProcessConfig, Outcome,
+    Outgoing, PublishEntry, Receipt, Relay, RelayConfig, RetentionPolicy, StoreExt, Transport,
 };
 
 use crate::db::TestDb;
-use crate::{CONTEST, Contested, Doomed, FIXED, Flaky, Harness, Step};
+use crate::{CONTEST, CONTEST_RUNS, Contested, Doomed, FIXED, Flaky, Harness, Step};
 
 fn step(group: &str, n: i64) -> Step {
     Step {
@@ -1007,10 +1007,12 @@ pub(crate) async fn relayed_rows_hold_their_group<S: TestDb>(store: S) {
         "claimed while the group's head is relayed and unconfirmed"
     );
 
+    let mut tx = h.store.begin().await.expect("begins");
     h.store
-        .confirm(&[first[0].envelope.id])
+        .confirm(&mut tx, &[first[0].envelope.id])
         .await
         .expect("confirms");
+    tx.commit().await.expect("commits");
     let third = h.store.claim(10, lease).await.expect("claims");
     assert_eq!(ns(&third), [1], "the group is free once confirmed");
 }
@@ -1132,28 +1134,183 @@ pub(crate) async fn replaying_a_poison_dead_letter_skips_the_handlers_that_commi
     assert_eq!(h.store.dead_letter_errors().await, [], "not poison again");
 }
 
-/// PostgreSQL (on SQLite the handler's transaction holds the only write
-/// lock, so no other delivery can commit meanwhile): another delivery of
-/// the message commits the handler while this run fails its last attempt.
-/// The give-up finds the handler done and writes no dead letter.
-pub(crate) async fn a_give_up_after_another_delivery_committed_writes_no_dead_letter(
+/// Two deliveries of one message at once (a visibility timeout ran out
+/// mid-run): the second waits on the first's inbox reservation instead of
+/// running the handler, and once the first gives up (its dead letter and
+/// inbox row in one commit) it finds the handler done. One run, one dead
+/// letter.
+pub(crate) async fn a_second_delivery_waits_for_the_first_and_does_not_run_the_handler(
     pool: sqlx::PgPool,
 ) {
     let h = Harness::new(outbox_runtime::PgStore::new(pool)).await;
-    let envelope = commit_message(&h.store, &Contested { group: "c".into() }).await;
-    let (store, id) = (h.store.clone(), envelope.id.to_string());
+    let envelope = Envelope::from_message(&Contested { group: "c".into() }).expect("encodes");
+    let first = consumer(&h, 50);
+    let second = consumer(&h, 50);
+    let copy = delivery(&envelope);
+    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+    let waited = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (saw, copy_again) = (Arc::clone(&waited), copy.clone());
+    // The first run's hook: start the second delivery, see that it waits.
     *CONTEST.lock().expect("not poisoned") = Some(Box::pin(async move {
-        store.insert_inbox(&id, "contested.fail").await;
+        let racing = tokio::spawn(async move { second.handle(&copy_again).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        saw.store(!racing.is_finished(), std::sync::atomic::Ordering::SeqCst);
+        let _ = started_tx.send(());
+        // Its outcome is checked below, through the handler's run count.
+        drop(racing);
     }));
-
-    h.settle(Duration::from_secs(10)).await;
+    let outcome = first.handle(&copy).await;
+    started.await.expect("the hook ran");
+    assert_eq!(outcome, Outcome::DeadLettered, "max_attempts is 1");
+    assert!(
+        waited.load(std::sync::atomic::Ordering::SeqCst),
+        "the second delivery did not wait for the first's reservation"
+    );
+    // Give the second delivery time to finish once the first committed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        h.store.dead_letter_errors().await,
-        [],
-        "the handler committed elsewhere: nothing to give up"
+        h.store.dead_letter_errors().await.len(),
+        1,
+        "one give-up, one dead letter"
     );
     assert_eq!(h.store.inbox_count().await, 1);
-    assert_eq!(h.queue.stats().queued, 0);
+    assert_eq!(
+        CONTEST_RUNS.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the second delivery ran the handler"
+    );
+}
+
+/// A consumer over the harness's store, with the harness's fast retries
+/// and at most `runs` handler runs per transaction.
+fn consumer<S: TestDb>(h: &Harness<S>, runs: usize) -> Consumer<S> {
+    let dispatcher = Arc::new(Dispatcher::from_registry().expect("dispatch table"));
+    Consumer::new(h.store.clone(), dispatcher).with_config(ConsumerConfig {
+        retry_backoff: crate::fast_backoff(),
+        runs_per_transaction: runs,
+        ..ConsumerConfig::default()
+    })
+}
+
+/// `envelope` as a queue delivers it.
+fn delivery(envelope: &Envelope) -> Delivery {
+    Delivery {
+        body: envelope.to_json(),
+        group: envelope.group.clone(),
+        receive_count: 1,
+        receipt: Receipt(envelope.id.to_string()),
+        message_id: Some(envelope.id),
+    }
+}
+
+/// A batch whose middle message's handler fails after writing its effect
+/// and publishing a cascade: its savepoint rolls back both, and the other
+/// messages' runs, before and after it in the same transaction, commit.
+pub(crate) async fn one_failing_handler_in_a_batch_rolls_back_alone<S: TestDb>(store: S) {
+    let h = Harness::new(store).await;
+    let consumer = consumer(&h, 50);
+    let failing = Step {
+        cascade: true,
+        ..step("b", 1)
+    };
+    let envelopes: Vec<Envelope> = [step("a", 0), failing, step("c", 2)]
+        .iter()
+        .map(|s| Envelope::from_message(s).expect("encodes"))
+        .collect();
+    let batch: Vec<Delivery> = envelopes.iter().map(delivery).collect();
+
+    let outcomes = consumer.handle_batch(&batch).await;
+    assert!(
+        matches!(
+            outcomes[..],
+            [Outcome::Done, Outcome::Retry(_), Outcome::Done]
+        ),
+        "{outcomes:?}"
+    );
+    let groups = by_group(&h.store.effects().await, "step");
+    assert_eq!(
+        groups.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["a", "c"],
+        "the failed run's effect was not rolled back, or a neighbour's was"
+    );
+    assert!(
+        h.store.outbox_rows().await.is_empty(),
+        "the failed run's cascade was not rolled back"
+    );
+    assert_eq!(h.store.inbox_count().await, 2);
+
+    let again = consumer.handle_batch(&batch[1..2]).await;
+    assert_eq!(again, [Outcome::Done]);
+    assert_eq!(by_group(&h.store.effects().await, "step")["b"], [1]);
+    assert_eq!(h.store.outbox_rows().await.len(), 1, "the cascade, once");
+    let attempts: Vec<(i64, u32, bool)> = crate::runs()
+        .iter()
+        .map(|r| (r.n, r.attempt, r.ok))
+        .collect();
+    assert_eq!(
+        attempts,
+        [(0, 1, true), (1, 1, false), (2, 1, true), (1, 2, true)]
+    );
+}
+
+/// A batch holding several messages of one group whose first fails: the
+/// later ones are held back, not run, their attempts untouched, while
+/// another group in the batch goes on; the batch is split into
+/// transactions of two runs, so the hold crosses a transaction.
+pub(crate) async fn a_failing_head_holds_back_its_group_across_the_batch<S: TestDb>(store: S) {
+    let h = Harness::new(store).await;
+    let consumer = consumer(&h, 2);
+    let head = Step {
+        fail_first: 1,
+        ..step("g", 0)
+    };
+    let envelopes: Vec<Envelope> = [head, step("g", 1), step("h", 9), step("g", 2)]
+        .iter()
+        .map(|s| Envelope::from_message(s).expect("encodes"))
+        .collect();
+    let batch: Vec<Delivery> = envelopes.iter().map(delivery).collect();
+
+    let outcomes = consumer.handle_batch(&batch).await;
+    assert!(
+        matches!(
+            outcomes[..],
+            [
+                Outcome::Retry(_),
+                Outcome::HeldBack,
+                Outcome::Done,
+                Outcome::HeldBack
+            ]
+        ),
+        "{outcomes:?}"
+    );
+    let groups = by_group(&h.store.effects().await, "step");
+    assert_eq!(groups.get("g"), None, "a held-back message ran");
+    assert_eq!(groups["h"], [9]);
+    assert_eq!(
+        h.store.inbox_count().await,
+        1,
+        "held-back runs left inbox rows"
+    );
+
+    let g: Vec<Delivery> = [0, 1, 3].iter().map(|&i| batch[i].clone()).collect();
+    let outcomes = consumer.handle_batch(&g).await;
+    assert_eq!(outcomes, [Outcome::Done, Outcome::Done, Outcome::Done]);
+    assert_eq!(by_group(&h.store.effects().await, "step")["g"], [0, 1, 2]);
+    let attempts: Vec<(i64, u32, bool)> = crate::runs()
+        .iter()
+        .map(|r| (r.n, r.attempt, r.ok))
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            (0, 1, false),
+            (9, 1, true),
+            (0, 2, true),
+            (1, 1, true),
+            (2, 1, true)
+        ],
+        "held-back messages ran, or their attempts counted"
+    );
 }
 
 /// A relay whose lease ran out while it was publishing (a long pause, a
