@@ -91,7 +91,8 @@ pub use crate::table::{
 pub use crate::transport::in_process::{InProcessConfig, InProcessQueue, InProcessStats};
 #[cfg(feature = "sqs")]
 pub use crate::transport::sqs::{
-    SQS_MAX_BATCH_BYTES, SQS_MAX_BODY_BYTES, SqsPump, SqsReceiver, SqsTransport,
+    DEFAULT_PUMP_INTERVAL, SQS_MAX_BATCH_BYTES, SQS_MAX_BODY_BYTES, SqsPump, SqsReceiver,
+    SqsTransport,
 };
 pub use crate::transport::{
     Delivery, EntryError, EntryErrorKind, PublishEntry, Receipt, Receiver, Transport,

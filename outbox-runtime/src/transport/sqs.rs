@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_sqs::Client;
@@ -23,7 +24,7 @@ use super::{
     Delivery, EntryError, EntryErrorKind, PublishEntry, Receipt, Receiver, Transport,
     TransportError,
 };
-use crate::pump::{PUMP_BODY, PUMP_GROUP, Pump, PumpError, PumpFuture};
+use crate::pump::{Coalescer, PUMP_BODY, PUMP_GROUP, Pump, PumpFuture, SendPump};
 
 /// The largest message body SQS accepts by default (256 KiB). Raise it with
 /// [`SqsTransport::with_max_body_bytes`] for queues configured larger.
@@ -503,24 +504,62 @@ impl Receiver for SqsReceiver {
     }
 }
 
-/// Sends the pump message to the relay's FIFO queue: after the app's commit,
-/// from the scheduled sweep, and by a Lambda that ran out of time.
+/// Sends pump messages to the relay's FIFO queue (group
+/// [`PUMP_GROUP`](crate::PUMP_GROUP)): after the app's commit, from the
+/// scheduled sweep, and by a Lambda that ran out of time.
 ///
-/// Every pump has its own deduplication id, so SQS never drops one as a
-/// duplicate of an earlier pump that found the outbox empty.
+/// Pumps are coalesced: [`pump`](Pump::pump) returns once a pump message
+/// sent after it was called is on the queue (so the drain it starts sees
+/// the caller's commit), and at most one is sent per
+/// [`interval`](Self::with_interval) (default: [`DEFAULT_PUMP_INTERVAL`],
+/// 10 ms), one at a time, shared by the pump's clones. So a steady stream
+/// of commits costs at most 100 pump messages a second, and a caller waits
+/// at most the interval plus two `SendMessage` calls. Every pump message
+/// has its own deduplication id, so SQS never drops one as a duplicate of
+/// an earlier pump that found the outbox empty.
 #[derive(Clone)]
 pub struct SqsPump {
-    client: Client,
     queue_url: String,
+    send: SendPump,
+    coalescer: Arc<Coalescer>,
 }
+
+/// The least time between two pump messages of one [`SqsPump`].
+pub const DEFAULT_PUMP_INTERVAL: Duration = Duration::from_millis(10);
 
 impl SqsPump {
     /// A pump to `queue_url`.
     pub fn new(client: Client, queue_url: impl Into<String>) -> Self {
+        let queue_url = queue_url.into();
+        let url = queue_url.clone();
+        let send: SendPump = Arc::new(move || {
+            let (client, url) = (client.clone(), url.clone());
+            Box::pin(async move {
+                client
+                    .send_message()
+                    .queue_url(url)
+                    .message_body(PUMP_BODY)
+                    .message_group_id(PUMP_GROUP)
+                    .message_deduplication_id(Uuid::now_v7().to_string())
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(sdk_error)
+            })
+        });
         SqsPump {
-            client,
-            queue_url: queue_url.into(),
+            queue_url,
+            send,
+            coalescer: Arc::new(Coalescer::new(DEFAULT_PUMP_INTERVAL)),
         }
+    }
+
+    /// Sends at most one pump message per `interval` (zero: one per call
+    /// while none is being sent, still one at a time).
+    #[must_use]
+    pub fn with_interval(mut self, interval: Duration) -> Self {
+        self.coalescer = Arc::new(Coalescer::new(interval));
+        self
     }
 }
 
@@ -534,18 +573,7 @@ impl fmt::Debug for SqsPump {
 
 impl Pump for SqsPump {
     fn pump(&self) -> PumpFuture<'_> {
-        Box::pin(async move {
-            self.client
-                .send_message()
-                .queue_url(&self.queue_url)
-                .message_body(PUMP_BODY)
-                .message_group_id(PUMP_GROUP)
-                .message_deduplication_id(Uuid::now_v7().to_string())
-                .send()
-                .await
-                .map_err(|err| PumpError(sdk_error(err)))?;
-            Ok(())
-        })
+        Box::pin(self.coalescer.pump(&self.send))
     }
 }
 
