@@ -294,13 +294,17 @@ impl<S: Store> Consumer<S> {
     /// each handler runs in a savepoint of its own, so a failing run rolls
     /// back alone, and one commit makes every run durable. When the
     /// transaction itself fails, its messages are handled again one per
-    /// transaction. Pump messages are handled after the envelopes.
+    /// transaction (a handler may then run twice for one delivery; its
+    /// effects commit once). Handlers of a transaction share it: a
+    /// `SET LOCAL` or a deferred constraint of one applies to the others.
+    /// Pump messages are handled after the envelopes.
     pub async fn handle_batch(&self, deliveries: &[Delivery]) -> Vec<Outcome> {
         self.handle_deliveries(deliveries, None, false).await
     }
 
-    /// Like [`handle_batch`](Self::handle_batch), with a deadline for pump
-    /// messages (a Lambda's remaining time).
+    /// Like [`handle_batch`](Self::handle_batch), with a deadline (a
+    /// Lambda's remaining time): messages not started by then are held back
+    /// (not run, no attempt counted), and pumps drain until it.
     pub async fn handle_batch_until(
         &self,
         deliveries: &[Delivery],
@@ -341,7 +345,7 @@ impl<S: Store> Consumer<S> {
         let mut rest = &batch[..];
         while !rest.is_empty() {
             let (chunk, tail) = rest.split_at(chunk_len(rest, self.config.runs_per_transaction));
-            self.handle_chunk(chunk, &mut stopped, &mut outcomes, confirm)
+            self.handle_chunk(chunk, &mut stopped, &mut outcomes, deadline, confirm)
                 .await;
             rest = tail;
         }
@@ -404,10 +408,11 @@ impl<S: Store> Consumer<S> {
         chunk: &[Prepared<'a>],
         stopped: &mut HashSet<&'a str>,
         outcomes: &mut [Outcome],
+        deadline: Option<Instant>,
         confirm: bool,
     ) {
         let mut tried = stopped.clone();
-        let err = match self.transaction(chunk, &mut tried, confirm).await {
+        let err = match self.transaction(chunk, &mut tried, deadline, confirm).await {
             Ok(done) => {
                 for (at, outcome) in done {
                     outcomes[at] = outcome;
@@ -423,7 +428,7 @@ impl<S: Store> Consumer<S> {
         for item in chunk {
             let one = std::slice::from_ref(item);
             let mut tried = stopped.clone();
-            let outcome = match self.transaction(one, &mut tried, confirm).await {
+            let outcome = match self.transaction(one, &mut tried, deadline, confirm).await {
                 Ok(mut done) => {
                     *stopped = tried;
                     done.pop().map_or(Outcome::Done, |(_, outcome)| outcome)
@@ -448,6 +453,7 @@ impl<S: Store> Consumer<S> {
         &self,
         chunk: &[Prepared<'a>],
         stopped: &mut HashSet<&'a str>,
+        deadline: Option<Instant>,
         confirm: bool,
     ) -> Result<Vec<(usize, Outcome)>, StoreError> {
         let mut keys: Vec<(Uuid, &'static str)> = Vec::new();
@@ -478,10 +484,13 @@ impl<S: Store> Consumer<S> {
             })
             .collect();
         let mut tally = Tally::default();
-        let mut ran = false;
         let mut done = Vec::with_capacity(chunk.len());
         for item in chunk {
-            let outcome = if stopped.contains(item.delivery.group.as_str()) {
+            let outcome = if stopped.contains(item.delivery.group.as_str())
+                || deadline.is_some_and(|deadline| Instant::now() >= deadline)
+            {
+                // Behind a failure in its group, or out of time (a Lambda's
+                // invocation): not run, no attempt counted.
                 Outcome::HeldBack
             } else {
                 match &item.work {
@@ -499,7 +508,7 @@ impl<S: Store> Consumer<S> {
                             message.group = %envelope.group,
                             receive_count = item.delivery.receive_count,
                         );
-                        let run = self.run_message(&mut tx, item, &mut runs, &mut ran, &mut tally);
+                        let run = self.run_message(&mut tx, item, &mut runs, &mut tally);
                         in_span(span, run).await?
                     }
                 }
@@ -545,7 +554,6 @@ impl<S: Store> Consumer<S> {
         tx: &mut Tx<S::Database>,
         item: &Prepared<'_>,
         runs: &mut HashMap<(Uuid, &'static str), Run>,
-        ran: &mut bool,
         tally: &mut Tally,
     ) -> Result<Outcome, StoreError> {
         let Work::Message {
@@ -572,8 +580,7 @@ impl<S: Store> Consumer<S> {
                     continue;
                 }
             };
-            self.store.begin_run(tx, *ran).await?;
-            *ran = true;
+            self.store.begin_run(tx).await?;
             let attempt = failures.saturating_add(1);
             let (result, published) = {
                 let mut ctx = HandlerContext::new(envelope, self.dispatcher.state())
@@ -594,15 +601,26 @@ impl<S: Store> Consumer<S> {
                 Err(error) => Err(error),
             };
             let error = match result {
-                Ok(()) => {
-                    runs.insert(key, Run::Committed);
-                    tally.handled += 1;
-                    tally.published |= !published.is_empty();
-                    continue;
-                }
+                Ok(()) => match self.store.end_run(tx, true).await {
+                    Ok(()) => {
+                        runs.insert(key, Run::Committed);
+                        tally.handled += 1;
+                        tally.published |= !published.is_empty();
+                        continue;
+                    }
+                    // The database aborted the transaction under the run
+                    // (PostgreSQL): a statement failed and the handler
+                    // did not return the error.
+                    Err(err) => HandlerError::Failed(
+                        format!(
+                            "the handler returned Ok, but a statement of its run failed: {err}"
+                        )
+                        .into(),
+                    ),
+                },
                 Err(error) => error,
             };
-            self.store.rollback_run(tx).await?;
+            self.store.end_run(tx, false).await?;
             tally.failures += 1;
             let max = handler
                 .max_attempts

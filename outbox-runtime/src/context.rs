@@ -16,7 +16,9 @@ use crate::state::State;
 /// When a handler runs under a store-backed consumer, its transaction is the
 /// one that also records the message as handled (the inbox row) and inserts
 /// the messages it publishes, so the handler's writes, the inbox row and the
-/// cascaded messages commit together or not at all.
+/// cascaded messages commit together or not at all. It is the transaction
+/// of the consumer's whole batch, and the run is a savepoint in it: a
+/// failed run is rolled back alone.
 ///
 /// ```
 /// use outbox_runtime::{handler, Envelope, HandlerContext, OutboxMessage, State};

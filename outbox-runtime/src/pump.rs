@@ -145,6 +145,9 @@ struct CoalescerState {
     last_start: Option<Instant>,
 }
 
+/// The longest interval a [`Coalescer`] waits between sends.
+const MAX_PUMP_INTERVAL: Duration = Duration::from_secs(60);
+
 /// One pump send.
 pub(crate) type SendPump =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
@@ -179,7 +182,7 @@ impl Coalescer {
         let result = done
             .wait_for(|(number, _)| *number >= need)
             .await
-            .map_err(|_| PumpError("the pump's sending task ended".into()))?;
+            .map_err(|_| PumpError("the pump is gone".into()))?;
         match &result.1 {
             Some(err) => Err(PumpError(err.clone())),
             None => Ok(()),
@@ -195,10 +198,29 @@ impl CoalescerInner {
     }
 
     async fn run(self: Arc<Self>, send: SendPump) {
+        // If the task ends early (a panicking send, its runtime shutting
+        // down), the callers waiting get an error and the next pump starts
+        // a new task.
+        struct Ended(Arc<CoalescerInner>);
+        impl Drop for Ended {
+            fn drop(&mut self) {
+                let mut state = self.0.lock();
+                if state.running {
+                    state.running = false;
+                    state.started = state.wanted;
+                    let number = state.started;
+                    drop(state);
+                    self.0
+                        .done
+                        .send_replace((number, Some("the pump's sending task ended".into())));
+                }
+            }
+        }
+        let _ended = Ended(Arc::clone(&self));
         loop {
             let last_start = self.lock().last_start;
             if let Some(last) = last_start {
-                tokio::time::sleep_until(last + self.interval).await;
+                tokio::time::sleep_until(last + self.interval.min(MAX_PUMP_INTERVAL)).await;
             }
             let number = {
                 let mut state = self.lock();

@@ -350,11 +350,34 @@ fn is_transient_code(code: Option<&str>) -> bool {
     }
 }
 
-/// The savepoint of a handler run: set before the run, rolled back to when
-/// it fails, released when the next run starts (or by the commit).
-pub(crate) const FIRST_RUN_SQL: &str = "SAVEPOINT outbox_run";
-pub(crate) const NEXT_RUN_SQL: &str = "RELEASE SAVEPOINT outbox_run; SAVEPOINT outbox_run";
-pub(crate) const ROLLBACK_RUN_SQL: &str = "ROLLBACK TO SAVEPOINT outbox_run";
+/// The savepoint of a handler run: set before the run, released after a
+/// run that succeeded (which fails if the database aborted the transaction
+/// under a handler that did not return the error), rolled back to and
+/// released after one that failed.
+pub(crate) const BEGIN_RUN_SQL: &str = "SAVEPOINT outbox_run";
+pub(crate) const KEEP_RUN_SQL: &str = "RELEASE SAVEPOINT outbox_run";
+pub(crate) const UNDO_RUN_SQL: &str =
+    "ROLLBACK TO SAVEPOINT outbox_run; RELEASE SAVEPOINT outbox_run";
+
+/// Each key's state, from the keys a reservation inserted (the others were
+/// in the inbox already) and the failed runs stored for the keys.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) fn reserved_states<K: Eq + std::hash::Hash>(
+    keys: impl IntoIterator<Item = K>,
+    reserved: impl IntoIterator<Item = K>,
+    failures: impl IntoIterator<Item = (K, i64)>,
+) -> Vec<HandlerState> {
+    let reserved: std::collections::HashSet<K> = reserved.into_iter().collect();
+    let failures: std::collections::HashMap<K, i64> = failures.into_iter().collect();
+    keys.into_iter()
+        .map(|key| HandlerState {
+            handled: !reserved.contains(&key),
+            failures: failures
+                .get(&key)
+                .map_or(0, |n| u32::try_from(*n).unwrap_or(0)),
+        })
+        .collect()
+}
 
 /// The store's transaction type for a database.
 pub type Tx<DB> = sqlx::Transaction<'static, DB>;
@@ -502,14 +525,15 @@ pub trait Store: Clone + Send + Sync + 'static {
         seqs: &[i64],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Begins the transaction a handler runs in.
+    /// Begins the transaction a consumer's batch of handler runs runs in.
     fn begin(&self) -> impl Future<Output = Result<Tx<Self::Database>, StoreError>> + Send;
 
     /// Reserves the inbox rows of handler runs in `tx`, in one statement,
-    /// and reads each run's state: a key (message id, handler) already in
-    /// the inbox is `handled` (skip the run); for the others the row is
-    /// inserted now, so a concurrent run of the same key waits for this
-    /// transaction and then finds it handled. Returns one state per key, in
+    /// then reads each run's failed attempts: a key (message id, handler)
+    /// already in the inbox is `handled` (skip the run); for the others the
+    /// row is inserted now, so a concurrent run of the same key waits for
+    /// this transaction and then finds it handled (or, if this transaction
+    /// gives the row back, reserves it and reads the attempts it counted). Returns one state per key, in
     /// order; `keys` holds no key twice. A reserved run that does not commit
     /// (it failed, or was not run) must be given back with
     /// [`inbox_unreserve`](Self::inbox_unreserve) before commit.
@@ -527,20 +551,20 @@ pub trait Store: Clone + Send + Sync + 'static {
         keys: &'t [(Uuid, &'t str)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
 
-    /// Starts a handler run in `tx`: releases the previous run's savepoint,
-    /// if `after_run`, and sets a new one (`outbox_run`), in one round trip.
-    /// [`rollback_run`](Self::rollback_run) undoes what was written since.
+    /// Starts a handler run in `tx`: sets a savepoint (`outbox_run`).
     fn begin_run<'t>(
         &'t self,
         tx: &'t mut Tx<Self::Database>,
-        after_run: bool,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
 
-    /// Rolls `tx` back to the current run's savepoint: the run's writes are
-    /// undone, the transaction's earlier work stands.
-    fn rollback_run<'t>(
+    /// Ends the run begun last: `keep` releases its savepoint, keeping what
+    /// it wrote (an error here means the database aborted the transaction
+    /// under the run: undo it); otherwise rolls `tx` back to the savepoint,
+    /// undoing the run's writes alone, and releases it.
+    fn end_run<'t>(
         &'t self,
         tx: &'t mut Tx<Self::Database>,
+        keep: bool,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
 
     /// Counts one failed run of `handler` on `message_id`, with its error, in

@@ -8,10 +8,10 @@ use sqlx::{PgConnection, PgPool, Postgres, Row};
 use uuid::Uuid;
 
 use super::{
-    ClaimedMessage, CleanupReport, DeadLetter, FIRST_RUN_SQL, GroupStats, HandlerState,
-    NEXT_RUN_SQL, OutboxRow, OutboxStats, PublishFailure, ROLLBACK_RUN_SQL, RetentionPolicy,
-    RowStatus, Store, StoreError, StoredDeadLetter, Tx, attempts_from, envelope_from_row,
-    headers_json, millis, status_from, u32_column,
+    BEGIN_RUN_SQL, ClaimedMessage, CleanupReport, DeadLetter, GroupStats, HandlerState,
+    KEEP_RUN_SQL, OutboxRow, OutboxStats, PublishFailure, RetentionPolicy, RowStatus, Store,
+    StoreError, StoredDeadLetter, Tx, UNDO_RUN_SQL, attempts_from, envelope_from_row, headers_json,
+    millis, reserved_states, status_from, u32_column,
 };
 use crate::envelope::Outgoing;
 
@@ -525,34 +525,36 @@ impl Store for PgStore {
         let (ids, handlers): (Vec<Uuid>, Vec<&str>) = keys.iter().copied().unzip();
         // Inserted in key order, so two transactions reserving overlapping
         // keys lock them in the same order.
-        let rows = sqlx::query(
-            "WITH keys AS (
-                 SELECT * FROM UNNEST($1::uuid[], $2::text[]) WITH ORDINALITY AS k(message_id, handler, at)
-             ), reserved AS (
-                 INSERT INTO outbox_inbox (message_id, handler)
-                 SELECT message_id, handler FROM keys ORDER BY message_id, handler
-                 ON CONFLICT DO NOTHING
-                 RETURNING message_id, handler
-             )
-             SELECT r.message_id IS NULL AS handled, a.failures
-             FROM keys k
-             LEFT JOIN reserved r USING (message_id, handler)
-             LEFT JOIN outbox_attempts a USING (message_id, handler)
-             ORDER BY k.at",
+        let reserved: Vec<(Uuid, String)> = sqlx::query_as(
+            "INSERT INTO outbox_inbox (message_id, handler)
+             SELECT message_id, handler FROM UNNEST($1::uuid[], $2::text[]) AS k(message_id, handler)
+             ORDER BY message_id, handler
+             ON CONFLICT DO NOTHING
+             RETURNING message_id, handler",
         )
         .bind(&ids)
         .bind(&handlers)
         .fetch_all(&mut **tx)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let failures: Option<i32> = row.try_get("failures")?;
-                Ok(HandlerState {
-                    handled: row.try_get("handled")?,
-                    failures: failures.map_or(0, |n| u32::try_from(n).unwrap_or(0)),
-                })
-            })
-            .collect()
+        // A statement of its own: its snapshot is taken after the insert
+        // waited for a concurrent run, so it sees the failures that run counted.
+        let failed: Vec<(Uuid, String, i32)> = sqlx::query_as(
+            "SELECT a.message_id, a.handler, a.failures
+             FROM outbox_attempts a
+             JOIN UNNEST($1::uuid[], $2::text[]) AS k(message_id, handler) USING (message_id, handler)",
+        )
+        .bind(&ids)
+        .bind(&handlers)
+        .fetch_all(&mut **tx)
+        .await?;
+        Ok(reserved_states(
+            keys.iter()
+                .map(|(id, handler)| (*id, (*handler).to_owned())),
+            reserved,
+            failed
+                .into_iter()
+                .map(|(id, handler, n)| ((id, handler), i64::from(n))),
+        ))
     }
 
     async fn inbox_unreserve<'t>(
@@ -575,22 +577,14 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn begin_run<'t>(
-        &'t self,
-        tx: &'t mut Tx<Postgres>,
-        after_run: bool,
-    ) -> Result<(), StoreError> {
-        let sql = if after_run {
-            NEXT_RUN_SQL
-        } else {
-            FIRST_RUN_SQL
-        };
-        sqlx::raw_sql(sql).execute(&mut **tx).await?;
+    async fn begin_run<'t>(&'t self, tx: &'t mut Tx<Postgres>) -> Result<(), StoreError> {
+        sqlx::raw_sql(BEGIN_RUN_SQL).execute(&mut **tx).await?;
         Ok(())
     }
 
-    async fn rollback_run<'t>(&'t self, tx: &'t mut Tx<Postgres>) -> Result<(), StoreError> {
-        sqlx::raw_sql(ROLLBACK_RUN_SQL).execute(&mut **tx).await?;
+    async fn end_run<'t>(&'t self, tx: &'t mut Tx<Postgres>, keep: bool) -> Result<(), StoreError> {
+        let sql = if keep { KEEP_RUN_SQL } else { UNDO_RUN_SQL };
+        sqlx::raw_sql(sql).execute(&mut **tx).await?;
         Ok(())
     }
 

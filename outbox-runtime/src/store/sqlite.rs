@@ -6,12 +6,14 @@
 //! other too, so a group's `seq` order is its commit order. Times are Unix
 //! milliseconds.
 //!
-//! A handler's transaction is `BEGIN IMMEDIATE` as well: it holds the write
-//! lock from the handler's start to its commit. While a handler runs, every
+//! A consumer's batch transaction is `BEGIN IMMEDIATE` as well: it holds the
+//! write lock from its first handler's start to its commit, up to
+//! `ConsumerConfig::runs_per_transaction` handler runs. Meanwhile every
 //! other write to the database (the app's transactions, the relay, other
 //! workers) waits, up to the busy timeout ([`SqliteStore::open`] sets
 //! 5 s), after which it fails with `database is locked`. Keep handlers on
-//! SQLite short; a handler that calls slow services belongs on PostgreSQL.
+//! SQLite short (or lower `runs_per_transaction`); a handler that calls
+//! slow services belongs on PostgreSQL.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -23,10 +25,10 @@ use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::{
-    ClaimedMessage, CleanupReport, DeadLetter, FIRST_RUN_SQL, GroupStats, HandlerState,
-    NEXT_RUN_SQL, OutboxRow, OutboxStats, PublishFailure, ROLLBACK_RUN_SQL, RetentionPolicy,
-    RowStatus, Store, StoreError, StoredDeadLetter, Tx, attempts_from, envelope_from_row,
-    headers_json, millis, status_from, u32_column,
+    BEGIN_RUN_SQL, ClaimedMessage, CleanupReport, DeadLetter, GroupStats, HandlerState,
+    KEEP_RUN_SQL, OutboxRow, OutboxStats, PublishFailure, RetentionPolicy, RowStatus, Store,
+    StoreError, StoredDeadLetter, Tx, UNDO_RUN_SQL, attempts_from, envelope_from_row, headers_json,
+    millis, reserved_states, status_from, u32_column,
 };
 use crate::envelope::Outgoing;
 
@@ -459,9 +461,9 @@ impl Store for SqliteStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<(String, &str)> = keys
+        let keys: Vec<(String, String)> = keys
             .iter()
-            .map(|(id, handler)| (id.hyphenated().to_string(), *handler))
+            .map(|(id, handler)| (id.hyphenated().to_string(), (*handler).to_owned()))
             .collect();
         let listed = json_list(&keys);
         // `WHERE true` keeps SQLite from reading ON CONFLICT as a join's.
@@ -482,23 +484,13 @@ impl Store for SqliteStore {
         .bind(&listed)
         .fetch_all(&mut **tx)
         .await?;
-        let reserved: std::collections::HashSet<(String, String)> = reserved.into_iter().collect();
-        let failed: std::collections::HashMap<(String, String), i64> = failed
-            .into_iter()
-            .map(|(id, handler, n)| ((id, handler), n))
-            .collect();
-        Ok(keys
-            .into_iter()
-            .map(|(id, handler)| {
-                let key = (id, handler.to_owned());
-                HandlerState {
-                    handled: !reserved.contains(&key),
-                    failures: failed
-                        .get(&key)
-                        .map_or(0, |n| u32::try_from(*n).unwrap_or(0)),
-                }
-            })
-            .collect())
+        Ok(reserved_states(
+            keys,
+            reserved,
+            failed
+                .into_iter()
+                .map(|(id, handler, n)| ((id, handler), n)),
+        ))
     }
 
     async fn inbox_unreserve<'t>(
@@ -523,22 +515,14 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn begin_run<'t>(
-        &'t self,
-        tx: &'t mut Tx<Sqlite>,
-        after_run: bool,
-    ) -> Result<(), StoreError> {
-        let sql = if after_run {
-            NEXT_RUN_SQL
-        } else {
-            FIRST_RUN_SQL
-        };
-        sqlx::raw_sql(sql).execute(&mut **tx).await?;
+    async fn begin_run<'t>(&'t self, tx: &'t mut Tx<Sqlite>) -> Result<(), StoreError> {
+        sqlx::raw_sql(BEGIN_RUN_SQL).execute(&mut **tx).await?;
         Ok(())
     }
 
-    async fn rollback_run<'t>(&'t self, tx: &'t mut Tx<Sqlite>) -> Result<(), StoreError> {
-        sqlx::raw_sql(ROLLBACK_RUN_SQL).execute(&mut **tx).await?;
+    async fn end_run<'t>(&'t self, tx: &'t mut Tx<Sqlite>, keep: bool) -> Result<(), StoreError> {
+        let sql = if keep { KEEP_RUN_SQL } else { UNDO_RUN_SQL };
+        sqlx::raw_sql(sql).execute(&mut **tx).await?;
         Ok(())
     }
 

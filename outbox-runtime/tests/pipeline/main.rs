@@ -209,6 +209,32 @@ async fn deadlock_once(msg: Deadlocked, ctx: &mut HandlerContext<'_>) -> anyhow:
     db::record_effect(ctx, "deadlocked", &msg.group, i64::from(run)).await
 }
 
+/// A message whose handler's first run hits a database error and returns
+/// Ok anyway (it ignores the error), which on PostgreSQL leaves the
+/// transaction aborted; later runs work.
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+#[outbox(name = "test.swallowed", group = group)]
+pub(crate) struct Swallowed {
+    pub(crate) group: String,
+}
+
+/// Runs of `swallowed.once`.
+pub(crate) static SWALLOWED_RUNS: std::sync::atomic::AtomicU32 =
+    std::sync::atomic::AtomicU32::new(0);
+
+#[handler(name = "swallowed.once")]
+async fn swallow_once(msg: Swallowed, ctx: &mut HandlerContext<'_>) -> anyhow::Result<()> {
+    let run = SWALLOWED_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    db::record_effect(ctx, "swallowed", &msg.group, i64::from(run)).await?;
+    if run == 1 {
+        let ignored = sqlx::query("SELECT 1 / 0")
+            .execute(ctx.db::<sqlx::Postgres>()?)
+            .await;
+        assert!(ignored.is_err(), "division by zero fails");
+    }
+    Ok(())
+}
+
 /// A store, a queue, a relay and a worker wired together with fast retries.
 pub(crate) struct Harness<S: TestDb> {
     pub(crate) store: S,
@@ -296,6 +322,16 @@ mod postgres_faults {
     #[sqlx::test(migrations = false)]
     async fn a_deadlock_in_the_handlers_transaction_uses_no_attempt(pool: sqlx::PgPool) {
         crate::scenarios::a_deadlock_in_the_handlers_transaction_uses_no_attempt(pool).await;
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn a_run_whose_statement_failed_is_not_done_though_the_handler_returned_ok(
+        pool: sqlx::PgPool,
+    ) {
+        crate::scenarios::a_run_whose_statement_failed_is_not_done_though_the_handler_returned_ok(
+            pool,
+        )
+        .await;
     }
 
     #[sqlx::test(migrations = false)]

@@ -1181,6 +1181,40 @@ pub(crate) async fn a_second_delivery_waits_for_the_first_and_does_not_run_the_h
     );
 }
 
+/// A handler that ignores a failed statement and returns Ok, last in its
+/// batch: PostgreSQL has aborted the transaction, and its COMMIT would
+/// roll back without an error. The consumer finds out when it releases the
+/// run's savepoint: the run failed (counted), the message comes back, and
+/// its next run commits once; the batch's other message is not lost.
+pub(crate) async fn a_run_whose_statement_failed_is_not_done_though_the_handler_returned_ok(
+    pool: sqlx::PgPool,
+) {
+    let h = Harness::new(outbox_runtime::PgStore::new(pool)).await;
+    let consumer = consumer(&h, 50);
+    let batch: Vec<Delivery> = [
+        Envelope::from_message(&step("a", 0)).expect("encodes"),
+        Envelope::from_message(&crate::Swallowed { group: "s".into() }).expect("encodes"),
+    ]
+    .iter()
+    .map(delivery)
+    .collect();
+
+    let outcomes = consumer.handle_batch(&batch).await;
+    assert!(
+        matches!(outcomes[..], [Outcome::Done, Outcome::Retry(_)]),
+        "{outcomes:?}"
+    );
+    assert_eq!(by_group(&h.store.effects().await, "step")["a"], [0]);
+    assert_eq!(h.store.inbox_count().await, 1);
+
+    assert_eq!(consumer.handle_batch(&batch[1..]).await, [Outcome::Done]);
+    assert_eq!(
+        by_group(&h.store.effects().await, "swallowed")["s"],
+        [2],
+        "the second run's effect, once"
+    );
+}
+
 /// A consumer over the harness's store, with the harness's fast retries
 /// and at most `runs` handler runs per transaction.
 fn consumer<S: TestDb>(h: &Harness<S>, runs: usize) -> Consumer<S> {
