@@ -83,6 +83,8 @@ file; `scripts/fault-tests.filter` selects them.
 | a queue outage used up publish attempts | `publish_failures_back_off_and_an_outage_uses_no_attempts`, `a_full_queue_makes_the_relay_wait_without_using_attempts`, `oversized_message_is_dead_lettered_without_blocking_other_groups` (held-back entries untouched) |
 | giving up was two steps | `a_second_delivery_waits_for_the_first_and_does_not_run_the_handler` (a concurrent delivery waits on the first's inbox reservation, so no give-up races a commit) |
 | a handler that ignored a failed statement could make PostgreSQL roll back a batch's commit silently | `a_run_whose_statement_failed_is_not_done_though_the_handler_returned_ok` |
+| a delivery that waited on another's reservation read the attempts from before the wait | `a_delivery_that_waited_for_another_counts_that_ones_failure` |
+| a Lambda deadline already past could stop a batch from making progress | `a_past_deadline_holds_back_all_but_the_first_transaction` (both stores), `orders_flow_from_the_api_function_through_sqs_to_the_consumer_function_exactly_once_in_order` (cargo-lambda's emulator sends a past deadline) |
 | one failing handler in a batched transaction could undo or hold back others | `one_failing_handler_in_a_batch_rolls_back_alone`, `a_failing_head_holds_back_its_group_across_the_batch` (both stores), the history checker (1-8 handler runs per transaction) |
 | replaying a poison dead letter reran committed handlers | `replaying_a_poison_dead_letter_skips_the_handlers_that_committed` (both stores) |
 | a batch too large in total stuck its rows; one failing queue discarded what others accepted | `a_batch_larger_than_one_request_allows_is_sent_in_several`, `what_one_queue_accepted_is_kept_when_another_queue_fails` (SQS) |

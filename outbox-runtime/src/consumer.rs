@@ -303,8 +303,9 @@ impl<S: Store> Consumer<S> {
     }
 
     /// Like [`handle_batch`](Self::handle_batch), with a deadline (a
-    /// Lambda's remaining time): messages not started by then are held back
-    /// (not run, no attempt counted), and pumps drain until it.
+    /// Lambda's remaining time): messages of the batch's later transactions
+    /// not started by then are held back (not run, no attempt counted; the
+    /// first transaction always runs), and pumps drain until it.
     pub async fn handle_batch_until(
         &self,
         deliveries: &[Delivery],
@@ -343,10 +344,15 @@ impl<S: Store> Consumer<S> {
         }
         let mut stopped: HashSet<&str> = HashSet::new();
         let mut rest = &batch[..];
+        // The first transaction runs whatever the deadline says, so every
+        // call makes progress (cargo-lambda's emulator sends a deadline
+        // already past).
+        let mut until = None;
         while !rest.is_empty() {
             let (chunk, tail) = rest.split_at(chunk_len(rest, self.config.runs_per_transaction));
-            self.handle_chunk(chunk, &mut stopped, &mut outcomes, deadline, confirm)
+            self.handle_chunk(chunk, &mut stopped, &mut outcomes, until, confirm)
                 .await;
+            until = deadline;
             rest = tail;
         }
         for at in pumps {

@@ -127,7 +127,7 @@ impl Dispatcher {
             message.group = %envelope.group,
         );
         let run = async {
-            let mut outcomes = Vec::with_capacity(entry.handlers().len());
+            let mut outcomes = Outcomes::default();
             for &handler in entry.handlers() {
                 let mut ctx =
                     HandlerContext::new(envelope, &self.state).for_handler(handler.name, 1);
@@ -187,28 +187,58 @@ pub async fn invoke(
 /// What happened to each handler of one envelope.
 #[derive(Debug)]
 pub struct DispatchReport {
-    outcomes: Vec<HandlerOutcome>,
+    outcomes: Outcomes,
+}
+
+/// A report's outcomes; one handler's (the common case) without a `Vec`.
+#[derive(Debug, Default)]
+enum Outcomes {
+    #[default]
+    None,
+    One(HandlerOutcome),
+    Many(Vec<HandlerOutcome>),
+}
+
+impl Outcomes {
+    fn push(&mut self, outcome: HandlerOutcome) {
+        *self = match std::mem::take(self) {
+            Outcomes::None => Outcomes::One(outcome),
+            Outcomes::One(first) => Outcomes::Many(vec![first, outcome]),
+            Outcomes::Many(mut all) => {
+                all.push(outcome);
+                Outcomes::Many(all)
+            }
+        };
+    }
+
+    fn as_slice(&self) -> &[HandlerOutcome] {
+        match self {
+            Outcomes::None => &[],
+            Outcomes::One(outcome) => std::slice::from_ref(outcome),
+            Outcomes::Many(all) => all,
+        }
+    }
 }
 
 impl DispatchReport {
     /// One outcome per handler, in the table's handler order.
     pub fn outcomes(&self) -> &[HandlerOutcome] {
-        &self.outcomes
+        self.outcomes.as_slice()
     }
 
     /// Whether every handler succeeded (also true for a message with no handlers).
     pub fn succeeded(&self) -> bool {
-        self.outcomes.iter().all(|o| o.result.is_ok())
+        self.outcomes().iter().all(|o| o.result.is_ok())
     }
 
     /// The handlers that failed.
     pub fn failures(&self) -> impl Iterator<Item = &HandlerOutcome> {
-        self.outcomes.iter().filter(|o| o.result.is_err())
+        self.outcomes().iter().filter(|o| o.result.is_err())
     }
 
     /// Every message the handlers published, in order.
     pub fn published(&self) -> impl Iterator<Item = &Outgoing> {
-        self.outcomes.iter().flat_map(|o| &o.published)
+        self.outcomes().iter().flat_map(|o| &o.published)
     }
 }
 

@@ -209,6 +209,33 @@ async fn deadlock_once(msg: Deadlocked, ctx: &mut HandlerContext<'_>) -> anyhow:
     db::record_effect(ctx, "deadlocked", &msg.group, i64::from(run)).await
 }
 
+/// Like [`Contested`], with three attempts: its handler records each
+/// run's `ctx.attempt()` in [`RECOUNTED`], runs [`RECOUNT`]'s hook (once),
+/// and fails.
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+#[outbox(name = "test.recounted", group = group)]
+pub(crate) struct Recounted {
+    pub(crate) group: String,
+}
+
+/// What `recounted.fail` runs before its first failure.
+pub(crate) static RECOUNT: std::sync::Mutex<
+    Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+> = std::sync::Mutex::new(None);
+
+/// The attempt of each run of `recounted.fail`, in run order.
+pub(crate) static RECOUNTED: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+#[handler(name = "recounted.fail", max_attempts = 3)]
+async fn fail_recounted(msg: Recounted, ctx: &mut HandlerContext<'_>) -> anyhow::Result<()> {
+    RECOUNTED.lock().expect("not poisoned").push(ctx.attempt());
+    let hook = RECOUNT.lock().expect("not poisoned").take();
+    if let Some(hook) = hook {
+        hook.await;
+    }
+    anyhow::bail!("{} fails", msg.group)
+}
+
 /// A message whose handler's first run hits a database error and returns
 /// Ok anyway (it ignores the error), which on PostgreSQL leaves the
 /// transaction aborted; later runs work.
@@ -335,6 +362,11 @@ mod postgres_faults {
     }
 
     #[sqlx::test(migrations = false)]
+    async fn a_delivery_that_waited_for_another_counts_that_ones_failure(pool: sqlx::PgPool) {
+        crate::scenarios::a_delivery_that_waited_for_another_counts_that_ones_failure(pool).await;
+    }
+
+    #[sqlx::test(migrations = false)]
     async fn a_second_delivery_waits_for_the_first_and_does_not_run_the_handler(
         pool: sqlx::PgPool,
     ) {
@@ -395,4 +427,5 @@ on_both_stores!(
     a_full_queue_makes_the_relay_wait_without_using_attempts,
     one_failing_handler_in_a_batch_rolls_back_alone,
     a_failing_head_holds_back_its_group_across_the_batch,
+    a_past_deadline_holds_back_all_but_the_first_transaction,
 );

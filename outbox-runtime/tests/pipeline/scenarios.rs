@@ -1215,6 +1215,58 @@ pub(crate) async fn a_run_whose_statement_failed_is_not_done_though_the_handler_
     );
 }
 
+/// Two deliveries of one message at once, the first failing: the second
+/// waits on the first's reservation, and once the first gave it back with
+/// its failure counted, runs the handler as its second attempt (the count
+/// is read after the wait, not from before it).
+pub(crate) async fn a_delivery_that_waited_for_another_counts_that_ones_failure(
+    pool: sqlx::PgPool,
+) {
+    let h = Harness::new(outbox_runtime::PgStore::new(pool)).await;
+    let envelope =
+        Envelope::from_message(&crate::Recounted { group: "r".into() }).expect("encodes");
+    let (first, second) = (consumer(&h, 50), consumer(&h, 50));
+    let copy = delivery(&envelope);
+    let copy_again = copy.clone();
+    let (racing_tx, racing) = tokio::sync::oneshot::channel();
+    // The first run's hook: start the second delivery, which must wait.
+    *crate::RECOUNT.lock().expect("not poisoned") = Some(Box::pin(async move {
+        let task = tokio::spawn(async move { second.handle(&copy_again).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!task.is_finished(), "the second delivery did not wait");
+        let _ = racing_tx.send(task);
+    }));
+    let outcome = first.handle(&copy).await;
+    assert!(matches!(outcome, Outcome::Retry(_)), "{outcome:?}");
+    let task = racing.await.expect("the hook ran");
+    let outcome = task.await.expect("the second delivery ran");
+    assert!(matches!(outcome, Outcome::Retry(_)), "{outcome:?}");
+    assert_eq!(
+        *crate::RECOUNTED.lock().expect("not poisoned"),
+        [1, 2],
+        "the second delivery's run did not count the first's failure"
+    );
+}
+
+/// A deadline already past (a Lambda out of time, or cargo-lambda's
+/// emulator, which sends one): the batch's first transaction still runs,
+/// so every invocation makes progress; the later ones are held back, not
+/// run and not counted.
+pub(crate) async fn a_past_deadline_holds_back_all_but_the_first_transaction<S: TestDb>(store: S) {
+    let h = Harness::new(store).await;
+    let consumer = consumer(&h, 1);
+    let batch = deliveries(&[step("a", 0), step("b", 1), step("c", 2)]);
+    let past = tokio::time::Instant::now() - Duration::from_secs(1);
+
+    let outcomes = consumer.handle_batch_until(&batch, Some(past)).await;
+    assert_eq!(
+        outcomes,
+        [Outcome::Done, Outcome::HeldBack, Outcome::HeldBack]
+    );
+    assert_eq!(run_attempts(), [(0, 1, true)], "a held-back message ran");
+    assert_eq!(h.store.inbox_count().await, 1);
+}
+
 /// A consumer over the harness's store, with the harness's fast retries
 /// and at most `runs` handler runs per transaction.
 fn consumer<S: TestDb>(h: &Harness<S>, runs: usize) -> Consumer<S> {
@@ -1237,6 +1289,22 @@ fn delivery(envelope: &Envelope) -> Delivery {
     }
 }
 
+/// The steps as a queue delivers them, in order.
+fn deliveries(steps: &[Step]) -> Vec<Delivery> {
+    steps
+        .iter()
+        .map(|s| delivery(&Envelope::from_message(s).expect("encodes")))
+        .collect()
+}
+
+/// The `step.record` runs so far: (step, `ctx.attempt()`, succeeded).
+fn run_attempts() -> Vec<(i64, u32, bool)> {
+    crate::runs()
+        .iter()
+        .map(|r| (r.n, r.attempt, r.ok))
+        .collect()
+}
+
 /// A batch whose middle message's handler fails after writing its effect
 /// and publishing a cascade: its savepoint rolls back both, and the other
 /// messages' runs, before and after it in the same transaction, commit.
@@ -1247,11 +1315,7 @@ pub(crate) async fn one_failing_handler_in_a_batch_rolls_back_alone<S: TestDb>(s
         cascade: true,
         ..step("b", 1)
     };
-    let envelopes: Vec<Envelope> = [step("a", 0), failing, step("c", 2)]
-        .iter()
-        .map(|s| Envelope::from_message(s).expect("encodes"))
-        .collect();
-    let batch: Vec<Delivery> = envelopes.iter().map(delivery).collect();
+    let batch = deliveries(&[step("a", 0), failing, step("c", 2)]);
 
     let outcomes = consumer.handle_batch(&batch).await;
     assert!(
@@ -1277,10 +1341,7 @@ pub(crate) async fn one_failing_handler_in_a_batch_rolls_back_alone<S: TestDb>(s
     assert_eq!(again, [Outcome::Done]);
     assert_eq!(by_group(&h.store.effects().await, "step")["b"], [1]);
     assert_eq!(h.store.outbox_rows().await.len(), 1, "the cascade, once");
-    let attempts: Vec<(i64, u32, bool)> = crate::runs()
-        .iter()
-        .map(|r| (r.n, r.attempt, r.ok))
-        .collect();
+    let attempts = run_attempts();
     assert_eq!(
         attempts,
         [(0, 1, true), (1, 1, false), (2, 1, true), (1, 2, true)]
@@ -1298,11 +1359,7 @@ pub(crate) async fn a_failing_head_holds_back_its_group_across_the_batch<S: Test
         fail_first: 1,
         ..step("g", 0)
     };
-    let envelopes: Vec<Envelope> = [head, step("g", 1), step("h", 9), step("g", 2)]
-        .iter()
-        .map(|s| Envelope::from_message(s).expect("encodes"))
-        .collect();
-    let batch: Vec<Delivery> = envelopes.iter().map(delivery).collect();
+    let batch = deliveries(&[head, step("g", 1), step("h", 9), step("g", 2)]);
 
     let outcomes = consumer.handle_batch(&batch).await;
     assert!(
@@ -1330,10 +1387,7 @@ pub(crate) async fn a_failing_head_holds_back_its_group_across_the_batch<S: Test
     let outcomes = consumer.handle_batch(&g).await;
     assert_eq!(outcomes, [Outcome::Done, Outcome::Done, Outcome::Done]);
     assert_eq!(by_group(&h.store.effects().await, "step")["g"], [0, 1, 2]);
-    let attempts: Vec<(i64, u32, bool)> = crate::runs()
-        .iter()
-        .map(|r| (r.n, r.attempt, r.ok))
-        .collect();
+    let attempts = run_attempts();
     assert_eq!(
         attempts,
         [
