@@ -12,7 +12,10 @@ silently when wrong:
 - a queue's visibility timeout is at least six times the timeout of the
   function consuming it;
 - no IAM statement grants a wildcard action;
-- the schedule sends the pump to the pump's message group.
+- the schedule sends the pump to the pump's message group;
+- the workspace's release profile says `panic = "unwind"`: cargo-lambda
+  (the build method) builds with `panic=abort` otherwise, and a panicking
+  handler would end the function instead of failing its own run.
 
     scripts/check-template.py [TEMPLATE]      # check
     scripts/check-template.py --self-test     # prove each check fails on a broken copy
@@ -24,12 +27,14 @@ import copy
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 from cfnlint.decode import decode
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "sample-app" / "template.yaml"
+CARGO_TOML = ROOT / "Cargo.toml"
 HANDLER_ATTEMPTS = 5  # ConsumerConfig::default_max_attempts
 PUMP_GROUP = "__outbox_pump"  # outbox_runtime::PUMP_GROUP
 
@@ -158,6 +163,17 @@ def problems(template):
     return found
 
 
+def build_problems(cargo_toml):
+    """What is wrong with the release profile cargo-lambda builds with."""
+    profile = tomllib.loads(cargo_toml).get("profile", {}).get("release", {})
+    if profile.get("panic") != "unwind":
+        return [
+            f"[profile.release] panic = {profile.get('panic')!r}, not \"unwind\": "
+            "cargo-lambda would build with panic=abort"
+        ]
+    return []
+
+
 def breakages():
     """Copies of the template, each with one property broken."""
 
@@ -203,6 +219,15 @@ def self_test():
         if not problems(broken):
             raise SystemExit(f"self-test: a template with {what} passed the checks")
         print(f"caught: {what}: {problems(broken)[0]}")
+    cargo_toml = CARGO_TOML.read_text()
+    if build_problems(cargo_toml):
+        raise SystemExit(f"the workspace itself fails: {build_problems(cargo_toml)}")
+    unwinding = 'panic = "unwind"'
+    assert unwinding in cargo_toml
+    caught = build_problems(cargo_toml.replace(unwinding, ""))
+    if not caught:
+        raise SystemExit("self-test: a release profile without panic = unwind passed")
+    print(f"caught: no unwinding: {caught[0]}")
     # And the linters do fail on a broken copy: a reference to nothing.
     text = TEMPLATE.read_text()
     assert "!GetAtt OrdersDeadLetterQueue.Arn" in text
@@ -221,13 +246,13 @@ def main(argv):
         self_test()
         return
     path = Path(argv[1]) if len(argv) > 1 else TEMPLATE
-    found = problems(load(path))
+    found = problems(load(path)) + build_problems(CARGO_TOML.read_text())
     for problem in found:
         print(f"{path}: {problem}", file=sys.stderr)
     if found:
         raise SystemExit(1)
     print(f"{path}: FIFO, batch item failures, batch <= 10, arm64, visibility >= 6x timeout, "
-          "no wildcard actions, pump schedule: ok")
+          "no wildcard actions, pump schedule, release profile unwinds: ok")
 
 
 if __name__ == "__main__":
