@@ -354,8 +354,11 @@ fn is_transient_code(code: Option<&str>) -> bool {
 /// run that succeeded (which fails if the database aborted the transaction
 /// under a handler that did not return the error), rolled back to and
 /// released after one that failed.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) const BEGIN_RUN_SQL: &str = "SAVEPOINT outbox_run";
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) const KEEP_RUN_SQL: &str = "RELEASE SAVEPOINT outbox_run";
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) const UNDO_RUN_SQL: &str =
     "ROLLBACK TO SAVEPOINT outbox_run; RELEASE SAVEPOINT outbox_run";
 
