@@ -34,7 +34,9 @@ pub struct ConsumerConfig {
     /// handled in transactions of up to this many runs, each in a savepoint
     /// (a message with more handlers gets a transaction of its own).
     /// Default: 50, below the 64 subtransactions PostgreSQL tracks per
-    /// session before every snapshot in the database gets slower.
+    /// session before every snapshot in the database gets slower. On SQLite
+    /// the transaction holds the database's write lock throughout: lower it
+    /// when handlers are slow. 0 behaves as 1.
     pub runs_per_transaction: usize,
 }
 
@@ -245,7 +247,8 @@ impl<S: Store> Consumer<S> {
         self
     }
 
-    /// Pumps the relay after a handler commits messages it published.
+    /// Pumps the relay after a batch commits: when its handlers published
+    /// messages, and when it confirmed messages of a non-durable queue.
     #[must_use]
     pub fn with_pump(mut self, pump: Arc<dyn Pump>) -> Self {
         self.pump = Some(pump);

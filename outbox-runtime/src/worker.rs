@@ -24,10 +24,16 @@ pub struct WorkerConfig {
     /// batches. Default: 10. Larger batches raise throughput where handling
     /// is the bottleneck (on SQLite, whose one writer they share) at the
     /// cost of latency: on an in-process queue a batch's groups wait for
-    /// its commit.
+    /// its commit. When a message fails, the later messages of its group
+    /// in the batch are released at once, not run, and delivered again
+    /// after it (no attempt counted): the larger the batch, the more such
+    /// deliveries a failing group causes.
     pub batch_size: usize,
     /// How long a worker keeps receiving full pages into one batch before it
-    /// handles them. Default: 10 ms.
+    /// handles them. Applies only to a queue that returns fewer messages per
+    /// receive than `batch_size` ([`Receiver::max_receive`]: SQS, 10); an
+    /// [`InProcessQueue`](crate::InProcessQueue) has no page limit, so one
+    /// receive fills the batch. Default: 10 ms.
     pub linger: Duration,
     /// How long one receive call waits for messages (SQS long polling: up to
     /// 20 s, in whole seconds). Default: 1 s.
@@ -118,7 +124,8 @@ impl<S: Store, R: Receiver> Worker<S, R> {
         self
     }
 
-    /// Replaces the consumer's settings (attempts, retry backoff).
+    /// Replaces the consumer's settings (attempts, retry backoff, handler
+    /// runs per transaction).
     #[must_use]
     pub fn with_consumer_config(mut self, config: ConsumerConfig) -> Self {
         self.consumer = self.consumer.with_config(config);
@@ -132,7 +139,10 @@ impl<S: Store, R: Receiver> Worker<S, R> {
         self
     }
 
-    /// Pumps the relay after a handler commits messages it published.
+    /// Pumps the relay after a batch commits: when its handlers published
+    /// messages, and on a non-durable queue when it confirmed messages, which
+    /// frees their groups for the relay. Without it the relay finds them on
+    /// its next sweep.
     #[must_use]
     pub fn with_pump(mut self, pump: Arc<dyn Pump>) -> Self {
         self.consumer = self.consumer.with_pump(pump);

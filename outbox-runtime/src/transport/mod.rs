@@ -155,7 +155,8 @@ pub trait Receiver: Send + Sync + 'static {
     }
 
     /// The most messages one [`receive`](Self::receive) returns (SQS: 10).
-    /// Default: no limit.
+    /// Default: no limit (the in-process queue's: a receive returns up to
+    /// the `max` it is asked for).
     fn max_receive(&self) -> usize {
         usize::MAX
     }
