@@ -171,7 +171,8 @@ struct Tally {
 /// 1. a received batch's envelopes are handled in one store transaction
 ///    (see [`handle_batch`](Self::handle_batch)), each handler under the
 ///    message's [original id](Envelope::original_id): one statement
-///    reserves the inbox rows of the batch's runs and reads their attempts;
+///    reserves the inbox rows of the batch's runs, a second reads their
+///    attempts;
 ///    a handler the inbox says already committed (or gave up on) the
 ///    message is skipped; the others run in a savepoint each, with the
 ///    transaction in their [`HandlerContext`], and the messages a handler
@@ -293,7 +294,8 @@ impl<S: Store> Consumer<S> {
     ///
     /// The envelopes are handled in one database transaction (or several,
     /// of at most [`ConsumerConfig::runs_per_transaction`] handler runs
-    /// each): one statement reserves the inbox rows and reads the attempts,
+    /// each): one statement reserves the inbox rows, a second reads the
+    /// attempts,
     /// each handler runs in a savepoint of its own, so a failing run rolls
     /// back alone, and one commit makes every run durable. When the
     /// transaction itself fails, its messages are handled again one per
