@@ -433,27 +433,36 @@ impl<S: Store> Consumer<S> {
             }
             Err(err) => err,
         };
-        if chunk.len() > 1 {
-            tracing::warn!(error = %err, messages = chunk.len(), "the batch's transaction failed; handling its messages one by one");
+        if let [item] = chunk {
+            outcomes[item.at] = self.store_failed(item, &err, stopped);
+            return;
         }
+        tracing::warn!(error = %err, messages = chunk.len(), "the batch's transaction failed; handling its messages one by one");
         for item in chunk {
             let one = std::slice::from_ref(item);
             let mut tried = stopped.clone();
-            let outcome = match self.transaction(one, &mut tried, deadline, confirm).await {
+            outcomes[item.at] = match self.transaction(one, &mut tried, deadline, confirm).await {
                 Ok(mut done) => {
                     *stopped = tried;
                     done.pop().map_or(Outcome::Done, |(_, outcome)| outcome)
                 }
-                Err(err) => {
-                    // The store is down: no attempt is counted, and the
-                    // delay grows with the deliveries.
-                    tracing::warn!(error = %err, group = %item.delivery.group, "store failed while handling; will retry");
-                    stopped.insert(&item.delivery.group);
-                    Outcome::Retry(self.config.retry_backoff.delay(item.delivery.receive_count))
-                }
+                Err(err) => self.store_failed(item, &err, stopped),
             };
-            outcomes[item.at] = outcome;
         }
+    }
+
+    /// A message's own transaction failed: the store is down, or refused
+    /// it. No attempt is counted; it comes back after a delay that grows
+    /// with its deliveries, and holds back its group.
+    fn store_failed<'a>(
+        &self,
+        item: &Prepared<'a>,
+        err: &StoreError,
+        stopped: &mut HashSet<&'a str>,
+    ) -> Outcome {
+        tracing::warn!(error = %err, group = %item.delivery.group, "store failed while handling; will retry");
+        stopped.insert(&item.delivery.group);
+        Outcome::Retry(self.config.retry_backoff.delay(item.delivery.receive_count))
     }
 
     /// One transaction over `chunk`: reserves the inbox rows of its runs,
@@ -467,8 +476,21 @@ impl<S: Store> Consumer<S> {
         deadline: Option<Instant>,
         confirm: bool,
     ) -> Result<Vec<(usize, Outcome)>, StoreError> {
+        // Held back whatever happens in the transaction: behind a failure
+        // of its group in an earlier transaction, or out of time (a
+        // Lambda's invocation). Not run, no attempt counted.
+        let held = |item: &Prepared<'_>, stopped: &HashSet<&str>| {
+            stopped.contains(item.delivery.group.as_str())
+                || deadline.is_some_and(|deadline| Instant::now() >= deadline)
+        };
+        if chunk.iter().all(|item| held(item, stopped)) {
+            return Ok(chunk
+                .iter()
+                .map(|item| (item.at, Outcome::HeldBack))
+                .collect());
+        }
         let mut keys: Vec<(Uuid, &'static str)> = Vec::new();
-        for item in chunk {
+        for item in chunk.iter().filter(|item| !held(item, stopped)) {
             if let Work::Message { identity, .. } = &item.work {
                 for handler in item.handlers() {
                     let key = (*identity, handler.name);
@@ -497,11 +519,7 @@ impl<S: Store> Consumer<S> {
         let mut tally = Tally::default();
         let mut done = Vec::with_capacity(chunk.len());
         for item in chunk {
-            let outcome = if stopped.contains(item.delivery.group.as_str())
-                || deadline.is_some_and(|deadline| Instant::now() >= deadline)
-            {
-                // Behind a failure in its group, or out of time (a Lambda's
-                // invocation): not run, no attempt counted.
+            let outcome = if held(item, stopped) {
                 Outcome::HeldBack
             } else {
                 match &item.work {
