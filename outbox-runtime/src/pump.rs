@@ -163,6 +163,7 @@ mod coalescer {
     /// caller's commit), and sends start at most once per `interval`, one at a
     /// time. Under steady load one send covers every commit of an interval; a
     /// caller waits at most `interval` plus two sends.
+    #[derive(Clone)]
     pub(crate) struct Coalescer {
         inner: Arc<CoalescerInner>,
     }

@@ -188,8 +188,9 @@ impl<S: Store, R: Receiver> Worker<S, R> {
         let size = self.config.batch_size.max(1);
         let page = self.page();
         let started = tokio::time::Instant::now();
-        let mut last = deliveries.len();
-        while last == page && deliveries.len() < size && started.elapsed() < self.config.linger {
+        // Whether the last receive returned all it was asked for.
+        let mut full = deliveries.len() == page;
+        while full && deliveries.len() < size && started.elapsed() < self.config.linger {
             let want = page.min(size - deliveries.len());
             let more = match self.receiver.receive(want, Duration::ZERO).await {
                 Ok(more) => more,
@@ -200,7 +201,7 @@ impl<S: Store, R: Receiver> Worker<S, R> {
                     break;
                 }
             };
-            last = if more.len() == want { page } else { more.len() };
+            full = more.len() == want;
             deliveries.extend(more);
         }
         deliveries

@@ -521,7 +521,7 @@ impl Receiver for SqsReceiver {
 pub struct SqsPump {
     queue_url: String,
     send: SendPump,
-    coalescer: Arc<Coalescer>,
+    coalescer: Coalescer,
 }
 
 /// The least time between two pump messages of one [`SqsPump`].
@@ -550,7 +550,7 @@ impl SqsPump {
         SqsPump {
             queue_url,
             send,
-            coalescer: Arc::new(Coalescer::new(DEFAULT_PUMP_INTERVAL)),
+            coalescer: Coalescer::new(DEFAULT_PUMP_INTERVAL),
         }
     }
 
@@ -558,7 +558,7 @@ impl SqsPump {
     /// while none is being sent, still one at a time).
     #[must_use]
     pub fn with_interval(mut self, interval: Duration) -> Self {
-        self.coalescer = Arc::new(Coalescer::new(interval));
+        self.coalescer = Coalescer::new(interval);
         self
     }
 }
