@@ -165,10 +165,20 @@ pub(crate) struct Contested {
     pub(crate) group: String,
 }
 
-/// What `contested.fail` runs before it fails (taken: it runs once).
-pub(crate) static CONTEST: std::sync::Mutex<
-    Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
-> = std::sync::Mutex::new(None);
+/// A future a test sets for a handler to run mid-run, once.
+pub(crate) type Hook =
+    std::sync::Mutex<Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>>;
+
+/// Takes `hook` and runs it, if a test set it.
+async fn run_hook(hook: &Hook) {
+    let hook = hook.lock().expect("not poisoned").take();
+    if let Some(hook) = hook {
+        hook.await;
+    }
+}
+
+/// What `contested.fail` runs before it fails.
+pub(crate) static CONTEST: Hook = std::sync::Mutex::new(None);
 
 /// Runs of `contested.fail`.
 pub(crate) static CONTEST_RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -176,10 +186,7 @@ pub(crate) static CONTEST_RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic
 #[handler(name = "contested.fail", max_attempts = 1)]
 async fn fail_contested(msg: Contested) -> anyhow::Result<()> {
     CONTEST_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let hook = CONTEST.lock().expect("not poisoned").take();
-    if let Some(hook) = hook {
-        hook.await;
-    }
+    run_hook(&CONTEST).await;
     anyhow::bail!("{} fails", msg.group)
 }
 
@@ -219,9 +226,7 @@ pub(crate) struct Recounted {
 }
 
 /// What `recounted.fail` runs before its first failure.
-pub(crate) static RECOUNT: std::sync::Mutex<
-    Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
-> = std::sync::Mutex::new(None);
+pub(crate) static RECOUNT: Hook = std::sync::Mutex::new(None);
 
 /// The attempt of each run of `recounted.fail`, in run order.
 pub(crate) static RECOUNTED: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
@@ -229,10 +234,7 @@ pub(crate) static RECOUNTED: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(
 #[handler(name = "recounted.fail", max_attempts = 3)]
 async fn fail_recounted(msg: Recounted, ctx: &mut HandlerContext<'_>) -> anyhow::Result<()> {
     RECOUNTED.lock().expect("not poisoned").push(ctx.attempt());
-    let hook = RECOUNT.lock().expect("not poisoned").take();
-    if let Some(hook) = hook {
-        hook.await;
-    }
+    run_hook(&RECOUNT).await;
     anyhow::bail!("{} fails", msg.group)
 }
 

@@ -1147,27 +1147,28 @@ pub(crate) async fn a_second_delivery_waits_for_the_first_and_does_not_run_the_h
     let first = consumer(&h, 50);
     let second = consumer(&h, 50);
     let copy = delivery(&envelope);
-    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
-    let waited = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (saw, copy_again) = (Arc::clone(&waited), copy.clone());
-    // The first run's hook: start the second delivery, see that it waits.
+    let copy_again = copy.clone();
+    let (racing_tx, racing) = tokio::sync::oneshot::channel();
+    // The first run's hook: start the second delivery, which must wait.
     *CONTEST.lock().expect("not poisoned") = Some(Box::pin(async move {
-        let racing = tokio::spawn(async move { second.handle(&copy_again).await });
+        let task = tokio::spawn(async move { second.handle(&copy_again).await });
         tokio::time::sleep(Duration::from_millis(300)).await;
-        saw.store(!racing.is_finished(), std::sync::atomic::Ordering::SeqCst);
-        let _ = started_tx.send(());
-        // Its outcome is checked below, through the handler's run count.
-        drop(racing);
+        // Checked outside: a panic here would be the handler's.
+        let _ = racing_tx.send((task.is_finished(), task));
     }));
     let outcome = first.handle(&copy).await;
-    started.await.expect("the hook ran");
     assert_eq!(outcome, Outcome::DeadLettered, "max_attempts is 1");
+    let (finished_early, task) = racing.await.expect("the hook ran");
     assert!(
-        waited.load(std::sync::atomic::Ordering::SeqCst),
+        !finished_early,
         "the second delivery did not wait for the first's reservation"
     );
-    // Give the second delivery time to finish once the first committed.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let outcome = task.await.expect("the second delivery ran");
+    assert_eq!(
+        outcome,
+        Outcome::Done,
+        "the second delivery found the handler done"
+    );
     assert_eq!(
         h.store.dead_letter_errors().await.len(),
         1,
@@ -1233,12 +1234,13 @@ pub(crate) async fn a_delivery_that_waited_for_another_counts_that_ones_failure(
     *crate::RECOUNT.lock().expect("not poisoned") = Some(Box::pin(async move {
         let task = tokio::spawn(async move { second.handle(&copy_again).await });
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(!task.is_finished(), "the second delivery did not wait");
-        let _ = racing_tx.send(task);
+        // Checked outside: a panic here would be the handler's.
+        let _ = racing_tx.send((task.is_finished(), task));
     }));
     let outcome = first.handle(&copy).await;
     assert!(matches!(outcome, Outcome::Retry(_)), "{outcome:?}");
-    let task = racing.await.expect("the hook ran");
+    let (finished_early, task) = racing.await.expect("the hook ran");
+    assert!(!finished_early, "the second delivery did not wait");
     let outcome = task.await.expect("the second delivery ran");
     assert!(matches!(outcome, Outcome::Retry(_)), "{outcome:?}");
     assert_eq!(
