@@ -1,14 +1,15 @@
 //! Scenario 2: draining a backlog. Pre-filled pending rows (100 groups)
 //! published by the toolkit's relay to an in-process queue that stands in
-//! for SQS (durable: rows are marked published as soon as it has them, as
-//! on SQS; a non-durable queue would hold each group until a consumer
-//! confirms its batch, and no consumer runs here), swept over
-//! batch sizes and concurrent relays, against two baselines run on the same
-//! rows in the same process: the raw SQL ceiling (the relay's own
-//! statements issued directly, no toolkit code, nothing published) and a
-//! port of the original demo's relay (select 50 pending rows; per row an
-//! optimistic attempt-count update, a publish and a mark, one round trip
-//! each).
+//! for SQS (durable: rows are published as soon as it has them, as on SQS;
+//! a non-durable queue would hold each group until a consumer confirms its
+//! batch, and no consumer runs here), swept over batch sizes and concurrent
+//! relays, against three baselines run on the same number of rows in the
+//! same process: the physical limit (a plain table with a status column,
+//! drained by one `FOR UPDATE SKIP LOCKED` claim-and-mark statement per
+//! batch, with no per-group rule), the relay's own statements issued
+//! directly (no toolkit code, nothing published), and a port of the
+//! original demo's relay (select 50 pending rows; per row an optimistic
+//! attempt-count update, a publish and a mark, one round trip each).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,9 +26,11 @@ use crate::report::{Section, count, ratio};
 
 const GROUPS: i64 = 100;
 
-/// Replaces the outbox's rows with `n` pending ones.
+/// Replaces the outbox's rows with `n` pending ones, in `GROUPS` groups.
 pub(crate) async fn fill(pool: &PgPool, n: usize) -> anyhow::Result<()> {
-    sqlx::query("TRUNCATE outbox").execute(pool).await?;
+    sqlx::query("TRUNCATE outbox, outbox_groups, outbox_archive")
+        .execute(pool)
+        .await?;
     sqlx::query(
         "INSERT INTO outbox (id, message_type, version, group_key, payload, headers, created_at)
          SELECT gen_random_uuid(), 'bench.m00', 1, 'customer-' || (g % $2),
@@ -40,21 +43,66 @@ pub(crate) async fn fill(pool: &PgPool, n: usize) -> anyhow::Result<()> {
     .bind(GROUPS)
     .execute(pool)
     .await?;
-    sqlx::query("ANALYZE outbox").execute(pool).await?;
+    sqlx::query(
+        "INSERT INTO outbox_groups (group_key, head_seq)
+         SELECT group_key, min(seq) FROM outbox GROUP BY group_key",
+    )
+    .execute(pool)
+    .await?;
+    sqlx::query("ANALYZE outbox, outbox_groups")
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
-async fn pending(pool: &PgPool) -> anyhow::Result<i64> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE status = 'pending'")
-            .fetch_one(pool)
-            .await?,
+/// A table with the same rows' columns and a status per row, as a plain
+/// outbox keeps them (and as the original demo did), holding `n` pending
+/// rows in `GROUPS` groups.
+async fn fill_plain(pool: &PgPool, n: usize) -> anyhow::Result<()> {
+    sqlx::raw_sql(
+        "DROP TABLE IF EXISTS plain_outbox;
+         CREATE TABLE plain_outbox (
+             seq BIGSERIAL PRIMARY KEY, id UUID NOT NULL UNIQUE, message_type TEXT NOT NULL,
+             version INTEGER NOT NULL, group_key TEXT NOT NULL, payload JSON NOT NULL,
+             created_at TIMESTAMPTZ NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+             status TEXT NOT NULL DEFAULT 'pending', published_at TIMESTAMPTZ);
+         CREATE INDEX plain_outbox_pending ON plain_outbox (seq) WHERE status = 'pending';",
     )
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO plain_outbox (id, message_type, version, group_key, payload, created_at)
+         SELECT gen_random_uuid(), 'bench.m00', 1, 'customer-' || (g % $2),
+                json_build_object('order_id', g, 'customer', 'customer-' || (g % $2),
+                                  'amount_cents', 1999, 'note', 'gift wrap'),
+                now()
+         FROM generate_series(1, $1) g",
+    )
+    .bind(i64::try_from(n)?)
+    .bind(GROUPS)
+    .execute(pool)
+    .await?;
+    sqlx::query("ANALYZE plain_outbox").execute(pool).await?;
+    Ok(())
+}
+
+async fn pending(pool: &PgPool, table: &'static str) -> anyhow::Result<i64> {
+    let sql = match table {
+        "plain_outbox" => "SELECT count(*) FROM plain_outbox WHERE status = 'pending'",
+        _ => "SELECT count(*) FROM outbox",
+    };
+    Ok(sqlx::query_scalar(sql).fetch_one(pool).await?)
 }
 
 /// Runs `relays` copies of `drain_once` until nothing is pending; rows/s.
 /// `drain_once` returns how many rows it took (0: nothing claimable now).
-async fn drain<F, Fut>(pool: &PgPool, n: usize, relays: usize, drain_once: F) -> anyhow::Result<f64>
+async fn drain<F, Fut>(
+    pool: &PgPool,
+    table: &'static str,
+    n: usize,
+    relays: usize,
+    drain_once: F,
+) -> anyhow::Result<f64>
 where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: Future<Output = anyhow::Result<u64>> + Send,
@@ -67,7 +115,7 @@ where
         tasks.spawn(async move {
             loop {
                 if drain_once().await? == 0 {
-                    if pending(&pool).await? == 0 {
+                    if pending(&pool, table).await? == 0 {
                         return anyhow::Ok(());
                     }
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -79,7 +127,7 @@ where
         done??;
     }
     let elapsed = started.elapsed();
-    let left = pending(pool).await?;
+    let left = pending(pool, table).await?;
     anyhow::ensure!(left == 0, "{left} rows left pending");
     Ok(n as f64 / elapsed.as_secs_f64())
 }
@@ -109,7 +157,7 @@ async fn toolkit(pool: &PgPool, n: usize, batch: u32, relays: usize) -> anyhow::
             batch_size: batch,
             ..RelayConfig::default()
         });
-    let rate = drain(pool, n, relays, move || {
+    let rate = drain(pool, "outbox", n, relays, move || {
         let relay = relay.clone();
         async move { Ok(relay.drain().await?.published) }
     })
@@ -119,35 +167,84 @@ async fn toolkit(pool: &PgPool, n: usize, batch: u32, relays: usize) -> anyhow::
     Ok(rate)
 }
 
-/// The statements `PgStore` issues for a drain on a durable queue
-/// (`RECOVER_SQL`, `CLAIM_SQL`, `MARK_PUBLISHED_SQL`), with no toolkit code
-/// around them and nothing published: the ceiling the relay works under.
+/// The statements `PgStore` issues for a drain on a durable queue (the
+/// claim; then, in one transaction, the move of the published rows to the
+/// archive and the groups' release), with no toolkit code around them and
+/// nothing published: the ceiling the relay works under.
 async fn raw_sql(pool: &PgPool, n: usize, batch: u32, relays: usize) -> anyhow::Result<f64> {
     let pool2 = pool.clone();
-    drain(pool, n, relays, move || {
+    drain(pool, "outbox", n, relays, move || {
         let pool = pool2.clone();
         async move {
-            sqlx::query(PgStore::RECOVER_SQL).execute(&pool).await?;
             let token = uuid::Uuid::now_v7();
             let rows = sqlx::query(PgStore::CLAIM_SQL)
                 .bind(i64::from(batch))
                 .bind(30_000_i64)
-                .bind(PgStore::claim_window(batch))
                 .bind(token)
                 .fetch_all(&pool)
                 .await?;
-            let seqs: Vec<i64> = rows
-                .iter()
-                .map(|r| r.try_get("seq"))
-                .collect::<Result<_, _>>()?;
+            let mut seqs: Vec<i64> = Vec::with_capacity(rows.len());
+            let mut groups: Vec<String> = Vec::new();
+            for row in &rows {
+                if let Some(seq) = row.try_get::<Option<i64>, _>("seq")? {
+                    seqs.push(seq);
+                    groups.push(row.try_get("group_key")?);
+                }
+            }
+            groups.sort_unstable();
+            groups.dedup();
             if !seqs.is_empty() {
-                sqlx::query(PgStore::MARK_PUBLISHED_SQL)
+                let mut tx = pool.begin().await?;
+                sqlx::query(PgStore::PUBLISHED_SQL)
                     .bind(&seqs)
                     .bind(token)
-                    .execute(&pool)
+                    .execute(&mut *tx)
                     .await?;
+                let unleased: Vec<(String, bool)> = sqlx::query_as(PgStore::UNLEASE_SQL)
+                    .bind(&groups)
+                    .bind(token)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let empty: Vec<String> = unleased
+                    .into_iter()
+                    .filter_map(|(group, empty)| empty.then_some(group))
+                    .collect();
+                if !empty.is_empty() {
+                    let idle: Vec<String> = sqlx::query_scalar(PgStore::LOCK_IDLE_GROUPS_SQL)
+                        .bind(&empty)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    sqlx::query(PgStore::DROP_EMPTY_GROUPS_SQL)
+                        .bind(&idle)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
             }
             Ok(seqs.len() as u64)
+        }
+    })
+    .await
+}
+
+/// The physical limit: one statement per batch claims and marks the oldest
+/// pending rows of a plain table (`FOR UPDATE SKIP LOCKED`), returning what
+/// a relay would publish; no per-group rule, no lease, nothing published.
+async fn plain(pool: &PgPool, n: usize, batch: u32, relays: usize) -> anyhow::Result<f64> {
+    let pool2 = pool.clone();
+    drain(pool, "plain_outbox", n, relays, move || {
+        let pool = pool2.clone();
+        async move {
+            let rows = sqlx::query(
+                "UPDATE plain_outbox SET status = 'published', published_at = now()
+                 WHERE seq IN (SELECT seq FROM plain_outbox WHERE status = 'pending'
+                               ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED)
+                 RETURNING seq, group_key, payload::text AS payload",
+            )
+            .bind(i64::from(batch))
+            .fetch_all(&pool)
+            .await?;
+            Ok(rows.len() as u64)
         }
     })
     .await
@@ -160,14 +257,14 @@ async fn original(pool: &PgPool, n: usize, relays: usize) -> anyhow::Result<f64>
     let queue = Arc::new(InProcessQueue::new());
     let pool2 = pool.clone();
     let q = Arc::clone(&queue);
-    let rate = drain(pool, n, relays, move || {
+    let rate = drain(pool, "plain_outbox", n, relays, move || {
         let pool = pool2.clone();
         let queue = Arc::clone(&q);
         async move {
             let rows = sqlx::query(
                 "SELECT seq, id, message_type, version, group_key, payload::text AS payload,
                         created_at, attempts
-                 FROM outbox WHERE status = 'pending' ORDER BY seq LIMIT 50",
+                 FROM plain_outbox WHERE status = 'pending' ORDER BY seq LIMIT 50",
             )
             .fetch_all(&pool)
             .await?;
@@ -176,7 +273,7 @@ async fn original(pool: &PgPool, n: usize, relays: usize) -> anyhow::Result<f64>
                 let seq: i64 = row.try_get("seq")?;
                 let attempts: i32 = row.try_get("attempts")?;
                 let claimed = sqlx::query(
-                    "UPDATE outbox SET attempts = attempts + 1
+                    "UPDATE plain_outbox SET attempts = attempts + 1
                      WHERE seq = $1 AND attempts = $2 AND status = 'pending'",
                 )
                 .bind(seq)
@@ -210,7 +307,8 @@ async fn original(pool: &PgPool, n: usize, relays: usize) -> anyhow::Result<f64>
                     .ok_or_else(|| anyhow::anyhow!("no publish result"))?
                     .map_err(|err| anyhow::anyhow!("publish: {err}"))?;
                 sqlx::query(
-                    "UPDATE outbox SET status = 'published', published_at = now() WHERE seq = $1",
+                    "UPDATE plain_outbox SET status = 'published', published_at = now()
+                     WHERE seq = $1",
                 )
                 .bind(seq)
                 .execute(&pool)
@@ -234,11 +332,14 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
         &format!(
             "{} pending rows in {GROUPS} groups on PostgreSQL (fewer for small batches: batch 10 \
              drains a tenth, batch 1 a hundredth, so each run takes seconds), published to an \
-             in-process queue standing in for SQS (rows marked published once it has them) until none is pending; rows/s. *Raw SQL*: the same statements the \
-             relay issues (recover, claim, mark), from the same number of tasks, with no toolkit \
-             code and nothing published: the ceiling. *Original*: the original demo's relay \
-             algorithm (50 rows per select; per row an optimistic attempt update, a publish and a \
-             mark, one round trip each), same rows, same relays.",
+             in-process queue standing in for SQS (rows published once it has them) until none \
+             is pending; rows/s. *Plain*: the physical limit, the same number of rows in a plain \
+             table with a status column, drained by one `FOR UPDATE SKIP LOCKED` claim-and-mark \
+             statement per batch, with no per-group order, lease or archive. *Raw SQL*: the \
+             statements the relay issues (claim; archive and release), from the same number of \
+             tasks, with no toolkit code and nothing published. *Original*: the original demo's \
+             relay algorithm (50 rows per select; per row an optimistic attempt update, a \
+             publish and a mark, one round trip each), same rows, same relays.",
             count(sizes.drain_rows as f64)
         ),
         &[
@@ -246,18 +347,21 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
             "relays",
             "rows",
             "toolkit (rows/s)",
+            "plain (rows/s)",
+            "× plain",
             "raw SQL (rows/s)",
             "× raw SQL",
             "original (rows/s)",
             "× original",
         ],
     );
+    let mut worst_plain = f64::INFINITY;
     let mut worst_raw = f64::INFINITY;
     let mut best_original = 0.0_f64;
     let mut originals = std::collections::HashMap::new();
     for relays in [1, 2, 4] {
         let n = sizes.drain_rows / 10;
-        fill(&pool, n).await?;
+        fill_plain(&pool, n).await?;
         let rate = original(&pool, n, relays).await?;
         originals.insert(relays, rate);
     }
@@ -269,8 +373,11 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
             let ours = toolkit(&pool, n, batch, relays).await?;
             fill(&pool, n).await?;
             let raw = raw_sql(&pool, n, batch, relays).await?;
+            fill_plain(&pool, n).await?;
+            let limit = plain(&pool, n, batch, relays).await?;
             let orig = originals[&relays];
             if batch >= 100 {
+                worst_plain = worst_plain.min(ours / limit);
                 worst_raw = worst_raw.min(ours / raw);
                 best_original = best_original.max(ours / orig);
             }
@@ -279,6 +386,8 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
                 relays.to_string(),
                 count(n as f64),
                 count(ours),
+                count(limit),
+                ratio(ours / limit),
                 count(raw),
                 ratio(ours / raw),
                 count(orig),
@@ -288,9 +397,10 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
     }
     section.verdict = format!(
         "The original design was measured once per relay count on a tenth of the rows (its \
-         rate does not depend on a batch size). Goals, at the default batch size (100) and \
-         above: at least 0.8× the raw SQL ceiling (worst here: {}) and at least 10× the \
-         original design (here up to {}).",
+         rate does not depend on a batch size). At the default batch size (100) and above, the \
+         toolkit reached at worst {} of the plain claim (which keeps no group order) and {} of \
+         its own statements, and up to {} the original design.",
+        ratio(worst_plain),
         ratio(worst_raw),
         ratio(best_original)
     );

@@ -20,9 +20,9 @@
 //! failed attempts), so the handler runs again with a fresh count of
 //! attempts. Replaying twice cannot enqueue twice.
 //!
-//! A row the relay gave up on is requeued in place: back to `pending`, due
-//! now, attempts reset, last error cleared. It keeps its id and its place in
-//! its group.
+//! A row the relay gave up on is requeued: back to `pending`, due now,
+//! attempts reset, last error cleared. It keeps its id; on SQLite also its
+//! `seq`, on PostgreSQL it gets a new one, after its group's pending rows.
 //!
 //! ```no_run
 //! # async fn example(store: outbox_runtime::PgStore) -> Result<(), outbox_runtime::admin::AdminError> {

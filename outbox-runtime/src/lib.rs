@@ -82,8 +82,8 @@ pub use crate::store::postgres::PgStore;
 pub use crate::store::sqlite::SqliteStore;
 pub use crate::store::{
     ClaimedMessage, CleanupReport, DeadLetter, EnqueueError, GroupStats, HandlerState, OutboxRow,
-    OutboxStats, PublishFailure, RetentionPolicy, RowStatus, Store, StoreError, StoreExt,
-    StoredDeadLetter, Tx,
+    OutboxStats, PublishFailure, RetentionPolicy, RowStatus, Settlement, Store, StoreError,
+    StoreExt, StoredDeadLetter, Tx,
 };
 pub use crate::table::{
     DispatchTable, HandlerInfo, MessageEntry, MessageInfo, TableError, TableProblem,

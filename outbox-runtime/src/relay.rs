@@ -13,8 +13,11 @@ use tracing::Instrument;
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 use crate::pump::RelayWaker;
-use crate::store::{ClaimedMessage, PublishFailure, Store, StoreError};
+use crate::store::{ClaimedMessage, PublishFailure, Settlement, Store, StoreError};
 use crate::transport::{EntryErrorKind, PublishEntry, Transport};
+
+/// How many times a relay tries a settlement again after a transient error.
+const SETTLE_RETRIES: u32 = 3;
 
 /// Settings of a [`Relay`].
 #[derive(Clone, Copy, Debug)]
@@ -277,7 +280,6 @@ impl<S: Store, T: Transport> Relay<S, T> {
         };
         let mut published = Vec::new();
         let mut failures = Vec::new();
-        let mut skipped = Vec::new();
         let mut blocked: HashSet<&str> = HashSet::new();
         let max_batch = self.transport.max_batch().max(1);
 
@@ -292,8 +294,7 @@ impl<S: Store, T: Transport> Relay<S, T> {
                     break;
                 };
                 if blocked.contains(message.envelope.group.as_str()) {
-                    skipped.push(message.seq);
-                    continue;
+                    continue; // released by the settlement
                 }
                 messages.push(message);
                 entries.push(PublishEntry {
@@ -313,9 +314,8 @@ impl<S: Store, T: Transport> Relay<S, T> {
                             continue;
                         };
                         blocked.insert(message.envelope.group.as_str());
-                        if err.kind == EntryErrorKind::HeldBack {
-                            skipped.push(message.seq);
-                        } else {
+                        // A held-back row is released by the settlement.
+                        if err.kind != EntryErrorKind::HeldBack {
                             failures.push(self.failure(message, err.to_string(), err.kind));
                         }
                     }
@@ -331,32 +331,46 @@ impl<S: Store, T: Transport> Relay<S, T> {
                             EntryErrorKind::Unavailable,
                         ));
                     }
-                    skipped.extend(rest.by_ref().map(|m| m.seq));
                     report.transport_down = Some(err.to_string());
+                    break;
                 }
             }
         }
 
-        // Mark what was published first: it is the only state that must not
-        // be lost (a lost failure record just means one more attempt). On a
-        // transport that dies with the process, rows stay pending under
-        // their lease until a consumer confirms them.
-        if self.transport.durable() {
-            self.store.mark_published(lease, &published).await?;
-        } else {
-            self.store
-                .mark_relayed(lease, &published, self.config.relayed_for)
-                .await?;
-            if !published.is_empty() {
-                let mut relayed = self.lock_relayed();
-                if relayed.leases.is_empty() {
-                    relayed.renewed = Some(Instant::now());
+        // One transaction: what was published, what failed, and the lease
+        // given back. On a transport that dies with the process, published
+        // rows stay in the outbox, holding their groups, until a consumer
+        // confirms them.
+        let durable = self.transport.durable();
+        let settlement = Settlement {
+            claimed: &batch,
+            published: &published,
+            confirm_within: (!durable).then_some(self.config.relayed_for),
+            failures: &failures,
+        };
+        // A settlement that failed on a transient error (a connection lost)
+        // is tried again: otherwise its groups would wait out the lease. One
+        // that committed unbeknownst to us finds its lease given back and
+        // writes nothing the second time.
+        let mut retries = 0;
+        loop {
+            match self.store.settle(settlement).await {
+                Ok(()) => break,
+                Err(err) if err.is_transient() && retries < SETTLE_RETRIES => {
+                    retries += 1;
+                    tracing::debug!(error = %err, retries, "settlement failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(20) * retries).await;
                 }
-                relayed.leases.insert(lease);
+                Err(err) => return Err(err.into()),
             }
         }
-        self.store.record_failures(lease, &failures).await?;
-        self.store.release(lease, &skipped).await?;
+        if !durable && !published.is_empty() {
+            let mut relayed = self.lock_relayed();
+            if relayed.leases.is_empty() {
+                relayed.renewed = Some(Instant::now());
+            }
+            relayed.leases.insert(lease);
+        }
 
         let dead = failures.iter().filter(|f| f.retry_after.is_none()).count() as u64;
         report.published += published.len() as u64;

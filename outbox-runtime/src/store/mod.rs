@@ -4,21 +4,28 @@
 //! One trait, [`Store`], with one implementation per database, each behind a
 //! cargo feature: [`PgStore`](crate::PgStore) (`postgres`) for production and
 //! [`SqliteStore`](crate::SqliteStore) (`sqlite`) for the embedded default.
-//! Both keep the same four tables, created by embedded migrations tracked in
-//! their own table (`_outbox_migrations`), so they never collide with the
-//! app's own `sqlx` migrations:
+//! Both create their tables with embedded migrations tracked in their own
+//! table (`_outbox_migrations`), so they never collide with the app's own
+//! `sqlx` migrations:
 //!
 //! | table | rows |
 //! |---|---|
-//! | `outbox` | one per message: `seq` (order), `id`, type, version, group, queue, payload, headers, created/available-at, publish attempts, last error, status (`pending` / `relayed` / `published` / `dead`), published-at, lease (until when, and the claim's token) |
+//! | `outbox` | one per message: `seq` (order), `id`, type, version, group, queue, payload, headers, created-at; on SQLite also the relay's state (status `pending` / `relayed` / `published` / `dead`, attempts, last error, backoff, lease) |
+//! | `outbox_groups` | PostgreSQL: one per group with undelivered rows: the relay's state (lease, the first row's backoff, attempts and last error, rows relayed and unconfirmed) |
+//! | `outbox_archive` | PostgreSQL: delivered (`published`) and `dead` rows, moved out of `outbox` |
 //! | `outbox_inbox` | one per (message id, handler) that committed or gave up: the idempotency record |
 //! | `outbox_attempts` | one per (message id, handler) that failed: its failed runs and last error |
 //! | `outbox_dead_letters` | one per message a consumer gave up on: poison, a handler out of attempts, or imported from a queue's DLQ |
 //!
-//! A row the relay cannot publish stays in `outbox` with status `dead` and its
-//! last error; a message a consumer cannot handle goes to
-//! `outbox_dead_letters` with the envelope as received. Both are kept until an
-//! operator replays or purges them.
+//! On PostgreSQL, an `outbox` row is written once and deleted once: a relay
+//! claims and leases groups, not rows, so neither the claim nor a publish
+//! updates the rows the producers' inserts and the claim's reads pay for.
+//! On SQLite, which has one writer at a time, rows keep their state.
+//!
+//! A row the relay cannot publish becomes `dead`, with its last error; a
+//! message a consumer cannot handle goes to `outbox_dead_letters` with the
+//! envelope as received. Both are kept until an operator replays or purges
+//! them. [`Store::rows`] lists rows of every status on both stores.
 //!
 //! How claims keep per-group order and how attempts are counted is on
 //! [`Store`].
@@ -53,7 +60,7 @@ pub struct ClaimedMessage {
     pub lease: Uuid,
 }
 
-/// A failed publish attempt, recorded by [`Store::record_failures`].
+/// A failed publish attempt, recorded by [`Store::settle`].
 #[derive(Clone, Debug)]
 pub struct PublishFailure {
     /// The row.
@@ -66,6 +73,25 @@ pub struct PublishFailure {
     /// Whether it uses up one of the row's attempts: `false` when the whole
     /// transport was down, which says nothing about the row.
     pub counts: bool,
+}
+
+/// What became of a claim's rows, for [`Store::settle`].
+#[derive(Clone, Copy, Debug)]
+pub struct Settlement<'a> {
+    /// The claim's rows, as [`Store::claim`] returned them: those neither
+    /// published nor failed are released.
+    pub claimed: &'a [ClaimedMessage],
+    /// The rows the transport took.
+    pub published: &'a [i64],
+    /// `None` when the transport is durable: published rows are done.
+    /// `Some(within)` when it dies with the process (see
+    /// [`Transport::durable`](crate::Transport::durable)): published rows are
+    /// `relayed`, holding their groups until a consumer confirms them
+    /// ([`Store::confirm`]); those unconfirmed after `within` are published
+    /// again.
+    pub confirm_within: Option<Duration>,
+    /// Failed attempts.
+    pub failures: &'a [PublishFailure],
 }
 
 /// A message a consumer gave up on.
@@ -215,7 +241,8 @@ pub struct CleanupReport {
 /// deletes (bounded, so no statement holds long locks).
 #[derive(Clone, Copy, Debug)]
 pub struct RetentionPolicy {
-    /// Published outbox rows older than this (by `published_at`) are deleted.
+    /// Published outbox rows older than this (by when they were published)
+    /// are deleted.
     pub published_for: Duration,
     /// Inbox rows older than this (by `handled_at`) are deleted, and so are
     /// handlers' failed-attempt counts not updated for as long. Keep it
@@ -413,22 +440,23 @@ pub type Tx<DB> = sqlx::Transaction<'static, DB>;
 ///   [`StoreError::is_transient`]), and the app retries it, as for any
 ///   deadlock.
 ///
-/// A group is held by at most one claim at a time. The first pending row of
-/// each group (its *head*) is claimed only while no row of the group is
-/// leased by a live claim (`lease_until` in the future) or `relayed` to a
-/// queue and unconfirmed; with the head, the claim leases the group's
-/// following pending rows, in sequence order. So no two relays publish one
-/// group at once, a group whose head failed (and waits out its backoff in
-/// `available_at`) is not overtaken by its later rows, and a group whose
-/// rows sit unconfirmed in one process's in-process queue is not published
-/// by another. A relay that dies loses its lease when it expires; its rows
-/// are claimed again (at-least-once; the SQS deduplication id and the inbox
-/// absorb the repeat).
+/// A group is held by at most one claim at a time. A claim takes a group
+/// only while no live claim leases it (the lease ran out, or was given back
+/// by [`Store::settle`]) and no row of it is `relayed` to a queue and
+/// unconfirmed, and takes its rows from the first, in sequence order. So no
+/// two relays publish one group at once, a group whose first row failed
+/// (and waits out its backoff) is not overtaken by its later rows, and a
+/// group whose rows sit unconfirmed in one process's in-process queue is not
+/// published by another. A relay that dies loses its lease when it expires;
+/// its rows are claimed again (at-least-once; the SQS deduplication id and
+/// the inbox absorb the repeat). On PostgreSQL the lease is the group's row
+/// in `outbox_groups`, locked by the claim with `FOR UPDATE SKIP LOCKED`;
+/// on SQLite it is on the rows.
 ///
 /// On a transport that dies with the process (the in-process queue), a
 /// published row is `relayed` until a consumer confirms it; a `relayed` row
-/// whose lease ran out (the process died) is pending again, so a crash loses
-/// nothing.
+/// whose confirmation deadline passed (the process died) is claimed again,
+/// so a crash loses nothing.
 ///
 /// # Handler attempts
 ///
@@ -472,26 +500,16 @@ pub trait Store: Clone + Send + Sync + 'static {
         lease: Duration,
     ) -> impl Future<Output = Result<Vec<ClaimedMessage>, StoreError>> + Send;
 
-    /// Marks rows published, in one statement. Rows no longer leased under
-    /// `lease` (another claim took them) are left alone, as are the
-    /// following methods'.
-    fn mark_published(
-        &self,
-        lease: Uuid,
-        seqs: &[i64],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Marks rows handed to a non-durable transport `relayed`, to be
-    /// confirmed within `confirm_within`: no longer claimable, but not yet
-    /// published, and holding their groups. A consumer confirms them
-    /// ([`confirm`](Self::confirm)); those still unconfirmed by then (the
-    /// process died with the queue) become pending again at the next claim.
-    fn mark_relayed(
-        &self,
-        lease: Uuid,
-        seqs: &[i64],
-        confirm_within: Duration,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Settles a claim in one transaction: the rows the transport took are
+    /// published (or, with [`Settlement::confirm_within`], relayed), failed
+    /// attempts are recorded (attempts + 1 where the failure counts, last
+    /// error, backoff or dead), and every other claimed row is released.
+    /// Nothing is written once another claim took the rows' groups (this
+    /// claim's lease ran out).
+    fn settle<'a>(
+        &'a self,
+        settlement: Settlement<'a>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a;
 
     /// Moves to `confirm_within` from now the confirmation deadline of the rows
     /// still `relayed` under the claims `leases`: the relay that handed them
@@ -512,21 +530,6 @@ pub trait Store: Clone + Send + Sync + 'static {
         tx: &'t mut Tx<Self::Database>,
         ids: &'t [Uuid],
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
-
-    /// Records failed publish attempts (attempts + 1 where the failure
-    /// counts, last error, backoff or dead), in one statement.
-    fn record_failures(
-        &self,
-        lease: Uuid,
-        failures: &[PublishFailure],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Gives back the lease of claimed rows that were not attempted.
-    fn release(
-        &self,
-        lease: Uuid,
-        seqs: &[i64],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Begins the transaction a consumer's batch of handler runs runs in.
     fn begin(&self) -> impl Future<Output = Result<Tx<Self::Database>, StoreError>> + Send;
@@ -589,7 +592,9 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
 
     /// Deletes published rows, and inbox and attempt rows, past the
-    /// policy's ages, in bounded batches until none is left.
+    /// policy's ages, in bounded batches until none is left. On PostgreSQL it
+    /// also restores the `outbox_groups` row of any group whose rows lack
+    /// one (written by a producer older than that table), logging a warning.
     fn cleanup(
         &self,
         policy: &RetentionPolicy,
@@ -642,7 +647,10 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn purge_dead_letter(&self, id: i64) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Puts a `dead` outbox row back to `pending`, due now, with its
-    /// attempts reset and its last error cleared; `false` if row `seq` is not dead.
+    /// attempts reset and its last error cleared; `false` if row `seq` is not
+    /// dead. On SQLite it keeps its `seq` (its group's next rows wait for
+    /// it); on PostgreSQL it is enqueued again under a new `seq`, after its
+    /// group's pending rows.
     fn requeue_dead_row(&self, seq: i64) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Deletes a `dead` outbox row; `false` if row `seq` is not dead.

@@ -1,5 +1,6 @@
-//! [`PgStore`]: the outbox on PostgreSQL. Batches use `UNNEST`, claims use
-//! `FOR UPDATE SKIP LOCKED` on group heads.
+//! [`PgStore`]: the outbox on PostgreSQL. Batches use `UNNEST`; relays claim
+//! groups (`outbox_groups`) with `FOR UPDATE SKIP LOCKED`; delivered rows
+//! move to `outbox_archive`.
 
 use std::time::Duration;
 
@@ -9,9 +10,9 @@ use uuid::Uuid;
 
 use super::{
     BEGIN_RUN_SQL, ClaimedMessage, CleanupReport, DeadLetter, GroupStats, HandlerState,
-    KEEP_RUN_SQL, OutboxRow, OutboxStats, PublishFailure, RetentionPolicy, RowStatus, Store,
-    StoreError, StoredDeadLetter, Tx, UNDO_RUN_SQL, attempts_from, envelope_from_row, headers_json,
-    millis, reserved_states, status_from, u32_column,
+    KEEP_RUN_SQL, OutboxRow, OutboxStats, PublishFailure, RetentionPolicy, RowStatus, Settlement,
+    Store, StoreError, StoredDeadLetter, Tx, UNDO_RUN_SQL, attempts_from, envelope_from_row,
+    headers_json, millis, reserved_states, status_from, u32_column,
 };
 use crate::envelope::Outgoing;
 
@@ -68,126 +69,71 @@ impl PgStore {
     // The relay's statements, public (hidden) so that the benchmark's raw SQL
     // ceiling issues exactly these and cannot drift from them.
 
-    /// Puts rows relayed to a queue that died before confirming them back
-    /// to pending.
+    /// Claims up to `$1` rows for `$2` milliseconds under token `$3`: locks
+    /// (`FOR UPDATE SKIP LOCKED`) and leases up to `$1` claimable groups in
+    /// the order of their first rows, and takes their rows in sequence
+    /// order, round-robin across groups (at most `$1` / groups from each).
+    /// A group is claimable when its backoff is over, no live claim leases
+    /// it, and no row it relayed to a non-durable queue is unconfirmed
+    /// within its deadline. Also returns, with a null `seq`, the locked
+    /// groups that had no rows, for [`Self::DROP_EMPTY_GROUPS_SQL`].
     #[doc(hidden)]
-    pub const RECOVER_SQL: &'static str = "UPDATE outbox SET status = 'pending', lease_until = NULL
-             WHERE status = 'relayed' AND lease_until < now()";
-
-    /// Claims up to `$1` rows of groups whose heads it locks and that no
-    /// live lease or unconfirmed relayed row holds, leased for `$2`
-    /// milliseconds under token `$4` (see the store's module docs), looking for heads
-    /// among the first `$3` claimable rows ([`Self::claim_window`]) and, when that
-    /// window is full of rows behind other heads, group by group.
-    ///
-    /// Finding heads by walking pending rows in sequence order is cheap
-    /// while most rows are heads, and costly when they are not: a group
-    /// another relay holds, or one whose head waits out a backoff, puts all
-    /// its rows between the walker and the next free head (at 100,000 rows
-    /// in 100 groups with every group held, 700 ms to find nothing). So the
-    /// walk stops after a window; if the window held fewer heads than
-    /// wanted, a skip scan of the `(group_key, seq)` index visits each
-    /// group's first row instead: one index probe per group.
-    #[doc(hidden)]
-    pub const CLAIM_SQL: &'static str = "WITH RECURSIVE
-             window_heads AS (
-                 SELECT c.seq FROM (
-                     SELECT seq, group_key FROM outbox
-                     WHERE status = 'pending'
-                       AND available_at <= now()
-                       AND (lease_until IS NULL OR lease_until < now())
-                     ORDER BY seq
-                     LIMIT $3) c
-                 WHERE NOT EXISTS (
-                     SELECT 1 FROM outbox e
-                     WHERE e.status = 'pending' AND e.group_key = c.group_key AND e.seq < c.seq)
-                   AND NOT EXISTS (
-                     SELECT 1 FROM outbox e
-                     WHERE e.group_key = c.group_key AND e.lease_until IS NOT NULL
-                       AND (e.status = 'relayed' OR (e.status = 'pending' AND e.lease_until >= now())))
-                 ORDER BY c.seq
-                 LIMIT $1
-             ),
-             -- Runs only when the window was full and short of heads (the
-             -- planner gates it on these two conditions, evaluated once).
-             -- The window is written out again for the count: a CTE read
-             -- twice is materialized whole, and `window_heads` could no
-             -- longer stop at `$1` heads.
-             groups (group_key) AS (
-                 (SELECT group_key FROM outbox
-                  WHERE status = 'pending'
-                    AND (SELECT count(*) FROM window_heads) < $1
-                    AND (SELECT count(*) FROM (
-                            SELECT 1 FROM outbox
-                            WHERE status = 'pending'
-                              AND available_at <= now()
-                              AND (lease_until IS NULL OR lease_until < now())
-                            ORDER BY seq
-                            LIMIT $3) w) = $3
-                  ORDER BY group_key
-                  LIMIT 1)
-                 UNION ALL
-                 SELECT (SELECT o.group_key FROM outbox o
-                         WHERE o.status = 'pending' AND o.group_key > g.group_key
-                         ORDER BY o.group_key
-                         LIMIT 1)
-                 FROM groups g
-                 WHERE g.group_key IS NOT NULL
-             ),
-             group_heads AS (
-                 SELECT h.seq FROM groups g CROSS JOIN LATERAL (
-                     SELECT o.seq FROM outbox o
-                     WHERE o.status = 'pending' AND o.group_key = g.group_key
-                     ORDER BY o.seq
-                     LIMIT 1) h
-             ),
-             heads AS (
-                 SELECT o.seq, o.group_key FROM outbox o
-                 WHERE o.seq = ANY (ARRAY(SELECT seq FROM window_heads
-                                          UNION ALL
-                                          SELECT seq FROM group_heads))
-                   AND o.status = 'pending'
-                   AND o.available_at <= now()
-                   AND (o.lease_until IS NULL OR o.lease_until < now())
-                   -- The group is held while any of its rows is leased by a
-                   -- live claim or relayed and unconfirmed (a relayed row past
-                   -- its deadline too, until RECOVER_SQL, a statement of its
-                   -- own, has made it pending: else its group's later rows
-                   -- could pass it).
-                   AND NOT EXISTS (
-                     SELECT 1 FROM outbox e
-                     WHERE e.group_key = o.group_key AND e.lease_until IS NOT NULL
-                       AND (e.status = 'relayed' OR (e.status = 'pending' AND e.lease_until >= now())))
-                 ORDER BY o.seq
+    pub const CLAIM_SQL: &'static str = "WITH
+             candidates AS (
+                 SELECT g.group_key, g.failed_seq, g.attempts FROM outbox_groups g
+                 WHERE g.available_at <= now()
+                   AND (g.lease_until IS NULL OR g.lease_until < now())
+                   AND (g.relayed_until IS NULL OR g.relayed_until < now() OR NOT EXISTS (
+                       SELECT 1 FROM outbox o
+                       WHERE o.group_key = g.group_key AND o.seq <= g.relayed_through))
+                 ORDER BY g.head_seq
                  LIMIT $1
                  FOR UPDATE SKIP LOCKED
              ),
+             per_group AS (
+                 SELECT ceil($1::numeric / greatest(count(*), 1))::int8 AS n FROM candidates
+             ),
              picked AS (
-                 SELECT o.seq FROM outbox o JOIN heads h ON h.group_key = o.group_key
-                 WHERE o.status = 'pending'
-                 ORDER BY o.seq
+                 SELECT r.seq, r.group_key FROM candidates c CROSS JOIN LATERAL (
+                     SELECT o.seq, o.group_key, row_number() OVER (ORDER BY o.seq) AS turn
+                     FROM outbox o WHERE o.group_key = c.group_key
+                     ORDER BY o.seq
+                     LIMIT (SELECT n FROM per_group)) r
+                 ORDER BY r.turn, r.seq
                  LIMIT $1
+             ),
+             leased AS (
+                 UPDATE outbox_groups g
+                 SET lease_token = $3, lease_until = now() + $2 * interval '1 millisecond',
+                     relayed_through = NULL, relayed_token = NULL, relayed_until = NULL
+                 WHERE g.group_key IN (SELECT group_key FROM picked)
              )
-             UPDATE outbox SET lease_until = now() + $2 * interval '1 millisecond', lease_token = $4
-             FROM picked
-             WHERE outbox.seq = picked.seq
-               -- `picked` is read from the statement's snapshot, unlocked:
-               -- another relay may have leased or relayed a row since. These
-               -- conditions are rechecked on the row's newest version, so
-               -- such a row is left out rather than claimed twice.
-               AND outbox.status = 'pending'
-               AND (outbox.lease_until IS NULL OR outbox.lease_until < now())
-             RETURNING outbox.seq, outbox.id, outbox.message_type, outbox.version, outbox.group_key,
-                       outbox.queue, outbox.payload::text AS payload, outbox.headers::text AS headers,
-                       outbox.created_at, outbox.attempts";
+             SELECT o.seq, o.id, o.message_type, o.version, o.group_key, o.queue,
+                    o.payload::text AS payload, o.headers::text AS headers, o.created_at,
+                    CASE WHEN o.seq = c.failed_seq THEN c.attempts ELSE 0 END AS attempts
+             FROM picked p
+             JOIN outbox o ON o.seq = p.seq
+             JOIN candidates c ON c.group_key = p.group_key
+             UNION ALL
+             SELECT NULL, NULL, NULL, NULL, c.group_key, NULL, NULL, NULL, NULL, NULL
+             FROM candidates c WHERE c.group_key NOT IN (SELECT group_key FROM picked)";
 
-    /// `$3` of [`Self::CLAIM_SQL`]: how many claimable rows it walks for
-    /// heads before it visits groups one by one; four per row wanted, at
-    /// least 64.
+    /// Takes, until the transaction ends, the producers' locks of those of
+    /// groups `$1` (text[]) that no producer holds now: the groups
+    /// [`Self::DROP_EMPTY_GROUPS_SQL`] may drop.
     #[doc(hidden)]
-    pub fn claim_window(limit: u32) -> i64 {
-        (i64::from(limit) * 4).max(64)
-    }
+    pub const LOCK_IDLE_GROUPS_SQL: &'static str = "SELECT k FROM unnest($1::text[]) AS k
+             WHERE pg_try_advisory_xact_lock(1869968482, hashtext(k))";
+
+    /// Deletes the group rows of groups `$1` that have no rows and no live
+    /// lease. Run after [`Self::LOCK_IDLE_GROUPS_SQL`] in the same
+    /// transaction, as a statement of its own: its snapshot then sees every
+    /// row a producer of those groups committed.
+    #[doc(hidden)]
+    pub const DROP_EMPTY_GROUPS_SQL: &'static str = "DELETE FROM outbox_groups g
+             WHERE g.group_key = ANY($1)
+               AND (g.lease_until IS NULL OR g.lease_until < now())
+               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.group_key = g.group_key)";
 
     /// Locks the groups `$1` (text[]) until the transaction ends, in a fixed
     /// order (two calls never deadlock each other; two transactions of
@@ -200,18 +146,33 @@ impl PgStore {
              FROM (SELECT DISTINCT hashtext(g) AS k FROM unnest($1::text[]) AS g) AS l
              ORDER BY k";
 
-    /// Marks rows `$1` published, if still leased under token `$2`.
+    /// Moves rows `$1` to the archive as published, if their groups are
+    /// still leased under token `$2`.
     #[doc(hidden)]
-    pub const MARK_PUBLISHED_SQL: &'static str =
-        "UPDATE outbox SET status = 'published', published_at = now(), lease_until = NULL
-             WHERE seq = ANY($1) AND status = 'pending' AND lease_token = $2";
+    pub const PUBLISHED_SQL: &'static str = "WITH gone AS (
+                 DELETE FROM outbox o USING outbox_groups g
+                 WHERE o.seq = ANY($1) AND g.group_key = o.group_key AND g.lease_token = $2
+                 RETURNING o.seq, o.id, o.message_type, o.version, o.group_key, o.queue, o.payload,
+                           o.headers, o.created_at,
+                           CASE WHEN o.seq = g.failed_seq THEN g.attempts ELSE 0 END AS attempts,
+                           CASE WHEN o.seq = g.failed_seq THEN g.last_error END AS last_error)
+             INSERT INTO outbox_archive (seq, id, message_type, version, group_key, queue, payload,
+                                         headers, created_at, attempts, last_error, status)
+             SELECT seq, id, message_type, version, group_key, queue, payload, headers, created_at,
+                    attempts, last_error, 'published'
+             FROM gone";
 
-    /// Marks rows `$1` handed to a non-durable queue, for `$2` milliseconds,
-    /// if still leased under token `$3`.
+    /// Gives back the leases of groups `$1` (text[]) held under token `$2`,
+    /// moving each one's place in the claim order to its first row; returns
+    /// the groups left without rows.
     #[doc(hidden)]
-    pub const MARK_RELAYED_SQL: &'static str =
-        "UPDATE outbox SET status = 'relayed', lease_until = now() + $2 * interval '1 millisecond'
-             WHERE seq = ANY($1) AND status = 'pending' AND lease_token = $3";
+    pub const UNLEASE_SQL: &'static str = "UPDATE outbox_groups g
+             SET lease_token = NULL, lease_until = NULL,
+                 head_seq = COALESCE(
+                     (SELECT min(o.seq) FROM outbox o WHERE o.group_key = g.group_key), g.head_seq)
+             WHERE g.group_key = ANY($1) AND g.lease_token = $2
+             RETURNING g.group_key,
+                       NOT EXISTS (SELECT 1 FROM outbox o WHERE o.group_key = g.group_key) AS empty";
 }
 
 fn claimed_from_row(
@@ -277,6 +238,186 @@ fn stored_dead_letter(row: &sqlx::postgres::PgRow) -> Result<StoredDeadLetter, S
 }
 
 const DEAD_LETTER_COLUMNS: &str = "SELECT id, message_id, handler, message_type, group_key, body, error, attempts, dead_at FROM outbox_dead_letters";
+
+/// Read committed, whatever the session's default: dropping an emptied group
+/// relies on a statement seeing what producers committed before it started
+/// (see [`PgStore::DROP_EMPTY_GROUPS_SQL`]).
+const BEGIN_SQL: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+
+/// How many claim statements one [`Store::claim`] runs at most while its
+/// candidates hold nothing to publish.
+const CLAIM_ROUNDS: usize = 8;
+
+/// What became of the rows of a claim (a [`Settlement`] without the rows).
+#[derive(Clone, Copy)]
+struct Outcome<'a> {
+    published: &'a [i64],
+    confirm_within: Option<Duration>,
+    failures: &'a [PublishFailure],
+}
+
+/// Settles what a claim under `lease` did to the rows of `groups`, then
+/// gives back the leases of `release`. Locks the groups still leased under
+/// `lease` first, in key order (no other claim can take them until the
+/// transaction ends); a group another claim took since is left alone.
+async fn settle_in(
+    conn: &mut PgConnection,
+    lease: Uuid,
+    groups: &[impl AsRef<str> + Sync],
+    release: &[impl AsRef<str> + Sync],
+    outcome: Outcome<'_>,
+) -> Result<(), StoreError> {
+    let groups: Vec<&str> = groups.iter().map(AsRef::as_ref).collect();
+    let held: Vec<String> = sqlx::query_scalar(
+        "SELECT group_key FROM outbox_groups
+         WHERE group_key = ANY($1) AND lease_token = $2
+         ORDER BY group_key
+         FOR UPDATE",
+    )
+    .bind(&groups)
+    .bind(lease)
+    .fetch_all(&mut *conn)
+    .await?;
+    if held.is_empty() {
+        return Ok(());
+    }
+    if !outcome.published.is_empty() {
+        match outcome.confirm_within {
+            None => {
+                sqlx::query(PgStore::PUBLISHED_SQL)
+                    .bind(outcome.published)
+                    .bind(lease)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Some(within) => {
+                sqlx::query(
+                    "UPDATE outbox_groups g
+                     SET relayed_through = r.last, relayed_token = $2,
+                         relayed_until = now() + $3 * interval '1 millisecond'
+                     FROM (SELECT group_key, max(seq) AS last FROM outbox
+                           WHERE seq = ANY($1) GROUP BY group_key) r
+                     WHERE g.group_key = r.group_key AND g.lease_token = $2",
+                )
+                .bind(outcome.published)
+                .bind(lease)
+                .bind(millis(within))
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+    }
+    record_failures(conn, lease, outcome.failures).await?;
+    let release: Vec<&str> = release
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|group| held.iter().any(|h| h == group))
+        .collect();
+    unlease(conn, lease, &release).await
+}
+
+/// Records failed publish attempts of groups leased under `lease`. A
+/// group's first failed row (the rows before it were published) gets the
+/// group's backoff, its attempt counted where the failure counts, or is moved
+/// to the archive as dead; the group's later rows are released.
+async fn record_failures(
+    conn: &mut PgConnection,
+    lease: Uuid,
+    failures: &[PublishFailure],
+) -> Result<(), StoreError> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let seqs: Vec<i64> = failures.iter().map(|f| f.seq).collect();
+    let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
+    let retry_after: Vec<Option<i64>> =
+        failures.iter().map(|f| f.retry_after.map(millis)).collect();
+    let counts: Vec<bool> = failures.iter().map(|f| f.counts).collect();
+    sqlx::query(
+        "WITH failed AS (
+             SELECT DISTINCT ON (o.group_key) o.group_key, f.seq, f.error, f.retry_ms,
+                    CASE WHEN g.failed_seq = f.seq THEN g.attempts ELSE 0 END
+                        + CASE WHEN f.counts THEN 1 ELSE 0 END AS attempts
+             FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::bool[]) AS f(seq, error, retry_ms, counts)
+             JOIN outbox o ON o.seq = f.seq
+             JOIN outbox_groups g ON g.group_key = o.group_key AND g.lease_token = $5
+             ORDER BY o.group_key, f.seq
+         ),
+         dead AS (
+             DELETE FROM outbox o USING failed f
+             WHERE o.seq = f.seq AND f.retry_ms IS NULL
+             RETURNING o.seq, o.id, o.message_type, o.version, o.group_key, o.queue, o.payload,
+                       o.headers, o.created_at, f.attempts, f.error
+         ),
+         archived AS (
+             INSERT INTO outbox_archive (seq, id, message_type, version, group_key, queue, payload,
+                                         headers, created_at, attempts, last_error, status)
+             SELECT seq, id, message_type, version, group_key, queue, payload, headers, created_at,
+                    attempts, error, 'dead'
+             FROM dead
+         )
+         UPDATE outbox_groups g SET
+             failed_seq = CASE WHEN f.retry_ms IS NULL THEN NULL ELSE f.seq END,
+             attempts = CASE WHEN f.retry_ms IS NULL THEN 0 ELSE f.attempts END,
+             last_error = CASE WHEN f.retry_ms IS NULL THEN NULL ELSE f.error END,
+             available_at = CASE WHEN f.retry_ms IS NULL THEN g.available_at
+                                 ELSE now() + f.retry_ms * interval '1 millisecond' END
+         FROM failed f
+         WHERE g.group_key = f.group_key AND g.lease_token = $5",
+    )
+    .bind(&seqs)
+    .bind(&errors)
+    .bind(&retry_after)
+    .bind(&counts)
+    .bind(lease)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Gives back the leases of `groups` held under `lease`, and drops the group
+/// rows of those left without rows.
+async fn unlease<S: AsRef<str> + Sync>(
+    conn: &mut PgConnection,
+    lease: Uuid,
+    groups: &[S],
+) -> Result<(), StoreError> {
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let groups: Vec<&str> = groups.iter().map(AsRef::as_ref).collect();
+    let unleased: Vec<(String, bool)> = sqlx::query_as(PgStore::UNLEASE_SQL)
+        .bind(&groups)
+        .bind(lease)
+        .fetch_all(&mut *conn)
+        .await?;
+    let empty: Vec<String> = unleased
+        .into_iter()
+        .filter_map(|(group, empty)| empty.then_some(group))
+        .collect();
+    drop_empty_groups(conn, &empty).await
+}
+
+/// Drops the group rows of `groups` that have no rows, no live lease, and
+/// no producer enqueueing into them now; in the caller's transaction, whose
+/// end releases the producers' locks it took.
+async fn drop_empty_groups(conn: &mut PgConnection, groups: &[String]) -> Result<(), StoreError> {
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let idle: Vec<String> = sqlx::query_scalar(PgStore::LOCK_IDLE_GROUPS_SQL)
+        .bind(groups)
+        .fetch_all(&mut *conn)
+        .await?;
+    if idle.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(PgStore::DROP_EMPTY_GROUPS_SQL)
+        .bind(&idle)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
 
 impl PgStore {
     /// Runs `delete` (`$1`: an age in milliseconds, `$2`: the batch) until
@@ -354,12 +495,25 @@ impl Store for PgStore {
             headers.push(headers_json(envelope));
             created.push(envelope.created_at);
         }
+        // The group rows of groups new to the outbox, in the same statement.
         sqlx::query(
-            "INSERT INTO outbox (id, message_type, version, group_key, queue, payload, headers, created_at)
-             SELECT id, message_type, version, group_key, queue, payload::json, headers::json, created_at
-             FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[])
-                  WITH ORDINALITY AS m(id, message_type, version, group_key, queue, payload, headers, created_at, ord)
-             ORDER BY ord",
+            "WITH added AS (
+                 INSERT INTO outbox (id, message_type, version, group_key, queue, payload, headers, created_at)
+                 SELECT id, message_type, version, group_key, queue, payload::json, headers::json, created_at
+                 FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[])
+                      WITH ORDINALITY AS m(id, message_type, version, group_key, queue, payload, headers, created_at, ord)
+                 ORDER BY ord
+                 RETURNING seq, group_key)
+             INSERT INTO outbox_groups (group_key, head_seq)
+             SELECT a.group_key, min(a.seq) FROM added a
+             -- Under read committed, a group row already there is skipped
+             -- without waiting for a relay updating it (ON CONFLICT would
+             -- wait); the group's lock keeps it from being dropped meanwhile.
+             -- Other isolation levels leave it to ON CONFLICT.
+             WHERE current_setting('transaction_isolation') <> 'read committed'
+                OR NOT EXISTS (SELECT 1 FROM outbox_groups g WHERE g.group_key = a.group_key)
+             GROUP BY a.group_key
+             ON CONFLICT (group_key) DO NOTHING",
         )
         .bind(&ids)
         .bind(&types)
@@ -375,51 +529,83 @@ impl Store for PgStore {
     }
 
     async fn claim(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedMessage>, StoreError> {
-        // Rows relayed to a queue that died before confirming them.
-        sqlx::query(Self::RECOVER_SQL).execute(&self.pool).await?;
         let token = Uuid::now_v7();
-        let rows = sqlx::query(Self::CLAIM_SQL)
-            .bind(i64::from(limit))
-            .bind(millis(lease))
-            .bind(Self::claim_window(limit))
-            .bind(token)
-            .fetch_all(&self.pool)
-            .await?;
-        super::sort_out(
-            self,
-            token,
-            rows.iter().map(|row| claimed_from_row(row, token)),
-        )
-        .await
+        // A claim whose candidates held nothing to publish (groups emptied by
+        // a consumer's confirmations or a rolled-back producer, dropped here;
+        // rows found corrupt, made dead) claims again, so a drain does not
+        // stop while other groups wait behind them.
+        for _ in 0..CLAIM_ROUNDS {
+            let rows = sqlx::query(Self::CLAIM_SQL)
+                .bind(i64::from(limit))
+                .bind(millis(lease))
+                .bind(token)
+                .fetch_all(&self.pool)
+                .await?;
+            let mut empty = Vec::new();
+            let mut corrupt_groups = Vec::new();
+            let mut decoded = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let group: String = row.try_get("group_key")?;
+                if row.try_get::<Option<i64>, _>("seq")?.is_none() {
+                    empty.push(group);
+                    continue;
+                }
+                let message = claimed_from_row(row, token);
+                if message.is_err() {
+                    corrupt_groups.push(group);
+                }
+                decoded.push(message);
+            }
+            let (claimed, corrupt) = super::sort_out(decoded.into_iter())?;
+            if !empty.is_empty() {
+                let mut tx = self.pool.begin_with(BEGIN_SQL).await?;
+                drop_empty_groups(&mut tx, &empty).await?;
+                tx.commit().await?;
+            }
+            if !corrupt.is_empty() {
+                // Groups with nothing left to publish in this claim are given back.
+                corrupt_groups.sort_unstable();
+                corrupt_groups.dedup();
+                let release: Vec<&str> = corrupt_groups
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|group| !claimed.iter().any(|m| m.envelope.group == *group))
+                    .collect();
+                let mut tx = self.pool.begin_with(BEGIN_SQL).await?;
+                let outcome = Outcome {
+                    published: &[],
+                    confirm_within: None,
+                    failures: &corrupt,
+                };
+                settle_in(&mut tx, token, &corrupt_groups, &release, outcome).await?;
+                tx.commit().await?;
+            }
+            if !claimed.is_empty() || (empty.is_empty() && corrupt.is_empty()) {
+                return Ok(claimed);
+            }
+        }
+        Ok(Vec::new())
     }
 
-    async fn mark_published(&self, lease: Uuid, seqs: &[i64]) -> Result<(), StoreError> {
-        if seqs.is_empty() {
+    async fn settle<'a>(&'a self, settlement: Settlement<'a>) -> Result<(), StoreError> {
+        let Some(lease) = settlement.claimed.first().map(|m| m.lease) else {
             return Ok(());
-        }
-        sqlx::query(Self::MARK_PUBLISHED_SQL)
-            .bind(seqs)
-            .bind(lease)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn mark_relayed(
-        &self,
-        lease: Uuid,
-        seqs: &[i64],
-        confirm_within: Duration,
-    ) -> Result<(), StoreError> {
-        if seqs.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(Self::MARK_RELAYED_SQL)
-            .bind(seqs)
-            .bind(millis(confirm_within))
-            .bind(lease)
-            .execute(&self.pool)
-            .await?;
+        };
+        let mut groups: Vec<&str> = settlement
+            .claimed
+            .iter()
+            .map(|m| m.envelope.group.as_str())
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let outcome = Outcome {
+            published: settlement.published,
+            confirm_within: settlement.confirm_within,
+            failures: settlement.failures,
+        };
+        let mut tx = self.pool.begin_with(BEGIN_SQL).await?;
+        settle_in(&mut tx, lease, &groups, &groups, outcome).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -433,10 +619,12 @@ impl Store for PgStore {
         }
         Ok(sqlx::query_scalar(
             "WITH renewed AS (
-                 UPDATE outbox SET lease_until = now() + $2 * interval '1 millisecond'
-                 WHERE status = 'relayed' AND lease_token = ANY($1)
-                 RETURNING lease_token)
-             SELECT DISTINCT lease_token FROM renewed",
+                 UPDATE outbox_groups g SET relayed_until = now() + $2 * interval '1 millisecond'
+                 WHERE g.relayed_token = ANY($1)
+                   AND EXISTS (SELECT 1 FROM outbox o
+                               WHERE o.group_key = g.group_key AND o.seq <= g.relayed_through)
+                 RETURNING g.relayed_token)
+             SELECT DISTINCT relayed_token FROM renewed",
         )
         .bind(leases)
         .bind(millis(confirm_within))
@@ -452,60 +640,22 @@ impl Store for PgStore {
         if ids.is_empty() {
             return Ok(());
         }
+        // The group rows are left alone (a consumer never waits for a
+        // relay): a group whose rows are all confirmed is dropped by a
+        // later claim.
         sqlx::query(
-            "UPDATE outbox SET status = 'published', published_at = now(), lease_until = NULL
-             WHERE id = ANY($1) AND status IN ('pending', 'relayed')",
+            "WITH gone AS (
+                 DELETE FROM outbox o WHERE o.id = ANY($1)
+                 RETURNING o.seq, o.id, o.message_type, o.version, o.group_key, o.queue, o.payload,
+                           o.headers, o.created_at)
+             INSERT INTO outbox_archive (seq, id, message_type, version, group_key, queue, payload,
+                                         headers, created_at, attempts, last_error, status)
+             SELECT seq, id, message_type, version, group_key, queue, payload, headers, created_at,
+                    0, NULL, 'published'
+             FROM gone",
         )
         .bind(ids)
         .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
-
-    async fn record_failures(
-        &self,
-        lease: Uuid,
-        failures: &[PublishFailure],
-    ) -> Result<(), StoreError> {
-        if failures.is_empty() {
-            return Ok(());
-        }
-        let seqs: Vec<i64> = failures.iter().map(|f| f.seq).collect();
-        let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
-        let retry_after: Vec<Option<i64>> =
-            failures.iter().map(|f| f.retry_after.map(millis)).collect();
-        let counts: Vec<bool> = failures.iter().map(|f| f.counts).collect();
-        sqlx::query(
-            "UPDATE outbox AS o SET
-                 attempts = o.attempts + CASE WHEN f.counts THEN 1 ELSE 0 END,
-                 last_error = f.error,
-                 available_at = COALESCE(now() + f.retry_ms * interval '1 millisecond', o.available_at),
-                 status = CASE WHEN f.retry_ms IS NULL THEN 'dead' ELSE 'pending' END,
-                 lease_until = NULL
-             FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::bool[]) AS f(seq, error, retry_ms, counts)
-             WHERE o.seq = f.seq AND o.status = 'pending' AND o.lease_token = $5",
-        )
-        .bind(&seqs)
-        .bind(&errors)
-        .bind(&retry_after)
-        .bind(&counts)
-        .bind(lease)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn release(&self, lease: Uuid, seqs: &[i64]) -> Result<(), StoreError> {
-        if seqs.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(
-            "UPDATE outbox SET lease_until = NULL
-             WHERE seq = ANY($1) AND status = 'pending' AND lease_token = $2",
-        )
-        .bind(seqs)
-        .bind(lease)
-        .execute(&self.pool)
         .await?;
         Ok(())
     }
@@ -631,14 +781,34 @@ impl Store for PgStore {
     }
 
     async fn cleanup(&self, policy: &RetentionPolicy) -> Result<CleanupReport, StoreError> {
+        // Rows whose group has no row in `outbox_groups` are never claimed:
+        // a producer of a version before groups existed, still running after
+        // the migration, writes such rows. Their groups are restored.
+        let restored = sqlx::query(
+            "INSERT INTO outbox_groups (group_key, head_seq)
+             SELECT o.group_key, min(o.seq) FROM outbox o
+             WHERE NOT EXISTS (SELECT 1 FROM outbox_groups g WHERE g.group_key = o.group_key)
+             GROUP BY o.group_key
+             ON CONFLICT (group_key) DO NOTHING",
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if restored > 0 {
+            tracing::warn!(
+                groups = restored,
+                "outbox rows without their group row (written by a producer older than the \
+                 groups table?): groups restored"
+            );
+        }
         let batch = i64::from(policy.batch_size.max(1));
         Ok(CleanupReport {
             published_deleted: self
                 .delete_in_batches(
-                    "DELETE FROM outbox WHERE seq IN (
-                         SELECT seq FROM outbox
-                         WHERE status = 'published' AND published_at < now() - $1 * interval '1 millisecond'
-                         ORDER BY seq LIMIT $2)",
+                    "DELETE FROM outbox_archive WHERE seq IN (
+                         SELECT seq FROM outbox_archive
+                         WHERE status = 'published' AND archived_at < now() - $1 * interval '1 millisecond'
+                         LIMIT $2)",
                     policy.published_for,
                     batch,
                 )
@@ -669,12 +839,12 @@ impl Store for PgStore {
     async fn stats(&self) -> Result<OutboxStats, StoreError> {
         let row = sqlx::query(
             "SELECT
-                 count(*) FILTER (WHERE status IN ('pending', 'relayed')) AS pending,
+                 (SELECT count(*) FROM outbox) AS pending,
                  count(*) FILTER (WHERE status = 'published') AS published,
                  count(*) FILTER (WHERE status = 'dead') AS dead,
-                 (EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE status IN ('pending', 'relayed'))) * 1000)::int8 AS oldest_ms,
+                 (EXTRACT(EPOCH FROM now() - (SELECT min(created_at) FROM outbox)) * 1000)::int8 AS oldest_ms,
                  (SELECT count(*) FROM outbox_dead_letters) AS dead_letters
-             FROM outbox",
+             FROM outbox_archive",
         )
         .fetch_one(&self.pool)
         .await?;
@@ -693,12 +863,17 @@ impl Store for PgStore {
 
     async fn group_stats(&self, limit: u32) -> Result<Vec<GroupStats>, StoreError> {
         let rows = sqlx::query(
-            "SELECT group_key,
-                    count(*) FILTER (WHERE status IN ('pending', 'relayed')) AS pending,
-                    (EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE status IN ('pending', 'relayed'))) * 1000)::int8 AS oldest_ms,
-                    count(*) FILTER (WHERE status = 'dead') AS dead
-             FROM outbox WHERE status IN ('pending', 'relayed', 'dead')
-             GROUP BY group_key
+            "WITH waiting AS (
+                 SELECT group_key, count(*) AS pending, min(created_at) AS oldest
+                 FROM outbox GROUP BY group_key),
+             dead AS (
+                 SELECT group_key, count(*) AS dead
+                 FROM outbox_archive WHERE status = 'dead' GROUP BY group_key)
+             SELECT COALESCE(w.group_key, d.group_key) AS group_key,
+                    COALESCE(w.pending, 0) AS pending,
+                    (EXTRACT(EPOCH FROM now() - w.oldest) * 1000)::int8 AS oldest_ms,
+                    COALESCE(d.dead, 0) AS dead
+             FROM waiting w FULL JOIN dead d ON d.group_key = w.group_key
              ORDER BY oldest_ms DESC NULLS LAST, group_key
              LIMIT $1",
         )
@@ -725,8 +900,22 @@ impl Store for PgStore {
         limit: u32,
     ) -> Result<Vec<OutboxRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT seq, id, message_type, version, group_key, queue, status, attempts, last_error, created_at, published_at
-             FROM outbox WHERE $1::text IS NULL OR status = $1
+            "SELECT * FROM (
+                 SELECT o.seq, o.id, o.message_type, o.version, o.group_key, o.queue,
+                        CASE WHEN g.relayed_until >= now() AND o.seq <= g.relayed_through
+                             THEN 'relayed' ELSE 'pending' END AS status,
+                        CASE WHEN o.seq = g.failed_seq THEN g.attempts ELSE 0 END AS attempts,
+                        CASE WHEN o.seq = g.failed_seq THEN g.last_error END AS last_error,
+                        o.created_at, NULL::timestamptz AS published_at
+                 FROM outbox o LEFT JOIN outbox_groups g ON g.group_key = o.group_key
+                 WHERE $1::text IS NULL OR $1 IN ('pending', 'relayed')
+                 UNION ALL
+                 SELECT seq, id, message_type, version, group_key, queue, status, attempts,
+                        last_error, created_at,
+                        CASE WHEN status = 'published' THEN archived_at END AS published_at
+                 FROM outbox_archive
+                 WHERE $1::text IS NULL OR status = $1) r
+             WHERE $1::text IS NULL OR r.status = $1
              ORDER BY seq DESC LIMIT $2",
         )
         .bind(status.map(RowStatus::as_str))
@@ -797,20 +986,46 @@ impl Store for PgStore {
     }
 
     async fn requeue_dead_row(&self, seq: i64) -> Result<bool, StoreError> {
-        let updated = sqlx::query(
-            "UPDATE outbox SET status = 'pending', attempts = 0, last_error = NULL,
-                 available_at = now(), lease_until = NULL
-             WHERE seq = $1 AND status = 'dead'",
+        let mut tx = self.pool.begin_with(BEGIN_SQL).await?;
+        let Some(group) = sqlx::query_scalar::<_, String>(
+            "SELECT group_key FROM outbox_archive WHERE seq = $1 AND status = 'dead'",
         )
         .bind(seq)
-        .execute(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?
-        .rows_affected();
-        Ok(updated > 0)
+        else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        // As a producer: the group's lock first, then the row, under a new
+        // `seq` (its group's last).
+        sqlx::query(Self::LOCK_GROUPS_SQL)
+            .bind(&[group.as_str()][..])
+            .execute(&mut *tx)
+            .await?;
+        let restored: i64 = sqlx::query_scalar(
+            "WITH back AS (
+                 DELETE FROM outbox_archive WHERE seq = $1 AND status = 'dead'
+                 RETURNING id, message_type, version, group_key, queue, payload, headers, created_at),
+             restored AS (
+                 INSERT INTO outbox (id, message_type, version, group_key, queue, payload, headers, created_at)
+                 SELECT id, message_type, version, group_key, queue, payload, headers, created_at FROM back
+                 RETURNING seq, group_key),
+             grouped AS (
+                 INSERT INTO outbox_groups (group_key, head_seq)
+                 SELECT group_key, seq FROM restored
+                 ON CONFLICT (group_key) DO NOTHING)
+             SELECT count(*) FROM restored",
+        )
+        .bind(seq)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(restored > 0)
     }
 
     async fn purge_dead_row(&self, seq: i64) -> Result<bool, StoreError> {
-        let deleted = sqlx::query("DELETE FROM outbox WHERE seq = $1 AND status = 'dead'")
+        let deleted = sqlx::query("DELETE FROM outbox_archive WHERE seq = $1 AND status = 'dead'")
             .bind(seq)
             .execute(&self.pool)
             .await?

@@ -5,17 +5,16 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{ClaimedMessage, PublishFailure, RowStatus, Store, StoreError};
+use super::{ClaimedMessage, PublishFailure, RowStatus, StoreError};
 use crate::envelope::Envelope;
 
-/// Keeps the claimed rows that decode, in sequence order. A corrupt row (edited
-/// by hand, or written by an incompatible version) is dead-lettered at once
-/// with the reason, so it neither stops the relay nor blocks its group.
-pub(crate) async fn sort_out<S: Store>(
-    store: &S,
-    lease: Uuid,
+/// Splits claimed rows into those that decode, in sequence order, and the
+/// corrupt ones (edited by hand, or written by an incompatible version) as
+/// failures that dead-letter them at once with the reason, so that they
+/// neither stop the relay nor block their groups.
+pub(crate) fn sort_out(
     rows: impl Iterator<Item = Result<ClaimedMessage, StoreError>>,
-) -> Result<Vec<ClaimedMessage>, StoreError> {
+) -> Result<(Vec<ClaimedMessage>, Vec<PublishFailure>), StoreError> {
     let mut claimed = Vec::new();
     let mut corrupt = Vec::new();
     for row in rows {
@@ -33,9 +32,8 @@ pub(crate) async fn sort_out<S: Store>(
             Err(other) => return Err(other),
         }
     }
-    store.record_failures(lease, &corrupt).await?;
     claimed.sort_unstable_by_key(|m| m.seq);
-    Ok(claimed)
+    Ok((claimed, corrupt))
 }
 
 /// Rebuilds an envelope from a row's columns.

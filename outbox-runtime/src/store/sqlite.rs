@@ -26,9 +26,9 @@ use uuid::Uuid;
 
 use super::{
     BEGIN_RUN_SQL, ClaimedMessage, CleanupReport, DeadLetter, GroupStats, HandlerState,
-    KEEP_RUN_SQL, OutboxRow, OutboxStats, PublishFailure, RetentionPolicy, RowStatus, Store,
-    StoreError, StoredDeadLetter, Tx, UNDO_RUN_SQL, attempts_from, envelope_from_row, headers_json,
-    millis, reserved_states, status_from, u32_column,
+    KEEP_RUN_SQL, OutboxRow, OutboxStats, PublishFailure, RetentionPolicy, RowStatus, Settlement,
+    Store, StoreError, StoredDeadLetter, Tx, UNDO_RUN_SQL, attempts_from, envelope_from_row,
+    headers_json, millis, reserved_states, status_from, u32_column,
 };
 use crate::envelope::Outgoing;
 
@@ -182,6 +182,45 @@ fn json_list<T: serde::Serialize>(values: &[T]) -> String {
     serde_json::to_string(values).unwrap_or_else(|_| String::from("[]"))
 }
 
+/// Records failed publish attempts (attempts + 1 where the failure counts,
+/// last error, backoff or dead), in one statement.
+async fn record_failures(
+    conn: &mut SqliteConnection,
+    lease: Uuid,
+    failures: &[PublishFailure],
+) -> Result<(), StoreError> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let now = now_ms();
+    let rows: Vec<(i64, &str, Option<i64>, bool)> = failures
+        .iter()
+        .map(|f| {
+            (
+                f.seq,
+                f.error.as_str(),
+                f.retry_after.map(|after| now.saturating_add(millis(after))),
+                f.counts,
+            )
+        })
+        .collect();
+    sqlx::query(
+        "UPDATE outbox SET
+             attempts = attempts + (f.value ->> 3),
+             last_error = f.value ->> 1,
+             available_at = COALESCE(f.value ->> 2, available_at),
+             status = CASE WHEN f.value ->> 2 IS NULL THEN 'dead' ELSE 'pending' END,
+             lease_until = NULL
+         FROM json_each(?1) AS f
+         WHERE outbox.seq = f.value ->> 0 AND outbox.status = 'pending' AND outbox.lease_token = ?2",
+    )
+    .bind(json_list(&rows))
+    .bind(lease.hyphenated().to_string())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 impl SqliteStore {
     /// Runs `delete` (`?1`: a time bound, `?2`: the batch) until it deletes
     /// fewer rows than a batch; returns how many it deleted.
@@ -302,49 +341,53 @@ impl Store for SqliteStore {
         .bind(token.hyphenated().to_string())
         .fetch_all(&mut *tx)
         .await?;
+        let (claimed, corrupt) =
+            super::sort_out(rows.iter().map(|row| claimed_from_row(row, token)))?;
+        record_failures(&mut tx, token, &corrupt).await?;
         tx.commit().await?;
-        super::sort_out(
-            self,
-            token,
-            rows.iter().map(|row| claimed_from_row(row, token)),
-        )
-        .await
+        Ok(claimed)
     }
 
-    async fn mark_published(&self, lease: Uuid, seqs: &[i64]) -> Result<(), StoreError> {
-        if seqs.is_empty() {
+    async fn settle<'a>(&'a self, settlement: Settlement<'a>) -> Result<(), StoreError> {
+        let Some(lease) = settlement.claimed.first().map(|m| m.lease) else {
             return Ok(());
+        };
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let now = now_ms();
+        let token = lease.hyphenated().to_string();
+        let published = json_list(settlement.published);
+        if let Some(within) = settlement.confirm_within {
+            sqlx::query(
+                "UPDATE outbox SET status = 'relayed', lease_until = ?1
+                 WHERE seq IN (SELECT value FROM json_each(?2)) AND status = 'pending' AND lease_token = ?3",
+            )
+            .bind(now.saturating_add(millis(within)))
+            .bind(&published)
+            .bind(&token)
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            sqlx::query(
+                "UPDATE outbox SET status = 'published', published_at = ?1, lease_until = NULL
+                 WHERE seq IN (SELECT value FROM json_each(?2)) AND status = 'pending' AND lease_token = ?3",
+            )
+            .bind(now)
+            .bind(&published)
+            .bind(&token)
+            .execute(&mut *tx)
+            .await?;
         }
+        record_failures(&mut tx, lease, settlement.failures).await?;
+        let claimed: Vec<i64> = settlement.claimed.iter().map(|m| m.seq).collect();
         sqlx::query(
-            "UPDATE outbox SET status = 'published', published_at = ?1, lease_until = NULL
-             WHERE seq IN (SELECT value FROM json_each(?2)) AND status = 'pending' AND lease_token = ?3",
+            "UPDATE outbox SET lease_until = NULL
+             WHERE seq IN (SELECT value FROM json_each(?1)) AND status = 'pending' AND lease_token = ?2",
         )
-        .bind(now_ms())
-        .bind(json_list(seqs))
-        .bind(lease.hyphenated().to_string())
-        .execute(&self.pool)
+        .bind(json_list(&claimed))
+        .bind(&token)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
-    }
-
-    async fn mark_relayed(
-        &self,
-        lease: Uuid,
-        seqs: &[i64],
-        confirm_within: Duration,
-    ) -> Result<(), StoreError> {
-        if seqs.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(
-            "UPDATE outbox SET status = 'relayed', lease_until = ?1
-             WHERE seq IN (SELECT value FROM json_each(?2)) AND status = 'pending' AND lease_token = ?3",
-        )
-        .bind(now_ms().saturating_add(millis(confirm_within)))
-        .bind(json_list(seqs))
-        .bind(lease.hyphenated().to_string())
-        .execute(&self.pool)
-        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -391,58 +434,6 @@ impl Store for SqliteStore {
         .bind(now_ms())
         .bind(json_list(&ids))
         .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
-
-    async fn record_failures(
-        &self,
-        lease: Uuid,
-        failures: &[PublishFailure],
-    ) -> Result<(), StoreError> {
-        if failures.is_empty() {
-            return Ok(());
-        }
-        let now = now_ms();
-        let rows: Vec<(i64, &str, Option<i64>, bool)> = failures
-            .iter()
-            .map(|f| {
-                (
-                    f.seq,
-                    f.error.as_str(),
-                    f.retry_after.map(|after| now.saturating_add(millis(after))),
-                    f.counts,
-                )
-            })
-            .collect();
-        sqlx::query(
-            "UPDATE outbox SET
-                 attempts = attempts + (f.value ->> 3),
-                 last_error = f.value ->> 1,
-                 available_at = COALESCE(f.value ->> 2, available_at),
-                 status = CASE WHEN f.value ->> 2 IS NULL THEN 'dead' ELSE 'pending' END,
-                 lease_until = NULL
-             FROM json_each(?1) AS f
-             WHERE outbox.seq = f.value ->> 0 AND outbox.status = 'pending' AND outbox.lease_token = ?2",
-        )
-        .bind(json_list(&rows))
-        .bind(lease.hyphenated().to_string())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn release(&self, lease: Uuid, seqs: &[i64]) -> Result<(), StoreError> {
-        if seqs.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(
-            "UPDATE outbox SET lease_until = NULL
-             WHERE seq IN (SELECT value FROM json_each(?1)) AND status = 'pending' AND lease_token = ?2",
-        )
-        .bind(json_list(seqs))
-        .bind(lease.hyphenated().to_string())
-        .execute(&self.pool)
         .await?;
         Ok(())
     }

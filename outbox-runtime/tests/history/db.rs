@@ -266,10 +266,13 @@ impl HistoryStore for PgStore {
     }
 
     async fn outbox_payloads(&self) -> Vec<(i64, String)> {
-        sqlx::query_as("SELECT seq, payload::text FROM outbox")
-            .fetch_all(self.pool())
-            .await
-            .expect("the outbox is readable")
+        sqlx::query_as(
+            "SELECT seq, payload::text FROM outbox
+             UNION ALL SELECT seq, payload::text FROM outbox_archive",
+        )
+        .fetch_all(self.pool())
+        .await
+        .expect("the outbox is readable")
     }
 }
 

@@ -50,12 +50,12 @@ const SQS_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(10);
 #[cfg(feature = "sqs")]
 const SQS_HEARTBEAT: Duration = Duration::from_secs(2);
 
-/// How long a relayed row waits for its confirmation before it is pending
+/// How long a relayed row waits for its confirmation before it is claimed
 /// again (`RelayConfig::relayed_for`): how long a killed node's rows take to
 /// come back. A live node's relay renews its rows every third of it.
 const RELAYED_FOR: Duration = Duration::from_millis(1500);
 
-/// A relay's claim: from the claim to `mark_relayed`, a few milliseconds
+/// A relay's claim: from the claim to its settlement, a few milliseconds
 /// unless the relay is killed (then its groups wait this long).
 const LEASE: Duration = Duration::from_secs(1);
 

@@ -1,11 +1,12 @@
-//! PostgreSQL's claim statement under the conditions that shaped it: a
-//! window of rows that are all behind held or waiting heads (the skip scan
-//! must find the other groups), and a row leased by another relay while the
-//! claim waited for it (the claim must not lease it again).
+//! PostgreSQL's claims of groups (`outbox_groups`) under the conditions
+//! that could break them: groups behind a long backlog of held or waiting
+//! groups, a group another claim is leasing, overlapping producers, relayed
+//! rows, a producer racing the drop of its group's emptied row, and the
+//! migration from the schema that kept every row's state on the row.
 
 use std::time::Duration;
 
-use outbox_runtime::{Outgoing, PgStore, Store};
+use outbox_runtime::{Outgoing, PgStore, PublishFailure, RowStatus, Settlement, Store};
 
 use sqlx::PgPool;
 
@@ -63,15 +64,13 @@ async fn a_group_waiting_out_a_backoff_does_not_hide_the_groups_behind_its_backl
     let others = ["a", "b", "c", "d", "e"].map(|group| (group, 0));
     let store = store_with(&pool, stuck.chain(others)).await;
     sqlx::query(
-        "UPDATE outbox SET available_at = now() + interval '1 hour'
-         WHERE seq = (SELECT min(seq) FROM outbox)",
+        "UPDATE outbox_groups SET available_at = now() + interval '1 hour'
+         WHERE group_key = 'stuck'",
     )
     .execute(&pool)
     .await
     .expect("the head waits");
 
-    // A window of 64 rows (10 wanted) holds only the stuck group's rows.
-    assert_eq!(PgStore::claim_window(10), 64);
     let got = claimed(&store.claim(10, LEASE).await.expect("claims"));
     assert_eq!(
         got,
@@ -109,50 +108,29 @@ async fn a_free_group_is_found_behind_the_rows_of_groups_another_relay_holds(poo
 }
 
 #[sqlx::test(migrations = false)]
-async fn a_row_leased_while_the_claim_waited_for_it_is_not_claimed_again(pool: PgPool) {
-    // One group of three rows. Another session leases rows 2 and 3 and
-    // holds their row locks; the claim locks the head, picks 1 to 3 from
-    // its snapshot and waits for 2 and 3. When the other session commits,
-    // the claim must see the leases on the rows' newest versions and leave
-    // them out: taking them would publish them twice (this was a bug: two
-    // relays on 100,000 rows published 128,685 messages).
-    let store = store_with(&pool, (0..3).map(|n| ("g", n))).await;
+async fn a_group_another_claim_is_leasing_is_skipped_and_not_claimed_after(pool: PgPool) {
+    // Another session leases group g and holds its row's lock, as a claim
+    // does while it runs. The claim skips the locked group rather than wait,
+    // and once the other session commits, the group is leased: still not
+    // claimable (taking it would publish its rows twice).
+    let store = store_with(&pool, (0..3).map(|n| ("g", n)).chain([("h", 0)])).await;
     let mut other = pool.begin().await.expect("begins");
     sqlx::query(
-        "UPDATE outbox SET lease_until = now() + interval '1 hour'
-         WHERE seq > (SELECT min(seq) FROM outbox)",
+        "UPDATE outbox_groups SET lease_until = now() + interval '1 hour',
+                                  lease_token = gen_random_uuid()
+         WHERE group_key = 'g'",
     )
     .execute(&mut *other)
     .await
-    .expect("leases rows 2 and 3");
+    .expect("leases g");
 
-    let claiming = tokio::spawn({
-        let store = store.clone();
-        async move { store.claim(10, LEASE).await }
-    });
-    // Wait until the claim is blocked on the other session's row locks.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&pool)
+    let got = tokio::time::timeout(Duration::from_secs(10), store.claim(10, LEASE))
         .await
-        .expect("reads pg_stat_activity");
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the claim never waited for the leased rows' locks"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    other.commit().await.expect("commits the leases");
-
-    let got = claimed(&claiming.await.expect("joins").expect("claims"));
-    assert_eq!(got, vec![("g".to_owned(), 0)], "only the head");
+        .expect("the claim does not wait for the locked group")
+        .expect("claims");
+    assert_eq!(claimed(&got), vec![("h".to_owned(), 0)]);
+    other.commit().await.expect("commits the lease");
+    assert!(store.claim(10, LEASE).await.expect("claims").is_empty());
 }
 
 /// Enqueues one `Step` per `(group, n)` in a transaction of its own and
@@ -214,8 +192,14 @@ async fn overlapping_producers_of_a_group_are_published_in_commit_order(pool: Pg
 #[sqlx::test(migrations = false)]
 async fn a_group_with_a_leased_row_is_not_claimed_again(pool: PgPool) {
     let store = store_with(&pool, [("g", 1), ("g", 2)]).await;
-    sqlx::query("UPDATE outbox SET status = 'dead' WHERE seq = (SELECT min(seq) FROM outbox)")
-        .execute(&pool)
+    let r0 = store.claim(1, LEASE).await.expect("claims g/1");
+    store
+        .settle(Settlement {
+            claimed: &r0[..1],
+            published: &[],
+            confirm_within: None,
+            failures: &[dead(r0[0].seq)],
+        })
         .await
         .expect("g/1 is dead");
     let r1 = store.claim(10, LEASE).await.expect("R1 claims");
@@ -231,32 +215,212 @@ async fn a_group_with_a_leased_row_is_not_claimed_again(pool: PgPool) {
     assert_eq!(claimed(&r2), [], "R1 still holds g");
 }
 
-/// A relayed row whose deadline has passed still holds its group until
-/// the claim's recovery makes it pending: the claim statement run alone
-/// (without `RECOVER_SQL`, as when the deadline passes between the two)
-/// takes nothing of the group.
+fn dead(seq: i64) -> PublishFailure {
+    PublishFailure {
+        seq,
+        error: "refused".into(),
+        retry_after: None,
+        counts: true,
+    }
+}
+
+/// Hands g/1 to a non-durable queue: the group is held until it is
+/// confirmed, or until its confirmation deadline passes (the process that
+/// held it died); then the group is claimed again from g/1.
 #[sqlx::test(migrations = false)]
-async fn a_relayed_row_past_its_deadline_holds_its_group_until_recovered(pool: PgPool) {
+async fn a_relayed_row_holds_its_group_until_confirmed_or_past_its_deadline(pool: PgPool) {
     let store = store_with(&pool, [("g", 1), ("g", 2)]).await;
-    sqlx::query(
-        "UPDATE outbox SET status = 'relayed', lease_until = now() - interval '1 second'
-         WHERE seq = (SELECT min(seq) FROM outbox)",
+    let relay = |store: PgStore| async move {
+        let got = store.claim(1, LEASE).await.expect("claims");
+        store
+            .settle(Settlement {
+                claimed: &got,
+                published: &[got[0].seq],
+                confirm_within: Some(LEASE),
+                failures: &[],
+            })
+            .await
+            .expect("relayed");
+        got
+    };
+    let first = relay(store.clone()).await;
+    assert_eq!(claimed(&first), [("g".to_owned(), 1)]);
+    assert_eq!(claimed(&store.claim(10, LEASE).await.expect("claims")), []);
+
+    sqlx::query("UPDATE outbox_groups SET relayed_until = now() - interval '1 second'")
+        .execute(&pool)
+        .await
+        .expect("past the deadline");
+    let again = store.claim(10, LEASE).await.expect("claims");
+    assert_eq!(
+        claimed(&again),
+        [1, 2].map(|n| ("g".to_owned(), n)).to_vec(),
+        "the unconfirmed row first"
+    );
+    store
+        .settle(Settlement {
+            claimed: &again,
+            published: &[again[0].seq],
+            confirm_within: Some(LEASE),
+            failures: &[],
+        })
+        .await
+        .expect("relayed again");
+    assert_eq!(claimed(&store.claim(10, LEASE).await.expect("claims")), []);
+
+    let mut tx = store.begin().await.expect("begins");
+    store
+        .confirm(&mut tx, &[again[0].envelope.id])
+        .await
+        .expect("confirms");
+    tx.commit().await.expect("commits");
+    assert_eq!(
+        claimed(&store.claim(10, LEASE).await.expect("claims")),
+        [("g".to_owned(), 2)],
+        "the group is free once its relayed row is confirmed"
+    );
+}
+
+/// A settlement that empties a group drops the group's row, unless a
+/// producer is enqueueing into the group at that moment: its row, committed
+/// after the settlement, must still be claimed.
+#[sqlx::test(migrations = false)]
+async fn a_producer_racing_the_drop_of_its_emptied_group_keeps_its_row(pool: PgPool) {
+    let store = store_with(&pool, [("g", 1)]).await;
+    let got = store.claim(10, LEASE).await.expect("claims");
+    let producer = open_with(&store, [("g", 2)]).await;
+    store
+        .settle(Settlement {
+            claimed: &got,
+            published: &[got[0].seq],
+            confirm_within: None,
+            failures: &[],
+        })
+        .await
+        .expect("published");
+    producer.commit().await.expect("the producer commits");
+    let got = store.claim(10, LEASE).await.expect("claims");
+    assert_eq!(claimed(&got), [("g".to_owned(), 2)]);
+
+    // Settled with no producer around, the emptied group's row goes.
+    store
+        .settle(Settlement {
+            claimed: &got,
+            published: &[got[0].seq],
+            confirm_within: None,
+            failures: &[],
+        })
+        .await
+        .expect("published");
+    let groups: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_groups")
+        .fetch_one(&pool)
+        .await
+        .expect("counts");
+    assert_eq!(groups, 0);
+}
+
+/// A group's row whose rows went another way (confirmed by a consumer, or
+/// its producer rolled back) is dropped by the next claim that finds it.
+#[sqlx::test(migrations = false)]
+async fn a_claim_drops_the_row_of_a_group_without_rows(pool: PgPool) {
+    let store = store_with(&pool, []).await;
+    sqlx::query("INSERT INTO outbox_groups (group_key, head_seq) VALUES ('g', 1)")
+        .execute(&pool)
+        .await
+        .expect("a group without rows");
+    assert!(store.claim(10, LEASE).await.expect("claims").is_empty());
+    let groups: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_groups")
+        .fetch_one(&pool)
+        .await
+        .expect("counts");
+    assert_eq!(groups, 0);
+}
+
+/// A database migrated by the previous version, with rows in every state,
+/// migrated to this one: pending rows keep their order, attempts, last
+/// error and backoff (on the group's first row); a relayed row is pending
+/// again; published and dead rows are in the archive; admin reads see them
+/// all.
+#[sqlx::test(migrations = false)]
+async fn rows_of_every_state_survive_the_migration_to_groups_and_archive(pool: PgPool) {
+    let mut previous = sqlx::migrate::Migrator::new(std::path::Path::new("migrations/postgres"))
+        .await
+        .expect("reads the migrations");
+    let before: Vec<_> = previous.iter().filter(|m| m.version < 3).cloned().collect();
+    assert_eq!(before.len(), 2);
+    previous = sqlx::migrate::Migrator::with_migrations(before);
+    previous.dangerous_set_table_name("_outbox_migrations");
+    previous.run(&pool).await.expect("the previous schema");
+    sqlx::raw_sql(
+        r#"INSERT INTO outbox (id, message_type, version, group_key, payload, created_at,
+                               status, attempts, last_error, available_at, published_at, lease_until)
+           VALUES
+           (gen_random_uuid(), 'test.step', 1, 'done', '{"group":"done","n":0,"fail_first":0,"cascade":false,"pad":"","panic_first":0}', now(),
+            'published', 0, NULL, now(), now(), NULL),
+           (gen_random_uuid(), 'test.step', 1, 'gone', '{"group":"gone","n":0,"fail_first":0,"cascade":false,"pad":"","panic_first":0}', now(),
+            'dead', 3, 'refused', now(), NULL, NULL),
+           (gen_random_uuid(), 'test.step', 1, 'a', '{"group":"a","n":0,"fail_first":0,"cascade":false,"pad":"","panic_first":0}', now(),
+            'pending', 2, 'throttled', now() + interval '1 hour', NULL, NULL),
+           (gen_random_uuid(), 'test.step', 1, 'a', '{"group":"a","n":1,"fail_first":0,"cascade":false,"pad":"","panic_first":0}', now(),
+            'pending', 0, NULL, now(), NULL, NULL),
+           (gen_random_uuid(), 'test.step', 1, 'b', '{"group":"b","n":0,"fail_first":0,"cascade":false,"pad":"","panic_first":0}', now(),
+            'relayed', 0, NULL, now(), NULL, now() + interval '1 hour'),
+           (gen_random_uuid(), 'test.step', 1, 'b', '{"group":"b","n":1,"fail_first":0,"cascade":false,"pad":"","panic_first":0}', now(),
+            'pending', 0, NULL, now(), NULL, NULL)"#,
     )
     .execute(&pool)
     .await
-    .expect("g/1 relayed, past its deadline");
-    let rows = sqlx::query(PgStore::CLAIM_SQL)
-        .bind(10_i64)
-        .bind(60_000_i64)
-        .bind(PgStore::claim_window(10))
-        .bind(uuid::Uuid::now_v7())
-        .fetch_all(&pool)
+    .expect("rows of every state");
+
+    let store = PgStore::new(pool.clone());
+    store.migrate().await.expect("migrates");
+
+    let statuses: Vec<(String, RowStatus, u32, Option<String>)> = store
+        .rows(None, 10)
         .await
-        .expect("claims");
-    assert_eq!(rows.len(), 0, "g/2 was claimed past g/1");
-    let recovered = store.claim(10, LEASE).await.expect("claims");
+        .expect("rows")
+        .into_iter()
+        .rev()
+        .map(|r| (r.group, r.status, r.attempts, r.last_error))
+        .collect();
     assert_eq!(
-        claimed(&recovered),
-        [1, 2].map(|n| ("g".to_owned(), n)).to_vec()
+        statuses,
+        [
+            ("done", RowStatus::Published, 0, None),
+            ("gone", RowStatus::Dead, 3, Some("refused")),
+            ("a", RowStatus::Pending, 2, Some("throttled")),
+            ("a", RowStatus::Pending, 0, None),
+            ("b", RowStatus::Pending, 0, None),
+            ("b", RowStatus::Pending, 0, None),
+        ]
+        .map(|(g, s, a, e)| (g.to_owned(), s, a, e.map(str::to_owned)))
+        .to_vec()
     );
+    // Group a waits out its first row's backoff; b is claimed from its
+    // relayed row, which counts as pending again.
+    let got = store.claim(10, LEASE).await.expect("claims");
+    assert_eq!(claimed(&got), [("b".to_owned(), 0), ("b".to_owned(), 1)]);
+    sqlx::query("UPDATE outbox_groups SET available_at = now() WHERE group_key = 'a'")
+        .execute(&pool)
+        .await
+        .expect("a's backoff is over");
+    let got = store.claim(10, LEASE).await.expect("claims");
+    assert_eq!(
+        got.iter().map(|m| m.attempts).collect::<Vec<_>>(),
+        [2, 0],
+        "the failed row's attempts"
+    );
+    let stats = store.stats().await.expect("stats");
+    assert_eq!((stats.pending, stats.published, stats.dead), (4, 1, 1));
+    // Retention still trims the archive; the dead row stays.
+    sqlx::query("UPDATE outbox_archive SET archived_at = now() - interval '2 days'")
+        .execute(&pool)
+        .await
+        .expect("ages the archive");
+    let report = store
+        .cleanup(&outbox_runtime::RetentionPolicy::default())
+        .await
+        .expect("cleans up");
+    assert_eq!(report.published_deleted, 1);
+    assert_eq!(store.stats().await.expect("stats").dead, 1);
 }

@@ -117,7 +117,7 @@ impl TestDb for PgStore {
 
     async fn corrupt_first_pending_row(&self) {
         sqlx::query(
-            r#"UPDATE outbox SET headers = '{"correlation_id": 5}' WHERE seq = (SELECT min(seq) FROM outbox WHERE status = 'pending')"#,
+            r#"UPDATE outbox SET headers = '{"correlation_id": 5}' WHERE seq = (SELECT min(seq) FROM outbox)"#,
         )
         .execute(self.pool())
         .await
@@ -160,8 +160,17 @@ impl TestDb for PgStore {
 
     async fn outbox_rows(&self) -> Vec<Row_> {
         sqlx::query(
-            "SELECT status, attempts::int8 AS attempts, last_error, available_at > now() AS future
-             FROM outbox ORDER BY seq",
+            "SELECT status, attempts, last_error, future FROM (
+                 SELECT o.seq,
+                        CASE WHEN g.relayed_until >= now() AND o.seq <= g.relayed_through
+                             THEN 'relayed' ELSE 'pending' END AS status,
+                        (CASE WHEN o.seq = g.failed_seq THEN g.attempts ELSE 0 END)::int8 AS attempts,
+                        CASE WHEN o.seq = g.failed_seq THEN g.last_error END AS last_error,
+                        COALESCE(o.seq = g.failed_seq AND g.available_at > now(), false) AS future
+                 FROM outbox o LEFT JOIN outbox_groups g USING (group_key)
+                 UNION ALL
+                 SELECT seq, status, attempts::int8, last_error, false FROM outbox_archive) r
+             ORDER BY seq",
         )
         .fetch_all(self.pool())
         .await
@@ -192,8 +201,8 @@ impl TestDb for PgStore {
 
     async fn age_published(&self, n_oldest: i64, hours: i64) {
         sqlx::query(
-            "UPDATE outbox SET published_at = now() - $2 * interval '1 hour'
-             WHERE seq IN (SELECT seq FROM outbox WHERE status = 'published' ORDER BY seq LIMIT $1)",
+            "UPDATE outbox_archive SET archived_at = now() - $2 * interval '1 hour'
+             WHERE seq IN (SELECT seq FROM outbox_archive WHERE status = 'published' ORDER BY seq LIMIT $1)",
         )
         .bind(n_oldest)
         .bind(hours)

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use outbox_runtime::{
     Backoff, Consumer, ConsumerConfig, Delivery, Dispatcher, Envelope, InProcessConfig, Outcome,
-    Outgoing, PublishEntry, Receipt, Relay, RelayConfig, RetentionPolicy, StoreExt, Transport,
+    Outgoing, PublishEntry, Receipt, Relay, RelayConfig, RetentionPolicy, Settlement, StoreExt,
+    Transport,
 };
 
 use crate::db::TestDb;
@@ -997,7 +998,12 @@ pub(crate) async fn relayed_rows_hold_their_group<S: TestDb>(store: S) {
     let first = h.store.claim(1, lease).await.expect("claims");
     assert_eq!(ns(&first), [0]);
     h.store
-        .mark_relayed(first[0].lease, &[first[0].seq], lease)
+        .settle(Settlement {
+            claimed: &first,
+            published: &[first[0].seq],
+            confirm_within: Some(lease),
+            failures: &[],
+        })
         .await
         .expect("relayed");
     let second = h.store.claim(10, lease).await.expect("claims");
@@ -1425,27 +1431,31 @@ pub(crate) async fn a_relay_whose_lease_ran_out_cannot_overwrite_the_rows(store:
         .expect("claims again once the lease ran out");
     assert_eq!(fast.len(), 1);
 
-    // The slow relay's publish failed for good; it says so, too late.
+    // The slow relay's publish failed for good; it says so, too late, and
+    // then that it published the row after all.
     h.store
-        .record_failures(
-            slow[0].lease,
-            &[outbox_runtime::PublishFailure {
+        .settle(Settlement {
+            claimed: &slow,
+            published: &[],
+            confirm_within: None,
+            failures: &[outbox_runtime::PublishFailure {
                 seq: slow[0].seq,
                 error: "the queue refused it".into(),
                 retry_after: None,
                 counts: true,
             }],
-        )
+        })
         .await
-        .expect("recorded");
+        .expect("settled");
     h.store
-        .release(slow[0].lease, &[slow[0].seq])
+        .settle(Settlement {
+            claimed: &slow,
+            published: &[slow[0].seq],
+            confirm_within: None,
+            failures: &[],
+        })
         .await
-        .expect("released");
-    h.store
-        .mark_published(slow[0].lease, &[slow[0].seq])
-        .await
-        .expect("marked");
+        .expect("settled");
     let row = &h.store.outbox_rows().await[0];
     assert_eq!(
         (row.status.as_str(), row.attempts, row.last_error.as_deref()),
@@ -1461,7 +1471,12 @@ pub(crate) async fn a_relay_whose_lease_ran_out_cannot_overwrite_the_rows(store:
         "the other relay's lease still holds the row"
     );
     h.store
-        .mark_published(fast[0].lease, &[fast[0].seq])
+        .settle(Settlement {
+            claimed: &fast,
+            published: &[fast[0].seq],
+            confirm_within: None,
+            failures: &[],
+        })
         .await
         .expect("published");
     assert_eq!(h.store.outbox_rows().await[0].status, "published");
