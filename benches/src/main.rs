@@ -111,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
     if wanted("relay") {
         eprintln!("== relay");
         report.section(relay::run(sizes, &server).await?);
+        report.section(relay::run_distant(sizes, &server).await?);
     }
     if wanted("latency") {
         eprintln!("== latency");

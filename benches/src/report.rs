@@ -89,12 +89,11 @@ impl Report {
     }
 }
 
-/// The number a section's title starts with ("2. Relay drain" is 2).
+/// The number a section's title starts with ("2. Relay drain" and "2b. …"
+/// are 2).
 fn number(title: &str) -> u32 {
-    title
-        .split_once('.')
-        .and_then(|(n, _)| n.parse().ok())
-        .unwrap_or(u32::MAX)
+    let digits = title.len() - title.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    title[..digits].parse().unwrap_or(u32::MAX)
 }
 
 fn render(section: &Section) -> String {

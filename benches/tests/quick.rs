@@ -40,6 +40,7 @@ fn every_scenario_runs_in_quick_mode_and_reports() {
     for section in [
         "## 1. Enqueue",
         "## 2. Relay",
+        "## 2b. Relay at AWS's latency",
         "## 3. Dispatch",
         "## 4. Commit-to-handler latency",
         "## 5. A peer crate: sqlxmq",
