@@ -21,6 +21,7 @@ mod peer;
 mod relay;
 mod report;
 mod running;
+mod sqs;
 
 use std::path::PathBuf;
 
@@ -120,6 +121,10 @@ async fn main() -> anyhow::Result<()> {
     if wanted("peer") {
         eprintln!("== peer");
         report.section(peer::run(sizes, &server).await?);
+    }
+    if wanted("sqs") {
+        eprintln!("== sqs");
+        report.section(sqs::run(sizes, &server).await?);
     }
     if wanted("lambda") {
         eprintln!("== lambda");

@@ -45,6 +45,7 @@ fn every_scenario_runs_in_quick_mode_and_reports() {
         "## 4. Commit-to-handler latency",
         "## 5. A peer crate: sqlxmq",
         "## 6. The Lambda artefact",
+        "## 7. SQS requests per delivered message",
     ] {
         let at = report
             .find(section)

@@ -258,6 +258,7 @@ impl<S: Store, R: Receiver> Worker<S, R> {
             ..BatchReport::default()
         };
         let mut acks: Vec<Receipt> = Vec::with_capacity(deliveries.len());
+        let mut releases: Vec<(Receipt, Duration)> = Vec::new();
         for (delivery, outcome) in deliveries.into_iter().zip(outcomes) {
             let delay = match outcome {
                 Outcome::Done => None,
@@ -270,13 +271,14 @@ impl<S: Store, R: Receiver> Worker<S, R> {
             };
             match delay {
                 None => acks.push(delivery.receipt),
-                Some(delay) => {
-                    self.receiver.release(&delivery.receipt, delay).await?;
-                    report.released += 1;
-                }
+                Some(delay) => releases.push((delivery.receipt, delay)),
             }
         }
         report.acked = acks.len();
+        report.released = releases.len();
+        if !releases.is_empty() {
+            self.receiver.release_all(&releases).await?;
+        }
         if !acks.is_empty() {
             self.receiver.ack(&acks).await?;
         }

@@ -189,6 +189,21 @@ pub trait Receiver: Send + Sync + 'static {
         receipt: &Receipt,
         delay: Duration,
     ) -> impl Future<Output = Result<(), TransportError>> + Send;
+
+    /// Makes messages visible again, each after its own delay. The default
+    /// calls [`release`](Self::release) for each; SQS sends ten per request
+    /// (`ChangeMessageVisibilityBatch`).
+    fn release_all(
+        &self,
+        entries: &[(Receipt, Duration)],
+    ) -> impl Future<Output = Result<(), TransportError>> + Send {
+        async move {
+            for (receipt, delay) in entries {
+                self.release(receipt, *delay).await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// A transport call failed as a whole.

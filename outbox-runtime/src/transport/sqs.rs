@@ -502,6 +502,11 @@ impl Receiver for SqsReceiver {
         let entries: Vec<(&Receipt, Duration)> = receipts.iter().map(|r| (r, by)).collect();
         self.change_visibility(&entries).await
     }
+
+    async fn release_all(&self, entries: &[(Receipt, Duration)]) -> Result<(), TransportError> {
+        let entries: Vec<(&Receipt, Duration)> = entries.iter().map(|(r, d)| (r, *d)).collect();
+        self.change_visibility(&entries).await
+    }
 }
 
 /// Sends pump messages to the relay's FIFO queue (group

@@ -1,0 +1,241 @@
+//! Scenario 7: SQS requests per delivered message. The production path on
+//! the local SQS server (`AWS_ENDPOINT_URL`, which `scripts/bench` starts):
+//! producers commit one message per transaction at a steady rate and pump
+//! after each commit; workers receive from the FIFO queue, drain the relay
+//! when a pump arrives, and handle the messages. Every request the SDK
+//! sends is counted by operation (an interceptor reads `X-Amz-Target`),
+//! retries included.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_sqs::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_sqs::error::BoxError;
+use aws_sdk_sqs::types::QueueAttributeName;
+use outbox_runtime::{
+    Dispatcher, PgStore, Relay, SqsPump, SqsReceiver, SqsTransport, Store, StoreExt, Worker,
+    WorkerConfig, commit_and_pump,
+};
+use tokio::sync::watch;
+
+use crate::Sizes;
+use crate::db::Scratch;
+use crate::messages::M0;
+use crate::report::{Section, count};
+
+/// Requests sent, by operation.
+#[derive(Debug, Default)]
+struct Requests(Mutex<BTreeMap<String, u64>>);
+
+impl Requests {
+    fn take(&self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct CountRequests(Arc<Requests>);
+
+impl Intercept for CountRequests {
+    fn name(&self) -> &'static str {
+        "CountRequests"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let operation = context
+            .request()
+            .headers()
+            .get("x-amz-target")
+            .map_or("unknown", |target| {
+                target.strip_prefix("AmazonSQS.").unwrap_or(target)
+            })
+            .to_owned();
+        *self
+            .0
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(operation)
+            .or_default() += 1;
+        Ok(())
+    }
+}
+
+pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
+    anyhow::ensure!(
+        std::env::var_os("AWS_ENDPOINT_URL").is_some(),
+        "scenario 7 needs the local SQS server: run it through scripts/bench, which starts it \
+         and sets AWS_ENDPOINT_URL"
+    );
+    let scratch = Scratch::create(server, "sqs").await?;
+    let pool = scratch.pool(16).await?;
+    let store = PgStore::new(pool.clone());
+    store.migrate().await?;
+
+    let requests = Arc::new(Requests::default());
+    let sdk = outbox_runtime::aws::sdk_config().await;
+    let client = Client::from_conf(
+        aws_sdk_sqs::config::Builder::from(&sdk)
+            .interceptor(CountRequests(Arc::clone(&requests)))
+            .build(),
+    );
+
+    let mut section = Section::new(
+        "7. SQS requests per delivered message",
+        "The production path against the local SQS server: producers commit one message per \
+         transaction at a steady rate on PostgreSQL and pump after each commit (`SqsPump`, \
+         coalesced); 2 workers (`SqsReceiver`) receive, drain the relay when a pump arrives, and \
+         handle. Every SDK request counted by operation, retries included, over the whole run \
+         (idle long polls too), divided by the messages handled.",
+        &[
+            "rate (msg/s)",
+            "handled",
+            "send",
+            "pump sends",
+            "receive",
+            "delete",
+            "visibility",
+            "requests per message",
+        ],
+    );
+    let (secs, rates): (f64, &[u32]) = if sizes.quick {
+        (1.0, &[50])
+    } else {
+        (10.0, &[100, 500, 1_000])
+    };
+    let mut worst = 0.0_f64;
+    for &rate in rates {
+        eprintln!("sqs: {rate} messages/s for {secs} s");
+        let name = format!("bench-{}.fifo", uuid::Uuid::now_v7().simple());
+        let url = client
+            .create_queue()
+            .queue_name(name)
+            .attributes(QueueAttributeName::FifoQueue, "true")
+            .attributes(QueueAttributeName::VisibilityTimeout, "30")
+            .send()
+            .await?
+            .queue_url
+            .ok_or_else(|| anyhow::anyhow!("no queue URL"))?;
+        requests.take();
+        let (handled, counted) = steady(
+            &store,
+            &client,
+            &url,
+            &requests,
+            rate,
+            Duration::from_secs_f64(secs),
+        )
+        .await?;
+        let get = |op: &str| counted.get(op).copied().unwrap_or(0);
+        let total: u64 = counted.values().sum();
+        let per = total as f64 / handled.max(1) as f64;
+        worst = worst.max(per);
+        section.row(vec![
+            rate.to_string(),
+            count(handled as f64),
+            get("SendMessageBatch").to_string(),
+            get("SendMessage").to_string(),
+            get("ReceiveMessage").to_string(),
+            (get("DeleteMessageBatch") + get("DeleteMessage")).to_string(),
+            (get("ChangeMessageVisibilityBatch") + get("ChangeMessageVisibility")).to_string(),
+            format!("{per:.2}"),
+        ]);
+    }
+    section.verdict = format!(
+        "At most {worst:.2} requests per delivered message at these rates; the goal is 0.5 or \
+         fewer at steady load."
+    );
+    pool.close().await;
+    scratch.drop_db().await?;
+    Ok(section)
+}
+
+/// Commits `rate` messages a second for `length`, in 100 groups, and waits
+/// until all are handled; returns how many were, and the requests counted.
+async fn steady(
+    store: &PgStore,
+    client: &Client,
+    url: &str,
+    requests: &Requests,
+    rate: u32,
+    length: Duration,
+) -> anyhow::Result<(u64, BTreeMap<String, u64>)> {
+    let transport = Arc::new(SqsTransport::new(client.clone(), url));
+    let pump = SqsPump::new(client.clone(), url);
+    let relay = Relay::new(store.clone(), transport);
+    let worker = Worker::new(
+        store.clone(),
+        Arc::new(SqsReceiver::new(client.clone(), url)),
+        Arc::new(Dispatcher::from_registry()?),
+    )
+    .with_config(WorkerConfig {
+        wait: Duration::from_secs(1),
+        retention: None,
+        ..WorkerConfig::default()
+    })
+    .with_relay(Arc::new(relay))
+    .with_pump(Arc::new(pump.clone()));
+    let (stop, stopped) = watch::channel(false);
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let (worker, mut stopped) = (worker.clone(), stopped.clone());
+        workers.spawn(async move {
+            worker
+                .run(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await;
+        });
+    }
+
+    let n = (f64::from(rate) * length.as_secs_f64()) as u64;
+    let every = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let started = Instant::now();
+    let mut producers = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let at = started + every.mul_f64(i as f64);
+        let (store, pump) = (store.clone(), pump.clone());
+        producers.spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            let mut tx = store.begin().await?;
+            store
+                .enqueue(
+                    &mut tx,
+                    &M0 {
+                        order_id: i as i64,
+                        customer: format!("customer-{}", i % 100),
+                        amount_cents: 1999,
+                        note: "gift wrap".into(),
+                    },
+                )
+                .await?;
+            commit_and_pump(tx, &pump).await?;
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = producers.join_next().await {
+        done??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while worker.metrics().snapshot().handled < n {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} of {n} handled after 2 minutes",
+            worker.metrics().snapshot().handled
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let handled = worker.metrics().snapshot().handled;
+    let counted = requests.take();
+    let _ = stop.send(true);
+    while workers.join_next().await.is_some() {}
+    Ok((handled, counted))
+}
