@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use outbox_runtime::{Outgoing, PgStore, PublishFailure, RowStatus, Settlement, Store};
+use outbox_runtime::{
+    ClaimedMessage, Outgoing, PgStore, PublishFailure, RowStatus, Settlement, Store,
+};
 
 use sqlx::PgPool;
 
@@ -52,6 +54,33 @@ fn claimed(messages: &[outbox_runtime::ClaimedMessage]) -> Vec<(String, i64)> {
             (step.group, step.n)
         })
         .collect()
+}
+
+/// Settles a claim whose first row the queue took (`confirm_within`:
+/// `None` for a durable queue, else how long a non-durable one has to
+/// confirm it); the other rows are released.
+async fn publish_first(
+    store: &PgStore,
+    claim: &[ClaimedMessage],
+    confirm_within: Option<Duration>,
+) {
+    store
+        .settle(Settlement {
+            claimed: claim,
+            published: &[claim[0].seq],
+            confirm_within,
+            failures: &[],
+        })
+        .await
+        .expect("settles");
+}
+
+/// How many groups have a row in `outbox_groups`.
+async fn group_rows(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox_groups")
+        .fetch_one(pool)
+        .await
+        .expect("counts")
 }
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -230,20 +259,8 @@ fn dead(seq: i64) -> PublishFailure {
 #[sqlx::test(migrations = false)]
 async fn a_relayed_row_holds_its_group_until_confirmed_or_past_its_deadline(pool: PgPool) {
     let store = store_with(&pool, [("g", 1), ("g", 2)]).await;
-    let relay = |store: PgStore| async move {
-        let got = store.claim(1, LEASE).await.expect("claims");
-        store
-            .settle(Settlement {
-                claimed: &got,
-                published: &[got[0].seq],
-                confirm_within: Some(LEASE),
-                failures: &[],
-            })
-            .await
-            .expect("relayed");
-        got
-    };
-    let first = relay(store.clone()).await;
+    let first = store.claim(1, LEASE).await.expect("claims");
+    publish_first(&store, &first, Some(LEASE)).await;
     assert_eq!(claimed(&first), [("g".to_owned(), 1)]);
     assert_eq!(claimed(&store.claim(10, LEASE).await.expect("claims")), []);
 
@@ -257,15 +274,7 @@ async fn a_relayed_row_holds_its_group_until_confirmed_or_past_its_deadline(pool
         [1, 2].map(|n| ("g".to_owned(), n)).to_vec(),
         "the unconfirmed row first"
     );
-    store
-        .settle(Settlement {
-            claimed: &again,
-            published: &[again[0].seq],
-            confirm_within: Some(LEASE),
-            failures: &[],
-        })
-        .await
-        .expect("relayed again");
+    publish_first(&store, &again, Some(LEASE)).await;
     assert_eq!(claimed(&store.claim(10, LEASE).await.expect("claims")), []);
 
     let mut tx = store.begin().await.expect("begins");
@@ -289,34 +298,14 @@ async fn a_producer_racing_the_drop_of_its_emptied_group_keeps_its_row(pool: PgP
     let store = store_with(&pool, [("g", 1)]).await;
     let got = store.claim(10, LEASE).await.expect("claims");
     let producer = open_with(&store, [("g", 2)]).await;
-    store
-        .settle(Settlement {
-            claimed: &got,
-            published: &[got[0].seq],
-            confirm_within: None,
-            failures: &[],
-        })
-        .await
-        .expect("published");
+    publish_first(&store, &got, None).await;
     producer.commit().await.expect("the producer commits");
     let got = store.claim(10, LEASE).await.expect("claims");
     assert_eq!(claimed(&got), [("g".to_owned(), 2)]);
 
     // Settled with no producer around, the emptied group's row goes.
-    store
-        .settle(Settlement {
-            claimed: &got,
-            published: &[got[0].seq],
-            confirm_within: None,
-            failures: &[],
-        })
-        .await
-        .expect("published");
-    let groups: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_groups")
-        .fetch_one(&pool)
-        .await
-        .expect("counts");
-    assert_eq!(groups, 0);
+    publish_first(&store, &got, None).await;
+    assert_eq!(group_rows(&pool).await, 0);
 }
 
 /// A group's row whose rows went another way (confirmed by a consumer, or
@@ -329,11 +318,7 @@ async fn a_claim_drops_the_row_of_a_group_without_rows(pool: PgPool) {
         .await
         .expect("a group without rows");
     assert!(store.claim(10, LEASE).await.expect("claims").is_empty());
-    let groups: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_groups")
-        .fetch_one(&pool)
-        .await
-        .expect("counts");
-    assert_eq!(groups, 0);
+    assert_eq!(group_rows(&pool).await, 0);
 }
 
 /// A database migrated by the previous version, with rows in every state,
