@@ -78,7 +78,7 @@ file; `scripts/fault-tests.filter` selects them.
 | what broke | tests |
 |---|---|
 | overlapping producers of one group published out of commit order (PostgreSQL) | `claim::overlapping_producers_of_a_group_are_published_in_commit_order`, `claim::a_group_with_a_leased_row_is_not_claimed_again`, the history checker |
-| rows handed to a queue did not hold their group | `relayed_rows_hold_their_group` (both stores), `claim::a_relayed_row_past_its_deadline_holds_its_group_until_recovered`, the history checker |
+| rows handed to a queue did not hold their group | `relayed_rows_hold_their_group` (both stores), `claim::a_relayed_row_holds_its_group_until_confirmed_or_past_its_deadline`, the history checker |
 | held-back deliveries used up handler attempts | `held_back_deliveries_use_up_no_attempts` (both stores), `on_lambda_a_held_back_record_uses_no_attempts` (SQS), `a_deadlock_in_the_handlers_transaction_uses_no_attempt`, `connections_killed_mid_batch_lose_nothing` (a database outage), the history checker |
 | a queue outage used up publish attempts | `publish_failures_back_off_and_an_outage_uses_no_attempts`, `a_full_queue_makes_the_relay_wait_without_using_attempts`, `oversized_message_is_dead_lettered_without_blocking_other_groups` (held-back entries untouched) |
 | giving up was two steps | `a_second_delivery_waits_for_the_first_and_does_not_run_the_handler` (a concurrent delivery waits on the first's inbox reservation, so no give-up races a commit) |
@@ -92,6 +92,8 @@ file; `scripts/fault-tests.filter` selects them.
 | a long outage on Lambda sent messages out of sight, to the SQS DLQ | `with_backoff_a_record_to_retry_waits_out_its_delay`, `messages_in_the_queues_dlq_are_imported_as_dead_letters` (SQS), `the_queues_dead_letters_are_imported_and_listed` (sample) |
 | the in-process queue grew without bound and republished rows of lagging consumers | `a_live_relay_keeps_its_relayed_rows_while_consumers_lag`, `a_full_queue_makes_the_relay_wait_without_using_attempts` (both stores) |
 | a relay whose lease ran out could overwrite rows | `a_relay_whose_lease_ran_out_cannot_overwrite_the_rows` (both stores) |
+| a relay could drop the row of a group it emptied while a producer was enqueueing into it, leaving the producer's row unclaimed forever (PostgreSQL's groups table) | `claim::a_producer_racing_the_drop_of_its_emptied_group_keeps_its_row`, `claim::a_claim_drops_the_row_of_a_group_without_rows`, `claim::a_group_another_claim_is_leasing_is_skipped_and_not_claimed_after` |
+| an upgrade could lose or reorder rows (PostgreSQL's migration to groups and archive) | `claim::rows_of_every_state_survive_the_migration_to_groups_and_archive` |
 | the pump's group accepted as an app group; in-process `extend` did nothing; TLS not required for the secret's database URL | `a_group_that_sqs_would_reject_is_refused_before_anything_is_written`, `extending_a_delivery_keeps_it_invisible_past_the_visibility_timeout`, the `postgres_url_from_secret` doc test (in CI's doc tests) |
 
 """
