@@ -8,6 +8,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
@@ -15,6 +17,10 @@ use crate::metrics::Metrics;
 use crate::pump::RelayWaker;
 use crate::store::{ClaimedMessage, PublishFailure, Settlement, Store, StoreError};
 use crate::transport::{EntryErrorKind, PublishEntry, Transport};
+
+/// The longest pause of [`Relay::run`] between drains while the transport is
+/// down.
+const MAX_OUTAGE_PAUSE: Duration = Duration::from_secs(30);
 
 /// How many times a relay tries a settlement again after a transient error.
 const SETTLE_RETRIES: u32 = 3;
@@ -219,17 +225,43 @@ impl<S: Store, T: Transport> Relay<S, T> {
     /// Drains whenever `waker` wakes it and every `sweep_interval`, until
     /// `shutdown` resolves. Store errors are logged and retried at the next
     /// sweep.
+    ///
+    /// While the transport is down, it pauses between drains for the
+    /// backoff's growing delays (at most 30 s, at least `sweep_interval`),
+    /// and wakes do not cut the pause short: an outage costs a few calls, not
+    /// a loop of them.
     pub async fn run(&self, waker: RelayWaker, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        // Drains in a row that found the transport down.
+        let mut outage: u32 = 0;
         loop {
             match self.drain().await {
-                Ok(report) if report.published + report.retried + report.dead > 0 => {
-                    tracing::debug!(?report, "relay drained");
+                Ok(report) => {
+                    if report.published + report.retried + report.dead > 0 {
+                        tracing::debug!(?report, "relay drained");
+                    }
+                    outage = if report.transport_down.is_some() {
+                        outage.saturating_add(1)
+                    } else {
+                        0
+                    };
                 }
-                Ok(_) => {}
                 Err(err) => {
                     tracing::warn!(error = %err, "relay drain failed; retrying at the next sweep")
                 }
+            }
+            if outage > 0 {
+                let pause = self
+                    .config
+                    .backoff
+                    .delay(outage)
+                    .min(MAX_OUTAGE_PAUSE)
+                    .max(self.config.sweep_interval);
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                continue;
             }
             tokio::select! {
                 () = &mut shutdown => return,
@@ -288,17 +320,23 @@ impl<S: Store, T: Transport> Relay<S, T> {
             return Ok(());
         };
         let lanes = lanes(&batch, self.config.publish_concurrency);
-        let outcomes =
-            futures_util::future::join_all(lanes.iter().map(|lane| self.publish_lane(lane))).await;
-        let mut published = Vec::new();
-        let mut failures = Vec::new();
-        for outcome in outcomes {
-            published.extend(outcome.published);
-            failures.extend(outcome.failures);
-            if report.transport_down.is_none() {
-                report.transport_down = outcome.transport_down;
+        let results = LaneResults::default();
+        {
+            let mut running: FuturesUnordered<_> = lanes
+                .iter()
+                .map(|lane| self.publish_lane(lane, &results))
+                .collect();
+            // The first lane to find the transport down stops the others:
+            // their calls in flight are dropped, not waited for through the
+            // client's retries, and their rows are released.
+            while let Some(down) = running.next().await {
+                if down.is_some() {
+                    report.transport_down = down;
+                    break;
+                }
             }
         }
+        let (published, failures) = results.into_inner();
 
         // One transaction: what was published, what failed, and the lease
         // given back. On a transport that dies with the process, published
@@ -346,11 +384,15 @@ impl<S: Store, T: Transport> Relay<S, T> {
     }
 
     /// Publishes one lane's rows in chunks of the transport's batch size, one
-    /// chunk after another: a group stops at its first failure (its later
-    /// rows are released by the settlement), and the lane stops when the
-    /// transport is down.
-    async fn publish_lane(&self, lane: &[&ClaimedMessage]) -> LaneOutcome {
-        let mut outcome = LaneOutcome::default();
+    /// chunk after another, into `results` as each chunk returns: a group
+    /// stops at its first failure (its later rows are released by the
+    /// settlement). Returns the error when the transport is down, which ends
+    /// the lane.
+    async fn publish_lane(
+        &self,
+        lane: &[&ClaimedMessage],
+        results: &LaneResults,
+    ) -> Option<String> {
         let mut blocked: HashSet<&str> = HashSet::new();
         let max_batch = self.transport.max_batch().max(1);
         let mut rest = lane.iter().peekable();
@@ -377,18 +419,18 @@ impl<S: Store, T: Transport> Relay<S, T> {
                 break;
             }
             match self.transport.publish(&entries).await {
-                Ok(results) => {
-                    for (message, result) in messages.iter().zip(results) {
-                        let Err(err) = result else {
-                            outcome.published.push(message.seq);
+                Ok(outcomes) => {
+                    let mut published = lock(&results.published);
+                    let mut failures = lock(&results.failures);
+                    for (message, outcome) in messages.iter().zip(outcomes) {
+                        let Err(err) = outcome else {
+                            published.push(message.seq);
                             continue;
                         };
                         blocked.insert(message.envelope.group.as_str());
                         // A held-back row is released by the settlement.
                         if err.kind != EntryErrorKind::HeldBack {
-                            outcome
-                                .failures
-                                .push(self.failure(message, err.to_string(), err.kind));
+                            failures.push(self.failure(message, err.to_string(), err.kind));
                         }
                     }
                 }
@@ -396,19 +438,14 @@ impl<S: Store, T: Transport> Relay<S, T> {
                     // Nothing in this chunk is known to be published; nothing
                     // after it is attempted.
                     tracing::warn!(error = %err, "transport unavailable; rows wait out their backoff");
-                    for message in &messages {
-                        outcome.failures.push(self.failure(
-                            message,
-                            err.to_string(),
-                            EntryErrorKind::Unavailable,
-                        ));
-                    }
-                    outcome.transport_down = Some(err.to_string());
-                    break;
+                    lock(&results.failures).extend(messages.iter().map(|message| {
+                        self.failure(message, err.to_string(), EntryErrorKind::Unavailable)
+                    }));
+                    return Some(err.to_string());
                 }
             }
         }
-        outcome
+        None
     }
 
     /// The failure record of one attempt: retry after a backoff, or dead when
@@ -446,12 +483,31 @@ impl<S: Store, T: Transport> Relay<S, T> {
     }
 }
 
-/// What one lane of a batch published and what failed.
+/// What the lanes of a batch published and what failed, written as each
+/// chunk returns (so a lane stopped early loses nothing it learned).
 #[derive(Default)]
-struct LaneOutcome {
-    published: Vec<i64>,
-    failures: Vec<PublishFailure>,
-    transport_down: Option<String>,
+struct LaneResults {
+    published: Mutex<Vec<i64>>,
+    failures: Mutex<Vec<PublishFailure>>,
+}
+
+impl LaneResults {
+    fn into_inner(self) -> (Vec<i64>, Vec<PublishFailure>) {
+        (
+            self.published
+                .into_inner()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            self.failures
+                .into_inner()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Splits a batch (in sequence order) into at most `concurrency` lanes, each
