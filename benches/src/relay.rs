@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outbox_runtime::{
-    EntryError, Envelope, Headers, InProcessQueue, PgStore, PublishEntry, Relay, RelayConfig,
-    Store, Transport, TransportError,
+    EntryError, Envelope, Headers, InProcessConfig, InProcessQueue, PgStore, PublishEntry, Relay,
+    RelayConfig, Store, Transport, TransportError,
 };
 use sqlx::{PgPool, Row};
 
@@ -132,6 +132,15 @@ where
     Ok(n as f64 / elapsed.as_secs_f64())
 }
 
+/// An in-process queue without its default cap of 10,000 messages: no
+/// consumer empties it here, and a full queue would hold the relay back.
+fn unbounded() -> InProcessQueue {
+    InProcessQueue::with_config(InProcessConfig {
+        capacity: usize::MAX,
+        ..InProcessConfig::default()
+    })
+}
+
 /// An in-process queue that says it is durable, like SQS: the relay marks
 /// rows published once it has them.
 struct AsIfSqs(InProcessQueue);
@@ -151,7 +160,7 @@ impl Transport for AsIfSqs {
 
 /// The toolkit: `Relay::drain` into the queue.
 async fn toolkit(pool: &PgPool, n: usize, batch: u32, relays: usize) -> anyhow::Result<f64> {
-    let queue = Arc::new(AsIfSqs(InProcessQueue::new()));
+    let queue = Arc::new(AsIfSqs(unbounded()));
     let relay =
         Relay::new(PgStore::new(pool.clone()), Arc::clone(&queue)).with_config(RelayConfig {
             batch_size: batch,
@@ -254,7 +263,7 @@ async fn plain(pool: &PgPool, n: usize, batch: u32, relays: usize) -> anyhow::Re
 /// and per row an optimistic update of its attempt count, a publish of that
 /// one message, and a mark, each its own round trip.
 async fn original(pool: &PgPool, n: usize, relays: usize) -> anyhow::Result<f64> {
-    let queue = Arc::new(InProcessQueue::new());
+    let queue = Arc::new(unbounded());
     let pool2 = pool.clone();
     let q = Arc::clone(&queue);
     let rate = drain(pool, "plain_outbox", n, relays, move || {
@@ -459,7 +468,7 @@ async fn distant(
     latency: Duration,
 ) -> anyhow::Result<f64> {
     let transport = Arc::new(Distant {
-        queue: InProcessQueue::new(),
+        queue: unbounded(),
         latency,
         accepted: std::sync::Mutex::default(),
     });
