@@ -248,15 +248,8 @@ const BEGIN_SQL: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 /// candidates hold nothing to publish.
 const CLAIM_ROUNDS: usize = 8;
 
-/// What became of the rows of a claim (a [`Settlement`] without the rows).
-#[derive(Clone, Copy)]
-struct Outcome<'a> {
-    published: &'a [i64],
-    confirm_within: Option<Duration>,
-    failures: &'a [PublishFailure],
-}
-
-/// Settles what a claim under `lease` did to the rows of `groups`, then
+/// Settles what a claim under `lease` did to the rows of `groups` (the
+/// settlement's `claimed` rows are not read: the groups stand for them), then
 /// gives back the leases of `release`. Locks the groups still leased under
 /// `lease` first, in key order (no other claim can take them until the
 /// transaction ends); a group another claim took since is left alone.
@@ -265,7 +258,7 @@ async fn settle_in(
     lease: Uuid,
     groups: &[impl AsRef<str> + Sync],
     release: &[impl AsRef<str> + Sync],
-    outcome: Outcome<'_>,
+    outcome: Settlement<'_>,
 ) -> Result<(), StoreError> {
     let groups: Vec<&str> = groups.iter().map(AsRef::as_ref).collect();
     let held: Vec<String> = sqlx::query_scalar(
@@ -572,7 +565,8 @@ impl Store for PgStore {
                     .filter(|group| !claimed.iter().any(|m| m.envelope.group == *group))
                     .collect();
                 let mut tx = self.pool.begin_with(BEGIN_SQL).await?;
-                let outcome = Outcome {
+                let outcome = Settlement {
+                    claimed: &[],
                     published: &[],
                     confirm_within: None,
                     failures: &corrupt,
@@ -598,13 +592,8 @@ impl Store for PgStore {
             .collect();
         groups.sort_unstable();
         groups.dedup();
-        let outcome = Outcome {
-            published: settlement.published,
-            confirm_within: settlement.confirm_within,
-            failures: settlement.failures,
-        };
         let mut tx = self.pool.begin_with(BEGIN_SQL).await?;
-        settle_in(&mut tx, lease, &groups, &groups, outcome).await?;
+        settle_in(&mut tx, lease, &groups, &groups, settlement).await?;
         tx.commit().await?;
         Ok(())
     }
