@@ -129,6 +129,7 @@ fn killing_the_worker_process_twenty_times_loses_and_duplicates_nothing() {
         order_violations: Some(out_of_order.unsigned_abs()),
         stuck_groups: None,
         attempt_mismatches: None,
+        harness_problems: None,
     });
     assert_eq!(distinct, ORDERS as i64, "messages lost");
     assert_eq!(

@@ -351,6 +351,7 @@ async fn suite<T: Site>(mut site: T, via: Via) {
         order_violations: Some(total.order_violations),
         stuck_groups: Some(total.stuck_groups),
         attempt_mismatches: Some(total.attempt_mismatches + total.dead_letter_mismatches),
+        harness_problems: Some(total.trouble),
     });
     assert!(
         failed.is_empty(),

@@ -530,6 +530,7 @@ async fn concurrent_relays_and_workers<S: TestDb>(store: S, n: usize) {
         order_violations: None,
         stuck_groups: None,
         attempt_mismatches: None,
+        harness_problems: None,
     });
 }
 
@@ -574,6 +575,7 @@ pub(crate) async fn a_panicking_handler_fails_that_message_only<S: TestDb>(store
         order_violations: None,
         stuck_groups: None,
         attempt_mismatches: None,
+        harness_problems: None,
     });
 }
 
@@ -685,6 +687,7 @@ pub(crate) async fn connections_killed_mid_batch_lose_nothing(pool: sqlx::PgPool
         order_violations: None,
         stuck_groups: None,
         attempt_mismatches: None,
+        harness_problems: None,
     });
 }
 

@@ -35,6 +35,11 @@ pub(crate) struct FaultRecord<'a> {
     /// where the test logs every run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) attempt_mismatches: Option<u64>,
+    /// Runs that failed outside the checks (must be 0): a producer
+    /// transaction that ran out of retries, a task that panicked; where the
+    /// test tells them apart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) harness_problems: Option<u64>,
 }
 
 /// Prints the record and appends it to `OUTBOX_FAULT_REPORT`, if set.
