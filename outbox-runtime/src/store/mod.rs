@@ -438,7 +438,8 @@ pub type Tx<DB> = sqlx::Transaction<'static, DB>;
 ///   the same groups in opposite orders, one call each, deadlock;
 ///   PostgreSQL aborts one of them (SQLSTATE `40P01`,
 ///   [`StoreError::is_transient`]), and the app retries it, as for any
-///   deadlock.
+///   deadlock, after a short random delay (retried at once, it can meet
+///   the same order again).
 ///
 /// A group is held by at most one claim at a time. A claim takes a group
 /// only while no live claim leases it (the lease ran out, or was given back

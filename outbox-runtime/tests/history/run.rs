@@ -508,13 +508,23 @@ async fn produce<S: HistoryStore>(store: S, txs: Vec<TxPlan>) -> Result<Vec<Uuid
         tokio::time::sleep(tx.gap).await;
         // As an app does: a transaction the database aborted to break a
         // deadlock (two producers locking the same groups in opposite
-        // orders, see the store's docs) is retried; it wrote nothing.
-        let mut tries = 0;
+        // orders, see the store's docs) is retried after a random delay
+        // that grows with each try (retried at once, it can meet the same
+        // lock order again); it wrote nothing.
+        let mut tries: u32 = 0;
         loop {
             match transact(&store, &tx).await {
                 Ok(()) => break,
-                Err(err) if tries < 5 && is_transient(&err) => tries += 1,
-                Err(err) => return Err(format!("a producer transaction failed: {err:#}")),
+                Err(err) if tries < PRODUCER_RETRIES && is_transient(&err) => {
+                    tries += 1;
+                    let ceiling = 10 * u64::from(tries);
+                    tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=ceiling))).await;
+                }
+                Err(err) => {
+                    return Err(format!(
+                        "a producer transaction failed after {tries} retries: {err:#}"
+                    ));
+                }
             }
         }
         if tx.rollback {
@@ -523,6 +533,9 @@ async fn produce<S: HistoryStore>(store: S, txs: Vec<TxPlan>) -> Result<Vec<Uuid
     }
     Ok(rolled_back)
 }
+
+/// How often a producer retries a transaction the database aborted.
+const PRODUCER_RETRIES: u32 = 10;
 
 /// Whether the database aborted the transaction in a way worth retrying
 /// (a deadlock or a serialization failure, SQLSTATE class 40).
