@@ -177,7 +177,8 @@ async fn toolkit(pool: &PgPool, n: usize, batch: u32, relays: usize) -> anyhow::
 }
 
 /// The statements `PgStore` issues for a drain on a durable queue (the
-/// claim; then, in one transaction, the move of the published rows to the
+/// claim's first round, which fills the batch when groups hold a chunk's
+/// rows or more, as here; then, in one transaction, the move of the published rows to the
 /// archive and the groups' release), with no toolkit code around them and
 /// nothing published: the ceiling the relay works under.
 async fn raw_sql(pool: &PgPool, n: usize, batch: u32, relays: usize) -> anyhow::Result<f64> {
@@ -190,6 +191,7 @@ async fn raw_sql(pool: &PgPool, n: usize, batch: u32, relays: usize) -> anyhow::
                 .bind(i64::from(batch))
                 .bind(30_000_i64)
                 .bind(token)
+                .bind(i64::from(batch.div_ceil(PgStore::CLAIM_ROWS_PER_GROUP)))
                 .fetch_all(&pool)
                 .await?;
             let mut seqs: Vec<i64> = Vec::with_capacity(rows.len());

@@ -451,8 +451,12 @@ pub type Tx<DB> = sqlx::Transaction<'static, DB>;
 /// published by another. A relay that dies loses its lease when it expires;
 /// its rows are claimed again (at-least-once; the SQS deduplication id and
 /// the inbox absorb the repeat). On PostgreSQL the lease is the group's row
-/// in `outbox_groups`, locked by the claim with `FOR UPDATE SKIP LOCKED`;
-/// on SQLite it is on the rows.
+/// in `outbox_groups`, locked by the claim with `FOR UPDATE SKIP LOCKED`,
+/// and a batch of `limit` rows first leases `limit / 10` groups, oldest
+/// first, taking up to a publish chunk (10 rows) from each; only when those
+/// hold fewer rows does it lease more groups to fill the batch. So a batch
+/// holds few groups and concurrent relays find the others. On SQLite the
+/// lease is on the rows.
 ///
 /// On a transport that dies with the process (the in-process queue), a
 /// published row is `relayed` until a consumer confirms it; a `relayed` row
@@ -494,7 +498,8 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c;
 
     /// Claims up to `limit` pending rows for publishing, leased for `lease`,
-    /// in sequence order, at most one relay per group (see the trait's docs).
+    /// each group's in sequence order, at most one relay per group (see the
+    /// trait's docs).
     fn claim(
         &self,
         limit: u32,

@@ -2,6 +2,7 @@
 //! groups (`outbox_groups`) with `FOR UPDATE SKIP LOCKED`; delivered rows
 //! move to `outbox_archive`.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
@@ -70,12 +71,13 @@ impl PgStore {
     // ceiling issues exactly these and cannot drift from them.
 
     /// Claims up to `$1` rows for `$2` milliseconds under token `$3`: locks
-    /// (`FOR UPDATE SKIP LOCKED`) and leases up to `$1` claimable groups in
+    /// (`FOR UPDATE SKIP LOCKED`) and leases up to `$4` claimable groups in
     /// the order of their first rows, and takes their rows in sequence
     /// order, round-robin across groups (at most `$1` / groups from each).
     /// A group is claimable when its backoff is over, no live claim leases
-    /// it, and no row it relayed to a non-durable queue is unconfirmed
-    /// within its deadline. Also returns, with a null `seq`, the locked
+    /// it, no earlier round of this claim (token `$3`) took it, and no row
+    /// it relayed to a non-durable queue is unconfirmed within its
+    /// deadline. Also returns, with a null `seq`, the locked
     /// groups that had no rows, for [`Self::DROP_EMPTY_GROUPS_SQL`].
     #[doc(hidden)]
     pub const CLAIM_SQL: &'static str = "WITH
@@ -83,11 +85,12 @@ impl PgStore {
                  SELECT g.group_key, g.failed_seq, g.attempts FROM outbox_groups g
                  WHERE g.available_at <= now()
                    AND (g.lease_until IS NULL OR g.lease_until < now())
+                   AND g.lease_token IS DISTINCT FROM $3
                    AND (g.relayed_until IS NULL OR g.relayed_until < now() OR NOT EXISTS (
                        SELECT 1 FROM outbox o
                        WHERE o.group_key = g.group_key AND o.seq <= g.relayed_through))
                  ORDER BY g.head_seq
-                 LIMIT $1
+                 LIMIT $4
                  FOR UPDATE SKIP LOCKED
              ),
              per_group AS (
@@ -117,6 +120,13 @@ impl PgStore {
              UNION ALL
              SELECT NULL, NULL, NULL, NULL, c.group_key, NULL, NULL, NULL, NULL, NULL
              FROM candidates c WHERE c.group_key NOT IN (SELECT group_key FROM picked)";
+
+    /// How many rows of one group a claim aims to take: the groups it asks
+    /// for first are `limit / CLAIM_ROWS_PER_GROUP` (one `SendMessageBatch`
+    /// of SQS's 10 entries per group), so that a batch leases few groups
+    /// and other relays find the rest.
+    #[doc(hidden)]
+    pub const CLAIM_ROWS_PER_GROUP: u32 = 10;
 
     /// Takes, until the transaction ends, the producers' locks of those of
     /// groups `$1` (text[]) that no producer holds now: the groups
@@ -244,8 +254,45 @@ const DEAD_LETTER_COLUMNS: &str = "SELECT id, message_id, handler, message_type,
 /// (see [`PgStore::DROP_EMPTY_GROUPS_SQL`]).
 const BEGIN_SQL: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 
+/// After a claim round: drops the `empty` groups it found, and settles the
+/// `corrupt` rows (made dead) of `corrupt_groups`, giving back those groups
+/// with no row among the round's `claimed` ones.
+async fn tidy_claim(
+    pool: &PgPool,
+    token: Uuid,
+    empty: &[String],
+    mut corrupt_groups: Vec<String>,
+    corrupt: &[PublishFailure],
+    claimed: &[ClaimedMessage],
+) -> Result<(), StoreError> {
+    if !empty.is_empty() {
+        let mut tx = pool.begin_with(BEGIN_SQL).await?;
+        drop_empty_groups(&mut tx, empty).await?;
+        tx.commit().await?;
+    }
+    if !corrupt.is_empty() {
+        corrupt_groups.sort_unstable();
+        corrupt_groups.dedup();
+        let release: Vec<&str> = corrupt_groups
+            .iter()
+            .map(String::as_str)
+            .filter(|group| !claimed.iter().any(|m| m.envelope.group == *group))
+            .collect();
+        let mut tx = pool.begin_with(BEGIN_SQL).await?;
+        let outcome = Settlement {
+            claimed: &[],
+            published: &[],
+            confirm_within: None,
+            failures: corrupt,
+        };
+        settle_in(&mut tx, token, &corrupt_groups, &release, outcome).await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
 /// How many claim statements one [`Store::claim`] runs at most while its
-/// candidates hold nothing to publish.
+/// batch is not full and every group it asked for was found.
 const CLAIM_ROUNDS: usize = 8;
 
 /// Settles what a claim under `lease` did to the rows of `groups` (the
@@ -523,22 +570,45 @@ impl Store for PgStore {
 
     async fn claim(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedMessage>, StoreError> {
         let token = Uuid::now_v7();
-        // A claim whose candidates held nothing to publish (groups emptied by
-        // a consumer's confirmations or a rolled-back producer, dropped here;
-        // rows found corrupt, made dead) claims again, so a drain does not
-        // stop while other groups wait behind them.
+        let mut batch: Vec<ClaimedMessage> = Vec::new();
+        // Few groups first, each filling a publish chunk; a later round asks
+        // for one group per missing row, since the groups found held fewer
+        // rows than that. A round also runs again when its groups held
+        // nothing to publish (groups emptied by a consumer's confirmations or
+        // a rolled-back producer, dropped here; rows found corrupt, made
+        // dead), so a drain does not stop while other groups wait behind
+        // them. Rounds stop at a full batch or when fewer groups than asked
+        // for were claimable.
+        let mut groups = limit.div_ceil(Self::CLAIM_ROWS_PER_GROUP);
         for _ in 0..CLAIM_ROUNDS {
-            let rows = sqlx::query(Self::CLAIM_SQL)
-                .bind(i64::from(limit))
+            let wanted = limit.saturating_sub(u32::try_from(batch.len()).unwrap_or(u32::MAX));
+            if wanted == 0 {
+                break;
+            }
+            let rows = match sqlx::query(Self::CLAIM_SQL)
+                .bind(i64::from(wanted))
                 .bind(millis(lease))
                 .bind(token)
+                .bind(i64::from(groups))
                 .fetch_all(&self.pool)
-                .await?;
+                .await
+            {
+                Ok(rows) => rows,
+                // What earlier rounds leased is published, not left leased
+                // until the lease runs out.
+                Err(err) if !batch.is_empty() => {
+                    tracing::warn!(error = %err, "a claim's later round failed; publishing what it took");
+                    break;
+                }
+                Err(err) => return Err(err.into()),
+            };
+            let mut found: HashSet<String> = HashSet::new();
             let mut empty = Vec::new();
             let mut corrupt_groups = Vec::new();
             let mut decoded = Vec::with_capacity(rows.len());
             for row in &rows {
                 let group: String = row.try_get("group_key")?;
+                found.insert(group.clone());
                 if row.try_get::<Option<i64>, _>("seq")?.is_none() {
                     empty.push(group);
                     continue;
@@ -550,35 +620,29 @@ impl Store for PgStore {
                 decoded.push(message);
             }
             let (claimed, corrupt) = super::sort_out(decoded.into_iter())?;
-            if !empty.is_empty() {
-                let mut tx = self.pool.begin_with(BEGIN_SQL).await?;
-                drop_empty_groups(&mut tx, &empty).await?;
-                tx.commit().await?;
+            let tidied = tidy_claim(
+                &self.pool,
+                token,
+                &empty,
+                corrupt_groups,
+                &corrupt,
+                &claimed,
+            )
+            .await;
+            batch.extend(claimed);
+            if let Err(err) = tidied {
+                if batch.is_empty() {
+                    return Err(err);
+                }
+                tracing::warn!(error = %err, "a claim could not drop empty groups or settle corrupt rows; publishing what it took");
+                break;
             }
-            if !corrupt.is_empty() {
-                // Groups with nothing left to publish in this claim are given back.
-                corrupt_groups.sort_unstable();
-                corrupt_groups.dedup();
-                let release: Vec<&str> = corrupt_groups
-                    .iter()
-                    .map(String::as_str)
-                    .filter(|group| !claimed.iter().any(|m| m.envelope.group == *group))
-                    .collect();
-                let mut tx = self.pool.begin_with(BEGIN_SQL).await?;
-                let outcome = Settlement {
-                    claimed: &[],
-                    published: &[],
-                    confirm_within: None,
-                    failures: &corrupt,
-                };
-                settle_in(&mut tx, token, &corrupt_groups, &release, outcome).await?;
-                tx.commit().await?;
+            if found.len() < groups as usize {
+                break;
             }
-            if !claimed.is_empty() || (empty.is_empty() && corrupt.is_empty()) {
-                return Ok(claimed);
-            }
+            groups = limit.saturating_sub(u32::try_from(batch.len()).unwrap_or(u32::MAX));
         }
-        Ok(Vec::new())
+        Ok(batch)
     }
 
     async fn settle<'a>(&'a self, settlement: Settlement<'a>) -> Result<(), StoreError> {

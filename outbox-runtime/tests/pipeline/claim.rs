@@ -1,7 +1,8 @@
-//! PostgreSQL's claims of groups (`outbox_groups`) under the conditions
-//! that could break them: groups behind a long backlog of held or waiting
-//! groups, a group another claim is leasing, overlapping producers, relayed
-//! rows, a producer racing the drop of its group's emptied row, and the
+//! PostgreSQL's claims of groups (`outbox_groups`): the shape of a batch
+//! (a chunk from each of few groups, as many groups as it takes to fill
+//! it), and the conditions that could break a claim: groups behind a long
+//! backlog of held or waiting groups, a group another claim is leasing,
+//! overlapping producers, relayed rows, a producer racing the drop of its group's emptied row, and the
 //! migration from the schema that kept every row's state on the row.
 
 use std::time::Duration;
@@ -116,24 +117,105 @@ async fn a_free_group_is_found_behind_the_rows_of_groups_another_relay_holds(poo
     let interleaved = (0..200).flat_map(|n| ["x", "y", "z"].map(|group| (group, n)));
     let store = store_with(&pool, interleaved.chain([("late", 0), ("late", 1)])).await;
 
-    // One relay takes a batch: the heads of x, y and z and what follows.
-    let first = claimed(&store.claim(3, LEASE).await.expect("claims"));
+    // One relay takes a batch of 30: a chunk of 10 from each of x, y and z.
+    let first = claimed(&store.claim(30, LEASE).await.expect("claims"));
     assert_eq!(
-        first,
-        [("x", 0), ("y", 0), ("z", 0)]
-            .map(|(g, n)| (g.to_owned(), n))
-            .to_vec()
+        sorted(first),
+        ["x", "y", "z"]
+            .iter()
+            .flat_map(|g| (0..10).map(|n| (g.to_string(), n)))
+            .collect::<Vec<_>>()
     );
-    // Another relay finds only the group nobody holds; x, y and z's 597
+    // Another relay finds only the group nobody holds; x, y and z's 570
     // waiting rows are behind heads that are leased.
-    let second = claimed(&store.claim(3, LEASE).await.expect("claims"));
+    let second = claimed(&store.claim(30, LEASE).await.expect("claims"));
     assert_eq!(
         second,
         [("late", 0), ("late", 1)]
             .map(|(g, n)| (g.to_owned(), n))
             .to_vec()
     );
-    assert!(store.claim(3, LEASE).await.expect("claims").is_empty());
+    assert!(store.claim(30, LEASE).await.expect("claims").is_empty());
+}
+
+/// (group, n) pairs in group order, each group's in sequence.
+fn sorted(mut pairs: Vec<(String, i64)>) -> Vec<(String, i64)> {
+    pairs.sort();
+    pairs
+}
+
+/// `("g00", n)`, `("g01", n)`, … for `groups` groups and `n` in `0..rows`,
+/// interleaved: the groups' first rows come first, in group order.
+fn deep_groups(groups: usize, rows: i64) -> Vec<(String, i64)> {
+    (0..rows)
+        .flat_map(|n| (0..groups).map(move |g| (format!("g{g:02}"), n)))
+        .collect()
+}
+
+/// A migrated store holding [`deep_groups`].
+async fn store_with_deep_groups(pool: &PgPool, groups: usize, rows: i64) -> PgStore {
+    let rows = deep_groups(groups, rows);
+    store_with(pool, rows.iter().map(|(g, n)| (g.as_str(), *n))).await
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_batch_takes_a_chunk_from_each_of_few_groups_and_leaves_the_rest_to_other_relays(
+    pool: PgPool,
+) {
+    // 20 groups of 30 rows. A batch of 100 leases the 10 oldest groups and
+    // takes 10 rows of each (one SendMessageBatch per group), not one row of
+    // each of 100 groups: a second relay finds the other 10 groups free.
+    let store = store_with_deep_groups(&pool, 20, 30).await;
+    let first = claimed(&store.claim(100, LEASE).await.expect("claims"));
+    let expected = |groups: std::ops::Range<usize>| -> Vec<(String, i64)> {
+        groups
+            .flat_map(|g| (0..10).map(move |n| (format!("g{g:02}"), n)))
+            .collect()
+    };
+    assert_eq!(sorted(first), expected(0..10));
+    let second = claimed(&store.claim(100, LEASE).await.expect("claims"));
+    assert_eq!(sorted(second), expected(10..20));
+    assert!(store.claim(100, LEASE).await.expect("claims").is_empty());
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_batch_of_one_row_groups_is_filled_from_as_many_groups_as_it_needs(pool: PgPool) {
+    // 150 groups of one row each: the groups asked for first (10) hold a
+    // row each, so the claim asks again for one group per missing row.
+    let store = store_with_deep_groups(&pool, 150, 1).await;
+    let first = claimed(&store.claim(100, LEASE).await.expect("claims"));
+    assert_eq!(
+        sorted(first),
+        (0..100)
+            .map(|g| (format!("g{g:02}"), 0))
+            .collect::<Vec<_>>()
+    );
+    let second = claimed(&store.claim(100, LEASE).await.expect("claims"));
+    assert_eq!(
+        sorted(second),
+        (100..150)
+            .map(|g| (format!("g{g:02}"), 0))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_claim_whose_lease_ran_out_between_its_rounds_takes_each_row_once(pool: PgPool) {
+    // A zero lease has run out by the second round; that round must still
+    // not take the first round's group again.
+    let store = store_with_deep_groups(&pool, 2, 1).await;
+    let got = claimed(&store.claim(10, Duration::ZERO).await.expect("claims"));
+    assert_eq!(sorted(got), [("g00".to_owned(), 0), ("g01".to_owned(), 0)]);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_batch_of_one_deep_group_takes_its_rows_in_order(pool: PgPool) {
+    let store = store_with_deep_groups(&pool, 1, 300).await;
+    let first = claimed(&store.claim(100, LEASE).await.expect("claims"));
+    assert_eq!(
+        first,
+        (0..100).map(|n| ("g00".to_owned(), n)).collect::<Vec<_>>()
+    );
 }
 
 #[sqlx::test(migrations = false)]

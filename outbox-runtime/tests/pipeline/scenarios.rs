@@ -632,8 +632,10 @@ pub(crate) async fn connections_killed_mid_batch_lose_nothing(pool: sqlx::PgPool
             tokio::time::Instant::now() < deadline,
             "only {handled} of {total} handled"
         );
-        // Kill while at most three quarters are handled, then let it finish.
-        if handled < total * 3 / 4 {
+        // Kill every 20 ms while at most three quarters are handled, then
+        // let it finish.
+        let killing = handled < total * 3 / 4;
+        if killing {
             let n: i64 = sqlx::query_scalar(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
                  WHERE datname = current_database() AND pid <> pg_backend_pid()",
@@ -647,7 +649,7 @@ pub(crate) async fn connections_killed_mid_batch_lose_nothing(pool: sqlx::PgPool
             }
             waker.wake();
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(if killing { 20 } else { 100 })).await;
     }
     let _ = stop.send(true);
     relay.await.expect("relay task");
@@ -677,7 +679,7 @@ pub(crate) async fn connections_killed_mid_batch_lose_nothing(pool: sqlx::PgPool
     println!("{kills} kills terminated {killed_connections} connections");
     crate::fault_report::report(&crate::fault_report::FaultRecord {
         scenario: "database connections killed mid-batch",
-        injection: "pg_terminate_backend on every connection of the relay and two workers, every 100 ms until 3/4 are handled (PostgreSQL)",
+        injection: "pg_terminate_backend on every connection of the relay and two workers, every 20 ms until 3/4 are handled (PostgreSQL)",
         runs: kills,
         sent: total as u64,
         handled: ids.len() as u64,
@@ -822,7 +824,8 @@ pub(crate) async fn corrupt_row_is_dead_lettered_without_stopping_the_relay<S: T
 
 pub(crate) async fn a_drain_past_its_deadline_still_publishes_a_batch<S: TestDb>(store: S) {
     let h = Harness::new(store).await;
-    let steps: Vec<Step> = (0..120).map(|n| step(&format!("g{}", n % 7), n)).collect();
+    // Five groups: a batch of 50 takes ten rows of each.
+    let steps: Vec<Step> = (0..120).map(|n| step(&format!("g{}", n % 5), n)).collect();
     commit_steps(&h.store, 1, &steps).await;
     let past = tokio::time::Instant::now();
     let report = h.relay.drain_until(Some(past)).await.expect("drain");
