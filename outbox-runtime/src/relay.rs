@@ -510,10 +510,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Splits a batch (in sequence order) into at most `concurrency` lanes, each
-/// group's rows in one lane and in order: a group's chunks are published one
-/// after another, different lanes at once. Each group joins the lane with the
-/// fewest rows so far.
+/// Splits a batch (each group's rows in sequence order) into at most
+/// `concurrency` lanes, each group's rows in one lane and in order: a
+/// group's chunks are published one after another, different lanes at
+/// once. Each group joins the lane with the fewest rows so far.
 fn lanes(batch: &[ClaimedMessage], concurrency: usize) -> Vec<Vec<&ClaimedMessage>> {
     let mut lanes: Vec<Vec<&ClaimedMessage>> = vec![Vec::new(); concurrency.max(1)];
     let mut lane_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();

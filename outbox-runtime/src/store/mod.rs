@@ -452,11 +452,13 @@ pub type Tx<DB> = sqlx::Transaction<'static, DB>;
 /// its rows are claimed again (at-least-once; the SQS deduplication id and
 /// the inbox absorb the repeat). On PostgreSQL the lease is the group's row
 /// in `outbox_groups`, locked by the claim with `FOR UPDATE SKIP LOCKED`,
-/// and a batch of `limit` rows first leases `limit / 10` groups, oldest
-/// first, taking up to a publish chunk (10 rows) from each; only when those
-/// hold fewer rows does it lease more groups to fill the batch. So a batch
-/// holds few groups and concurrent relays find the others. On SQLite the
-/// lease is on the rows.
+/// and a batch of `limit` rows first leases `limit / 10` groups (rounded
+/// up), oldest first, taking up to a publish chunk (10 rows) from each, or
+/// `limit` / groups when fewer are claimable; only when the groups found
+/// hold fewer rows does it lease more, as many as the missing rows need at
+/// the rows per group it found. So a batch of deep groups holds few of
+/// them, and concurrent relays find the others. On SQLite the lease is on
+/// the rows.
 ///
 /// On a transport that dies with the process (the in-process queue), a
 /// published row is `relayed` until a consumer confirms it; a `relayed` row

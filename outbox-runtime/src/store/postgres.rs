@@ -71,8 +71,10 @@ impl PgStore {
     // ceiling issues exactly these and cannot drift from them.
     //
     // No row of a group has a `seq` below its group's `head_seq`: producers
-    // of a group draw their `seq`s under the group's lock, so in commit
-    // order, and `head_seq` only moves to a row still there. So statements
+    // of a group draw their `seq`s under the group's lock (held to commit,
+    // so in commit order), and `head_seq` only moves to a row still there.
+    // A row written outside the lock (an older producer, an enqueue outside
+    // a transaction) can land below; `cleanup` lowers the head to it. So statements
     // read a group's rows from `head_seq` on, skipping the index entries of
     // the rows delivered before it, which stay until a vacuum (without the
     // bound, a claim read thousands of them per group under load).
@@ -80,7 +82,8 @@ impl PgStore {
     /// Claims up to `$1` rows for `$2` milliseconds under token `$3`: locks
     /// (`FOR UPDATE SKIP LOCKED`) and leases up to `$4` claimable groups in
     /// the order of their first rows, and takes their rows in sequence
-    /// order, round-robin across groups (at most `$1` / groups from each).
+    /// order, round-robin across groups (at most `ceil($1 / groups found)`
+    /// from each).
     /// A group is claimable when its backoff is over, no live claim leases
     /// it, no earlier round of this claim (token `$3`) took it, and no row
     /// it relayed to a non-durable queue is unconfirmed within its
@@ -130,9 +133,9 @@ impl PgStore {
              FROM candidates c WHERE c.group_key NOT IN (SELECT group_key FROM picked)";
 
     /// How many rows of one group a claim aims to take: the groups it asks
-    /// for first are `limit / CLAIM_ROWS_PER_GROUP` (one `SendMessageBatch`
-    /// of SQS's 10 entries per group), so that a batch leases few groups
-    /// and other relays find the rest.
+    /// for first are `ceil(limit / CLAIM_ROWS_PER_GROUP)` (one
+    /// `SendMessageBatch` of SQS's 10 entries per group), so that a batch of
+    /// deep groups leases few of them and other relays find the rest.
     #[doc(hidden)]
     pub const CLAIM_ROWS_PER_GROUP: u32 = 10;
 
@@ -266,6 +269,70 @@ const DEAD_LETTER_COLUMNS: &str = "SELECT id, message_id, handler, message_type,
 /// relies on a statement seeing what producers committed before it started
 /// (see [`PgStore::DROP_EMPTY_GROUPS_SQL`]).
 const BEGIN_SQL: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+
+/// One claim statement's outcome.
+struct Round {
+    /// The rows it took.
+    claimed: Vec<ClaimedMessage>,
+    /// How many groups it locked, with rows or without.
+    found: usize,
+    /// Why dropping its empty groups or settling its corrupt rows failed.
+    tidy_failed: Option<StoreError>,
+}
+
+impl PgStore {
+    /// Runs [`Self::CLAIM_SQL`] for up to `wanted` rows of up to `groups`
+    /// groups under `token`, then drops the empty groups it found and makes
+    /// its corrupt rows dead.
+    async fn claim_round(
+        &self,
+        token: Uuid,
+        lease: Duration,
+        wanted: u32,
+        groups: u32,
+    ) -> Result<Round, StoreError> {
+        let rows = sqlx::query(Self::CLAIM_SQL)
+            .bind(i64::from(wanted))
+            .bind(millis(lease))
+            .bind(token)
+            .bind(i64::from(groups))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut found: HashSet<String> = HashSet::new();
+        let mut empty = Vec::new();
+        let mut corrupt_groups = Vec::new();
+        let mut decoded = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let group: String = row.try_get("group_key")?;
+            found.insert(group.clone());
+            if row.try_get::<Option<i64>, _>("seq")?.is_none() {
+                empty.push(group);
+                continue;
+            }
+            let message = claimed_from_row(row, token);
+            if message.is_err() {
+                corrupt_groups.push(group);
+            }
+            decoded.push(message);
+        }
+        let (claimed, corrupt) = super::sort_out(decoded.into_iter())?;
+        let tidy_failed = tidy_claim(
+            &self.pool,
+            token,
+            &empty,
+            corrupt_groups,
+            &corrupt,
+            &claimed,
+        )
+        .await
+        .err();
+        Ok(Round {
+            claimed,
+            found: found.len(),
+            tidy_failed,
+        })
+    }
+}
 
 /// After a claim round: drops the `empty` groups it found, and settles the
 /// `corrupt` rows (made dead) of `corrupt_groups`, giving back those groups
@@ -584,76 +651,55 @@ impl Store for PgStore {
     async fn claim(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedMessage>, StoreError> {
         let token = Uuid::now_v7();
         let mut batch: Vec<ClaimedMessage> = Vec::new();
-        // Few groups first, each filling a publish chunk; a later round asks
-        // for one group per missing row, since the groups found held fewer
-        // rows than that. A round also runs again when its groups held
-        // nothing to publish (groups emptied by a consumer's confirmations or
-        // a rolled-back producer, dropped here; rows found corrupt, made
-        // dead), so a drain does not stop while other groups wait behind
-        // them. Rounds stop at a full batch or when fewer groups than asked
-        // for were claimable.
+        // Few groups first, each filling a publish chunk. While the batch is
+        // not full and every group asked for was found, another round asks
+        // for as many groups as the missing rows need at the rows per group
+        // the last round found (as many as before when it found none: its
+        // groups were emptied by a consumer's confirmations or a rolled-back
+        // producer, and dropped, or held only corrupt rows, made dead), so a
+        // drain does not stop while other groups wait behind them.
         let mut groups = limit.div_ceil(Self::CLAIM_ROWS_PER_GROUP);
         for _ in 0..CLAIM_ROUNDS {
-            let wanted = limit.saturating_sub(u32::try_from(batch.len()).unwrap_or(u32::MAX));
+            let missing = |batch: &[ClaimedMessage]| {
+                limit.saturating_sub(u32::try_from(batch.len()).unwrap_or(u32::MAX))
+            };
+            let wanted = missing(&batch);
             if wanted == 0 {
                 break;
             }
-            let rows = match sqlx::query(Self::CLAIM_SQL)
-                .bind(i64::from(wanted))
-                .bind(millis(lease))
-                .bind(token)
-                .bind(i64::from(groups))
-                .fetch_all(&self.pool)
-                .await
-            {
-                Ok(rows) => rows,
-                // What earlier rounds leased is published, not left leased
-                // until the lease runs out.
-                Err(err) if !batch.is_empty() => {
+            // What earlier rounds leased is published whatever a later round
+            // meets, not left leased until the lease runs out.
+            let round = match self.claim_round(token, lease, wanted, groups).await {
+                Ok(round) => round,
+                Err(err) if batch.is_empty() => return Err(err),
+                Err(err) => {
                     tracing::warn!(error = %err, "a claim's later round failed; publishing what it took");
                     break;
                 }
-                Err(err) => return Err(err.into()),
             };
-            let mut found: HashSet<String> = HashSet::new();
-            let mut empty = Vec::new();
-            let mut corrupt_groups = Vec::new();
-            let mut decoded = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let group: String = row.try_get("group_key")?;
-                found.insert(group.clone());
-                if row.try_get::<Option<i64>, _>("seq")?.is_none() {
-                    empty.push(group);
-                    continue;
-                }
-                let message = claimed_from_row(row, token);
-                if message.is_err() {
-                    corrupt_groups.push(group);
-                }
-                decoded.push(message);
-            }
-            let (claimed, corrupt) = super::sort_out(decoded.into_iter())?;
-            let tidied = tidy_claim(
-                &self.pool,
-                token,
-                &empty,
-                corrupt_groups,
-                &corrupt,
-                &claimed,
-            )
-            .await;
-            batch.extend(claimed);
-            if let Err(err) = tidied {
+            let took = u32::try_from(round.claimed.len()).unwrap_or(u32::MAX);
+            let with_rows = round
+                .claimed
+                .iter()
+                .map(|m| m.envelope.group.as_str())
+                .collect::<HashSet<_>>()
+                .len();
+            batch.extend(round.claimed);
+            if let Some(err) = round.tidy_failed {
                 if batch.is_empty() {
                     return Err(err);
                 }
                 tracing::warn!(error = %err, "a claim could not drop empty groups or settle corrupt rows; publishing what it took");
                 break;
             }
-            if found.len() < groups as usize {
+            if round.found < groups as usize {
                 break;
             }
-            groups = limit.saturating_sub(u32::try_from(batch.len()).unwrap_or(u32::MAX));
+            if took > 0 {
+                let per_group = (took / u32::try_from(with_rows).unwrap_or(u32::MAX))
+                    .clamp(1, Self::CLAIM_ROWS_PER_GROUP);
+                groups = missing(&batch).div_ceil(per_group);
+            }
         }
         Ok(batch)
     }
@@ -866,6 +912,25 @@ impl Store for PgStore {
                 groups = restored,
                 "outbox rows without their group row (written by a producer older than the \
                  groups table?): groups restored"
+            );
+        }
+        // Rows below their group's head are never claimed either: a producer
+        // outside the group's lock (an older version, or an enqueue outside
+        // a transaction) can commit a row after its group moved past it.
+        // Their groups' heads are lowered to them.
+        let lowered = sqlx::query(
+            "UPDATE outbox_groups g SET head_seq = m.first
+             FROM (SELECT group_key, min(seq) AS first FROM outbox GROUP BY group_key) m
+             WHERE g.group_key = m.group_key AND m.first < g.head_seq",
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if lowered > 0 {
+            tracing::warn!(
+                groups = lowered,
+                "outbox rows below their group's head (written outside the group's lock by an \
+                 older producer or outside a transaction?): heads lowered"
             );
         }
         let batch = i64::from(policy.batch_size.max(1));

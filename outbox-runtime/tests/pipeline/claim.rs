@@ -209,6 +209,53 @@ async fn a_claim_whose_lease_ran_out_between_its_rounds_takes_each_row_once(pool
 }
 
 #[sqlx::test(migrations = false)]
+async fn a_round_that_found_only_emptied_groups_asks_for_as_few_groups_again(pool: PgPool) {
+    // Ten group rows whose rows went another way (a consumer confirmed them)
+    // come first, then 20 deep groups. The first round finds only the ten
+    // empty groups (and drops them); the next still asks for ten groups,
+    // not one per missing row.
+    let store = store_with_deep_groups(&pool, 20, 30).await;
+    sqlx::query(
+        "INSERT INTO outbox_groups (group_key, head_seq)
+         SELECT 'emptied' || n, n - 100 FROM generate_series(1, 10) AS n",
+    )
+    .execute(&pool)
+    .await
+    .expect("adds emptied groups");
+    let got = claimed(&store.claim(100, LEASE).await.expect("claims"));
+    assert_eq!(
+        sorted(got),
+        (0..10)
+            .flat_map(|g| (0..10).map(move |n| (format!("g{g:02}"), n)))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        group_rows(&pool).await,
+        20,
+        "the emptied groups are dropped"
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_row_below_its_groups_head_is_claimed_after_cleanup(pool: PgPool) {
+    // A producer outside the group's lock (an older version, an enqueue
+    // outside a transaction) can commit a row after its group's head moved
+    // past it. Claims read a group from its head, so cleanup moves the head
+    // back to the row.
+    let store = store_with(&pool, [("g", 0), ("g", 1)]).await;
+    sqlx::query("UPDATE outbox_groups SET head_seq = head_seq + 1")
+        .execute(&pool)
+        .await
+        .expect("moves the head past g/0");
+    store
+        .cleanup(&outbox_runtime::RetentionPolicy::default())
+        .await
+        .expect("cleans up");
+    let got = claimed(&store.claim(10, LEASE).await.expect("claims"));
+    assert_eq!(got, [("g".to_owned(), 0), ("g".to_owned(), 1)]);
+}
+
+#[sqlx::test(migrations = false)]
 async fn a_batch_of_one_deep_group_takes_its_rows_in_order(pool: PgPool) {
     let store = store_with_deep_groups(&pool, 1, 300).await;
     let first = claimed(&store.claim(100, LEASE).await.expect("claims"));
