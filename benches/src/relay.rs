@@ -178,9 +178,10 @@ async fn toolkit(pool: &PgPool, n: usize, batch: u32, relays: usize) -> anyhow::
 
 /// The statements `PgStore` issues for a drain on a durable queue (the
 /// claim's first round, which fills the batch when groups hold a chunk's
-/// rows or more, as here; then, in one transaction, the move of the published rows to the
-/// archive and the groups' release), with no toolkit code around them and
-/// nothing published: the ceiling the relay works under.
+/// rows or more, as here; then, in one transaction, the move of the
+/// published rows to the archive and the groups' release), with no toolkit
+/// code around them and nothing published: the ceiling the relay works
+/// under.
 async fn raw_sql(pool: &PgPool, n: usize, batch: u32, relays: usize) -> anyhow::Result<f64> {
     let pool2 = pool.clone();
     drain(pool, "outbox", n, relays, move || {
