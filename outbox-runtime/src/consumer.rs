@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::backoff::Backoff;
 use crate::context::HandlerContext;
-use crate::dispatch::{Dispatcher, in_span, invoke};
+use crate::dispatch::{Dispatcher, in_span, invoke, span_if_wanted};
 use crate::envelope::{Envelope, ONLY_HANDLER_HEADER};
 use crate::handler::HandlerError;
 use crate::metrics::Metrics;
@@ -530,7 +530,8 @@ impl<S: Store> Consumer<S> {
                         Outcome::DeadLettered
                     }
                     Work::Message { envelope, .. } => {
-                        let span = tracing::info_span!(
+                        let span = span_if_wanted!(
+                            INFO,
                             "outbox.consume",
                             message.id = %envelope.id,
                             message.type = %envelope.message_type,

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use futures_util::future::Either;
 use tracing::Instrument;
 
 use crate::context::HandlerContext;
@@ -119,7 +120,8 @@ impl Dispatcher {
     /// version, or a payload that does not decode.
     pub async fn dispatch(&self, envelope: &Envelope) -> Result<DispatchReport, DispatchError> {
         let entry = self.route(envelope)?;
-        let span = tracing::info_span!(
+        let span = span_if_wanted!(
+            INFO,
             "outbox.dispatch",
             message.id = %envelope.id,
             message.type = %envelope.message_type,
@@ -147,15 +149,55 @@ impl Dispatcher {
     }
 }
 
-/// Runs `future` in `span`, or bare when no subscriber wants the span: an
-/// `Instrumented` future enters and leaves even a disabled span on every poll
-/// (about 200 instructions per dispatch under callgrind, without a
-/// subscriber).
-pub(crate) async fn in_span<F: Future>(span: tracing::Span, future: F) -> F::Output {
-    if span.is_disabled() {
-        future.await
+/// A span at `tracing::Level::$level`, built only when something records it
+/// ([`span_wanted`]); otherwise `Span::none()`, and its fields are never
+/// formatted.
+macro_rules! span_if_wanted {
+    ($level:ident, $($span:tt)*) => {
+        if $crate::dispatch::span_wanted(::tracing::Level::$level) {
+            ::tracing::span!(::tracing::Level::$level, $($span)*)
+        } else {
+            ::tracing::Span::none()
+        }
+    };
+}
+pub(crate) use span_if_wanted;
+
+/// Whether a span at `level` would be recorded: by the `tracing` subscriber
+/// (its maximum level), or, while no subscriber is set, by a `log` logger.
+/// Without this check a disabled span still costs its creation, and with
+/// tracing's `log` feature on (sqlx turns it on) its fields are recorded for
+/// `log` even when no logger is installed.
+pub(crate) fn span_wanted(level: tracing::Level) -> bool {
+    if tracing::dispatcher::has_been_set() {
+        tracing::level_enabled!(level)
     } else {
-        future.instrument(span).await
+        log::max_level() >= log_level(level)
+    }
+}
+
+fn log_level(level: tracing::Level) -> log::LevelFilter {
+    match level {
+        tracing::Level::ERROR => log::LevelFilter::Error,
+        tracing::Level::WARN => log::LevelFilter::Warn,
+        tracing::Level::INFO => log::LevelFilter::Info,
+        tracing::Level::DEBUG => log::LevelFilter::Debug,
+        tracing::Level::TRACE => log::LevelFilter::Trace,
+    }
+}
+
+/// `future` in `span`, or bare when the span is disabled: an `Instrumented`
+/// future enters and leaves even a disabled span on every poll. A plain
+/// function, not an `async fn`, so the future is no larger than `future`'s
+/// own or its instrumented form.
+pub(crate) fn in_span<F: Future>(
+    span: tracing::Span,
+    future: F,
+) -> Either<F, tracing::instrument::Instrumented<F>> {
+    if span.is_disabled() {
+        Either::Left(future)
+    } else {
+        Either::Right(future.instrument(span))
     }
 }
 
@@ -167,7 +209,8 @@ pub async fn invoke(
     envelope: &Envelope,
     ctx: &mut HandlerContext<'_>,
 ) -> Result<(), HandlerError> {
-    let span = tracing::debug_span!(
+    let span = span_if_wanted!(
+        DEBUG,
         "outbox.handler",
         handler = handler.name,
         attempt = ctx.attempt()
