@@ -182,7 +182,8 @@ pub(crate) fn run(sizes: Sizes) -> anyhow::Result<Section> {
     let mut section = Section::new(
         "3. Dispatch: the generated table against hand-written routing",
         &format!(
-            "16 message types (the table holds a 17th, the latency probe), {} envelopes cycling \
+            "16 message types (the table also holds the latency and handling scenarios' two), {} \
+             envelopes cycling \
              through the 16, per variant; the variants take turns in 10 rounds and the \
              median round is shown; one thread, no I/O. *Lookup*: find the handler for (type, version). \
              *Decode + handle*: also decode the payload into the Rust type and run the no-op \

@@ -138,16 +138,20 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
                 ratio(tps / alone),
             ]);
         }
-        let cost = 1.0 - one / alone;
+        let versus = one / control;
         verdicts.push(format!(
-            "{clients} client{}: one message costs {:.1}% of the throughput, a plain row {:.1}%",
+            "{clients} client{}: {} ({}; one message costs {:.1}% of domain-only throughput, \
+             a plain row {:.1}%)",
             if clients == 1 { "" } else { "s" },
-            cost * 100.0,
+            ratio(versus),
+            if versus >= 0.92 { "met" } else { "missed" },
+            (1.0 - one / alone) * 100.0,
             (1.0 - control / alone) * 100.0
         ));
     }
     section.verdict = format!(
-        "Goal: one message costs at most 10% of domain-only throughput. {}.",
+        "Goal: the transaction with one outbox message runs at least 0.92× as fast as the \
+         same transaction with the plain row (control) instead. {}.",
         verdicts.join("; ")
     );
     pool.close().await;

@@ -14,6 +14,7 @@
 mod db;
 mod dispatch;
 mod enqueue;
+mod handling;
 mod lambda;
 mod latency;
 mod messages;
@@ -60,6 +61,8 @@ pub(crate) struct Sizes {
     pub(crate) latency_secs: f64,
     /// Messages handled per run in the peer scenario.
     pub(crate) peer_messages: usize,
+    /// Messages handled per run in the handling scenario.
+    pub(crate) handled_messages: usize,
     /// Cold starts measured.
     pub(crate) cold_starts: usize,
 }
@@ -74,6 +77,7 @@ impl Sizes {
                 dispatches: 2_000,
                 latency_secs: 0.5,
                 peer_messages: 200,
+                handled_messages: 200,
                 cold_starts: 1,
             }
         } else {
@@ -84,6 +88,7 @@ impl Sizes {
                 dispatches: 1_000_000,
                 latency_secs: 10.0,
                 peer_messages: 10_000,
+                handled_messages: 20_000,
                 cold_starts: 5,
             }
         }
@@ -113,6 +118,10 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("== relay");
         report.section(relay::run(sizes, &server).await?);
         report.section(relay::run_distant(sizes, &server).await?);
+    }
+    if wanted("handling") {
+        eprintln!("== handling");
+        report.section(handling::run(sizes, &server).await?);
     }
     if wanted("latency") {
         eprintln!("== latency");

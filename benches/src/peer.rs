@@ -7,21 +7,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use outbox_runtime::{Dispatcher, PgStore, Store};
+use outbox_runtime::{PgStore, Store, WorkerConfig};
 
 use crate::Sizes;
 use crate::db::Scratch;
 use crate::enqueue::{self, Extra};
-use crate::relay;
+use crate::handling::{self, WORKERS};
 use crate::report::{Section, count, median, ratio};
-use crate::running::Running;
-
-/// Workers the toolkit's drain runs, as the sample app's `serve` does.
-const WORKERS: usize = 4;
 
 /// The peer's binary: `OUTBOX_BENCH_PEER_BINARY`, or `sqlxmq-peer` next to
 /// this binary (scripts/bench and scripts/test build it there).
@@ -71,36 +65,6 @@ fn run_peer(binary: &Path, args: &[&str]) -> anyhow::Result<serde_json::Value> {
             String::from_utf8_lossy(&output.stdout)
         )
     })
-}
-
-/// Messages per second handled by the toolkit: `n` pending rows drained by
-/// a relay into the in-process queue and handled by [`WORKERS`] workers
-/// (typed `bench.m00` handler, inbox record in the handler's transaction).
-async fn toolkit_drain(store: &PgStore, n: usize) -> anyhow::Result<f64> {
-    relay::fill(store.pool(), n).await?;
-    // The previous round's inbox rows go too: sqlxmq's drain also starts
-    // from empty tables.
-    sqlx::query("TRUNCATE outbox_inbox")
-        .execute(store.pool())
-        .await?;
-    let started = Instant::now();
-    let running = Running::start(store, Dispatcher::from_registry()?, WORKERS);
-    let metrics = Arc::clone(&running.metrics);
-    running.waker.wake();
-    let deadline = started + Duration::from_secs(600);
-    while metrics.snapshot().handled < n as u64 {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the toolkit handled {} of {n} messages in 10 minutes",
-            metrics.snapshot().handled
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    running.stop().await;
-    let handled = metrics.snapshot().handled;
-    anyhow::ensure!(handled == n as u64, "{handled} handlings of {n} messages");
-    Ok(n as f64 / secs)
 }
 
 pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
@@ -175,7 +139,16 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
     let messages = sizes.peer_messages.to_string();
     let (mut ours, mut unordered, mut ordered) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3 {
-        ours.push(toolkit_drain(&store, sizes.peer_messages).await?);
+        ours.push(
+            handling::drain(
+                &store,
+                sizes.peer_messages,
+                "bench.m00",
+                WORKERS,
+                WorkerConfig::default().batch_size,
+            )
+            .await?,
+        );
         unordered.push(peer(
             &binary,
             &["drain", &theirs_db.url, &messages, "unordered"],

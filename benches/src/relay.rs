@@ -28,12 +28,17 @@ const GROUPS: i64 = 100;
 
 /// Replaces the outbox's rows with `n` pending ones, in `GROUPS` groups.
 pub(crate) async fn fill(pool: &PgPool, n: usize) -> anyhow::Result<()> {
+    fill_as(pool, n, "bench.m00").await
+}
+
+/// [`fill`] with messages of type `message_type` (fields as `bench.m00`'s).
+pub(crate) async fn fill_as(pool: &PgPool, n: usize, message_type: &str) -> anyhow::Result<()> {
     sqlx::query("TRUNCATE outbox, outbox_groups, outbox_archive")
         .execute(pool)
         .await?;
     sqlx::query(
         "INSERT INTO outbox (id, message_type, version, group_key, payload, headers, created_at)
-         SELECT gen_random_uuid(), 'bench.m00', 1, 'customer-' || (g % $2),
+         SELECT gen_random_uuid(), $3, 1, 'customer-' || (g % $2),
                 json_build_object('order_id', g, 'customer', 'customer-' || (g % $2),
                                   'amount_cents', 1999, 'note', 'gift wrap'),
                 '{}', now()
@@ -41,6 +46,7 @@ pub(crate) async fn fill(pool: &PgPool, n: usize) -> anyhow::Result<()> {
     )
     .bind(i64::try_from(n)?)
     .bind(GROUPS)
+    .bind(message_type)
     .execute(pool)
     .await?;
     sqlx::query(
@@ -72,7 +78,7 @@ async fn fill_plain(pool: &PgPool, n: usize) -> anyhow::Result<()> {
     .await?;
     sqlx::query(
         "INSERT INTO plain_outbox (id, message_type, version, group_key, payload, created_at)
-         SELECT gen_random_uuid(), 'bench.m00', 1, 'customer-' || (g % $2),
+         SELECT gen_random_uuid(), $3, 1, 'customer-' || (g % $2),
                 json_build_object('order_id', g, 'customer', 'customer-' || (g % $2),
                                   'amount_cents', 1999, 'note', 'gift wrap'),
                 now()

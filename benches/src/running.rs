@@ -24,10 +24,27 @@ impl Running {
     /// `workers` workers handling its messages with `dispatcher` (no
     /// retention: a benchmark measures delivery only).
     pub(crate) fn start(store: &PgStore, dispatcher: Dispatcher, workers: usize) -> Self {
+        Self::start_batched(
+            store,
+            dispatcher,
+            workers,
+            WorkerConfig::default().batch_size,
+        )
+    }
+
+    /// [`Running::start`] with workers handling up to `batch_size` messages
+    /// per batch.
+    pub(crate) fn start_batched(
+        store: &PgStore,
+        dispatcher: Dispatcher,
+        workers: usize,
+        batch_size: usize,
+    ) -> Self {
         let queue = Arc::new(InProcessQueue::new());
         let relay = Relay::new(store.clone(), Arc::clone(&queue));
         let worker =
             Worker::new(store.clone(), queue, Arc::new(dispatcher)).with_config(WorkerConfig {
+                batch_size,
                 wait: Duration::from_millis(100),
                 retention: None,
                 ..WorkerConfig::default()

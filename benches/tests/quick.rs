@@ -46,6 +46,7 @@ fn every_scenario_runs_in_quick_mode_and_reports() {
         "## 5. A peer crate: sqlxmq",
         "## 6. The Lambda artefact",
         "## 7. SQS requests per delivered message",
+        "## 8. Handling: relay and workers against plain SQL",
     ] {
         let at = report
             .find(section)
