@@ -96,9 +96,26 @@ impl QueueConfig {
     }
 }
 
-/// The standard AWS configuration (region, endpoint, credentials).
+/// The standard AWS configuration (region, endpoint, credentials), with
+/// [`http_client`].
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(http_client())
+        .load()
+        .await
+}
+
+/// The HTTPS client the toolkit's AWS clients use: rustls with the ring
+/// crypto provider and the system's root certificates. outbox-runtime builds
+/// the AWS SDK without its default client (rustls on aws-lc, about 2 MB more
+/// in a Lambda binary), so a configuration loaded with `aws_config::defaults`
+/// needs this client (`.http_client(http_client())`), unless the app enables
+/// the SDK's `default-https-client` feature itself.
+pub fn http_client() -> aws_sdk_sqs::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
 }
 
 /// The database URL: `DATABASE_URL`, or built from the Secrets Manager secret

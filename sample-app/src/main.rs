@@ -138,13 +138,7 @@ struct DemoArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
         return lambda::run().await;
     }
@@ -354,14 +348,37 @@ async fn open(url: &str) -> anyhow::Result<AnyStore> {
     }
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (`warn` by default; targets and
+/// levels, such as `warn,outbox_runtime=info`).
+fn init_logging() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let warn = Targets::new().with_default(LevelFilter::WARN);
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) => directives.parse::<Targets>().unwrap_or_else(|err| {
+            eprintln!("RUST_LOG={directives:?} is not a filter ({err}); logging warnings only");
+            warn
+        }),
+        Err(_) => warn,
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .finish()
+        .with(filter)
+        .init();
+}
+
 /// The demo on `store`, with the in-process queue or an SQS endpoint.
 async fn demo_on<S: db::AppDb>(store: S, args: &DemoArgs) -> anyhow::Result<demo::Summary> {
     let Some(endpoint) = &args.sqs_endpoint else {
         println!("queue: in-process");
         return demo::run(store, args.orders, args.workers).await;
     };
-    let mut loader =
-        aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(endpoint);
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(outbox_runtime::aws::http_client())
+        .endpoint_url(endpoint);
     if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none()
     {
         loader = loader.region(aws_config::Region::new("us-east-1"));
