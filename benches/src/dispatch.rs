@@ -122,10 +122,11 @@ fn time(n: usize, envelopes: &[Envelope], variants: &mut [&mut dyn FnMut(&Envelo
 
 pub(crate) fn run(sizes: Sizes) -> anyhow::Result<Section> {
     let dispatcher = Dispatcher::from_registry()?;
-    // The 16 bench messages and the latency scenario's probe.
+    // The 16 bench messages, the latency scenario's probe and the handling
+    // scenario's message.
     anyhow::ensure!(
-        dispatcher.table().len() == 17,
-        "the table has {} messages, not 17",
+        dispatcher.table().len() == 18,
+        "the table has {} messages, not 18",
         dispatcher.table().len()
     );
     let registry = registry();

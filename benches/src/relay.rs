@@ -78,7 +78,7 @@ async fn fill_plain(pool: &PgPool, n: usize) -> anyhow::Result<()> {
     .await?;
     sqlx::query(
         "INSERT INTO plain_outbox (id, message_type, version, group_key, payload, created_at)
-         SELECT gen_random_uuid(), $3, 1, 'customer-' || (g % $2),
+         SELECT gen_random_uuid(), 'bench.m00', 1, 'customer-' || (g % $2),
                 json_build_object('order_id', g, 'customer', 'customer-' || (g % $2),
                                   'amount_cents', 1999, 'note', 'gift wrap'),
                 now()
