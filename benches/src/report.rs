@@ -64,18 +64,19 @@ impl Report {
         let _ = writeln!(
             out,
             "Every number below was measured by one run of `scripts/bench` \
-             (`cargo run --release -p outbox-bench -- --out BENCHMARKS.md`), each next to \
+             (`cargo run --profile speed -p outbox-bench -- --out BENCHMARKS.md`), each next to \
              its baseline in the same process, so the ratios are the result; absolute \
              numbers depend on the machine.\n\n\
              Machine: {}, {} CPUs; PostgreSQL at `{}` (local, trust auth); \
-             {} build.\n",
+             the runner built with opt-level {}{}.\n",
             machine(),
             std::thread::available_parallelism().map_or(0, |n| n.get()),
             self.server,
+            env!("OUTBOX_BENCH_OPT_LEVEL"),
             if cfg!(debug_assertions) {
-                "a debug"
+                " and debug assertions"
             } else {
-                "a release"
+                ""
             },
         );
         // Numbered order, whatever order they ran in.

@@ -42,13 +42,18 @@ impl Running {
     ) -> Self {
         let queue = Arc::new(InProcessQueue::new());
         let relay = Relay::new(store.clone(), Arc::clone(&queue));
-        let worker =
-            Worker::new(store.clone(), queue, Arc::new(dispatcher)).with_config(WorkerConfig {
+        let waker = RelayWaker::new();
+        // The pump wakes the relay when a batch's confirmations free its
+        // groups (the in-process queue is not durable: a group's next rows
+        // wait for them); without it the relay would find them on its sweep.
+        let worker = Worker::new(store.clone(), queue, Arc::new(dispatcher))
+            .with_config(WorkerConfig {
                 batch_size,
                 wait: Duration::from_millis(100),
                 retention: None,
                 ..WorkerConfig::default()
-            });
+            })
+            .with_pump(Arc::new(waker.clone()));
         let (stop, stopped) = watch::channel(false);
         let shutdown = || {
             let mut stopped = stopped.clone();
@@ -56,7 +61,6 @@ impl Running {
                 let _ = stopped.wait_for(|s| *s).await;
             }
         };
-        let waker = RelayWaker::new();
         let mut tasks = JoinSet::new();
         {
             let (waker, shutdown) = (waker.clone(), shutdown());
