@@ -3,7 +3,7 @@
 //! side by side are what reproduce).
 //!
 //! ```sh
-//! scripts/bench                 # full run (11 minutes on 2 cores); rewrites BENCHMARKS.md
+//! scripts/bench                 # full run (15 minutes on 2 cores); rewrites BENCHMARKS.md
 //! cargo run -p outbox-bench -- --quick --out /tmp/quick.md   # checks the harness runs
 //! ```
 //!
