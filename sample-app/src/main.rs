@@ -363,7 +363,9 @@ fn init_logging() {
         }),
         Err(_) => warn,
     };
+    // `fmt()` alone caps events at INFO; `filter` decides instead.
     tracing_subscriber::fmt()
+        .with_max_level(LevelFilter::TRACE)
         .with_writer(std::io::stderr)
         .finish()
         .with(filter)
