@@ -101,6 +101,7 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
         &["what", "toolkit (/s)", "sqlxmq (/s)", "toolkit ÷ sqlxmq"],
     );
 
+    let mut enqueue_worst = f64::INFINITY;
     for clients in [1_usize, 8] {
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for _ in 0..3 {
@@ -125,6 +126,7 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
             )?);
         }
         let (ours, theirs) = (median(ours), median(theirs));
+        enqueue_worst = enqueue_worst.min(ours / theirs);
         section.row(vec![
             format!(
                 "enqueue, {clients} client{}",
@@ -158,10 +160,10 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
             &["drain", &theirs_db.url, &messages, "ordered"],
         )?);
     }
-    let ours = median(ours);
+    let (ours, unordered, ordered) = (median(ours), median(unordered), median(ordered));
     for (name, theirs) in [
-        ("handle, sqlxmq unordered", median(unordered)),
-        ("handle, sqlxmq ordered per group", median(ordered)),
+        ("handle, sqlxmq unordered", unordered),
+        ("handle, sqlxmq ordered per group", ordered),
     ] {
         section.row(vec![
             name.to_owned(),
@@ -170,11 +172,18 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
             ratio(ours / theirs),
         ]);
     }
-    section.verdict = "The issue sets no goal here; the ratio is the result. What differs is \
-                       in the description: the toolkit's handler transaction records an inbox \
-                       row (exactly-once effects for handlers writing to the same database); \
-                       sqlxmq deletes the job after the handler, in a separate statement."
-        .to_owned();
+    let handle_worst = ours / unordered.max(ordered);
+    let met = |x: f64, goal: f64| if x >= goal { "met" } else { "missed" };
+    section.verdict = format!(
+        "Goals: at least 5× sqlxmq handling (worst here {}, {}) and 2× its enqueue (worst \
+         here {}, {}). What differs is in the description: the toolkit's handler transaction \
+         records an inbox row (exactly-once effects for handlers writing to the same \
+         database); sqlxmq deletes the job after the handler, in a separate statement.",
+        ratio(handle_worst),
+        met(handle_worst, 5.0),
+        ratio(enqueue_worst),
+        met(enqueue_worst, 2.0),
+    );
 
     pool.close().await;
     ours_db.drop_db().await?;

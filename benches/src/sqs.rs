@@ -142,7 +142,9 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
             Err(err) => {
                 eprintln!("sqs: {rate} messages/s failed: {err:#}");
                 failures.push(format!("at {rate} messages/s: {err:#}"));
-                let mut row = vec![rate.to_string(), format!("failed: {err:#}")];
+                // One line, no `|`: it goes into a table cell.
+                let cell = format!("failed: {err:#}").replace(['|', '\n'], " ");
+                let mut row = vec![rate.to_string(), cell];
                 row.extend(std::iter::repeat_n("—".to_owned(), 6));
                 section.row(row);
                 break;
@@ -170,9 +172,15 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
         )
     } else {
         format!(
-            "At most {worst:.2} requests per delivered message at the rates that completed; the \
-             goal is 0.5 or fewer at steady load. **Failed** {} (see Analysis); the higher \
-             rates were not run.",
+            "{} The goal is 0.5 or fewer at steady load. **Failed** {} (see Analysis); the \
+             higher rates were not run.",
+            if worst > 0.0 {
+                format!(
+                    "At most {worst:.2} requests per delivered message at the rates that completed."
+                )
+            } else {
+                "No rate completed.".to_owned()
+            },
             failures.join("; ")
         )
     };
