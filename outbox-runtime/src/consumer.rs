@@ -31,13 +31,39 @@ pub struct ConsumerConfig {
     /// jittered).
     pub retry_backoff: Backoff,
     /// Handler runs per database transaction, at most: a received batch is
-    /// handled in transactions of up to this many runs, each in a savepoint
-    /// (a message with more handlers gets a transaction of its own).
-    /// Default: 50, below the 64 subtransactions PostgreSQL tracks per
-    /// session before every snapshot in the database gets slower. On SQLite
+    /// handled in transactions of up to this many runs (a message with more
+    /// handlers gets a transaction of its own). Default: 50, below the 64
+    /// subtransactions (savepoints, see [`Savepoints`]) PostgreSQL tracks
+    /// per session before every snapshot in the database gets slower. On SQLite
     /// the transaction holds the database's write lock throughout: lower it
     /// when handlers are slow. 0 behaves as 1.
     pub runs_per_transaction: usize,
+    /// When a handler run gets a savepoint of its own. Default:
+    /// [`Savepoints::OnFailure`].
+    pub savepoints: Savepoints,
+}
+
+/// When a [`Consumer`] sets a savepoint per handler run, so that a failed
+/// run rolls back alone and the other runs of its transaction commit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Savepoints {
+    /// A transaction's runs go first under one savepoint. If every run
+    /// succeeds, that is all: two statements per transaction instead of two
+    /// per run. If one fails (or the database aborted the transaction under
+    /// one that returned `Ok`), the transaction rolls back to that savepoint
+    /// and its runs go again, each in a savepoint of its own. The failed
+    /// run is not run again when the transaction was still sound after it:
+    /// its error is what the second pass records. So a failure costs the
+    /// runs before it in the transaction a second run; their effects,
+    /// rolled back with the first pass, commit once. A handler whose
+    /// effects lie outside the database (an email, an HTTP call) may
+    /// repeat them; choose [`EveryRun`](Self::EveryRun) for those.
+    #[default]
+    OnFailure,
+    /// A savepoint around every run: each run happens once per delivery
+    /// (unless the whole transaction fails), at two more statements per run.
+    EveryRun,
 }
 
 impl Default for ConsumerConfig {
@@ -46,6 +72,7 @@ impl Default for ConsumerConfig {
             default_max_attempts: 5,
             retry_backoff: Backoff::default(),
             runs_per_transaction: 50,
+            savepoints: Savepoints::OnFailure,
         }
     }
 }
@@ -166,6 +193,39 @@ struct Tally {
     published: bool,
 }
 
+/// A run that failed in a transaction's first pass, in a transaction still
+/// sound after it.
+struct Known {
+    key: (Uuid, &'static str),
+    error: HandlerError,
+}
+
+/// How one pass over a transaction's runs isolates them.
+enum Isolation {
+    /// Under one savepoint set before the pass: the first failed run ends
+    /// the pass and is kept here.
+    Shared { failed: Option<Known> },
+    /// A savepoint per run. `known`: a failed run of the first pass, whose
+    /// error this pass records instead of running it again.
+    PerRun { known: Option<Known> },
+}
+
+/// What one pass over a transaction's runs did.
+struct Pass {
+    /// The outcome of each message, by its place in the batch.
+    done: Vec<(usize, Outcome)>,
+    runs: HashMap<(Uuid, &'static str), Run>,
+    tally: Tally,
+}
+
+/// Whether `item` is held back whatever happens in its transaction: behind
+/// a failure of its group earlier in the batch, or out of time (a Lambda's
+/// invocation). Not run, no attempt counted.
+fn is_held(item: &Prepared<'_>, stopped: &HashSet<&str>, deadline: Option<Instant>) -> bool {
+    stopped.contains(item.delivery.group.as_str())
+        || deadline.is_some_and(|deadline| Instant::now() >= deadline)
+}
+
 /// Runs received messages through a [`Dispatcher`] with a [`Store`]:
 ///
 /// 1. a received batch's envelopes are handled in one store transaction
@@ -174,10 +234,10 @@ struct Tally {
 ///    reserves the inbox rows of the batch's runs, a second reads their
 ///    attempts;
 ///    a handler the inbox says already committed (or gave up on) the
-///    message is skipped; the others run in a savepoint each, with the
-///    transaction in their [`HandlerContext`], and the messages a handler
-///    publishes are written in its savepoint; a failed run is rolled back
-///    to its savepoint alone; one commit makes the batch's runs durable;
+///    message is skipped; the others run with the transaction in their
+///    [`HandlerContext`], and the messages a handler publishes are written
+///    with its run; a failed run is rolled back alone (through savepoints,
+///    see [`Savepoints`]); one commit makes the batch's runs durable;
 /// 2. a failed run is counted in the store, per message and handler:
 ///    [`HandlerContext::attempt`] is 1 + the handler's failed runs, and a
 ///    delivery that does not run the handler (held back behind its group,
@@ -295,9 +355,9 @@ impl<S: Store> Consumer<S> {
     /// The envelopes are handled in one database transaction (or several,
     /// of at most [`ConsumerConfig::runs_per_transaction`] handler runs
     /// each): one statement reserves the inbox rows, a second reads the
-    /// attempts,
-    /// each handler runs in a savepoint of its own, so a failing run rolls
-    /// back alone, and one commit makes every run durable. When the
+    /// attempts, a failing run rolls back alone (through savepoints, as
+    /// [`ConsumerConfig::savepoints`] says), and one commit makes every run
+    /// durable. When the
     /// transaction itself fails, its messages are handled again one per
     /// transaction (a handler may then run twice for one delivery; its
     /// effects commit once). Handlers of a transaction share it: a
@@ -466,9 +526,9 @@ impl<S: Store> Consumer<S> {
     }
 
     /// One transaction over `chunk`: reserves the inbox rows of its runs,
-    /// runs each handler in a savepoint, gives back the reservations of runs
-    /// that did not succeed, confirms (`confirm`), commits. Returns the
-    /// outcome of each message, by its place in the batch.
+    /// runs the handlers (see [`Savepoints`]), gives back the reservations
+    /// of runs that did not succeed, confirms (`confirm`), commits. Returns
+    /// the outcome of each message, by its place in the batch.
     async fn transaction<'a>(
         &self,
         chunk: &[Prepared<'a>],
@@ -476,21 +536,17 @@ impl<S: Store> Consumer<S> {
         deadline: Option<Instant>,
         confirm: bool,
     ) -> Result<Vec<(usize, Outcome)>, StoreError> {
-        // Held back whatever happens in the transaction: behind a failure
-        // of its group in an earlier transaction, or out of time (a
-        // Lambda's invocation). Not run, no attempt counted.
-        let held = |item: &Prepared<'_>, stopped: &HashSet<&str>| {
-            stopped.contains(item.delivery.group.as_str())
-                || deadline.is_some_and(|deadline| Instant::now() >= deadline)
-        };
-        if chunk.iter().all(|item| held(item, stopped)) {
+        if chunk.iter().all(|item| is_held(item, stopped, deadline)) {
             return Ok(chunk
                 .iter()
                 .map(|item| (item.at, Outcome::HeldBack))
                 .collect());
         }
         let mut keys: Vec<(Uuid, &'static str)> = Vec::new();
-        for item in chunk.iter().filter(|item| !held(item, stopped)) {
+        for item in chunk
+            .iter()
+            .filter(|item| !is_held(item, stopped, deadline))
+        {
             if let Work::Message { identity, .. } = &item.work {
                 for handler in item.handlers() {
                     let key = (*identity, handler.name);
@@ -502,7 +558,7 @@ impl<S: Store> Consumer<S> {
         }
         let mut tx = self.store.begin().await?;
         let states = self.store.inbox_reserve(&mut tx, &keys).await?;
-        let mut runs: HashMap<(Uuid, &'static str), Run> = keys
+        let runs: HashMap<(Uuid, &'static str), Run> = keys
             .iter()
             .zip(states)
             .map(|(key, state)| {
@@ -516,15 +572,82 @@ impl<S: Store> Consumer<S> {
                 (*key, run)
             })
             .collect();
+        let mut known = None;
+        if self.config.savepoints == Savepoints::OnFailure {
+            let mut tried = stopped.clone();
+            let mut isolation = Isolation::Shared { failed: None };
+            self.store.begin_run(&mut tx).await?;
+            let pass = self
+                .pass(
+                    &mut tx,
+                    chunk,
+                    &mut tried,
+                    deadline,
+                    runs.clone(),
+                    &mut isolation,
+                )
+                .await?;
+            match isolation {
+                Isolation::Shared { failed: None } => match self.store.end_run(&mut tx, true).await
+                {
+                    Ok(()) => {
+                        *stopped = tried;
+                        return self.finish(tx, chunk, &keys, pass, confirm).await;
+                    }
+                    Err(err) => {
+                        tracing::debug!(error = %err, "a run left the transaction aborted; running the runs again, each in a savepoint");
+                        self.store.end_run(&mut tx, false).await?;
+                    }
+                },
+                Isolation::Shared {
+                    failed: Some(failed),
+                } => {
+                    // PostgreSQL refuses every statement, a savepoint too,
+                    // once a statement failed in the transaction: then the
+                    // failure may be an earlier run's, and the run goes
+                    // again.
+                    let sound = self.store.begin_run(&mut tx).await.is_ok();
+                    if sound {
+                        self.store.end_run(&mut tx, false).await?;
+                    }
+                    self.store.end_run(&mut tx, false).await?;
+                    tracing::debug!(
+                        handler = failed.key.1,
+                        sound,
+                        "a run failed; running the runs again, each in a savepoint"
+                    );
+                    known = sound.then_some(failed);
+                }
+                Isolation::PerRun { .. } => {}
+            }
+        }
+        let mut isolation = Isolation::PerRun { known };
+        let pass = self
+            .pass(&mut tx, chunk, stopped, deadline, runs, &mut isolation)
+            .await?;
+        self.finish(tx, chunk, &keys, pass, confirm).await
+    }
+
+    /// Runs the messages of `chunk` in `tx`, isolated as `isolation` says,
+    /// from the inbox states in `runs`.
+    async fn pass<'a>(
+        &self,
+        tx: &mut Tx<S::Database>,
+        chunk: &[Prepared<'a>],
+        stopped: &mut HashSet<&'a str>,
+        deadline: Option<Instant>,
+        mut runs: HashMap<(Uuid, &'static str), Run>,
+        isolation: &mut Isolation,
+    ) -> Result<Pass, StoreError> {
         let mut tally = Tally::default();
         let mut done = Vec::with_capacity(chunk.len());
         for item in chunk {
-            let outcome = if held(item, stopped) {
+            let outcome = if is_held(item, stopped, deadline) {
                 Outcome::HeldBack
             } else {
                 match &item.work {
                     Work::Poison { envelope, error } => {
-                        self.poison(&mut tx, item.delivery, envelope.as_ref(), error)
+                        self.poison(tx, item.delivery, envelope.as_ref(), error)
                             .await?;
                         tally.dead_lettered += 1;
                         Outcome::DeadLettered
@@ -538,16 +661,33 @@ impl<S: Store> Consumer<S> {
                             message.group = %envelope.group,
                             receive_count = item.delivery.receive_count,
                         );
-                        let run = self.run_message(&mut tx, item, &mut runs, &mut tally);
+                        let run = self.run_message(tx, item, &mut runs, &mut tally, isolation);
                         in_span(span, run).await?
                     }
                 }
             };
+            if let Isolation::Shared { failed: Some(_) } = isolation {
+                break;
+            }
             if !outcome.is_done() {
                 stopped.insert(&item.delivery.group);
             }
             done.push((item.at, outcome));
         }
+        Ok(Pass { done, runs, tally })
+    }
+
+    /// Ends the transaction of `pass`: gives back the reservations of runs
+    /// that did not succeed, confirms (`confirm`), commits, counts.
+    async fn finish(
+        &self,
+        mut tx: Tx<S::Database>,
+        chunk: &[Prepared<'_>],
+        keys: &[(Uuid, &'static str)],
+        pass: Pass,
+        confirm: bool,
+    ) -> Result<Vec<(usize, Outcome)>, StoreError> {
+        let Pass { done, runs, tally } = pass;
         let unrun: Vec<(Uuid, &str)> = keys
             .iter()
             .filter(|key| matches!(runs[*key], Run::Reserved { .. } | Run::Failed(_)))
@@ -577,14 +717,16 @@ impl<S: Store> Consumer<S> {
         Ok(done)
     }
 
-    /// Runs a message's handlers, each in a savepoint of `tx`, and says what
-    /// to do with its delivery.
+    /// Runs a message's handlers in `tx`, isolated as `isolation` says, and
+    /// says what to do with its delivery. In a shared pass, a failed run
+    /// ends the message (and the pass) at once: it is kept in `isolation`.
     async fn run_message(
         &self,
         tx: &mut Tx<S::Database>,
         item: &Prepared<'_>,
         runs: &mut HashMap<(Uuid, &'static str), Run>,
         tally: &mut Tally,
+        isolation: &mut Isolation,
     ) -> Result<Outcome, StoreError> {
         let Work::Message {
             envelope, identity, ..
@@ -610,47 +752,40 @@ impl<S: Store> Consumer<S> {
                     continue;
                 }
             };
-            self.store.begin_run(tx).await?;
             let attempt = failures.saturating_add(1);
-            let (result, published) = {
-                let mut ctx = HandlerContext::new(envelope, self.dispatcher.state())
-                    .for_handler(handler.name, attempt)
-                    .with_max_message_bytes(self.store.max_message_bytes())
-                    .with_transaction(tx);
-                let result = invoke(handler, envelope, &mut ctx).await;
-                (result, ctx.take_published())
+            let error = match isolation {
+                Isolation::PerRun { known } if known.as_ref().is_some_and(|k| k.key == key) => {
+                    known.take().map(|known| known.error)
+                }
+                _ => None,
             };
-            let result = match result {
-                Ok(()) => match self.store.enqueue_all(tx, &published).await {
-                    Ok(()) => Ok(()),
-                    // A message it published cannot be stored: the
-                    // handler's failure, not the store's.
-                    Err(StoreError::Encode(encode)) => Err(HandlerError::Failed(Box::new(encode))),
-                    Err(other) => Err(HandlerError::Failed(Box::new(other))),
-                },
-                Err(error) => Err(error),
-            };
-            let error = match result {
-                Ok(()) => match self.store.end_run(tx, true).await {
-                    Ok(()) => {
-                        runs.insert(key, Run::Committed);
-                        tally.handled += 1;
-                        tally.published |= !published.is_empty();
-                        continue;
+            let error = match error {
+                Some(error) => error,
+                None => {
+                    let savepoint = matches!(isolation, Isolation::PerRun { .. });
+                    match self
+                        .run_handler(tx, envelope, handler, attempt, savepoint)
+                        .await?
+                    {
+                        Ok(published) => {
+                            runs.insert(key, Run::Committed);
+                            tally.handled += 1;
+                            tally.published |= published;
+                            continue;
+                        }
+                        Err(error) => match isolation {
+                            Isolation::PerRun { .. } => {
+                                self.store.end_run(tx, false).await?;
+                                error
+                            }
+                            Isolation::Shared { failed } => {
+                                *failed = Some(Known { key, error });
+                                return Ok(Outcome::HeldBack);
+                            }
+                        },
                     }
-                    // The database aborted the transaction under the run
-                    // (PostgreSQL): a statement failed and the handler
-                    // did not return the error.
-                    Err(err) => HandlerError::Failed(
-                        format!(
-                            "the handler returned Ok, but a statement of its run failed: {err}"
-                        )
-                        .into(),
-                    ),
-                },
-                Err(error) => error,
+                }
             };
-            self.store.end_run(tx, false).await?;
             tally.failures += 1;
             let max = handler
                 .max_attempts
@@ -695,6 +830,52 @@ impl<S: Store> Consumer<S> {
             None if dead => Outcome::DeadLettered,
             None => Outcome::Done,
         })
+    }
+
+    /// Runs `handler` on `envelope` in `tx` and stores the messages it
+    /// published; with `savepoint`, in a savepoint of its own, released
+    /// when the run succeeded (on failure the caller rolls back to it).
+    /// Says whether the run published anything.
+    async fn run_handler(
+        &self,
+        tx: &mut Tx<S::Database>,
+        envelope: &Envelope,
+        handler: &'static HandlerRegistration,
+        attempt: u32,
+        savepoint: bool,
+    ) -> Result<Result<bool, HandlerError>, StoreError> {
+        if savepoint {
+            self.store.begin_run(tx).await?;
+        }
+        let (result, published) = {
+            let mut ctx = HandlerContext::new(envelope, self.dispatcher.state())
+                .for_handler(handler.name, attempt)
+                .with_max_message_bytes(self.store.max_message_bytes())
+                .with_transaction(tx);
+            let result = invoke(handler, envelope, &mut ctx).await;
+            (result, ctx.take_published())
+        };
+        if let Err(error) = result {
+            return Ok(Err(error));
+        }
+        match self.store.enqueue_all(tx, &published).await {
+            Ok(()) => {}
+            // A message it published cannot be stored: the handler's
+            // failure, not the store's.
+            Err(StoreError::Encode(encode)) => {
+                return Ok(Err(HandlerError::Failed(Box::new(encode))));
+            }
+            Err(other) => return Ok(Err(HandlerError::Failed(Box::new(other)))),
+        }
+        if savepoint && let Err(err) = self.store.end_run(tx, true).await {
+            // The database aborted the transaction under the run
+            // (PostgreSQL): a statement failed and the handler did not
+            // return the error.
+            return Ok(Err(HandlerError::Failed(
+                format!("the handler returned Ok, but a statement of its run failed: {err}").into(),
+            )));
+        }
+        Ok(Ok(!published.is_empty()))
     }
 
     /// Drains the outbox on a pump, until done or `deadline`. Without a relay

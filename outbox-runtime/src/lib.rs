@@ -63,7 +63,7 @@ mod transport;
 mod worker;
 
 pub use crate::backoff::Backoff;
-pub use crate::consumer::{Consumer, ConsumerConfig, Outcome};
+pub use crate::consumer::{Consumer, ConsumerConfig, Outcome, Savepoints};
 pub use crate::context::{ContextError, HandlerContext};
 pub use crate::dispatch::{DispatchError, DispatchReport, Dispatcher, HandlerOutcome, invoke};
 pub use crate::envelope::{DEFAULT_MAX_MESSAGE_BYTES, Envelope, EnvelopeError, Headers, Outgoing};

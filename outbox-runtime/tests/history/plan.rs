@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use fastrand::Rng;
+use outbox_runtime::Savepoints;
 
 use crate::{Event, Script};
 
@@ -61,6 +62,9 @@ pub(crate) struct NodeShape {
     /// Handler runs per consumer transaction, so batches split into
     /// transactions at every place.
     pub(crate) runs_per_transaction: usize,
+    /// Whether every handler run gets a savepoint, or only the runs of a
+    /// transaction in which one failed.
+    pub(crate) savepoints: Savepoints,
 }
 
 /// One fault, at `at` from the start.
@@ -253,5 +257,10 @@ fn node(rng: &mut Rng) -> NodeShape {
         relay_batch: rng.u32(10..=50),
         worker_batch: rng.usize(1..=20),
         runs_per_transaction: rng.usize(1..=8),
+        savepoints: if rng.bool() {
+            Savepoints::OnFailure
+        } else {
+            Savepoints::EveryRun
+        },
     }
 }

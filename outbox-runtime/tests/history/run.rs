@@ -344,6 +344,7 @@ fn worker<S: HistoryStore, R: Receiver>(
         default_max_attempts: crate::MAX_ATTEMPTS,
         retry_backoff: fast_backoff(5, 40),
         runs_per_transaction: shape.runs_per_transaction,
+        savepoints: shape.savepoints,
     })
     .with_metrics(Arc::clone(&wiring.metrics))
 }

@@ -364,6 +364,11 @@ mod postgres_faults {
     }
 
     #[sqlx::test(migrations = false)]
+    async fn an_aborted_first_pass_is_found_and_run_again(pool: sqlx::PgPool) {
+        crate::scenarios::an_aborted_first_pass_is_found_and_run_again(pool).await;
+    }
+
+    #[sqlx::test(migrations = false)]
     async fn a_delivery_that_waited_for_another_counts_that_ones_failure(pool: sqlx::PgPool) {
         crate::scenarios::a_delivery_that_waited_for_another_counts_that_ones_failure(pool).await;
     }
@@ -428,6 +433,7 @@ on_both_stores!(
     a_live_relay_keeps_its_relayed_rows_while_consumers_lag,
     a_full_queue_makes_the_relay_wait_without_using_attempts,
     one_failing_handler_in_a_batch_rolls_back_alone,
+    a_failing_run_sends_its_batch_through_savepoints,
     a_failing_head_holds_back_its_group_across_the_batch,
     a_past_deadline_holds_back_all_but_the_first_transaction,
 );

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use outbox_runtime::{
     Backoff, Consumer, ConsumerConfig, Delivery, Dispatcher, Envelope, InProcessConfig, Outcome,
-    Outgoing, PublishEntry, Receipt, Relay, RelayConfig, RetentionPolicy, Settlement, StoreExt,
-    Transport,
+    Outgoing, PublishEntry, Receipt, Relay, RelayConfig, RetentionPolicy, Savepoints, Settlement,
+    StoreExt, Transport,
 };
 
 use crate::db::TestDb;
@@ -1203,7 +1203,7 @@ pub(crate) async fn a_run_whose_statement_failed_is_not_done_though_the_handler_
     pool: sqlx::PgPool,
 ) {
     let h = Harness::new(outbox_runtime::PgStore::new(pool)).await;
-    let consumer = consumer(&h, 50);
+    let consumer = consumer_with(&h, 50, Savepoints::EveryRun);
     let batch: Vec<Delivery> = [
         Envelope::from_message(&step("a", 0)).expect("encodes"),
         Envelope::from_message(&crate::Swallowed { group: "s".into() }).expect("encodes"),
@@ -1226,6 +1226,36 @@ pub(crate) async fn a_run_whose_statement_failed_is_not_done_though_the_handler_
         [2],
         "the second run's effect, once"
     );
+}
+
+/// The same handler with savepoints only on failure (the default): the
+/// transaction's first pass ends in an aborted transaction, found when its
+/// one savepoint is released; the pass rolls back and the runs go again
+/// with a savepoint each. The second run of the swallowing handler
+/// succeeds, so both messages are done in one delivery, and the aborted
+/// run's effect is not kept.
+pub(crate) async fn an_aborted_first_pass_is_found_and_run_again(pool: sqlx::PgPool) {
+    let h = Harness::new(outbox_runtime::PgStore::new(pool)).await;
+    let consumer = consumer(&h, 50);
+    let batch: Vec<Delivery> = [
+        Envelope::from_message(&step("a", 0)).expect("encodes"),
+        Envelope::from_message(&crate::Swallowed { group: "s".into() }).expect("encodes"),
+    ]
+    .iter()
+    .map(delivery)
+    .collect();
+
+    let outcomes = consumer.handle_batch(&batch).await;
+    assert_eq!(outcomes, [Outcome::Done, Outcome::Done]);
+    let effects = h.store.effects().await;
+    assert_eq!(by_group(&effects, "step")["a"], [0]);
+    assert_eq!(
+        by_group(&effects, "swallowed")["s"],
+        [2],
+        "the aborted run's effect was kept, or the second run's lost"
+    );
+    assert_eq!(h.store.inbox_count().await, 2);
+    assert_eq!(run_attempts(), [(0, 1, true), (0, 1, true)]);
 }
 
 /// Two deliveries of one message at once, the first failing: the second
@@ -1284,10 +1314,16 @@ pub(crate) async fn a_past_deadline_holds_back_all_but_the_first_transaction<S: 
 /// A consumer over the harness's store, with the harness's fast retries
 /// and at most `runs` handler runs per transaction.
 fn consumer<S: TestDb>(h: &Harness<S>, runs: usize) -> Consumer<S> {
+    consumer_with(h, runs, Savepoints::default())
+}
+
+/// [`consumer`], setting its savepoints as `savepoints` says.
+fn consumer_with<S: TestDb>(h: &Harness<S>, runs: usize, savepoints: Savepoints) -> Consumer<S> {
     let dispatcher = Arc::new(Dispatcher::from_registry().expect("dispatch table"));
     Consumer::new(h.store.clone(), dispatcher).with_config(ConsumerConfig {
         retry_backoff: crate::fast_backoff(),
         runs_per_transaction: runs,
+        savepoints,
         ..ConsumerConfig::default()
     })
 }
@@ -1320,11 +1356,49 @@ fn run_attempts() -> Vec<(i64, u32, bool)> {
 }
 
 /// A batch whose middle message's handler fails after writing its effect
-/// and publishing a cascade: its savepoint rolls back both, and the other
-/// messages' runs, before and after it in the same transaction, commit.
+/// and publishing a cascade, with a savepoint around every run: its
+/// savepoint rolls back both, and the other messages' runs, before and
+/// after it in the same transaction, commit; each handler runs once.
 pub(crate) async fn one_failing_handler_in_a_batch_rolls_back_alone<S: TestDb>(store: S) {
+    a_failing_run_in_a_batch(
+        store,
+        Savepoints::EveryRun,
+        &[(0, 1, true), (1, 1, false), (2, 1, true), (1, 2, true)],
+    )
+    .await;
+}
+
+/// The same batch with savepoints only on failure (the default): the
+/// failed run ends the transaction's first pass, which rolls back (the
+/// first message's effect too), and the runs go again with a savepoint
+/// each, the failed run's error kept instead of running it again; so the
+/// first message's handler runs twice, its effect commits once, and the
+/// failure counts once.
+pub(crate) async fn a_failing_run_sends_its_batch_through_savepoints<S: TestDb>(store: S) {
+    a_failing_run_in_a_batch(
+        store,
+        Savepoints::OnFailure,
+        &[
+            (0, 1, true),
+            (1, 1, false),
+            (0, 1, true),
+            (2, 1, true),
+            (1, 2, true),
+        ],
+    )
+    .await;
+}
+
+/// Handles a batch of three whose middle run fails after writing its effect
+/// and publishing a cascade, then that message again; `attempts` are the
+/// `step.record` runs expected.
+async fn a_failing_run_in_a_batch<S: TestDb>(
+    store: S,
+    savepoints: Savepoints,
+    attempts: &[(i64, u32, bool)],
+) {
     let h = Harness::new(store).await;
-    let consumer = consumer(&h, 50);
+    let consumer = consumer_with(&h, 50, savepoints);
     let failing = Step {
         cascade: true,
         ..step("b", 1)
@@ -1355,10 +1429,14 @@ pub(crate) async fn one_failing_handler_in_a_batch_rolls_back_alone<S: TestDb>(s
     assert_eq!(again, [Outcome::Done]);
     assert_eq!(by_group(&h.store.effects().await, "step")["b"], [1]);
     assert_eq!(h.store.outbox_rows().await.len(), 1, "the cascade, once");
-    let attempts = run_attempts();
+    assert_eq!(run_attempts(), attempts);
     assert_eq!(
-        attempts,
-        [(0, 1, true), (1, 1, false), (2, 1, true), (1, 2, true)]
+        by_group(&h.store.effects().await, "step")
+            .values()
+            .flatten()
+            .count(),
+        3,
+        "an effect committed twice"
     );
 }
 
