@@ -307,10 +307,11 @@ async fn open_with<'a>(
 
 /// Two producers of one group overlap (two requests for one customer): T1
 /// enqueues g/1 and stays open while T2 enqueues g/2. T2 waits for T1 (the
-/// group's enqueue lock), so the group's rows are in commit order; a relay
-/// claiming meanwhile finds nothing of the group. Without the lock T2
-/// commits first, R1 claims g/2, and a claim after T1 and T3 commit would
-/// take g/1 and g/3 while R1 holds g/2: the hold rule refuses that too.
+/// group's enqueue lock) before its row gets a `seq`, so the group's rows
+/// are in commit order; a relay claiming meanwhile finds nothing of the
+/// group. Without the lock T2 commits first, R1 claims g/2, and a claim
+/// after T1 and T3 commit would take g/1 and g/3 while R1 holds g/2: the
+/// hold rule refuses that too.
 #[sqlx::test(migrations = false)]
 async fn overlapping_producers_of_a_group_are_published_in_commit_order(pool: PgPool) {
     let store = store_with(&pool, []).await;
@@ -327,6 +328,17 @@ async fn overlapping_producers_of_a_group_are_published_in_commit_order(pool: Pg
         !t2.is_finished(),
         "T2 enqueued into g while T1, which enqueued into g first, is open"
     );
+    let handed_out: Option<i64> = sqlx::query_scalar(
+        "SELECT pg_sequence_last_value(pg_get_serial_sequence('outbox', 'seq')::regclass)",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("reads the sequence");
+    assert_eq!(
+        handed_out,
+        Some(1),
+        "T2 took a seq before it had the group's lock: a later producer could commit a smaller seq"
+    );
     let r1 = store.claim(10, LEASE).await.expect("R1 claims");
     assert_eq!(claimed(&r1), [], "nothing of g is committed yet");
     t1.commit().await.expect("T1 commits");
@@ -341,6 +353,51 @@ async fn overlapping_producers_of_a_group_are_published_in_commit_order(pool: Pg
         claimed(&r2),
         [1, 2, 3].map(|n| ("g".to_owned(), n)).to_vec(),
         "the group in commit order"
+    );
+}
+
+/// A relay drops the row of an empty group (its clean-up) while a producer
+/// of that group waits for the group's lock: once the producer has the
+/// lock it sees the row gone and adds it again, so its message is claimed.
+/// A producer that looked for the group row in a snapshot from before the
+/// lock would see the dropped row and leave its message out of every claim.
+#[sqlx::test(migrations = false)]
+async fn a_group_dropped_while_its_producer_waits_is_added_again(pool: PgPool) {
+    let store = store_with(&pool, []).await;
+    sqlx::query("INSERT INTO outbox_groups (group_key, head_seq) VALUES ('g', 1)")
+        .execute(&pool)
+        .await
+        .expect("an empty group");
+    let groups = vec!["g".to_owned()];
+    let mut relay = pool.begin().await.expect("begins");
+    let idle: Vec<String> = sqlx::query_scalar(PgStore::LOCK_IDLE_GROUPS_SQL)
+        .bind(&groups)
+        .fetch_all(&mut *relay)
+        .await
+        .expect("locks the idle group");
+    assert_eq!(idle, groups);
+    let producer = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let tx = open_with(&store, [("g", 2)]).await;
+            tx.commit().await.expect("the producer commits");
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!producer.is_finished(), "the producer did not wait");
+    let dropped = sqlx::query(PgStore::DROP_EMPTY_GROUPS_SQL)
+        .bind(&groups)
+        .execute(&mut *relay)
+        .await
+        .expect("drops the empty group");
+    assert_eq!(dropped.rows_affected(), 1);
+    relay.commit().await.expect("the relay commits");
+    producer.await.expect("the producer ran");
+    let claim = store.claim(10, LEASE).await.expect("claims");
+    assert_eq!(
+        claimed(&claim),
+        [("g".to_owned(), 2)],
+        "the message has no group row"
     );
 }
 
