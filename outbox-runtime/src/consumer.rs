@@ -364,7 +364,7 @@ impl<S: Store> Consumer<S> {
     /// `SET LOCAL` or a deferred constraint of one applies to the others.
     /// Pump messages are handled after the envelopes.
     pub async fn handle_batch(&self, deliveries: &[Delivery]) -> Vec<Outcome> {
-        self.handle_deliveries(deliveries, None, false).await
+        self.handle_deliveries(deliveries, None, None, false).await
     }
 
     /// Like [`handle_batch`](Self::handle_batch), with a deadline (a
@@ -376,25 +376,28 @@ impl<S: Store> Consumer<S> {
         deliveries: &[Delivery],
         deadline: Option<Instant>,
     ) -> Vec<Outcome> {
-        self.handle_deliveries(deliveries, deadline, false).await
+        self.handle_deliveries(deliveries, deadline, deadline, false)
+            .await
     }
 
     /// Handles one delivery: [`handle_batch`](Self::handle_batch) with a
     /// batch of one.
     pub async fn handle(&self, delivery: &Delivery) -> Outcome {
-        self.handle_deliveries(std::slice::from_ref(delivery), None, false)
+        self.handle_deliveries(std::slice::from_ref(delivery), None, None, false)
             .await
             .pop()
             .unwrap_or(Outcome::Done)
     }
 
-    /// The batch loop. With `confirm` (a non-durable queue), the outbox rows
-    /// of the messages done with are marked published in the transaction
-    /// that handled them.
+    /// The batch loop: `deadline` holds back messages of later
+    /// transactions, pumps drain until `drain_until`. With `confirm` (a
+    /// non-durable queue), the outbox rows of the messages done with are
+    /// marked published in the transaction that handled them.
     pub(crate) async fn handle_deliveries(
         &self,
         deliveries: &[Delivery],
         deadline: Option<Instant>,
+        drain_until: Option<Instant>,
         confirm: bool,
     ) -> Vec<Outcome> {
         let mut outcomes = vec![Outcome::Done; deliveries.len()];
@@ -425,7 +428,7 @@ impl<S: Store> Consumer<S> {
             outcomes[at] = if stopped.contains(group) {
                 Outcome::HeldBack
             } else {
-                self.on_pump(deadline).await
+                self.on_pump(drain_until).await
             };
             if !outcomes[at].is_done() {
                 stopped.insert(group);

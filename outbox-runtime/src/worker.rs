@@ -51,6 +51,14 @@ pub struct WorkerConfig {
     /// messages delivered again. Set it below the queue's visibility timeout.
     /// Default: 10 s.
     pub heartbeat: Option<Duration>,
+    /// How long a worker built [`with_relay`](Worker::with_relay) drains the
+    /// outbox on one pump message before it goes back to receiving (it
+    /// publishes one batch at least). When rows are left it pumps again, so
+    /// the drain goes on after a later receive, its own or another
+    /// worker's, and messages are handled meanwhile: under producers faster
+    /// than the queue takes messages, a drain until the outbox is empty
+    /// would never end. Default: 1 s.
+    pub drain_budget: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -62,6 +70,7 @@ impl Default for WorkerConfig {
             retention: Some((RetentionPolicy::default(), Duration::from_secs(60))),
             heartbeat: Some(Duration::from_secs(10)),
             stuck_after: Some(Duration::from_secs(300)),
+            drain_budget: Duration::from_secs(1),
         }
     }
 }
@@ -286,9 +295,13 @@ impl<S: Store, R: Receiver> Worker<S, R> {
     }
 
     async fn handle_with_heartbeat(&self, deliveries: &[Delivery]) -> Vec<Outcome> {
-        let handling = self
-            .consumer
-            .handle_deliveries(deliveries, None, !self.receiver.durable());
+        let drain_until = tokio::time::Instant::now() + self.config.drain_budget;
+        let handling = self.consumer.handle_deliveries(
+            deliveries,
+            None,
+            Some(drain_until),
+            !self.receiver.durable(),
+        );
         let Some(every) = self.config.heartbeat.filter(|_| !deliveries.is_empty()) else {
             return handling.await;
         };

@@ -65,6 +65,9 @@ pub(crate) struct NodeShape {
     /// Whether every handler run gets a savepoint, or only the runs of a
     /// transaction in which one failed.
     pub(crate) savepoints: Savepoints,
+    /// How long a worker drains on one pump message (SQS schedules): short
+    /// ones end drains early and pump again.
+    pub(crate) drain_budget: Duration,
 }
 
 /// One fault, at `at` from the start.
@@ -262,5 +265,6 @@ fn node(rng: &mut Rng) -> NodeShape {
         } else {
             Savepoints::EveryRun
         },
+        drain_budget: Duration::from_millis(if rng.bool() { 20 } else { 1_000 }),
     }
 }

@@ -339,6 +339,7 @@ fn worker<S: HistoryStore, R: Receiver>(
         retention: None,
         stuck_after: None,
         heartbeat: Some(heartbeat),
+        drain_budget: shape.drain_budget,
     })
     .with_consumer_config(ConsumerConfig {
         default_max_attempts: crate::MAX_ATTEMPTS,

@@ -382,6 +382,15 @@ mod postgres_faults {
     }
 }
 
+/// The worker's pump handling, which needs no particular store.
+mod pumps {
+    #[tokio::test]
+    async fn a_worker_drains_on_a_pump_for_its_budget_then_pumps_again() {
+        let (store, _dir) = crate::db::sqlite_store().await;
+        crate::scenarios::a_worker_drains_on_a_pump_for_its_budget_then_pumps_again(store).await;
+    }
+}
+
 /// Runs each scenario on both stores.
 macro_rules! on_both_stores {
     ($($scenario:ident),* $(,)?) => {

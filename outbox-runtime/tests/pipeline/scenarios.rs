@@ -1699,3 +1699,84 @@ pub(crate) async fn a_deadlock_in_the_handlers_transaction_uses_no_attempt(pool:
     );
     assert_eq!(h.store.effects().await.len(), 1, "the retry committed");
 }
+
+/// A relay that never finishes on its own, as under producers faster than
+/// the queue takes messages: it drains until the deadline it is given (and
+/// records it), and without one it never returns.
+#[derive(Default)]
+struct Endless {
+    deadlines: std::sync::Mutex<Vec<Option<tokio::time::Instant>>>,
+}
+
+impl outbox_runtime::Drain for Endless {
+    fn drain_before(
+        &self,
+        deadline: Option<tokio::time::Instant>,
+    ) -> outbox_runtime::DrainFuture<'_> {
+        self.deadlines.lock().expect("not poisoned").push(deadline);
+        Box::pin(async move {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending::<()>().await,
+            }
+            Ok(outbox_runtime::DrainReport::default())
+        })
+    }
+}
+
+/// Counts pumps.
+#[derive(Default)]
+struct Pumps(std::sync::atomic::AtomicUsize);
+
+impl outbox_runtime::Pump for Pumps {
+    fn pump(&self) -> outbox_runtime::PumpFuture<'_> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A worker that receives a pump message drains the outbox for its drain
+/// budget, not until the outbox is empty: a relay that cannot catch up
+/// would keep it from ever receiving again. With rows left, it pumps again
+/// so the drain goes on after the next receive, and acknowledges the pump.
+pub(crate) async fn a_worker_drains_on_a_pump_for_its_budget_then_pumps_again<S: TestDb>(store: S) {
+    store.migrate().await.expect("migrations run");
+    let queue = Arc::new(outbox_runtime::InProcessQueue::new());
+    let mut carrier = Envelope::from_message(&step("p", 0)).expect("envelope");
+    carrier.group = outbox_runtime::PUMP_GROUP.to_owned();
+    queue
+        .publish(&[PublishEntry {
+            envelope: &carrier,
+            queue: None,
+            body: outbox_runtime::PUMP_BODY.to_owned(),
+        }])
+        .await
+        .expect("the pump is queued");
+    let relay = Arc::new(Endless::default());
+    let pumps = Arc::new(Pumps::default());
+    let dispatcher = Arc::new(Dispatcher::from_registry().expect("dispatch table"));
+    let worker = outbox_runtime::Worker::new(store, queue, dispatcher)
+        .with_relay(Arc::clone(&relay) as Arc<dyn outbox_runtime::Drain>)
+        .with_pump(Arc::clone(&pumps) as Arc<dyn outbox_runtime::Pump>);
+
+    let started = tokio::time::Instant::now();
+    let report = tokio::time::timeout(Duration::from_secs(10), worker.run_once())
+        .await
+        .expect("the worker drained until the outbox was empty, which it never is")
+        .expect("the batch is handled");
+    assert_eq!(report.acked, 1, "the pump is acknowledged");
+    let deadlines = relay.deadlines.lock().expect("not poisoned").clone();
+    let [Some(deadline)] = deadlines[..] else {
+        panic!("one drain with a deadline expected, got {deadlines:?}");
+    };
+    let budget = outbox_runtime::WorkerConfig::default().drain_budget;
+    assert!(
+        deadline >= started + budget && deadline <= tokio::time::Instant::now(),
+        "the drain's deadline is not the worker's budget"
+    );
+    assert_eq!(
+        pumps.0.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the unfinished drain did not pump again"
+    );
+}
