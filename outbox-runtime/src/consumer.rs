@@ -196,6 +196,8 @@ struct Tally {
 /// A run that failed in a transaction's first pass, in a transaction still
 /// sound after it.
 struct Known {
+    /// The message's place in the batch.
+    at: usize,
     key: (Uuid, &'static str),
     error: HandlerError,
 }
@@ -218,12 +220,11 @@ struct Pass {
     tally: Tally,
 }
 
-/// Whether `item` is held back whatever happens in its transaction: behind
-/// a failure of its group earlier in the batch, or out of time (a Lambda's
-/// invocation). Not run, no attempt counted.
-fn is_held(item: &Prepared<'_>, stopped: &HashSet<&str>, deadline: Option<Instant>) -> bool {
-    stopped.contains(item.delivery.group.as_str())
-        || deadline.is_some_and(|deadline| Instant::now() >= deadline)
+/// Whether `item` is held back: behind a failure of its group earlier in
+/// the batch, or in a transaction that started `late` (after a Lambda
+/// invocation's deadline). Not run, no attempt counted.
+fn is_held(item: &Prepared<'_>, stopped: &HashSet<&str>, late: bool) -> bool {
+    late || stopped.contains(item.delivery.group.as_str())
 }
 
 /// Runs received messages through a [`Dispatcher`] with a [`Store`]:
@@ -357,10 +358,9 @@ impl<S: Store> Consumer<S> {
     /// each): one statement reserves the inbox rows, a second reads the
     /// attempts, a failing run rolls back alone (through savepoints, as
     /// [`ConsumerConfig::savepoints`] says), and one commit makes every run
-    /// durable. When the
-    /// transaction itself fails, its messages are handled again one per
-    /// transaction (a handler may then run twice for one delivery; its
-    /// effects commit once). Handlers of a transaction share it: a
+    /// durable. When the transaction itself fails, its messages are handled
+    /// again one per transaction. A handler may so run more than once for
+    /// one delivery; its effects commit once. Handlers of a transaction share it: a
     /// `SET LOCAL` or a deferred constraint of one applies to the others.
     /// Pump messages are handled after the envelopes.
     pub async fn handle_batch(&self, deliveries: &[Delivery]) -> Vec<Outcome> {
@@ -376,7 +376,7 @@ impl<S: Store> Consumer<S> {
         deliveries: &[Delivery],
         deadline: Option<Instant>,
     ) -> Vec<Outcome> {
-        self.handle_deliveries(deliveries, deadline, deadline, false)
+        self.handle_deliveries(deliveries, deadline, None, false)
             .await
     }
 
@@ -390,14 +390,15 @@ impl<S: Store> Consumer<S> {
     }
 
     /// The batch loop: `deadline` holds back messages of later
-    /// transactions, pumps drain until `drain_until`. With `confirm` (a
-    /// non-durable queue), the outbox rows of the messages done with are
-    /// marked published in the transaction that handled them.
+    /// transactions; a pump drains until `deadline` and for at most
+    /// `drain_for` from its start. With `confirm` (a non-durable queue), the
+    /// outbox rows of the messages done with are marked published in the
+    /// transaction that handled them.
     pub(crate) async fn handle_deliveries(
         &self,
         deliveries: &[Delivery],
         deadline: Option<Instant>,
-        drain_until: Option<Instant>,
+        drain_for: Option<Duration>,
         confirm: bool,
     ) -> Vec<Outcome> {
         let mut outcomes = vec![Outcome::Done; deliveries.len()];
@@ -428,7 +429,13 @@ impl<S: Store> Consumer<S> {
             outcomes[at] = if stopped.contains(group) {
                 Outcome::HeldBack
             } else {
-                self.on_pump(drain_until).await
+                // A budget too large to add is no limit.
+                let budget = drain_for.and_then(|budget| Instant::now().checked_add(budget));
+                let until = match (deadline, budget) {
+                    (Some(deadline), Some(budget)) => Some(deadline.min(budget)),
+                    (deadline, budget) => deadline.or(budget),
+                };
+                self.on_pump(until).await
             };
             if !outcomes[at].is_done() {
                 stopped.insert(group);
@@ -539,17 +546,15 @@ impl<S: Store> Consumer<S> {
         deadline: Option<Instant>,
         confirm: bool,
     ) -> Result<Vec<(usize, Outcome)>, StoreError> {
-        if chunk.iter().all(|item| is_held(item, stopped, deadline)) {
+        let late = deadline.is_some_and(|deadline| Instant::now() >= deadline);
+        if chunk.iter().all(|item| is_held(item, stopped, late)) {
             return Ok(chunk
                 .iter()
                 .map(|item| (item.at, Outcome::HeldBack))
                 .collect());
         }
         let mut keys: Vec<(Uuid, &'static str)> = Vec::new();
-        for item in chunk
-            .iter()
-            .filter(|item| !is_held(item, stopped, deadline))
-        {
+        for item in chunk.iter().filter(|item| !is_held(item, stopped, late)) {
             if let Work::Message { identity, .. } = &item.work {
                 for handler in item.handlers() {
                     let key = (*identity, handler.name);
@@ -585,14 +590,17 @@ impl<S: Store> Consumer<S> {
                     &mut tx,
                     chunk,
                     &mut tried,
-                    deadline,
+                    late,
                     runs.clone(),
                     &mut isolation,
                 )
-                .await?;
-            match isolation {
-                Isolation::Shared { failed: None } => match self.store.end_run(&mut tx, true).await
-                {
+                .await;
+            let failed = match isolation {
+                Isolation::Shared { failed } => failed,
+                Isolation::PerRun { .. } => None,
+            };
+            match (pass, failed) {
+                (Ok(pass), None) => match self.store.end_run(&mut tx, true).await {
                     Ok(()) => {
                         *stopped = tried;
                         return self.finish(tx, chunk, &keys, pass, confirm).await;
@@ -602,9 +610,14 @@ impl<S: Store> Consumer<S> {
                         self.store.end_run(&mut tx, false).await?;
                     }
                 },
-                Isolation::Shared {
-                    failed: Some(failed),
-                } => {
+                // A statement failed after a run that ignored its own failed
+                // statement (PostgreSQL had aborted the transaction), or the
+                // store is down: the second pass tells which.
+                (Err(err), _) => {
+                    tracing::debug!(error = %err, "a statement failed under the runs; running them again, each in a savepoint");
+                    self.store.end_run(&mut tx, false).await?;
+                }
+                (Ok(_), Some(failed)) => {
                     // PostgreSQL refuses every statement, a savepoint too,
                     // once a statement failed in the transaction: then the
                     // failure may be an earlier run's, and the run goes
@@ -621,12 +634,11 @@ impl<S: Store> Consumer<S> {
                     );
                     known = sound.then_some(failed);
                 }
-                Isolation::PerRun { .. } => {}
             }
         }
         let mut isolation = Isolation::PerRun { known };
         let pass = self
-            .pass(&mut tx, chunk, stopped, deadline, runs, &mut isolation)
+            .pass(&mut tx, chunk, stopped, late, runs, &mut isolation)
             .await?;
         self.finish(tx, chunk, &keys, pass, confirm).await
     }
@@ -638,14 +650,14 @@ impl<S: Store> Consumer<S> {
         tx: &mut Tx<S::Database>,
         chunk: &[Prepared<'a>],
         stopped: &mut HashSet<&'a str>,
-        deadline: Option<Instant>,
+        late: bool,
         mut runs: HashMap<(Uuid, &'static str), Run>,
         isolation: &mut Isolation,
     ) -> Result<Pass, StoreError> {
         let mut tally = Tally::default();
         let mut done = Vec::with_capacity(chunk.len());
         for item in chunk {
-            let outcome = if is_held(item, stopped, deadline) {
+            let outcome = if is_held(item, stopped, late) {
                 Outcome::HeldBack
             } else {
                 match &item.work {
@@ -757,7 +769,11 @@ impl<S: Store> Consumer<S> {
             };
             let attempt = failures.saturating_add(1);
             let error = match isolation {
-                Isolation::PerRun { known } if known.as_ref().is_some_and(|k| k.key == key) => {
+                Isolation::PerRun { known }
+                    if known
+                        .as_ref()
+                        .is_some_and(|k| k.at == item.at && k.key == key) =>
+                {
                     known.take().map(|known| known.error)
                 }
                 _ => None,
@@ -782,7 +798,11 @@ impl<S: Store> Consumer<S> {
                                 error
                             }
                             Isolation::Shared { failed } => {
-                                *failed = Some(Known { key, error });
+                                *failed = Some(Known {
+                                    at: item.at,
+                                    key,
+                                    error,
+                                });
                                 return Ok(Outcome::HeldBack);
                             }
                         },

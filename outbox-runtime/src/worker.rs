@@ -53,7 +53,8 @@ pub struct WorkerConfig {
     pub heartbeat: Option<Duration>,
     /// How long a worker built [`with_relay`](Worker::with_relay) drains the
     /// outbox on one pump message before it goes back to receiving (it
-    /// publishes one batch at least). When rows are left it pumps again, so
+    /// publishes one batch at least). When the budget runs out first, the
+    /// worker pumps again (if built [`with_pump`](Worker::with_pump)), so
     /// the drain goes on after a later receive, its own or another
     /// worker's, and messages are handled meanwhile: under producers faster
     /// than the queue takes messages, a drain until the outbox is empty
@@ -295,11 +296,10 @@ impl<S: Store, R: Receiver> Worker<S, R> {
     }
 
     async fn handle_with_heartbeat(&self, deliveries: &[Delivery]) -> Vec<Outcome> {
-        let drain_until = tokio::time::Instant::now() + self.config.drain_budget;
         let handling = self.consumer.handle_deliveries(
             deliveries,
             None,
-            Some(drain_until),
+            Some(self.config.drain_budget),
             !self.receiver.durable(),
         );
         let Some(every) = self.config.heartbeat.filter(|_| !deliveries.is_empty()) else {

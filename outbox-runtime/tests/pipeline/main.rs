@@ -190,7 +190,7 @@ async fn fail_contested(msg: Contested) -> anyhow::Result<()> {
     anyhow::bail!("{} fails", msg.group)
 }
 
-/// A message whose handler's first run hits a deadlock in its own
+/// A message whose handler's first two runs hit a deadlock in its own
 /// transaction (PostgreSQL raises SQLSTATE 40P01), then works. Its
 /// `max_attempts` is 1: only a run the handler itself got wrong may count.
 #[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
@@ -206,7 +206,7 @@ pub(crate) static DEADLOCKED_RUNS: std::sync::atomic::AtomicU32 =
 #[handler(name = "deadlocked.once", max_attempts = 1)]
 async fn deadlock_once(msg: Deadlocked, ctx: &mut HandlerContext<'_>) -> anyhow::Result<()> {
     let run = DEADLOCKED_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-    if run == 1 {
+    if run <= 2 {
         sqlx::query(
             "DO $$ BEGIN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01'; END $$",
         )

@@ -1685,9 +1685,10 @@ pub(crate) async fn a_full_queue_makes_the_relay_wait_without_using_attempts<S: 
 }
 
 /// PostgreSQL: the database aborts the handler's transaction to break a
-/// deadlock (SQLSTATE 40P01) in its first run. That is the store's
-/// trouble, not the handler's: the run uses no attempt (its `max_attempts`
-/// is 1), and the retry commits.
+/// deadlock (SQLSTATE 40P01) in its first two runs (with the default
+/// savepoints, the first pass's and the run in its own savepoint). That is
+/// the store's trouble, not the handler's: the runs use no attempt (its
+/// `max_attempts` is 1), and the retry commits.
 pub(crate) async fn a_deadlock_in_the_handlers_transaction_uses_no_attempt(pool: sqlx::PgPool) {
     let h = Harness::new(outbox_runtime::PgStore::new(pool)).await;
     commit_message(&h.store, &crate::Deadlocked { group: "d".into() }).await;
