@@ -54,7 +54,9 @@ pub enum Savepoints {
     /// one that returned `Ok`), the transaction rolls back to that savepoint
     /// and its runs go again, each in a savepoint of its own. The failed
     /// run is not run again when the transaction was still sound after it:
-    /// its error is what the second pass records. So a failure costs the
+    /// its error is what the second pass records (also when the second pass
+    /// holds its message back, behind a run of its group that failed only
+    /// there). So a failure costs the
     /// runs before it in the transaction a second run; their effects,
     /// rolled back with the first pass, commit once. A handler whose
     /// effects lie outside the database (an email, an HTTP call) may
@@ -658,7 +660,17 @@ impl<S: Store> Consumer<S> {
         let mut done = Vec::with_capacity(chunk.len());
         for item in chunk {
             let outcome = if is_held(item, stopped, late) {
-                Outcome::HeldBack
+                let known = match isolation {
+                    Isolation::PerRun { known } => known.take_if(|k| k.at == item.at),
+                    Isolation::Shared { .. } => None,
+                };
+                match known {
+                    Some(known) => {
+                        self.count_known_failure(tx, item, known, &mut runs, &mut tally)
+                            .await?
+                    }
+                    None => Outcome::HeldBack,
+                }
             } else {
                 match &item.work {
                     Work::Poison { envelope, error } => {
@@ -809,50 +821,110 @@ impl<S: Store> Consumer<S> {
                     }
                 }
             };
-            tally.failures += 1;
-            let max = handler
-                .max_attempts
-                .unwrap_or(self.config.default_max_attempts);
-            let delay = if is_store_trouble(&error) {
-                // The database aborted the run (deadlock, lost lock): no
-                // attempt is counted.
-                tracing::warn!(handler = handler.name, %error, "the store failed the handler's run; will retry");
-                self.config.retry_backoff.delay(item.delivery.receive_count)
-            } else if error.is_permanent() || attempt >= max {
-                // Out of attempts, or an error retrying cannot heal (the
-                // payload does not decode, the handler says so): the dead
-                // letter commits with the reserved inbox row, so other
-                // handlers' redeliveries do not run it again. A replay of
-                // the dead letter does (see `crate::admin`).
-                let entry = DeadLetter {
-                    message_id: Some(*identity),
-                    handler: Some(handler.name.to_owned()),
-                    message_type: Some(envelope.message_type.clone()),
-                    group: Some(envelope.group.clone()),
-                    body: item.delivery.body.clone(),
-                    error: error.to_string(),
-                    attempts: attempt,
-                };
-                self.store.dead_letter(tx, &entry).await?;
-                tracing::error!(handler = handler.name, %error, attempt, permanent = error.is_permanent(), "handler gave up; dead-lettered");
-                runs.insert(key, Run::GaveUp);
-                tally.dead_lettered += 1;
-                dead = true;
-                continue;
-            } else {
-                self.store
-                    .record_handler_failure(tx, *identity, handler.name, &error.to_string())
-                    .await?;
-                self.config.retry_backoff.delay(attempt)
-            };
-            runs.insert(key, Run::Failed(delay));
-            retry = Some(retry.map_or(delay, |longest| longest.max(delay)));
+            match self
+                .count_failure(tx, item, handler, attempt, error, runs, tally)
+                .await?
+            {
+                Some(delay) => retry = Some(retry.map_or(delay, |longest| longest.max(delay))),
+                None => dead = true,
+            }
         }
         Ok(match retry {
             Some(delay) => Outcome::Retry(delay),
             None if dead => Outcome::DeadLettered,
             None => Outcome::Done,
         })
+    }
+
+    /// Counts a failed run of `handler` on `item` in `tx`: a transient store
+    /// error counts no attempt; out of attempts (or a permanent error), the
+    /// handler gives up (dead letter, committed with its inbox row);
+    /// otherwise its failure is stored. Returns the delay before the message
+    /// comes back, or `None` when the handler gave up.
+    #[allow(clippy::too_many_arguments)]
+    async fn count_failure(
+        &self,
+        tx: &mut Tx<S::Database>,
+        item: &Prepared<'_>,
+        handler: &'static HandlerRegistration,
+        attempt: u32,
+        error: HandlerError,
+        runs: &mut HashMap<(Uuid, &'static str), Run>,
+        tally: &mut Tally,
+    ) -> Result<Option<Duration>, StoreError> {
+        let Work::Message {
+            envelope, identity, ..
+        } = &item.work
+        else {
+            return Ok(None);
+        };
+        let key = (*identity, handler.name);
+        tally.failures += 1;
+        let max = handler
+            .max_attempts
+            .unwrap_or(self.config.default_max_attempts);
+        let delay = if is_store_trouble(&error) {
+            // The database aborted the run (deadlock, lost lock): no
+            // attempt is counted.
+            tracing::warn!(handler = handler.name, %error, "the store failed the handler's run; will retry");
+            self.config.retry_backoff.delay(item.delivery.receive_count)
+        } else if error.is_permanent() || attempt >= max {
+            // Out of attempts, or an error retrying cannot heal (the
+            // payload does not decode, the handler says so): the dead
+            // letter commits with the reserved inbox row, so other
+            // handlers' redeliveries do not run it again. A replay of
+            // the dead letter does (see `crate::admin`).
+            let entry = DeadLetter {
+                message_id: Some(*identity),
+                handler: Some(handler.name.to_owned()),
+                message_type: Some(envelope.message_type.clone()),
+                group: Some(envelope.group.clone()),
+                body: item.delivery.body.clone(),
+                error: error.to_string(),
+                attempts: attempt,
+            };
+            self.store.dead_letter(tx, &entry).await?;
+            tracing::error!(handler = handler.name, %error, attempt, permanent = error.is_permanent(), "handler gave up; dead-lettered");
+            runs.insert(key, Run::GaveUp);
+            tally.dead_lettered += 1;
+            return Ok(None);
+        } else {
+            self.store
+                .record_handler_failure(tx, *identity, handler.name, &error.to_string())
+                .await?;
+            self.config.retry_backoff.delay(attempt)
+        };
+        runs.insert(key, Run::Failed(delay));
+        Ok(Some(delay))
+    }
+
+    /// A held-back message whose handler failed in the first pass: that
+    /// run happened, so its failure counts (or its give-up commits), though
+    /// this pass does not reach it (a message before it in its group failed
+    /// here and had not in the first pass). The message comes back.
+    async fn count_known_failure(
+        &self,
+        tx: &mut Tx<S::Database>,
+        item: &Prepared<'_>,
+        known: Known,
+        runs: &mut HashMap<(Uuid, &'static str), Run>,
+        tally: &mut Tally,
+    ) -> Result<Outcome, StoreError> {
+        let handler = item.handlers().find(|h| h.name == known.key.1);
+        let (Some(handler), Some(Run::Reserved { failures })) = (handler, runs.get(&known.key))
+        else {
+            return Ok(Outcome::HeldBack);
+        };
+        let attempt = failures.saturating_add(1);
+        Ok(
+            match self
+                .count_failure(tx, item, handler, attempt, known.error, runs, tally)
+                .await?
+            {
+                Some(delay) => Outcome::Retry(delay),
+                None => Outcome::HeldBack,
+            },
+        )
     }
 
     /// Runs `handler` on `envelope` in `tx` and stores the messages it

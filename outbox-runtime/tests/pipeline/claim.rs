@@ -27,6 +27,7 @@ fn steps<'a>(steps: impl IntoIterator<Item = (&'a str, i64)>) -> Vec<Outgoing> {
                 cascade: false,
                 pad: String::new(),
                 panic_first: 0,
+                fail_run: None,
             })
             .expect("encodes")
         })

@@ -41,6 +41,9 @@ pub(crate) struct Step {
     /// Panic in the first `panic_first` attempts.
     #[serde(default)]
     pub(crate) panic_first: u32,
+    /// Fail this run only (counted like `fail_first`).
+    #[serde(default)]
+    pub(crate) fail_run: Option<u32>,
 }
 
 /// Published by the `Step` handler (a cascade).
@@ -110,6 +113,7 @@ async fn record_step(msg: Step, ctx: &mut HandlerContext<'_>) -> anyhow::Result<
             })?;
             anyhow::ensure!(run > 1, "cascading step fails its first run");
         }
+        anyhow::ensure!(msg.fail_run != Some(run), "step {} fails run {run}", msg.n);
         anyhow::ensure!(
             run > msg.fail_first,
             "step {} fails run {run} of its first {}",
@@ -443,6 +447,7 @@ on_both_stores!(
     a_full_queue_makes_the_relay_wait_without_using_attempts,
     one_failing_handler_in_a_batch_rolls_back_alone,
     a_failing_run_sends_its_batch_through_savepoints,
+    a_failure_the_second_pass_does_not_reach_still_counts,
     a_failing_head_holds_back_its_group_across_the_batch,
     a_past_deadline_holds_back_all_but_the_first_transaction,
 );

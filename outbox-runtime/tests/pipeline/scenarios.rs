@@ -21,6 +21,7 @@ fn step(group: &str, n: i64) -> Step {
         cascade: false,
         pad: String::new(),
         panic_first: 0,
+        fail_run: None,
     }
 }
 
@@ -1387,6 +1388,46 @@ pub(crate) async fn a_failing_run_sends_its_batch_through_savepoints<S: TestDb>(
         ],
     )
     .await;
+}
+
+/// Two messages of one group, the second failing its first run: the first
+/// pass stops there. In the second pass the first message fails (its
+/// second run, scripted), so the second is held back and not reached; its
+/// first-pass failure happened all the same and counts, so its next run is
+/// its second attempt.
+pub(crate) async fn a_failure_the_second_pass_does_not_reach_still_counts<S: TestDb>(store: S) {
+    let h = Harness::new(store).await;
+    let consumer = consumer(&h, 50);
+    let first = Step {
+        fail_run: Some(2),
+        ..step("g", 0)
+    };
+    let second = Step {
+        fail_first: 1,
+        ..step("g", 1)
+    };
+    let batch = deliveries(&[first, second]);
+
+    let outcomes = consumer.handle_batch(&batch).await;
+    assert!(
+        matches!(outcomes[..], [Outcome::Retry(_), Outcome::Retry(_)]),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        run_attempts(),
+        [(0, 1, true), (1, 1, false), (0, 1, false)],
+        "the first pass: 0 then 1, which fails; the second: 0, which fails"
+    );
+    assert_eq!(
+        consumer.handle_batch(&batch).await,
+        [Outcome::Done, Outcome::Done]
+    );
+    assert_eq!(
+        run_attempts()[3..],
+        [(0, 2, true), (1, 2, true)],
+        "a failed run went uncounted"
+    );
+    assert_eq!(by_group(&h.store.effects().await, "step")["g"], [0, 1]);
 }
 
 /// Handles a batch of three whose middle run fails after writing its effect
