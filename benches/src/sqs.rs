@@ -111,9 +111,10 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
     let (empty, deep) = server_cost(&client, probe_batches).await?;
     let server = format!(
         "The local server (moto) took {:.0} ms for a `SendMessageBatch` of 10 to an empty FIFO \
-         queue and {:.0} ms with {} messages queued (measured before the rates): its FIFO \
-         actions take longer the deeper the queue, so the rates stop at 200 messages/s, where \
-         its backlog stays small; above that the run measures the server, not the toolkit.",
+         queue and {:.0} ms with {} messages queued (measured before the rate): its FIFO \
+         actions take longer the deeper the queue, so the rate is 100 messages/s, where its \
+         backlog stays small. At 200 and 500 messages/s (tried) the backlog outgrew it and the \
+         run measured the server, not the toolkit.",
         empty.as_secs_f64() * 1e3,
         deep.as_secs_f64() * 1e3,
         (probe_batches - 1) * 10,
@@ -121,7 +122,7 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
     let (secs, rates): (f64, &[u32]) = if sizes.quick {
         (1.0, &[50])
     } else {
-        (10.0, &[100, 200])
+        (10.0, &[100])
     };
     let mut worst = 0.0_f64;
     let mut failures = Vec::new();
