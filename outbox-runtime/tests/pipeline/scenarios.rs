@@ -1205,13 +1205,7 @@ pub(crate) async fn a_run_whose_statement_failed_is_not_done_though_the_handler_
 ) {
     let h = Harness::new(outbox_runtime::PgStore::new(pool)).await;
     let consumer = consumer_with(&h, 50, Savepoints::EveryRun);
-    let batch: Vec<Delivery> = [
-        Envelope::from_message(&step("a", 0)).expect("encodes"),
-        Envelope::from_message(&crate::Swallowed { group: "s".into() }).expect("encodes"),
-    ]
-    .iter()
-    .map(delivery)
-    .collect();
+    let batch = a_step_then_a_swallowed_error();
 
     let outcomes = consumer.handle_batch(&batch).await;
     assert!(
@@ -1229,6 +1223,18 @@ pub(crate) async fn a_run_whose_statement_failed_is_not_done_though_the_handler_
     );
 }
 
+/// A step in group a, then a `Swallowed` in group s, as a queue delivers
+/// them.
+fn a_step_then_a_swallowed_error() -> Vec<Delivery> {
+    [
+        Envelope::from_message(&step("a", 0)).expect("encodes"),
+        Envelope::from_message(&crate::Swallowed { group: "s".into() }).expect("encodes"),
+    ]
+    .iter()
+    .map(delivery)
+    .collect()
+}
+
 /// The same handler with savepoints only on failure (the default): the
 /// transaction's first pass ends in an aborted transaction, found when its
 /// one savepoint is released; the pass rolls back and the runs go again
@@ -1238,13 +1244,7 @@ pub(crate) async fn a_run_whose_statement_failed_is_not_done_though_the_handler_
 pub(crate) async fn an_aborted_first_pass_is_found_and_run_again(pool: sqlx::PgPool) {
     let h = Harness::new(outbox_runtime::PgStore::new(pool)).await;
     let consumer = consumer(&h, 50);
-    let batch: Vec<Delivery> = [
-        Envelope::from_message(&step("a", 0)).expect("encodes"),
-        Envelope::from_message(&crate::Swallowed { group: "s".into() }).expect("encodes"),
-    ]
-    .iter()
-    .map(delivery)
-    .collect();
+    let batch = a_step_then_a_swallowed_error();
 
     let outcomes = consumer.handle_batch(&batch).await;
     assert_eq!(outcomes, [Outcome::Done, Outcome::Done]);
