@@ -179,8 +179,9 @@ enum Run {
     Reserved { failures: u32 },
     /// Ran and succeeded in this transaction.
     Committed,
-    /// Out of attempts: dead-lettered in this transaction.
-    GaveUp,
+    /// Out of attempts: dead-lettered in this transaction, on the delivery
+    /// at this place in the batch.
+    GaveUp { at: usize },
     /// Ran and failed; deliver again after this delay.
     Failed(Duration),
 }
@@ -195,31 +196,55 @@ struct Tally {
     published: bool,
 }
 
-/// A run that failed in a transaction's first pass, in a transaction still
-/// sound after it.
-struct Known {
+/// A run that failed in a transaction's first pass.
+struct FailedRun {
     /// The message's place in the batch.
     at: usize,
     key: (Uuid, &'static str),
     error: HandlerError,
 }
 
-/// How one pass over a transaction's runs isolates them.
-enum Isolation {
-    /// Under one savepoint set before the pass: the first failed run ends
-    /// the pass and is kept here.
-    Shared { failed: Option<Known> },
-    /// A savepoint per run. `known`: a failed run of the first pass, whose
-    /// error this pass records instead of running it again.
-    PerRun { known: Option<Known> },
-}
-
-/// What one pass over a transaction's runs did.
+/// One pass over a transaction's runs: where each run stands, what it did,
+/// and the outcome of each message reached.
 struct Pass {
     /// The outcome of each message, by its place in the batch.
     done: Vec<(usize, Outcome)>,
     runs: HashMap<(Uuid, &'static str), Run>,
     tally: Tally,
+    /// In a pass under one shared savepoint: the failed run that ended it.
+    failed: Option<FailedRun>,
+    /// In the pass after it: that run, when the transaction was still sound
+    /// after it. It happened, so it counts when this pass comes to its
+    /// message, run or held back (a message before it in its group may fail
+    /// only in this pass), and is not run again.
+    first_failure: Option<FailedRun>,
+}
+
+impl Pass {
+    fn new(runs: HashMap<(Uuid, &'static str), Run>) -> Self {
+        Pass {
+            done: Vec::new(),
+            runs,
+            tally: Tally::default(),
+            failed: None,
+            first_failure: None,
+        }
+    }
+}
+
+/// The outcome of a message held back: delivered again at once, or after
+/// the longest retry delay of its runs that failed in this transaction.
+fn held_back(item: &Prepared<'_>, runs: &HashMap<(Uuid, &'static str), Run>) -> Outcome {
+    let Work::Message { identity, .. } = &item.work else {
+        return Outcome::HeldBack;
+    };
+    item.handlers()
+        .filter_map(|handler| match runs.get(&(*identity, handler.name)) {
+            Some(Run::Failed(delay)) => Some(*delay),
+            _ => None,
+        })
+        .max()
+        .map_or(Outcome::HeldBack, Outcome::Retry)
 }
 
 /// Whether `item` is held back: behind a failure of its group earlier in
@@ -582,101 +607,106 @@ impl<S: Store> Consumer<S> {
                 (*key, run)
             })
             .collect();
-        let mut known = None;
+        let mut second = Pass::new(runs);
         if self.config.savepoints == Savepoints::OnFailure {
             let mut tried = stopped.clone();
-            let mut isolation = Isolation::Shared { failed: None };
             self.store.begin_run(&mut tx).await?;
-            let pass = self
-                .pass(
-                    &mut tx,
-                    chunk,
-                    &mut tried,
-                    late,
-                    runs.clone(),
-                    &mut isolation,
-                )
-                .await;
-            let failed = match isolation {
-                Isolation::Shared { failed } => failed,
-                Isolation::PerRun { .. } => None,
-            };
-            match (pass, failed) {
-                (Ok(pass), None) => match self.store.end_run(&mut tx, true).await {
-                    Ok(()) => {
-                        *stopped = tried;
-                        return self.finish(tx, chunk, &keys, pass, confirm).await;
-                    }
-                    Err(err) => {
-                        tracing::debug!(error = %err, "a run left the transaction aborted; running the runs again, each in a savepoint");
+            let first = Pass::new(second.runs.clone());
+            match self
+                .pass(&mut tx, chunk, &mut tried, late, first, true)
+                .await
+            {
+                Ok(mut first) => match first.failed.take() {
+                    None => match self.store.end_run(&mut tx, true).await {
+                        Ok(()) => {
+                            *stopped = tried;
+                            return self.finish(tx, chunk, &keys, first, confirm).await;
+                        }
+                        Err(err) => {
+                            tracing::debug!(error = %err, "a run left the transaction aborted; running the runs again, each in a savepoint");
+                            self.store.end_run(&mut tx, false).await?;
+                        }
+                    },
+                    Some(failed) => {
+                        // PostgreSQL refuses every statement, a savepoint
+                        // too, once a statement failed in the transaction:
+                        // then the failure may be an earlier run's, and the
+                        // run goes again.
+                        let sound = self.store.begin_run(&mut tx).await.is_ok();
+                        if sound {
+                            self.store.end_run(&mut tx, false).await?;
+                        }
                         self.store.end_run(&mut tx, false).await?;
+                        tracing::debug!(
+                            handler = failed.key.1,
+                            sound,
+                            "a run failed; running the runs again, each in a savepoint"
+                        );
+                        second.first_failure = sound.then_some(failed);
                     }
                 },
                 // A statement failed after a run that ignored its own failed
                 // statement (PostgreSQL had aborted the transaction), or the
                 // store is down: the second pass tells which.
-                (Err(err), _) => {
+                Err(err) => {
                     tracing::debug!(error = %err, "a statement failed under the runs; running them again, each in a savepoint");
                     self.store.end_run(&mut tx, false).await?;
                 }
-                (Ok(_), Some(failed)) => {
-                    // PostgreSQL refuses every statement, a savepoint too,
-                    // once a statement failed in the transaction: then the
-                    // failure may be an earlier run's, and the run goes
-                    // again.
-                    let sound = self.store.begin_run(&mut tx).await.is_ok();
-                    if sound {
-                        self.store.end_run(&mut tx, false).await?;
-                    }
-                    self.store.end_run(&mut tx, false).await?;
-                    tracing::debug!(
-                        handler = failed.key.1,
-                        sound,
-                        "a run failed; running the runs again, each in a savepoint"
-                    );
-                    known = sound.then_some(failed);
-                }
             }
         }
-        let mut isolation = Isolation::PerRun { known };
-        let pass = self
-            .pass(&mut tx, chunk, stopped, late, runs, &mut isolation)
+        let second = self
+            .pass(&mut tx, chunk, stopped, late, second, false)
             .await?;
-        self.finish(tx, chunk, &keys, pass, confirm).await
+        self.finish(tx, chunk, &keys, second, confirm).await
     }
 
-    /// Runs the messages of `chunk` in `tx`, isolated as `isolation` says,
-    /// from the inbox states in `runs`.
+    /// Counts `failed`, the run that ended the first pass, on `item`, its
+    /// message (see [`Pass::first_failure`]).
+    async fn count_first_failure(
+        &self,
+        tx: &mut Tx<S::Database>,
+        item: &Prepared<'_>,
+        failed: FailedRun,
+        pass: &mut Pass,
+    ) -> Result<(), StoreError> {
+        let handler = item.handlers().find(|h| h.name == failed.key.1);
+        let (Some(handler), Some(Run::Reserved { failures })) =
+            (handler, pass.runs.get(&failed.key).copied())
+        else {
+            return Ok(());
+        };
+        let attempt = failures.saturating_add(1);
+        self.count_failure(tx, item, handler, attempt, failed.error, pass)
+            .await?;
+        Ok(())
+    }
+
+    /// Runs the messages of `chunk` in `tx`, from the run states in `pass`:
+    /// under the one savepoint set before the pass (`shared`; the first
+    /// failed run ends the pass) or each run in a savepoint of its own.
     async fn pass<'a>(
         &self,
         tx: &mut Tx<S::Database>,
         chunk: &[Prepared<'a>],
         stopped: &mut HashSet<&'a str>,
         late: bool,
-        mut runs: HashMap<(Uuid, &'static str), Run>,
-        isolation: &mut Isolation,
+        mut pass: Pass,
+        shared: bool,
     ) -> Result<Pass, StoreError> {
-        let mut tally = Tally::default();
-        let mut done = Vec::with_capacity(chunk.len());
+        pass.done.reserve(chunk.len());
         for item in chunk {
+            if let Some(failed) = pass.first_failure.take_if(|failed| failed.at == item.at) {
+                self.count_first_failure(tx, item, failed, &mut pass)
+                    .await?;
+            }
             let outcome = if is_held(item, stopped, late) {
-                let known = match isolation {
-                    Isolation::PerRun { known } => known.take_if(|k| k.at == item.at),
-                    Isolation::Shared { .. } => None,
-                };
-                match known {
-                    Some(known) => {
-                        self.count_known_failure(tx, item, known, &mut runs, &mut tally)
-                            .await?
-                    }
-                    None => Outcome::HeldBack,
-                }
+                held_back(item, &pass.runs)
             } else {
                 match &item.work {
                     Work::Poison { envelope, error } => {
                         self.poison(tx, item.delivery, envelope.as_ref(), error)
                             .await?;
-                        tally.dead_lettered += 1;
+                        pass.tally.dead_lettered += 1;
                         Outcome::DeadLettered
                     }
                     Work::Message { envelope, .. } => {
@@ -688,20 +718,20 @@ impl<S: Store> Consumer<S> {
                             message.group = %envelope.group,
                             receive_count = item.delivery.receive_count,
                         );
-                        let run = self.run_message(tx, item, &mut runs, &mut tally, isolation);
+                        let run = self.run_message(tx, item, &mut pass, shared);
                         in_span(span, run).await?
                     }
                 }
             };
-            if let Isolation::Shared { failed: Some(_) } = isolation {
+            if pass.failed.is_some() {
                 break;
             }
             if !outcome.is_done() {
                 stopped.insert(&item.delivery.group);
             }
-            done.push((item.at, outcome));
+            pass.done.push((item.at, outcome));
         }
-        Ok(Pass { done, runs, tally })
+        Ok(pass)
     }
 
     /// Ends the transaction of `pass`: gives back the reservations of runs
@@ -714,7 +744,9 @@ impl<S: Store> Consumer<S> {
         pass: Pass,
         confirm: bool,
     ) -> Result<Vec<(usize, Outcome)>, StoreError> {
-        let Pass { done, runs, tally } = pass;
+        let Pass {
+            done, runs, tally, ..
+        } = pass;
         let unrun: Vec<(Uuid, &str)> = keys
             .iter()
             .filter(|key| matches!(runs[*key], Run::Reserved { .. } | Run::Failed(_)))
@@ -733,6 +765,11 @@ impl<S: Store> Consumer<S> {
         };
         self.store.confirm(&mut tx, &confirmed).await?;
         tx.commit().await?;
+        for (item, (_, outcome)) in chunk.iter().zip(&done) {
+            if let (Work::Poison { error, .. }, Outcome::DeadLettered) = (&item.work, outcome) {
+                tracing::error!(%error, group = %item.delivery.group, "poison message dead-lettered");
+            }
+        }
         self.metrics.add_handled(tally.handled);
         self.metrics.add_duplicates_suppressed(tally.duplicates);
         self.metrics.add_handler_failures(tally.failures);
@@ -744,16 +781,16 @@ impl<S: Store> Consumer<S> {
         Ok(done)
     }
 
-    /// Runs a message's handlers in `tx`, isolated as `isolation` says, and
-    /// says what to do with its delivery. In a shared pass, a failed run
-    /// ends the message (and the pass) at once: it is kept in `isolation`.
+    /// Runs a message's handlers in `tx` (each in a savepoint of its own
+    /// unless `shared`) and says what to do with its delivery. In a shared
+    /// pass, a failed run ends the message (and the pass) at once: it is
+    /// kept in `pass.failed`.
     async fn run_message(
         &self,
         tx: &mut Tx<S::Database>,
         item: &Prepared<'_>,
-        runs: &mut HashMap<(Uuid, &'static str), Run>,
-        tally: &mut Tally,
-        isolation: &mut Isolation,
+        pass: &mut Pass,
+        shared: bool,
     ) -> Result<Outcome, StoreError> {
         let Work::Message {
             envelope, identity, ..
@@ -767,62 +804,49 @@ impl<S: Store> Consumer<S> {
         let mut dead = false;
         for handler in item.handlers() {
             let key = (*identity, handler.name);
-            let failures = match runs[&key] {
+            let failures = match pass.runs[&key] {
                 Run::Reserved { failures } => failures,
-                Run::Handled | Run::Committed | Run::GaveUp => {
-                    tally.duplicates += 1;
+                // This delivery's handler gave up (its failure in the first
+                // pass, counted just before).
+                Run::GaveUp { at } if at == item.at => {
+                    dead = true;
+                    continue;
+                }
+                Run::Handled | Run::Committed | Run::GaveUp { .. } => {
+                    pass.tally.duplicates += 1;
                     continue;
                 }
                 Run::Failed(delay) => {
-                    // The same message earlier in this batch failed it.
+                    // Failed in the first pass, or on a copy of the message
+                    // earlier in this batch.
                     retry = Some(retry.map_or(delay, |longest| longest.max(delay)));
                     continue;
                 }
             };
             let attempt = failures.saturating_add(1);
-            let error = match isolation {
-                Isolation::PerRun { known }
-                    if known
-                        .as_ref()
-                        .is_some_and(|k| k.at == item.at && k.key == key) =>
-                {
-                    known.take().map(|known| known.error)
+            let error = match self
+                .run_handler(tx, envelope, handler, attempt, !shared)
+                .await?
+            {
+                Ok(published) => {
+                    pass.runs.insert(key, Run::Committed);
+                    pass.tally.handled += 1;
+                    pass.tally.published |= published;
+                    continue;
                 }
-                _ => None,
+                Err(error) => error,
             };
-            let error = match error {
-                Some(error) => error,
-                None => {
-                    let savepoint = matches!(isolation, Isolation::PerRun { .. });
-                    match self
-                        .run_handler(tx, envelope, handler, attempt, savepoint)
-                        .await?
-                    {
-                        Ok(published) => {
-                            runs.insert(key, Run::Committed);
-                            tally.handled += 1;
-                            tally.published |= published;
-                            continue;
-                        }
-                        Err(error) => match isolation {
-                            Isolation::PerRun { .. } => {
-                                self.store.end_run(tx, false).await?;
-                                error
-                            }
-                            Isolation::Shared { failed } => {
-                                *failed = Some(Known {
-                                    at: item.at,
-                                    key,
-                                    error,
-                                });
-                                return Ok(Outcome::HeldBack);
-                            }
-                        },
-                    }
-                }
-            };
+            if shared {
+                pass.failed = Some(FailedRun {
+                    at: item.at,
+                    key,
+                    error,
+                });
+                return Ok(Outcome::HeldBack);
+            }
+            self.store.end_run(tx, false).await?;
             match self
-                .count_failure(tx, item, handler, attempt, error, runs, tally)
+                .count_failure(tx, item, handler, attempt, error, pass)
                 .await?
             {
                 Some(delay) => retry = Some(retry.map_or(delay, |longest| longest.max(delay))),
@@ -841,7 +865,6 @@ impl<S: Store> Consumer<S> {
     /// handler gives up (dead letter, committed with its inbox row);
     /// otherwise its failure is stored. Returns the delay before the message
     /// comes back, or `None` when the handler gave up.
-    #[allow(clippy::too_many_arguments)]
     async fn count_failure(
         &self,
         tx: &mut Tx<S::Database>,
@@ -849,17 +872,17 @@ impl<S: Store> Consumer<S> {
         handler: &'static HandlerRegistration,
         attempt: u32,
         error: HandlerError,
-        runs: &mut HashMap<(Uuid, &'static str), Run>,
-        tally: &mut Tally,
+        pass: &mut Pass,
     ) -> Result<Option<Duration>, StoreError> {
+        // Not a message: no handler ran, nothing to count.
         let Work::Message {
             envelope, identity, ..
         } = &item.work
         else {
-            return Ok(None);
+            return Ok(Some(Duration::ZERO));
         };
         let key = (*identity, handler.name);
-        tally.failures += 1;
+        pass.tally.failures += 1;
         let max = handler
             .max_attempts
             .unwrap_or(self.config.default_max_attempts);
@@ -885,8 +908,8 @@ impl<S: Store> Consumer<S> {
             };
             self.store.dead_letter(tx, &entry).await?;
             tracing::error!(handler = handler.name, %error, attempt, permanent = error.is_permanent(), "handler gave up; dead-lettered");
-            runs.insert(key, Run::GaveUp);
-            tally.dead_lettered += 1;
+            pass.runs.insert(key, Run::GaveUp { at: item.at });
+            pass.tally.dead_lettered += 1;
             return Ok(None);
         } else {
             self.store
@@ -894,37 +917,8 @@ impl<S: Store> Consumer<S> {
                 .await?;
             self.config.retry_backoff.delay(attempt)
         };
-        runs.insert(key, Run::Failed(delay));
+        pass.runs.insert(key, Run::Failed(delay));
         Ok(Some(delay))
-    }
-
-    /// A held-back message whose handler failed in the first pass: that
-    /// run happened, so its failure counts (or its give-up commits), though
-    /// this pass does not reach it (a message before it in its group failed
-    /// here and had not in the first pass). The message comes back.
-    async fn count_known_failure(
-        &self,
-        tx: &mut Tx<S::Database>,
-        item: &Prepared<'_>,
-        known: Known,
-        runs: &mut HashMap<(Uuid, &'static str), Run>,
-        tally: &mut Tally,
-    ) -> Result<Outcome, StoreError> {
-        let handler = item.handlers().find(|h| h.name == known.key.1);
-        let (Some(handler), Some(Run::Reserved { failures })) = (handler, runs.get(&known.key))
-        else {
-            return Ok(Outcome::HeldBack);
-        };
-        let attempt = failures.saturating_add(1);
-        Ok(
-            match self
-                .count_failure(tx, item, handler, attempt, known.error, runs, tally)
-                .await?
-            {
-                Some(delay) => Outcome::Retry(delay),
-                None => Outcome::HeldBack,
-            },
-        )
     }
 
     /// Runs `handler` on `envelope` in `tx` and stores the messages it
@@ -1008,7 +1002,6 @@ impl<S: Store> Consumer<S> {
         envelope: Option<&Envelope>,
         error: &str,
     ) -> Result<(), StoreError> {
-        tracing::error!(%error, group = %delivery.group, "poison message dead-lettered");
         let entry = DeadLetter {
             message_id: envelope.map(Envelope::original_id),
             handler: None,
