@@ -113,8 +113,7 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
         "The local server (moto) took {:.0} ms for a `SendMessageBatch` of 10 to an empty FIFO \
          queue and {:.0} ms with {} messages queued (measured before the rate): its FIFO \
          actions take longer the deeper the queue, so the rate is 100 messages/s, where its \
-         backlog stays small. At 200 and 500 messages/s (tried) the backlog outgrew it and the \
-         run measured the server, not the toolkit.",
+         backlog stays small (higher rates: see Analysis).",
         empty.as_secs_f64() * 1e3,
         deep.as_secs_f64() * 1e3,
         (probe_batches - 1) * 10,

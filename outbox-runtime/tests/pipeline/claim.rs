@@ -306,6 +306,20 @@ async fn open_with<'a>(
     tx
 }
 
+/// A producer that enqueues `(group, n)` and commits, in a task of its own
+/// (it may wait for the group's lock).
+fn commit_in_background(
+    store: &PgStore,
+    group: &'static str,
+    n: i64,
+) -> tokio::task::JoinHandle<()> {
+    let store = store.clone();
+    tokio::spawn(async move {
+        let tx = open_with(&store, [(group, n)]).await;
+        tx.commit().await.expect("the producer commits");
+    })
+}
+
 /// Two producers of one group overlap (two requests for one customer): T1
 /// enqueues g/1 and stays open while T2 enqueues g/2. T2 waits for T1 (the
 /// group's enqueue lock) before its row gets a `seq`, so the group's rows
@@ -317,13 +331,7 @@ async fn open_with<'a>(
 async fn overlapping_producers_of_a_group_are_published_in_commit_order(pool: PgPool) {
     let store = store_with(&pool, []).await;
     let t1 = open_with(&store, [("g", 1)]).await;
-    let t2 = tokio::spawn({
-        let store = store.clone();
-        async move {
-            let tx = open_with(&store, [("g", 2)]).await;
-            tx.commit().await.expect("T2 commits");
-        }
-    });
+    let t2 = commit_in_background(&store, "g", 2);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !t2.is_finished(),
@@ -377,13 +385,7 @@ async fn a_group_dropped_while_its_producer_waits_is_added_again(pool: PgPool) {
         .await
         .expect("locks the idle group");
     assert_eq!(idle, groups);
-    let producer = tokio::spawn({
-        let store = store.clone();
-        async move {
-            let tx = open_with(&store, [("g", 2)]).await;
-            tx.commit().await.expect("the producer commits");
-        }
-    });
+    let producer = commit_in_background(&store, "g", 2);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!producer.is_finished(), "the producer did not wait");
     let dropped = sqlx::query(PgStore::DROP_EMPTY_GROUPS_SQL)
