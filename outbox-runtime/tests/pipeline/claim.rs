@@ -306,6 +306,16 @@ async fn open_with<'a>(
     tx
 }
 
+/// A migrated store whose only group, `g`, has a group row and no rows.
+async fn store_with_an_empty_group(pool: &PgPool) -> PgStore {
+    let store = store_with(pool, []).await;
+    sqlx::query("INSERT INTO outbox_groups (group_key, head_seq) VALUES ('g', 1)")
+        .execute(pool)
+        .await
+        .expect("a group without rows");
+    store
+}
+
 /// A producer that enqueues `(group, n)` and commits, in a task of its own
 /// (it may wait for the group's lock).
 fn commit_in_background(
@@ -372,11 +382,7 @@ async fn overlapping_producers_of_a_group_are_published_in_commit_order(pool: Pg
 /// lock would see the dropped row and leave its message out of every claim.
 #[sqlx::test(migrations = false)]
 async fn a_group_dropped_while_its_producer_waits_is_added_again(pool: PgPool) {
-    let store = store_with(&pool, []).await;
-    sqlx::query("INSERT INTO outbox_groups (group_key, head_seq) VALUES ('g', 1)")
-        .execute(&pool)
-        .await
-        .expect("an empty group");
+    let store = store_with_an_empty_group(&pool).await;
     let groups = vec!["g".to_owned()];
     let mut relay = pool.begin().await.expect("begins");
     let idle: Vec<String> = sqlx::query_scalar(PgStore::LOCK_IDLE_GROUPS_SQL)
@@ -501,11 +507,7 @@ async fn a_producer_racing_the_drop_of_its_emptied_group_keeps_its_row(pool: PgP
 /// its producer rolled back) is dropped by the next claim that finds it.
 #[sqlx::test(migrations = false)]
 async fn a_claim_drops_the_row_of_a_group_without_rows(pool: PgPool) {
-    let store = store_with(&pool, []).await;
-    sqlx::query("INSERT INTO outbox_groups (group_key, head_seq) VALUES ('g', 1)")
-        .execute(&pool)
-        .await
-        .expect("a group without rows");
+    let store = store_with_an_empty_group(&pool).await;
     assert!(store.claim(10, LEASE).await.expect("claims").is_empty());
     assert_eq!(group_rows(&pool).await, 0);
 }
