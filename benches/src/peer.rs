@@ -89,14 +89,15 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
              `Store::enqueue_all` vs sqlxmq's `spawn`), {} transactions per client. \
              **Handle**: {} messages waiting, then handled by a typed handler that decodes \
              the payload; timed from start until every handler has committed. The toolkit: a \
-             relay into the in-process queue and {WORKERS} workers (as the sample's `serve`), \
-             each message handled in a transaction that records it in the inbox, in order \
-             within its group (100 groups). sqlxmq: a runner with its default concurrency \
+             relay into the in-process queue and {WORKERS} workers (as the sample's `serve`) \
+             with the default batch ({}), a batch's messages handled in one transaction that \
+             records each in the inbox, in order within each group (100 groups). sqlxmq: a runner with its default concurrency \
              (16 to 32 jobs), the job completed (deleted) after the handler; once unordered \
              (its default), once ordered within 100 channels (its `set_ordered`, the toolkit's \
              guarantee).",
             count(sizes.enqueue_per_client as f64),
             count(sizes.peer_messages as f64),
+            WorkerConfig::default().batch_size,
         ),
         &["what", "toolkit (/s)", "sqlxmq (/s)", "toolkit ÷ sqlxmq"],
     );

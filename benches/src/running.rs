@@ -21,20 +21,10 @@ pub(crate) struct Running {
 
 impl Running {
     /// Starts a relay from `store` into a new in-process queue, and
-    /// `workers` workers handling its messages with `dispatcher` (no
-    /// retention: a benchmark measures delivery only).
-    pub(crate) fn start(store: &PgStore, dispatcher: Dispatcher, workers: usize) -> Self {
-        Self::start_batched(
-            store,
-            dispatcher,
-            workers,
-            WorkerConfig::default().batch_size,
-        )
-    }
-
-    /// [`Running::start`] with workers handling up to `batch_size` messages
-    /// per batch.
-    pub(crate) fn start_batched(
+    /// `workers` workers handling its messages with `dispatcher` in batches
+    /// of up to `batch_size` (no retention: a benchmark measures delivery
+    /// only).
+    pub(crate) fn start(
         store: &PgStore,
         dispatcher: Dispatcher,
         workers: usize,

@@ -21,13 +21,14 @@ pub struct WorkerConfig {
     /// (SQS: 10), the worker receives again, without waiting, while each
     /// call returns a full page, for up to `linger`. So a lightly loaded
     /// queue is handled as messages arrive, and a busy one in large
-    /// batches. Default: 10. Larger batches raise throughput where handling
-    /// is the bottleneck (on SQLite, whose one writer they share) at the
-    /// cost of latency: on an in-process queue a batch's groups wait for
-    /// its commit. When a message fails, the later messages of its group
-    /// in the batch are released at once, not run, and delivered again
-    /// after it (no attempt counted): the larger the batch, the more such
-    /// deliveries a failing group causes.
+    /// batches. Default: 50 (BENCHMARKS.md, scenarios 4 and 8, measure it
+    /// against 10). Larger batches share a transaction's fixed statements
+    /// among more messages, at the cost of latency under load: on an
+    /// in-process queue a batch's groups wait for its commit. When a
+    /// message fails, the later messages of its group in the batch are
+    /// released at once, not run, and delivered again after it (no attempt
+    /// counted): the larger the batch, the more such deliveries a failing
+    /// group causes.
     pub batch_size: usize,
     /// How long a worker keeps receiving full pages into one batch before it
     /// handles them. Applies only to a queue that returns fewer messages per
@@ -65,7 +66,7 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
-            batch_size: 10,
+            batch_size: 50,
             linger: Duration::from_millis(10),
             wait: Duration::from_secs(1),
             retention: Some((RetentionPolicy::default(), Duration::from_secs(60))),
