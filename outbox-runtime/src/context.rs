@@ -16,9 +16,14 @@ use crate::state::State;
 /// When a handler runs under a store-backed consumer, its transaction is the
 /// one that also records the message as handled (the inbox row) and inserts
 /// the messages it publishes, so the handler's writes, the inbox row and the
-/// cascaded messages commit together or not at all. It is the transaction
-/// of the consumer's whole batch, and the run is a savepoint in it: a
-/// failed run is rolled back alone.
+/// cascaded messages commit together or not at all. It is shared with the
+/// other runs of the consumer's batch (up to
+/// [`ConsumerConfig::runs_per_transaction`](crate::ConsumerConfig)), each
+/// run's effects rolled back to a savepoint when it fails: under the default
+/// [`Savepoints::OnFailure`](crate::Savepoints) the runs before it are
+/// rolled back too and run again, so a handler may run more than once per
+/// delivery while its database effects commit once. Effects outside the
+/// database (an HTTP call) are not rolled back: make them idempotent.
 ///
 /// ```
 /// use outbox_runtime::{handler, Envelope, HandlerContext, OutboxMessage, State};

@@ -4,8 +4,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Counters shared by a relay and its workers. Cheap to clone (share it with
-/// `Arc`) and to update (relaxed atomics).
+/// Counters shared by a relay and its workers: share one through an `Arc`
+/// (`with_metrics` on each); updates are relaxed atomics.
 #[derive(Debug, Default)]
 pub struct Metrics {
     published: AtomicU64,

@@ -59,7 +59,9 @@ pub struct WorkerConfig {
     /// the drain goes on after a later receive, its own or another
     /// worker's, and messages are handled meanwhile: under producers faster
     /// than the queue takes messages, a drain until the outbox is empty
-    /// would never end. Default: 1 s.
+    /// would never end. No effect on a worker without a relay (an
+    /// in-process pipeline runs its [`Relay`](crate::Relay) on its own).
+    /// Default: 1 s.
     pub drain_budget: Duration,
 }
 
@@ -91,8 +93,10 @@ pub struct BatchReport {
 }
 
 /// Receives envelopes from a [`Receiver`] and runs them through a
-/// [`Consumer`]. Run several workers for concurrency; the transport
-/// guarantees one group is in one worker's hands at a time.
+/// [`Consumer`]. Run several workers for concurrency: clones of one worker
+/// share its receiver, dispatcher, store and metrics, and each clone's
+/// [`run`](Worker::run) is a worker of its own; the transport guarantees
+/// one group is in one worker's hands at a time.
 pub struct Worker<S, R> {
     consumer: Consumer<S>,
     receiver: Arc<R>,
@@ -135,8 +139,9 @@ impl<S: Store, R: Receiver> Worker<S, R> {
         self
     }
 
-    /// Replaces the consumer's settings (attempts, retry backoff, handler
-    /// runs per transaction).
+    /// Replaces the consumer's settings, all of them ([`ConsumerConfig`]:
+    /// attempts, retry backoff, handler runs per transaction, savepoints);
+    /// start from `ConsumerConfig::default()` to change one.
     #[must_use]
     pub fn with_consumer_config(mut self, config: ConsumerConfig) -> Self {
         self.consumer = self.consumer.with_config(config);
@@ -160,7 +165,11 @@ impl<S: Store, R: Receiver> Worker<S, R> {
         self
     }
 
-    /// Drains the outbox with `relay` when a pump message arrives.
+    /// Drains the outbox with `relay` when a pump message arrives, for at
+    /// most [`WorkerConfig::drain_budget`]. Pump messages come through SQS
+    /// (`SqsPump`, the scheduled pump); on an
+    /// [`InProcessQueue`](crate::InProcessQueue) run the [`Relay`](crate::Relay)
+    /// itself, woken by a [`RelayWaker`](crate::RelayWaker).
     #[must_use]
     pub fn with_relay(mut self, relay: Arc<dyn Drain>) -> Self {
         self.consumer = self.consumer.with_relay(relay);
@@ -219,9 +228,9 @@ impl<S: Store, R: Receiver> Worker<S, R> {
     }
 
     /// Handles batches until `shutdown` resolves, running retention on its
-    /// timer between batches. Shutdown is checked between batches: a batch
-    /// being handled is finished first. Transport errors are logged and
-    /// retried after a pause.
+    /// timer between batches. Shutdown ends a wait for the first message at
+    /// once; a batch being filled or handled is finished first. Transport
+    /// errors are logged and retried after a pause.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut last_cleanup = tokio::time::Instant::now();
