@@ -63,7 +63,7 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "Every number below was measured by one run of `scripts/bench` \
+            "Every table below was measured by one run of `scripts/bench` \
              (`cargo run --profile speed -p outbox-bench -- --out BENCHMARKS.md`), each next to \
              its baseline in the same process, so the ratios are the result; absolute \
              numbers depend on the machine.\n\n\

@@ -18,12 +18,14 @@ use crate::state::State;
 /// the messages it publishes, so the handler's writes, the inbox row and the
 /// cascaded messages commit together or not at all. It is shared with the
 /// other runs of the consumer's batch (up to
-/// [`ConsumerConfig::runs_per_transaction`](crate::ConsumerConfig)), each
+/// [`ConsumerConfig::runs_per_transaction`](crate::ConsumerConfig::runs_per_transaction)), each
 /// run's effects rolled back to a savepoint when it fails: under the default
 /// [`Savepoints::OnFailure`](crate::Savepoints) the runs before it are
 /// rolled back too and run again, so a handler may run more than once per
 /// delivery while its database effects commit once. Effects outside the
-/// database (an HTTP call) are not rolled back: make them idempotent.
+/// database (an HTTP call) are not rolled back: make them idempotent, or
+/// run each handler under its own savepoint with
+/// [`Savepoints::EveryRun`](crate::Savepoints::EveryRun).
 ///
 /// ```
 /// use outbox_runtime::{handler, Envelope, HandlerContext, OutboxMessage, State};
