@@ -228,16 +228,19 @@ impl<S: Store, R: Receiver> Worker<S, R> {
     }
 
     /// Handles batches until `shutdown` resolves, running retention on its
-    /// timer between batches. Shutdown ends a wait for the first message at
-    /// once; a batch being filled or handled is finished first. Transport
+    /// timer between batches. Shutdown ends a wait for the first message, or
+    /// the pause after a transport error, at once; a batch being filled or
+    /// handled is finished first, and no batch is taken after it. Transport
     /// errors are logged and retried after a pause.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut last_cleanup = tokio::time::Instant::now();
         loop {
             // Shutdown stops a wait for the first message, never a batch
-            // being filled or handled.
+            // being filled or handled; once resolved, it wins over messages
+            // that are waiting.
             let received = tokio::select! {
+                biased;
                 () = &mut shutdown => return,
                 received = self.receive_first() => received,
             };
@@ -250,7 +253,11 @@ impl<S: Store, R: Receiver> Worker<S, R> {
             };
             if let Err(err) = handled {
                 tracing::warn!(error = %err, "transport failed; pausing");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => return,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
             }
             if let Some((policy, every)) = &self.config.retention
                 && last_cleanup.elapsed() >= *every

@@ -395,6 +395,14 @@ mod pumps {
     }
 }
 
+mod shutdown {
+    #[tokio::test]
+    async fn a_stopped_worker_takes_no_further_batch() {
+        let (store, _dir) = crate::db::sqlite_store().await;
+        crate::scenarios::a_stopped_worker_takes_no_further_batch(store).await;
+    }
+}
+
 /// Runs each scenario on both stores.
 macro_rules! on_both_stores {
     ($($scenario:ident),* $(,)?) => {

@@ -1822,3 +1822,34 @@ pub(crate) async fn a_worker_drains_on_a_pump_for_its_budget_then_pumps_again<S:
         "the unfinished drain did not pump again"
     );
 }
+
+/// A worker whose shutdown has resolved takes no further batch, though
+/// messages wait: checked 20 times, since a `select!` that picked its branch
+/// at random would take the batch about half the time.
+pub(crate) async fn a_stopped_worker_takes_no_further_batch<S: TestDb>(store: S) {
+    store.migrate().await.expect("migrations run");
+    let dispatcher = Arc::new(Dispatcher::from_registry().expect("dispatch table"));
+    for round in 0..20 {
+        let queue = Arc::new(outbox_runtime::InProcessQueue::new());
+        let mut carrier = Envelope::from_message(&step("p", round)).expect("envelope");
+        carrier.group = outbox_runtime::PUMP_GROUP.to_owned();
+        queue
+            .publish(&[PublishEntry {
+                envelope: &carrier,
+                queue: None,
+                body: outbox_runtime::PUMP_BODY.to_owned(),
+            }])
+            .await
+            .expect("the pump is queued");
+        let worker =
+            outbox_runtime::Worker::new(store.clone(), Arc::clone(&queue), Arc::clone(&dispatcher));
+        tokio::time::timeout(Duration::from_secs(10), worker.run(std::future::ready(())))
+            .await
+            .expect("a stopped worker returns");
+        assert_eq!(
+            queue.stats().delivered,
+            0,
+            "round {round}: the worker took a batch after its shutdown"
+        );
+    }
+}
