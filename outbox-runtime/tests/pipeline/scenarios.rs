@@ -1777,14 +1777,10 @@ impl outbox_runtime::Pump for Pumps {
     }
 }
 
-/// A worker that receives a pump message drains the outbox for its drain
-/// budget, not until the outbox is empty: a relay that cannot catch up
-/// would keep it from ever receiving again. With rows left, it pumps again
-/// so the drain goes on after the next receive, and acknowledges the pump.
-pub(crate) async fn a_worker_drains_on_a_pump_for_its_budget_then_pumps_again<S: TestDb>(store: S) {
-    store.migrate().await.expect("migrations run");
+/// A new in-process queue holding one pump message (its id from `n`).
+async fn queue_with_a_pump(n: i64) -> Arc<outbox_runtime::InProcessQueue> {
     let queue = Arc::new(outbox_runtime::InProcessQueue::new());
-    let mut carrier = Envelope::from_message(&step("p", 0)).expect("envelope");
+    let mut carrier = Envelope::from_message(&step("p", n)).expect("envelope");
     carrier.group = outbox_runtime::PUMP_GROUP.to_owned();
     queue
         .publish(&[PublishEntry {
@@ -1794,6 +1790,16 @@ pub(crate) async fn a_worker_drains_on_a_pump_for_its_budget_then_pumps_again<S:
         }])
         .await
         .expect("the pump is queued");
+    queue
+}
+
+/// A worker that receives a pump message drains the outbox for its drain
+/// budget, not until the outbox is empty: a relay that cannot catch up
+/// would keep it from ever receiving again. With rows left, it pumps again
+/// so the drain goes on after the next receive, and acknowledges the pump.
+pub(crate) async fn a_worker_drains_on_a_pump_for_its_budget_then_pumps_again<S: TestDb>(store: S) {
+    store.migrate().await.expect("migrations run");
+    let queue = queue_with_a_pump(0).await;
     let relay = Arc::new(Endless::default());
     let pumps = Arc::new(Pumps::default());
     let dispatcher = Arc::new(Dispatcher::from_registry().expect("dispatch table"));
@@ -1830,17 +1836,7 @@ pub(crate) async fn a_stopped_worker_takes_no_further_batch<S: TestDb>(store: S)
     store.migrate().await.expect("migrations run");
     let dispatcher = Arc::new(Dispatcher::from_registry().expect("dispatch table"));
     for round in 0..20 {
-        let queue = Arc::new(outbox_runtime::InProcessQueue::new());
-        let mut carrier = Envelope::from_message(&step("p", round)).expect("envelope");
-        carrier.group = outbox_runtime::PUMP_GROUP.to_owned();
-        queue
-            .publish(&[PublishEntry {
-                envelope: &carrier,
-                queue: None,
-                body: outbox_runtime::PUMP_BODY.to_owned(),
-            }])
-            .await
-            .expect("the pump is queued");
+        let queue = queue_with_a_pump(round).await;
         let worker =
             outbox_runtime::Worker::new(store.clone(), Arc::clone(&queue), Arc::clone(&dispatcher));
         tokio::time::timeout(Duration::from_secs(10), worker.run(std::future::ready(())))
