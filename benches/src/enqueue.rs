@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use outbox_runtime::{Outgoing, PgStore, Store};
+use outbox_runtime::{PgStore, Store, envelope::OutgoingEnvelope};
 use sqlx::PgPool;
 
 use crate::Sizes;
@@ -46,7 +46,7 @@ pub(crate) async fn throughput(
                 let n = client * per_client + i;
                 // Encoding is part of the cost: the app does it per message.
                 let outgoing = (0..messages)
-                    .map(|k| Outgoing::new(&m0(n * 10 + k)))
+                    .map(|k| OutgoingEnvelope::new(&m0(n * 10 + k)))
                     .collect::<Result<Vec<_>, _>>()?;
                 let mut tx = pool.begin().await?;
                 sqlx::query("INSERT INTO bench_orders (customer, amount_cents) VALUES ($1, $2)")

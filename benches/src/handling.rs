@@ -162,7 +162,7 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
     .execute(&pool)
     .await?;
     let n = sizes.handled_messages;
-    let default_batch = outbox_runtime::WorkerConfig::default().batch_size;
+    let default_batch = outbox_runtime::consume::WorkerConfig::default().batch_size;
 
     let mut section = Section::new(
         "8. Handling: relay and workers against plain SQL",

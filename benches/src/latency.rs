@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use outbox_runtime::{
-    Dispatcher, HandlerContext, OutboxMessage, PgStore, RelayWaker, Store, StoreExt, WorkerConfig,
-    commit_and_pump, handler,
+    Dispatcher, HandlerContext, OutboxMessage, PgStore, Store, StoreExt, commit_and_pump,
+    consume::WorkerConfig, handler, pump::RelayWaker,
 };
 use uuid::Uuid;
 

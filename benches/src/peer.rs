@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Context;
-use outbox_runtime::{PgStore, Store, WorkerConfig};
+use outbox_runtime::{PgStore, Store, consume::WorkerConfig};
 
 use crate::Sizes;
 use crate::db::Scratch;

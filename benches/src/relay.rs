@@ -15,8 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outbox_runtime::{
-    EntryError, Envelope, Headers, InProcessConfig, InProcessQueue, PgStore, PublishEntry, Relay,
-    RelayConfig, Store, Transport, TransportError,
+    Envelope, InProcessQueue, PgStore, Relay, Store,
+    envelope::Headers,
+    relay::RelayConfig,
+    transport::{EntryError, InProcessConfig, PublishEntry, Transport, TransportError},
 };
 use sqlx::{PgPool, Row};
 

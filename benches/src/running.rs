@@ -4,8 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use outbox_runtime::consume::Consumer;
 use outbox_runtime::{
-    Dispatcher, InProcessQueue, Metrics, PgStore, Relay, RelayWaker, Worker, WorkerConfig,
+    Dispatcher, InProcessQueue, PgStore, Relay, Worker, consume::WorkerConfig, metrics::Metrics,
+    pump::RelayWaker,
 };
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -36,14 +38,16 @@ impl Running {
         // The pump wakes the relay when a batch's confirmations free its
         // groups (the in-process queue is not durable: a group's next rows
         // wait for them); without it the relay would find them on its sweep.
-        let worker = Worker::new(store.clone(), queue, Arc::new(dispatcher))
-            .with_config(WorkerConfig {
-                batch_size,
-                wait: Duration::from_millis(100),
-                retention: None,
-                ..WorkerConfig::default()
-            })
-            .with_pump(Arc::new(waker.clone()));
+        let worker = Worker::new(
+            Consumer::new(store.clone(), Arc::new(dispatcher)).with_pump(Arc::new(waker.clone())),
+            queue,
+        )
+        .with_config(WorkerConfig {
+            batch_size,
+            wait: Duration::from_millis(100),
+            retention: None,
+            ..WorkerConfig::default()
+        });
         let (stop, stopped) = watch::channel(false);
         let shutdown = || {
             let mut stopped = stopped.clone();

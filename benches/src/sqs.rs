@@ -15,9 +15,11 @@ use aws_sdk_sqs::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_sqs::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_sqs::error::BoxError;
 use aws_sdk_sqs::types::QueueAttributeName;
+use outbox_runtime::consume::Consumer;
 use outbox_runtime::{
-    Dispatcher, PgStore, Relay, SqsPump, SqsReceiver, SqsTransport, Store, StoreExt, Worker,
-    WorkerConfig, commit_and_pump,
+    Dispatcher, PgStore, Relay, Store, StoreExt, Worker, commit_and_pump,
+    consume::WorkerConfig,
+    transport::sqs::{SqsPump, SqsReceiver, SqsTransport},
 };
 use tokio::sync::watch;
 
@@ -256,17 +258,16 @@ async fn steady(
     let pump = SqsPump::new(client.clone(), url);
     let relay = Relay::new(store.clone(), transport);
     let worker = Worker::new(
-        store.clone(),
+        Consumer::new(store.clone(), Arc::new(Dispatcher::from_registry()?))
+            .with_relay(Arc::new(relay))
+            .with_pump(Arc::new(pump.clone())),
         Arc::new(SqsReceiver::new(client.clone(), url)),
-        Arc::new(Dispatcher::from_registry()?),
     )
     .with_config(WorkerConfig {
         wait: Duration::from_secs(1),
         retention: None,
         ..WorkerConfig::default()
-    })
-    .with_relay(Arc::new(relay))
-    .with_pump(Arc::new(pump.clone()));
+    });
     let (stop, stopped) = watch::channel(false);
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..2 {

@@ -26,7 +26,7 @@
 //!
 //! ```no_run
 //! # async fn example(store: outbox_runtime::PgStore) -> Result<(), outbox_runtime::admin::AdminError> {
-//! use outbox_runtime::{DispatchTable, Store};
+//! use outbox_runtime::{Store, dispatch::DispatchTable};
 //! use outbox_runtime::admin;
 //!
 //! let table = DispatchTable::from_registry().expect("a complete table");
@@ -40,12 +40,10 @@
 
 use uuid::Uuid;
 
-use crate::envelope::{Envelope, Outgoing};
+use crate::dispatch::DispatchTable;
+use crate::envelope::{Envelope, ONLY_HANDLER_HEADER, OutgoingEnvelope, REPLAY_OF_HEADER};
 use crate::store::{DeadLetter, Store, StoreError, StoredDeadLetter};
-use crate::table::DispatchTable;
 use crate::transport::{Receiver, TransportError};
-
-pub use crate::envelope::{ONLY_HANDLER_HEADER, REPLAY_OF_HEADER};
 
 /// An operator action could not be done.
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +94,7 @@ pub struct Replayed {
 pub fn replay_message(
     letter: &StoredDeadLetter,
     table: &DispatchTable,
-) -> Result<Outgoing, AdminError> {
+) -> Result<OutgoingEnvelope, AdminError> {
     let original = Envelope::from_json(&letter.body).map_err(|err| AdminError::NotReplayable {
         id: letter.id,
         reason: err.to_string(),
@@ -122,7 +120,7 @@ pub fn replay_message(
     let queue = table
         .message(&envelope.message_type, envelope.version)
         .and_then(|entry| entry.registration().queue);
-    Ok(Outgoing { envelope, queue })
+    Ok(OutgoingEnvelope { envelope, queue })
 }
 
 /// Replays dead letter `id`: enqueues its message again (see the module
@@ -164,7 +162,7 @@ pub async fn replay_dead_letter<S: Store>(
 ///
 /// ```no_run
 /// # async fn example(store: outbox_runtime::PgStore, sqs: aws_sdk_sqs::Client) -> Result<(), outbox_runtime::admin::AdminError> {
-/// let dlq = outbox_runtime::SqsReceiver::new(sqs, "https://sqs.eu-west-1.amazonaws.com/123456789012/orders-dlq.fifo");
+/// let dlq = outbox_runtime::transport::sqs::SqsReceiver::new(sqs, "https://sqs.eu-west-1.amazonaws.com/123456789012/orders-dlq.fifo");
 /// let moved = outbox_runtime::admin::import_dead_letter_queue(&store, &dlq).await?;
 /// println!("{moved} messages are dead letters now; replay them with admin::replay_dead_letter");
 /// # Ok(()) }
@@ -266,7 +264,7 @@ mod tests {
             group: "customer-1".into(),
             payload: serde_json::value::to_raw_value(&serde_json::json!({"n": 1})).unwrap(),
             created_at: chrono::Utc::now(),
-            headers: crate::Headers::default(),
+            headers: crate::envelope::Headers::default(),
         };
         let replay =
             replay_message(&letter(&original.to_json(), Some("notify")), &table()).unwrap();

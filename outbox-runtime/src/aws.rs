@@ -13,12 +13,16 @@
 //! Endpoint, region and credentials come from the standard AWS variables
 //! (`AWS_ENDPOINT_URL`, `AWS_REGION`, ...).
 
+#[cfg(feature = "sqs")]
 use std::collections::BTreeMap;
 
+#[cfg(feature = "sqs")]
 use crate::registry::MESSAGES;
+#[cfg(feature = "sqs")]
 use crate::transport::sqs::{SqsPump, SqsTransport, env_suffix};
 
-/// Where the outbox's queues are.
+/// Where the outbox's queues are (feature `sqs`).
+#[cfg(feature = "sqs")]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueConfig {
     /// `OUTBOX_QUEUE_URL`.
@@ -52,6 +56,7 @@ pub enum ConfigError {
     },
 }
 
+#[cfg(feature = "sqs")]
 impl QueueConfig {
     /// Reads the queue URLs from the environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -111,7 +116,7 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
 /// in a Lambda binary), so a configuration loaded with `aws_config::defaults`
 /// needs this client (`.http_client(http_client())`), unless the app enables
 /// the SDK's `default-https-client` feature itself.
-pub fn http_client() -> aws_sdk_sqs::config::SharedHttpClient {
+pub fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
     use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
     aws_smithy_http_client::Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))
@@ -229,6 +234,7 @@ fn encode(value: &str) -> String {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "sqs")]
     #[test]
     fn a_missing_queue_url_names_the_variable() {
         let err = QueueConfig::from_lookup(|_| None).unwrap_err();

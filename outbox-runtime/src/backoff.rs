@@ -9,7 +9,7 @@ use std::time::Duration;
 ///
 /// ```
 /// use std::time::Duration;
-/// use outbox_runtime::Backoff;
+/// use outbox_runtime::backoff::Backoff;
 ///
 /// let backoff = Backoff { jitter: false, ..Backoff::default() };
 /// assert_eq!(backoff.delay(1), Duration::from_secs(1));

@@ -95,7 +95,7 @@ impl Envelope {
     /// assert_eq!(envelope.message_type, "Ping");
     /// assert_eq!(envelope.group, "Ping");
     /// assert_eq!(envelope.payload.get(), r#"{"n":1}"#);
-    /// # Ok::<(), outbox_runtime::EncodeError>(())
+    /// # Ok::<(), outbox_runtime::message::EncodeError>(())
     /// ```
     pub fn from_message<M: OutboxMessage>(message: &M) -> Result<Self, EncodeError> {
         let group = message.group_key().into_owned();
@@ -241,7 +241,7 @@ impl Envelope {
 
 /// The largest envelope (as JSON) a store accepts unless told otherwise:
 /// 256 KiB, what an SQS queue takes by default. See
-/// [`Store::max_message_bytes`](crate::Store::max_message_bytes).
+/// [`Store::max_message_bytes`](crate::store::Store::max_message_bytes).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// Header of a replayed message: the id of the message it replays (the first
@@ -256,17 +256,17 @@ pub const ONLY_HANDLER_HEADER: &str = "outbox-only-handler";
 /// An envelope on its way into the outbox, with the logical queue it is
 /// published to (`OutboxMessage::QUEUE`; `None` is the default queue).
 #[derive(Clone, Debug)]
-pub struct Outgoing {
+pub struct OutgoingEnvelope {
     /// The envelope.
     pub envelope: Envelope,
     /// Its logical queue.
     pub queue: Option<&'static str>,
 }
 
-impl Outgoing {
+impl OutgoingEnvelope {
     /// Wraps a message for the outbox; see [`Envelope::from_message`].
     pub fn new<M: OutboxMessage>(message: &M) -> Result<Self, EncodeError> {
-        Ok(Outgoing {
+        Ok(OutgoingEnvelope {
             envelope: Envelope::from_message(message)?,
             queue: M::QUEUE,
         })

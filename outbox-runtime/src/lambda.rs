@@ -14,7 +14,7 @@
 //! # #[cfg(feature = "sqlite")]
 //! # async fn example() -> Result<(), lambda_runtime::Error> {
 //! use std::sync::Arc;
-//! use outbox_runtime::{Consumer, Dispatcher, SqliteStore};
+//! use outbox_runtime::{Dispatcher, SqliteStore, consume::Consumer};
 //!
 //! let store = SqliteStore::open("sqlite:///tmp/outbox.db").await?;
 //! let dispatcher = Arc::new(Dispatcher::from_registry()?);
@@ -30,7 +30,7 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use lambda_runtime::{LambdaEvent, service_fn};
 use tokio::time::Instant;
 
-use crate::consumer::{Consumer, Outcome};
+use crate::consume::{Consumer, DeliveryOutcome};
 use crate::store::Store;
 use crate::transport::sqs::SqsReceiver;
 use crate::transport::{Delivery, Receipt};
@@ -170,16 +170,21 @@ impl RetryVisibility {
         }
     }
 
-    async fn apply(&self, arns: &[Option<String>], deliveries: &[Delivery], outcomes: &[Outcome]) {
+    async fn apply(
+        &self,
+        arns: &[Option<String>],
+        deliveries: &[Delivery],
+        outcomes: &[DeliveryOutcome],
+    ) {
         let mut group_delay: HashMap<&str, Duration> = HashMap::new();
         let mut by_queue: HashMap<&str, Vec<(&Receipt, Duration)>> = HashMap::new();
         for ((arn, delivery), outcome) in arns.iter().zip(deliveries).zip(outcomes) {
             let delay = match outcome {
-                Outcome::Retry(delay) => {
+                DeliveryOutcome::Retry(delay) => {
                     group_delay.entry(&delivery.group).or_insert(*delay);
                     *delay
                 }
-                Outcome::HeldBack => {
+                DeliveryOutcome::HeldBack => {
                     group_delay
                         .get(delivery.group.as_str())
                         .copied()

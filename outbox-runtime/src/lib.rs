@@ -39,66 +39,37 @@
 #![warn(clippy::unwrap_used)]
 
 pub mod admin;
-#[cfg(feature = "sqs")]
+#[cfg(feature = "aws")]
 pub mod aws;
-mod backoff;
-mod consumer;
-mod context;
-mod dispatch;
-mod envelope;
-mod handler;
-mod hash;
+pub mod backoff;
+pub mod consume;
+pub mod dispatch;
+pub mod envelope;
+pub mod handler;
 #[cfg(feature = "lambda")]
 pub mod lambda;
-mod message;
-mod metrics;
-mod pump;
+pub mod message;
+pub mod metrics;
+pub mod pump;
 pub mod registry;
-mod relay;
+pub mod relay;
 pub mod schema;
-mod state;
-mod store;
-mod table;
-mod transport;
-mod worker;
+pub mod store;
+pub mod transport;
 
-pub use crate::backoff::Backoff;
-pub use crate::consumer::{Consumer, ConsumerConfig, Outcome, Savepoints};
-pub use crate::context::{ContextError, HandlerContext};
-pub use crate::dispatch::{DispatchError, DispatchReport, Dispatcher, HandlerOutcome, invoke};
-pub use crate::envelope::{DEFAULT_MAX_MESSAGE_BYTES, Envelope, EnvelopeError, Headers, Outgoing};
-pub use crate::handler::{BoxError, HandlerError, IntoHandlerResult};
-pub use crate::message::{DecodeError, EncodeError, GroupKey, GroupSpec, OutboxMessage};
-pub use crate::metrics::{Metrics, MetricsSnapshot};
-pub use crate::pump::{
-    Drain, DrainFuture, PUMP_BODY, PUMP_GROUP, Pump, PumpError, PumpFuture, RelayWaker,
-    commit_and_pump, is_pump,
-};
-pub use crate::relay::{DrainReport, Relay, RelayConfig, RelayError};
-pub use crate::state::State;
+pub use crate::consume::Worker;
+pub use crate::dispatch::Dispatcher;
+pub use crate::envelope::Envelope;
+pub use crate::handler::HandlerContext;
+pub use crate::message::OutboxMessage;
+pub use crate::pump::commit_and_pump;
+pub use crate::relay::Relay;
 #[cfg(feature = "postgres")]
-pub use crate::store::postgres::PgStore;
+pub use crate::store::PgStore;
 #[cfg(feature = "sqlite")]
-pub use crate::store::sqlite::SqliteStore;
-pub use crate::store::{
-    ClaimedMessage, CleanupReport, DeadLetter, EnqueueError, GroupStats, HandlerState, OutboxRow,
-    OutboxStats, PublishFailure, RetentionPolicy, RowStatus, Settlement, Store, StoreError,
-    StoreExt, StoredDeadLetter, Tx,
-};
-pub use crate::table::{
-    DispatchTable, HandlerInfo, MessageEntry, MessageInfo, TableError, TableProblem,
-};
-pub use crate::transport::in_process::{InProcessConfig, InProcessQueue, InProcessStats};
-#[cfg(feature = "sqs")]
-pub use crate::transport::sqs::{
-    DEFAULT_PUMP_INTERVAL, SQS_MAX_BATCH_BYTES, SQS_MAX_BODY_BYTES, SqsPump, SqsReceiver,
-    SqsTransport,
-};
-pub use crate::transport::{
-    Delivery, EntryError, EntryErrorKind, PublishEntry, Receipt, Receiver, Transport,
-    TransportError,
-};
-pub use crate::worker::{BatchReport, Worker, WorkerConfig};
+pub use crate::store::SqliteStore;
+pub use crate::store::{Store, StoreExt};
+pub use crate::transport::InProcessQueue;
 
 /// Derives [`OutboxMessage`] and registers the type in the dispatch table.
 ///
@@ -108,7 +79,7 @@ pub use crate::worker::{BatchReport, Worker, WorkerConfig};
 /// |---|---|---|
 /// | `name = "orders.created"` | the stable message name on the wire | the type's name |
 /// | `version = 2` | the payload's schema version, from 1 | `1` |
-/// | `group = customer_id` | the message group: a field (its type implements [`GroupKey`]) | one group per type |
+/// | `group = customer_id` | the message group: a field (its type implements [`GroupKey`](message::GroupKey)) | one group per type |
 /// | `group = self::group_of` | ... or a function `fn(&Self) -> impl Into<String>` (a path with `::`) | |
 /// | `group = "all"` | ... or a constant | |
 /// | `queue = "billing"` | the logical queue it is published to | the default queue |
@@ -140,7 +111,7 @@ pub use crate::worker::{BatchReport, Worker, WorkerConfig};
 /// let event = PaymentEvent::Refunded { account: "acct-9".into(), cents: 500 };
 /// assert_eq!(event.group_key(), "acct-9");
 /// assert_eq!(event.encode()?.get(), r#"{"kind":"Refunded","account":"acct-9","cents":500}"#);
-/// # Ok::<(), outbox_runtime::EncodeError>(())
+/// # Ok::<(), outbox_runtime::message::EncodeError>(())
 /// ```
 ///
 /// A group field must exist:
@@ -215,8 +186,7 @@ pub mod __private {
     pub use ::std::boxed::Box;
     pub use ::std::string::String;
 
-    pub use crate::context::HandlerContext;
-    pub use crate::handler::IntoHandlerResult;
+    pub use crate::handler::{HandlerContext, IntoHandlerResult};
     pub use crate::message::{GroupKey, GroupSpec, OutboxMessage};
     pub use crate::registry::{
         HANDLERS, HandlerFuture, HandlerRegistration, MESSAGES, MessageRegistration,

@@ -161,7 +161,7 @@ pub enum EncodeError {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be used as a message group",
     label = "this field is the message group",
-    note = "implement `outbox_runtime::GroupKey` for `{Self}`, or use a function: `#[outbox(group = self::group_of)]` with `fn group_of(msg: &Self) -> String`"
+    note = "implement `outbox_runtime::message::GroupKey` for `{Self}`, or use a function: `#[outbox(group = self::group_of)]` with `fn group_of(msg: &Self) -> String`"
 )]
 pub trait GroupKey {
     /// The group as a string.
@@ -217,7 +217,7 @@ macro_rules! group_key_display {
 group_key_display!(i8 i16 i32 i64 i128 isize u8 u16 u32 u64 u128 usize char);
 
 /// How a message type chooses its group, as declared in `#[outbox(group = ...)]`.
-/// Shown by the dispatch table's inspection view.
+/// Shown by the dispatch table (`Display`, and its entries as JSON).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "kind", content = "value", rename_all = "snake_case")]
 #[non_exhaustive]

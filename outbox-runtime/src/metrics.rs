@@ -1,6 +1,6 @@
 //! [`Metrics`]: counters of the relay and the consumers, readable at any
 //! time. Database-side numbers (pending count, oldest pending age) come from
-//! [`Store::stats`](crate::Store::stats).
+//! [`Store::stats`](crate::store::Store::stats).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -26,7 +26,7 @@ pub const PUMP_GROUP: &str = "__outbox_pump";
 /// content-based deduplication and the time makes each pump distinct.
 ///
 /// ```
-/// use outbox_runtime::is_pump;
+/// use outbox_runtime::pump::is_pump;
 /// assert!(is_pump(r#"{"outbox_pump":1}"#));
 /// assert!(is_pump(r#"{"outbox_pump":1,"at":"2026-11-28T09:00:00Z"}"#));
 /// assert!(!is_pump(r#"{"outbox_pump":1,"type":"orders.placed"}"#));
@@ -45,22 +45,6 @@ fn is_scheduled_pump(body: &str) -> bool {
         at: String,
     }
     serde_json::from_str::<Scheduled>(body).is_ok_and(|pump| pump.outbox_pump == 1)
-}
-
-/// The future a [`Drain`] returns.
-pub type DrainFuture<'a> = Pin<
-    Box<
-        dyn Future<Output = Result<crate::relay::DrainReport, crate::relay::RelayError>>
-            + Send
-            + 'a,
-    >,
->;
-
-/// Something that drains the outbox on a pump: a [`Relay`](crate::Relay),
-/// type-erased so consumers need not know its store and transport types.
-pub trait Drain: Send + Sync {
-    /// Drains until no row can be claimed or `deadline` passes.
-    fn drain_before(&self, deadline: Option<tokio::time::Instant>) -> DrainFuture<'_>;
 }
 
 /// The future a [`Pump`] returns.
@@ -122,7 +106,7 @@ impl Pump for RelayWaker {
 ///
 /// ```no_run
 /// # #[cfg(feature = "sqlite")]
-/// # async fn example(pool: sqlx::SqlitePool, store: outbox_runtime::SqliteStore, waker: outbox_runtime::RelayWaker) -> anyhow::Result<()> {
+/// # async fn example(pool: sqlx::SqlitePool, store: outbox_runtime::SqliteStore, waker: outbox_runtime::pump::RelayWaker) -> anyhow::Result<()> {
 /// # use outbox_runtime::{OutboxMessage, StoreExt};
 /// # #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
 /// # struct OrderPlaced { order_id: i64 }

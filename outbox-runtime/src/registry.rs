@@ -3,7 +3,7 @@
 //!
 //! Each expansion adds one `static` to a slice; the linker gathers them into
 //! one contiguous array per binary. Nothing runs before `main`, and the user
-//! writes no registration list. [`DispatchTable`](crate::DispatchTable) reads
+//! writes no registration list. [`DispatchTable`](crate::dispatch::DispatchTable) reads
 //! the slices once at start-up.
 //!
 //! # The linker caveat
@@ -12,7 +12,7 @@
 //! crate that holds messages or handlers but that the binary never references
 //! is dropped whole, and its registrations with it. Reference such a crate from
 //! the binary (`use my_messages as _;` is not enough; call anything in it, or
-//! use [`DispatchTable::require`](crate::DispatchTable::require) with one of its
+//! use [`DispatchTable::require`](crate::dispatch::DispatchTable::require) with one of its
 //! types), and check the table at start-up: `DispatchTable::from_registry`
 //! refuses an empty table. LTO keeps registrations: the statics are marked
 //! used and live in a named link section.
@@ -23,7 +23,7 @@ use std::pin::Pin;
 
 use serde_json::value::RawValue;
 
-use crate::context::HandlerContext;
+use crate::handler::HandlerContext;
 use crate::handler::HandlerError;
 use crate::message::{GroupSpec, OutboxMessage};
 

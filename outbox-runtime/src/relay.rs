@@ -2,6 +2,8 @@
 //! transport, keeping per-group order.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +26,17 @@ const MAX_OUTAGE_PAUSE: Duration = Duration::from_secs(30);
 
 /// How many times a relay tries a settlement again after a transient error.
 const SETTLE_RETRIES: u32 = 3;
+
+/// The future an [`OutboxDrain`] returns.
+pub type DrainFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<DrainReport, RelayError>> + Send + 'a>>;
+
+/// A [`Relay`] with its store and transport types erased, so that a consumer
+/// can drain the outbox when a pump message arrives without knowing them.
+pub trait OutboxDrain: Send + Sync {
+    /// Drains until no row can be claimed or `deadline` passes.
+    fn drain_before(&self, deadline: Option<tokio::time::Instant>) -> DrainFuture<'_>;
+}
 
 /// Settings of a [`Relay`].
 #[derive(Clone, Copy, Debug)]
@@ -530,8 +543,8 @@ fn lanes(batch: &[ClaimedMessage], concurrency: usize) -> Vec<Vec<&ClaimedMessag
     lanes
 }
 
-impl<S: Store, T: Transport> crate::pump::Drain for Relay<S, T> {
-    fn drain_before(&self, deadline: Option<tokio::time::Instant>) -> crate::pump::DrainFuture<'_> {
+impl<S: Store, T: Transport> OutboxDrain for Relay<S, T> {
+    fn drain_before(&self, deadline: Option<tokio::time::Instant>) -> DrainFuture<'_> {
         Box::pin(self.drain_until(deadline))
     }
 }
@@ -544,14 +557,14 @@ mod tests {
         rows.iter()
             .map(|&(group, seq)| ClaimedMessage {
                 seq,
-                envelope: crate::Envelope {
+                envelope: crate::envelope::Envelope {
                     id: Uuid::now_v7(),
                     message_type: "t".into(),
                     version: 1,
                     group: group.into(),
                     payload: serde_json::value::RawValue::from_string("{}".into()).expect("JSON"),
                     created_at: chrono::Utc::now(),
-                    headers: crate::Headers::default(),
+                    headers: crate::envelope::Headers::default(),
                 },
                 queue: None,
                 attempts: 0,

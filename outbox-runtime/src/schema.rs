@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::dispatch::DispatchTable;
 use crate::envelope::Envelope;
-use crate::table::DispatchTable;
 
 /// The file name of a message's schema.
 pub fn file_name(name: &str, version: u32) -> String {

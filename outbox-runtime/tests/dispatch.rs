@@ -4,8 +4,10 @@
 use std::sync::Mutex;
 
 use outbox_runtime::{
-    DispatchError, DispatchTable, Dispatcher, Envelope, GroupSpec, HandlerContext, HandlerError,
-    OutboxMessage,
+    Dispatcher, Envelope, HandlerContext, OutboxMessage,
+    dispatch::{DispatchError, DispatchTable},
+    handler::HandlerError,
+    message::GroupSpec,
 };
 
 #[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
@@ -101,14 +103,14 @@ fn seen(dispatcher: &Dispatcher) -> Vec<String> {
 #[test]
 fn the_table_lists_every_message_and_handler() {
     let table = DispatchTable::from_registry().unwrap();
-    let described = table.describe();
-    let rows: Vec<_> = described
+    let rows: Vec<_> = table
+        .entries()
         .iter()
         .map(|m| {
             (
-                m.name,
-                m.version,
-                m.handlers.iter().map(|h| h.name).collect::<Vec<_>>(),
+                m.registration().name,
+                m.registration().version,
+                m.handlers().iter().map(|h| h.name).collect::<Vec<_>>(),
             )
         })
         .collect();
@@ -124,11 +126,37 @@ fn the_table_lists_every_message_and_handler() {
             ("receipts.send", 1, vec![]),
         ]
     );
-    assert_eq!(described[0].group, GroupSpec::Field("customer_id"));
-    assert_eq!(described[0].rust_type, "dispatch::OrderPlaced");
-    assert_eq!(described[1].queue, Some("orders-v2"));
-    assert_eq!(described[2].group, GroupSpec::Constant("receipts"));
-    assert_eq!(described[0].handlers[1].max_attempts, Some(3));
+    let entries = table.entries();
+    assert_eq!(
+        entries[0].registration().group,
+        GroupSpec::Field("customer_id")
+    );
+    assert_eq!(
+        (entries[0].registration().rust_type)(),
+        "dispatch::OrderPlaced"
+    );
+    assert_eq!(entries[1].registration().queue, Some("orders-v2"));
+    assert_eq!(
+        entries[2].registration().group,
+        GroupSpec::Constant("receipts")
+    );
+    assert_eq!(entries[0].handlers()[1].max_attempts, Some(3));
+
+    let json = serde_json::to_value(&entries[0]).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "name": "orders.placed",
+            "version": 1,
+            "rust_type": "dispatch::OrderPlaced",
+            "group": {"kind": "field", "value": "customer_id"},
+            "queue": null,
+            "handlers": [
+                {"name": "dispatch::billing::charge", "max_attempts": null},
+                {"name": "shipping.reserve", "max_attempts": 3},
+            ],
+        })
+    );
 
     let shown = table.to_string();
     assert!(shown.starts_with("message  "), "{shown}");
@@ -264,7 +292,7 @@ async fn unknown_types_unsupported_versions_and_bad_payloads_are_distinct_poison
 
 #[test]
 fn handlers_stay_callable_as_written() {
-    let state = outbox_runtime::State::new().with(Seen::default());
+    let state = outbox_runtime::handler::State::new().with(Seen::default());
     let envelope = Envelope::from_message(&OrderPlaced {
         order_id: 1,
         customer_id: "c".into(),

@@ -2,7 +2,7 @@
 //! is what a binary looks like when the linker dropped the crate holding its
 //! registrations.
 
-use outbox_runtime::{DispatchTable, TableProblem};
+use outbox_runtime::dispatch::{DispatchTable, TableProblem};
 
 #[test]
 fn an_empty_registry_is_an_error_that_names_the_linker_caveat() {

@@ -1,7 +1,7 @@
 //! The envelope's wire format: building, parsing untrusted input, and the
 //! checked-in JSON Schema.
 
-use outbox_runtime::{EncodeError, Envelope, EnvelopeError, OutboxMessage};
+use outbox_runtime::{Envelope, OutboxMessage, envelope::EnvelopeError, message::EncodeError};
 
 #[derive(
     Debug, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage,
@@ -84,7 +84,7 @@ fn a_group_that_sqs_would_reject_is_refused_before_anything_is_written() {
         ("ünïcode", "contains 'ü'"),
         (&"x".repeat(129), "is 129 bytes long, the limit is 128"),
         (
-            outbox_runtime::PUMP_GROUP,
+            outbox_runtime::pump::PUMP_GROUP,
             "starts with `__outbox`, which the toolkit reserves",
         ),
     ] {

@@ -9,7 +9,10 @@ mod fault_report;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use outbox_runtime::{Envelope, EnvelopeError, Headers};
+use outbox_runtime::{
+    Envelope,
+    envelope::{EnvelopeError, Headers},
+};
 use proptest::prelude::*;
 
 const CASES: u32 = 2_000;

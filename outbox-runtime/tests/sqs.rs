@@ -10,10 +10,15 @@ use std::time::Duration;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use outbox_runtime::{
-    Backoff, Consumer, ConsumerConfig, Dispatcher, EntryErrorKind, Envelope, HandlerContext,
-    OutboxMessage, Outgoing, PgStore, PublishEntry, Receiver, Relay, RelayConfig, SqsPump,
-    SqsReceiver, SqsTransport, Store, Transport, TransportError, Worker, WorkerConfig, handler,
-    is_pump,
+    Dispatcher, Envelope, HandlerContext, OutboxMessage, PgStore, Relay, Store, Worker,
+    backoff::Backoff,
+    consume::{Consumer, ConsumerConfig, WorkerConfig},
+    envelope::OutgoingEnvelope,
+    handler,
+    pump::is_pump,
+    relay::RelayConfig,
+    transport::sqs::{SqsPump, SqsReceiver, SqsTransport},
+    transport::{EntryErrorKind, PublishEntry, Receiver, Transport, TransportError},
 };
 use sqlx::PgPool;
 
@@ -322,7 +327,10 @@ async fn relay_and_long_poll_worker_deliver_exactly_once_in_group_order(pool: Pg
     messages.extend((1..5).map(|n| step("a", n)));
     messages.extend((0..5).map(|n| step("b", n)));
     let mut tx = pool.begin().await.unwrap();
-    let outgoing: Vec<Outgoing> = messages.iter().map(|m| Outgoing::new(m).unwrap()).collect();
+    let outgoing: Vec<OutgoingEnvelope> = messages
+        .iter()
+        .map(|m| OutgoingEnvelope::new(m).unwrap())
+        .collect();
     store.enqueue_all(&mut tx, &outgoing).await.unwrap();
     tx.commit().await.unwrap();
 
@@ -335,18 +343,16 @@ async fn relay_and_long_poll_worker_deliver_exactly_once_in_group_order(pool: Pg
 
     let dispatcher = Arc::new(Dispatcher::from_registry().unwrap());
     let worker = Worker::new(
-        store.clone(),
+        Consumer::new(store.clone(), dispatcher).with_config(ConsumerConfig {
+            retry_backoff: fast(),
+            ..ConsumerConfig::default()
+        }),
         Arc::new(SqsReceiver::new(client.clone(), &url)),
-        dispatcher,
     )
     .with_config(WorkerConfig {
         wait: Duration::from_secs(1),
         retention: None,
         ..WorkerConfig::default()
-    })
-    .with_consumer_config(ConsumerConfig {
-        retry_backoff: fast(),
-        ..ConsumerConfig::default()
     });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while effects(&pool).await.len() < 10 {
@@ -734,7 +740,7 @@ async fn messages_in_the_queues_dlq_are_imported_as_dead_letters(pool: PgPool) {
     assert_eq!(letters[1].message_id, None);
     assert_eq!(letters[1].body, "not an envelope");
 
-    let table = outbox_runtime::DispatchTable::from_registry().unwrap();
+    let table = outbox_runtime::dispatch::DispatchTable::from_registry().unwrap();
     let replayed = outbox_runtime::admin::replay_dead_letter(&store, &table, ours.id)
         .await
         .unwrap();
@@ -843,7 +849,7 @@ async fn a_pump_makes_the_consumer_drain_the_outbox(pool: PgPool) {
         1,
         "nothing drains without a pump"
     );
-    outbox_runtime::Pump::pump(&pump).await.unwrap(); // the sweep
+    outbox_runtime::pump::Pump::pump(&pump).await.unwrap(); // the sweep
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while effects(&pool).await.len() < 2 {
         assert!(
@@ -852,7 +858,7 @@ async fn a_pump_makes_the_consumer_drain_the_outbox(pool: PgPool) {
         );
         deliver_as_lambda(&client, &url, &consumer).await;
     }
-    assert!(is_pump(outbox_runtime::PUMP_BODY));
+    assert!(is_pump(outbox_runtime::pump::PUMP_BODY));
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
@@ -881,9 +887,8 @@ async fn poll_while_a_slow_handler_runs(heartbeat: Option<Duration>, pool: PgPoo
         .unwrap();
 
     let worker = Worker::new(
-        store,
+        Consumer::new(store, Arc::new(Dispatcher::from_registry().unwrap())),
         Arc::new(SqsReceiver::new(client.clone(), &url)),
-        Arc::new(Dispatcher::from_registry().unwrap()),
     )
     .with_config(WorkerConfig {
         wait: Duration::from_secs(1),
@@ -1073,9 +1078,9 @@ async fn a_queue_that_goes_down_holds_rows_without_a_busy_loop_and_delivery_resu
     const GROUPS: i64 = 10;
     const PER_GROUP: i64 = 20;
     let total = (GROUPS * PER_GROUP) as u64;
-    let outgoing: Vec<Outgoing> = (0..PER_GROUP)
+    let outgoing: Vec<OutgoingEnvelope> = (0..PER_GROUP)
         .flat_map(|n| (0..GROUPS).map(move |g| step(&format!("g{g}"), n)))
-        .map(|m| Outgoing::new(&m).unwrap())
+        .map(|m| OutgoingEnvelope::new(&m).unwrap())
         .collect();
     let mut tx = pool.begin().await.unwrap();
     store.enqueue_all(&mut tx, &outgoing).await.unwrap();
@@ -1103,7 +1108,7 @@ async fn a_queue_that_goes_down_holds_rows_without_a_busy_loop_and_delivery_resu
         let mut stopped = stopped.clone();
         async move {
             relay
-                .run(outbox_runtime::RelayWaker::new(), async move {
+                .run(outbox_runtime::pump::RelayWaker::new(), async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 })
                 .await;
@@ -1142,9 +1147,11 @@ async fn a_queue_that_goes_down_holds_rows_without_a_busy_loop_and_delivery_resu
     running.await.unwrap();
 
     let worker = Worker::new(
-        store.clone(),
+        Consumer::new(
+            store.clone(),
+            Arc::new(Dispatcher::from_registry().unwrap()),
+        ),
         Arc::new(SqsReceiver::new(client.clone(), &url)),
-        Arc::new(Dispatcher::from_registry().unwrap()),
     )
     .with_config(WorkerConfig {
         wait: Duration::from_millis(200),

@@ -3,7 +3,11 @@
 
 use std::borrow::Cow;
 
-use outbox_runtime::{DispatchTable, OutboxMessage, TableProblem, handler};
+use outbox_runtime::{
+    OutboxMessage,
+    dispatch::{DispatchTable, TableProblem},
+    handler,
+};
 
 mod billing {
     #[derive(

@@ -6,7 +6,11 @@
 
 use clap::Subcommand;
 use outbox_runtime::admin::{self, AdminError};
-use outbox_runtime::{DispatchTable, RowStatus, Store, StoredDeadLetter};
+use outbox_runtime::{
+    Store,
+    dispatch::DispatchTable,
+    store::{RowStatus, StoredDeadLetter},
+};
 
 /// `sample-app outbox ...`
 #[derive(Debug, Subcommand)]
@@ -200,7 +204,7 @@ pub(crate) async fn dead_letters<S: Store>(
         }
         DeadLetterCommand::Import { queue_url } => {
             let sqs = aws_sdk_sqs::Client::new(&outbox_runtime::aws::sdk_config().await);
-            let dlq = outbox_runtime::SqsReceiver::new(sqs, queue_url);
+            let dlq = outbox_runtime::transport::sqs::SqsReceiver::new(sqs, queue_url);
             let moved = admin::import_dead_letter_queue(store, &dlq).await?;
             println!("imported {moved} message(s) from the queue's dead-letter queue");
             Ok(())

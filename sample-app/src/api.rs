@@ -23,7 +23,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use outbox_runtime::{Pump, RowStatus};
+use outbox_runtime::{pump::Pump, store::RowStatus};
 
 use crate::db::{AppDb, OrderView};
 use crate::domain::{CustomerId, DomainError};
@@ -245,7 +245,7 @@ async fn outbox<S: AppDb>(
             format!("limit must be from 1 to {MAX_OUTBOX_ROWS}, not {limit}"),
         ));
     }
-    let internal = |err: outbox_runtime::StoreError| Problem::internal(&err.into());
+    let internal = |err: outbox_runtime::store::StoreError| Problem::internal(&err.into());
     let stats = api.store.stats().await.map_err(internal)?;
     let rows = api
         .store

@@ -1,7 +1,7 @@
 //! The sample's own tables on either store: the same SQL (`$1` placeholders
 //! work on both) run on SQLite or PostgreSQL.
 
-use outbox_runtime::{PgStore, SqliteStore, Store, Tx};
+use outbox_runtime::{PgStore, SqliteStore, Store, store::StoreTransaction};
 use sqlx::migrate::Migrator;
 use sqlx::{Postgres, Sqlite};
 
@@ -65,13 +65,13 @@ pub(crate) trait AppDb: Store {
     /// Inserts an order in the app's transaction.
     fn insert_order(
         &self,
-        tx: &mut Tx<Self::Database>,
+        tx: &mut StoreTransaction<Self::Database>,
         customer_id: &str,
     ) -> impl Future<Output = anyhow::Result<i64>> + Send;
     /// Reads an order, locking it for the transaction where the database can.
     fn order(
         &self,
-        tx: &mut Tx<Self::Database>,
+        tx: &mut StoreTransaction<Self::Database>,
         id: i64,
     ) -> impl Future<Output = anyhow::Result<Option<Order>>> + Send;
     /// Reads an order and its status history, outside any transaction.
@@ -80,7 +80,7 @@ pub(crate) trait AppDb: Store {
     /// Sets an order's status in the app's transaction.
     fn set_status(
         &self,
-        tx: &mut Tx<Self::Database>,
+        tx: &mut StoreTransaction<Self::Database>,
         id: i64,
         status: OrderStatus,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
@@ -94,7 +94,7 @@ pub(crate) trait AppDb: Store {
 trait OrderQuery: Store {
     async fn order_for(
         &self,
-        tx: &mut Tx<Self::Database>,
+        tx: &mut StoreTransaction<Self::Database>,
         id: i64,
         lock: bool,
     ) -> anyhow::Result<Option<Order>>;
@@ -110,7 +110,7 @@ pub(crate) enum Table {
 macro_rules! app_db {
     ($store:ty, $db:ty, $migrations:expr, $for_update:literal) => {
         impl OrderQuery for $store {
-            async fn order_for(&self, tx: &mut Tx<$db>, id: i64, lock: bool) -> anyhow::Result<Option<Order>> {
+            async fn order_for(&self, tx: &mut StoreTransaction<$db>, id: i64, lock: bool) -> anyhow::Result<Option<Order>> {
                 const SELECT: &str = "SELECT id, customer_id, status FROM orders WHERE id = $1";
                 let sql = if lock { concat!("SELECT id, customer_id, status FROM orders WHERE id = $1", $for_update) } else { SELECT };
                 let row: Option<(i64, String, String)> = sqlx::query_as(sql)
@@ -132,7 +132,7 @@ macro_rules! app_db {
                 Ok(())
             }
 
-            async fn insert_order(&self, tx: &mut Tx<$db>, customer_id: &str) -> anyhow::Result<i64> {
+            async fn insert_order(&self, tx: &mut StoreTransaction<$db>, customer_id: &str) -> anyhow::Result<i64> {
                 Ok(sqlx::query_scalar(
                     "INSERT INTO orders (customer_id, status, created_at) VALUES ($1, 'created', $2) RETURNING id",
                 )
@@ -142,7 +142,7 @@ macro_rules! app_db {
                 .await?)
             }
 
-            async fn order(&self, tx: &mut Tx<$db>, id: i64) -> anyhow::Result<Option<Order>> {
+            async fn order(&self, tx: &mut StoreTransaction<$db>, id: i64) -> anyhow::Result<Option<Order>> {
                 self.order_for(tx, id, true).await
             }
 
@@ -166,7 +166,7 @@ macro_rules! app_db {
                 Ok(Some(OrderView { order, history }))
             }
 
-            async fn set_status(&self, tx: &mut Tx<$db>, id: i64, status: OrderStatus) -> anyhow::Result<()> {
+            async fn set_status(&self, tx: &mut StoreTransaction<$db>, id: i64, status: OrderStatus) -> anyhow::Result<()> {
                 sqlx::query("UPDATE orders SET status = $1 WHERE id = $2")
                     .bind(status.as_str())
                     .bind(id)

@@ -9,9 +9,13 @@ use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use outbox_runtime::consume::Consumer;
 use outbox_runtime::{
-    Dispatcher, InProcessQueue, Metrics, MetricsSnapshot, Pump, Receiver, Relay, RelayWaker, Store,
-    Transport, Worker, WorkerConfig,
+    Dispatcher, InProcessQueue, Relay, Store, Worker,
+    consume::WorkerConfig,
+    metrics::{Metrics, MetricsSnapshot},
+    pump::{Pump, RelayWaker},
+    transport::{Receiver, Transport},
 };
 use tokio::sync::watch;
 
@@ -100,13 +104,16 @@ pub(crate) async fn run_on<S: AppDb, T: Transport, R: Receiver>(
     let waker = RelayWaker::new();
     let dispatcher = Arc::new(Dispatcher::from_registry()?.with_state(Probe::default()));
     let relay = Relay::new(store.clone(), transport).with_metrics(Arc::clone(&metrics));
-    let worker = Worker::new(store.clone(), receiver, Arc::clone(&dispatcher))
-        .with_config(WorkerConfig {
-            wait: Duration::from_millis(200),
-            ..WorkerConfig::default()
-        })
-        .with_metrics(Arc::clone(&metrics))
-        .with_pump(Arc::new(waker.clone()));
+    let worker = Worker::new(
+        Consumer::new(store.clone(), Arc::clone(&dispatcher))
+            .with_metrics(Arc::clone(&metrics))
+            .with_pump(Arc::new(waker.clone())),
+        receiver,
+    )
+    .with_config(WorkerConfig {
+        wait: Duration::from_millis(200),
+        ..WorkerConfig::default()
+    });
 
     let background = Background::spawn(relay, waker.clone(), worker, workers);
 
@@ -260,7 +267,7 @@ pub(crate) async fn work<S: AppDb>(
 /// background; the waker is the pump for the app's transactions.
 pub(crate) fn local_stack<S: Store>(
     store: S,
-    table: outbox_runtime::DispatchTable,
+    table: outbox_runtime::dispatch::DispatchTable,
     timing: WorkTiming,
 ) -> (Background, RelayWaker, Arc<Metrics>) {
     let queue = Arc::new(InProcessQueue::new());
@@ -268,27 +275,30 @@ pub(crate) fn local_stack<S: Store>(
     let waker = RelayWaker::new();
     let dispatcher = Arc::new(Dispatcher::new(table));
     let relay = Relay::new(store.clone(), Arc::clone(&queue))
-        .with_config(outbox_runtime::RelayConfig {
+        .with_config(outbox_runtime::relay::RelayConfig {
             relayed_for: timing.relayed_for,
             sweep_interval: Duration::from_millis(100),
-            ..outbox_runtime::RelayConfig::default()
+            ..outbox_runtime::relay::RelayConfig::default()
         })
         .with_metrics(Arc::clone(&metrics));
-    let worker = Worker::new(store.clone(), queue, dispatcher)
-        .with_config(WorkerConfig {
-            wait: Duration::from_millis(100),
-            retention: None,
-            ..WorkerConfig::default()
-        })
-        .with_consumer_config(outbox_runtime::ConsumerConfig {
-            retry_backoff: outbox_runtime::Backoff {
-                initial: timing.retry_initial,
-                ..outbox_runtime::Backoff::default()
-            },
-            ..outbox_runtime::ConsumerConfig::default()
-        })
-        .with_metrics(Arc::clone(&metrics))
-        .with_pump(Arc::new(waker.clone()));
+    let worker = Worker::new(
+        Consumer::new(store.clone(), dispatcher)
+            .with_config(outbox_runtime::consume::ConsumerConfig {
+                retry_backoff: outbox_runtime::backoff::Backoff {
+                    initial: timing.retry_initial,
+                    ..outbox_runtime::backoff::Backoff::default()
+                },
+                ..outbox_runtime::consume::ConsumerConfig::default()
+            })
+            .with_metrics(Arc::clone(&metrics))
+            .with_pump(Arc::new(waker.clone())),
+        queue,
+    )
+    .with_config(WorkerConfig {
+        wait: Duration::from_millis(100),
+        retention: None,
+        ..WorkerConfig::default()
+    });
     let background = Background::spawn(relay, waker.clone(), worker, 2);
     (background, waker, metrics)
 }
@@ -335,7 +345,7 @@ impl Background {
 struct NoPump;
 
 impl Pump for NoPump {
-    fn pump(&self) -> outbox_runtime::PumpFuture<'_> {
+    fn pump(&self) -> outbox_runtime::pump::PumpFuture<'_> {
         Box::pin(async { Ok(()) })
     }
 }

@@ -10,7 +10,9 @@
 use std::sync::Arc;
 
 use outbox_runtime::aws::{self, QueueConfig};
-use outbox_runtime::{Consumer, DispatchTable, Dispatcher, PgStore, Pump, Relay, Store};
+use outbox_runtime::{
+    Dispatcher, PgStore, Relay, Store, consume::Consumer, dispatch::DispatchTable, pump::Pump,
+};
 
 use crate::db::AppDb;
 use crate::messages::{OrderStatusChanged, OrderSubmitted};

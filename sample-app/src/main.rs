@@ -17,7 +17,10 @@ mod probe;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use outbox_runtime::{PgStore, SqliteStore, SqsReceiver, SqsTransport};
+use outbox_runtime::{
+    PgStore, SqliteStore,
+    transport::sqs::{SqsReceiver, SqsTransport},
+};
 
 #[derive(Debug, Parser)]
 #[command(about = "The orders sample of the outbox toolkit")]
@@ -214,7 +217,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Table { json } => {
             let table = lambda::checked_table()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&table.describe())?);
+                println!("{}", serde_json::to_string_pretty(table.entries())?);
             } else {
                 print!("{table}");
             }

@@ -1,7 +1,7 @@
 //! The app's use cases: each one transaction with its outbox messages,
 //! committed, then pumped.
 
-use outbox_runtime::{Pump, StoreExt, commit_and_pump};
+use outbox_runtime::{StoreExt, commit_and_pump, pump::Pump};
 
 use crate::db::AppDb;
 use crate::domain::{CustomerId, DomainError, OrderStatus};

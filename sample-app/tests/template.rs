@@ -17,8 +17,11 @@ fn the_scheduled_pump_is_a_pump_to_the_consumer() {
     };
     let body = value_of("InputTemplate:").replace("<time>", "2026-11-28T09:00:00Z");
     assert!(
-        outbox_runtime::is_pump(&body),
+        outbox_runtime::pump::is_pump(&body),
         "the consumer would dispatch the scheduled pump as a message: {body}"
     );
-    assert_eq!(value_of("MessageGroupId:"), outbox_runtime::PUMP_GROUP);
+    assert_eq!(
+        value_of("MessageGroupId:"),
+        outbox_runtime::pump::PUMP_GROUP
+    );
 }

@@ -2,8 +2,8 @@
 //! relay claims from, and the consumer records handled messages in.
 //!
 //! One trait, [`Store`], with one implementation per database, each behind a
-//! cargo feature: [`PgStore`](crate::PgStore) (`postgres`) for production and
-//! [`SqliteStore`](crate::SqliteStore) (`sqlite`) for the embedded default.
+//! cargo feature: [`PgStore`] (`postgres`) for production and
+//! [`SqliteStore`] (`sqlite`) for the embedded default.
 //! Both create their tables with embedded migrations tracked in their own
 //! table (`_outbox_migrations`), so they never collide with the app's own
 //! `sqlx` migrations:
@@ -36,12 +36,17 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::envelope::{Envelope, Outgoing};
+use crate::envelope::{Envelope, OutgoingEnvelope};
 
 #[cfg(feature = "postgres")]
-pub(crate) mod postgres;
+mod postgres;
 #[cfg(feature = "sqlite")]
-pub(crate) mod sqlite;
+mod sqlite;
+
+#[cfg(feature = "postgres")]
+pub use postgres::PgStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
 
 /// A message claimed by a relay, to be published.
 #[derive(Clone, Debug)]
@@ -85,7 +90,7 @@ pub struct Settlement<'a> {
     pub published: &'a [i64],
     /// `None` when the transport is durable: published rows are done.
     /// `Some(within)` when it dies with the process (see
-    /// [`Transport::durable`](crate::Transport::durable)): published rows are
+    /// [`Transport::durable`](crate::transport::Transport::durable)): published rows are
     /// `relayed`, holding their groups until a consumer confirms them
     /// ([`Store::confirm`]); those unconfirmed after `within` are published
     /// again.
@@ -292,7 +297,7 @@ pub enum StoreError {
     /// A message cannot be stored as it is (too large for the transport).
     /// Nothing was written.
     #[error(transparent)]
-    Encode(#[from] crate::EncodeError),
+    Encode(#[from] crate::message::EncodeError),
     /// A row holds data that is not a valid envelope (edited by hand, or
     /// written by an incompatible version).
     #[error("outbox row {seq} is corrupt: {reason}")]
@@ -410,10 +415,10 @@ pub(crate) fn reserved_states<K: Eq + std::hash::Hash>(
 }
 
 /// The store's transaction type for a database.
-pub type Tx<DB> = sqlx::Transaction<'static, DB>;
+pub type StoreTransaction<DB> = sqlx::Transaction<'static, DB>;
 
 /// An outbox store on one database. Implemented by
-/// [`PgStore`](crate::PgStore) and [`SqliteStore`](crate::SqliteStore).
+/// [`PgStore`] and [`SqliteStore`].
 ///
 /// App code uses [`StoreExt::enqueue`] or [`enqueue_all`](Self::enqueue_all)
 /// inside its own transaction; the
@@ -483,7 +488,7 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// The largest envelope, as JSON, that [`enqueue_all`](Self::enqueue_all)
     /// accepts: what the transport takes
-    /// ([`DEFAULT_MAX_MESSAGE_BYTES`](crate::DEFAULT_MAX_MESSAGE_BYTES), SQS's
+    /// ([`DEFAULT_MAX_MESSAGE_BYTES`](crate::envelope::DEFAULT_MAX_MESSAGE_BYTES), SQS's
     /// default, unless the store was built with another limit). A claim
     /// loads at most `batch_size` times this.
     fn max_message_bytes(&self) -> usize;
@@ -496,7 +501,7 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn enqueue_all<'c>(
         &'c self,
         conn: &'c mut <Self::Database as sqlx::Database>::Connection,
-        messages: &'c [Outgoing],
+        messages: &'c [OutgoingEnvelope],
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c;
 
     /// Claims up to `limit` pending rows for publishing, leased for `lease`,
@@ -531,16 +536,18 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// Marks the rows of handled messages published, by message id, in
     /// `tx`: how a worker on a non-durable transport confirms delivery (see
-    /// [`Transport::durable`](crate::Transport::durable)), in the transaction
+    /// [`Transport::durable`](crate::transport::Transport::durable)), in the transaction
     /// that handled them. Rows already published are left alone.
     fn confirm<'t>(
         &'t self,
-        tx: &'t mut Tx<Self::Database>,
+        tx: &'t mut StoreTransaction<Self::Database>,
         ids: &'t [Uuid],
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
 
     /// Begins the transaction a consumer's batch of handler runs runs in.
-    fn begin(&self) -> impl Future<Output = Result<Tx<Self::Database>, StoreError>> + Send;
+    fn begin(
+        &self,
+    ) -> impl Future<Output = Result<StoreTransaction<Self::Database>, StoreError>> + Send;
 
     /// Reserves the inbox rows of handler runs in `tx`, in one statement,
     /// then reads each run's failed attempts: a key (message id, handler)
@@ -553,7 +560,7 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// [`inbox_unreserve`](Self::inbox_unreserve) before commit.
     fn inbox_reserve<'t>(
         &'t self,
-        tx: &'t mut Tx<Self::Database>,
+        tx: &'t mut StoreTransaction<Self::Database>,
         keys: &'t [(Uuid, &'t str)],
     ) -> impl Future<Output = Result<Vec<HandlerState>, StoreError>> + Send + 't;
 
@@ -561,14 +568,14 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// statement.
     fn inbox_unreserve<'t>(
         &'t self,
-        tx: &'t mut Tx<Self::Database>,
+        tx: &'t mut StoreTransaction<Self::Database>,
         keys: &'t [(Uuid, &'t str)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
 
     /// Starts a handler run in `tx`: sets a savepoint (`outbox_run`).
     fn begin_run<'t>(
         &'t self,
-        tx: &'t mut Tx<Self::Database>,
+        tx: &'t mut StoreTransaction<Self::Database>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
 
     /// Ends the run begun last: `keep` releases its savepoint, keeping what
@@ -577,7 +584,7 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// undoing the run's writes alone, and releases it.
     fn end_run<'t>(
         &'t self,
-        tx: &'t mut Tx<Self::Database>,
+        tx: &'t mut StoreTransaction<Self::Database>,
         keep: bool,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
 
@@ -585,7 +592,7 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// `tx` (after the run was rolled back to its savepoint).
     fn record_handler_failure<'t>(
         &'t self,
-        tx: &'t mut Tx<Self::Database>,
+        tx: &'t mut StoreTransaction<Self::Database>,
         message_id: Uuid,
         handler: &'t str,
         error: &'t str,
@@ -595,7 +602,7 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// commits it with that handler's inbox row.
     fn dead_letter<'t>(
         &'t self,
-        tx: &'t mut Tx<Self::Database>,
+        tx: &'t mut StoreTransaction<Self::Database>,
         entry: &'t DeadLetter,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
 
@@ -648,7 +655,7 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn replay_dead_letter(
         &self,
         id: i64,
-        replay: &Outgoing,
+        replay: &OutgoingEnvelope,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Deletes dead letter `id`; `false` if there was none.
@@ -682,13 +689,13 @@ pub struct GroupStats {
 pub trait StoreExt: Store {
     /// Inserts one message into the outbox in the app's transaction and
     /// returns its envelope (for its id). Does not commit.
-    fn enqueue<'c, M: crate::OutboxMessage>(
+    fn enqueue<'c, M: crate::message::OutboxMessage>(
         &'c self,
         conn: &'c mut <Self::Database as sqlx::Database>::Connection,
         message: &M,
     ) -> impl Future<Output = Result<Envelope, EnqueueError>> + Send + 'c {
         // Encoded before the future, so the message need not be `Sync`.
-        let outgoing = Outgoing::new(message);
+        let outgoing = OutgoingEnvelope::new(message);
         async move {
             let outgoing = outgoing?;
             match self
@@ -710,9 +717,9 @@ impl<S: Store> StoreExt for S {}
 #[non_exhaustive]
 pub enum EnqueueError {
     /// The message cannot become an envelope, or its envelope is too large
-    /// for the transport ([`EncodeError::TooLarge`](crate::EncodeError::TooLarge)).
+    /// for the transport ([`EncodeError::TooLarge`](crate::message::EncodeError::TooLarge)).
     #[error(transparent)]
-    Encode(#[from] crate::EncodeError),
+    Encode(#[from] crate::message::EncodeError),
     /// The insert failed; the app's transaction should be rolled back.
     #[error(transparent)]
     Store(#[from] StoreError),

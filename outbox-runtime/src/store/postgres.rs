@@ -12,10 +12,10 @@ use uuid::Uuid;
 use super::{
     BEGIN_RUN_SQL, ClaimedMessage, CleanupReport, DeadLetter, GroupStats, HandlerState,
     KEEP_RUN_SQL, OutboxRow, OutboxStats, PublishFailure, RetentionPolicy, RowStatus, Settlement,
-    Store, StoreError, StoredDeadLetter, Tx, UNDO_RUN_SQL, attempts_from, envelope_from_row,
-    headers_json, millis, reserved_states, status_from, u32_column,
+    Store, StoreError, StoreTransaction, StoredDeadLetter, UNDO_RUN_SQL, attempts_from,
+    envelope_from_row, headers_json, millis, reserved_states, status_from, u32_column,
 };
-use crate::envelope::Outgoing;
+use crate::envelope::OutgoingEnvelope;
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -48,14 +48,14 @@ impl PgStore {
     pub fn new(pool: PgPool) -> Self {
         PgStore {
             pool,
-            max_message_bytes: crate::DEFAULT_MAX_MESSAGE_BYTES,
+            max_message_bytes: crate::envelope::DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 
     /// Sets the largest envelope (as JSON) it accepts: your transport's
     /// limit, when it is not SQS's default 256 KiB (an SQS queue can be
     /// configured up to 1 MiB; set the same on
-    /// [`SqsTransport::with_max_body_bytes`](crate::SqsTransport)).
+    /// [`SqsTransport::with_max_body_bytes`](crate::transport::sqs::SqsTransport)).
     #[must_use]
     pub fn with_max_message_bytes(mut self, limit: usize) -> Self {
         self.max_message_bytes = limit;
@@ -579,7 +579,7 @@ impl Store for PgStore {
     async fn enqueue_all<'c>(
         &'c self,
         conn: &'c mut PgConnection,
-        messages: &'c [Outgoing],
+        messages: &'c [OutgoingEnvelope],
     ) -> Result<(), StoreError> {
         if messages.is_empty() {
             return Ok(());
@@ -605,7 +605,7 @@ impl Store for PgStore {
             .bind(&locks)
             .execute(&mut *conn)
             .await?;
-        for Outgoing { envelope, queue } in messages {
+        for OutgoingEnvelope { envelope, queue } in messages {
             ids.push(envelope.id);
             types.push(envelope.message_type.as_str());
             versions.push(i32::try_from(envelope.version).unwrap_or(i32::MAX));
@@ -747,7 +747,7 @@ impl Store for PgStore {
 
     async fn confirm<'t>(
         &'t self,
-        tx: &'t mut Tx<Postgres>,
+        tx: &'t mut StoreTransaction<Postgres>,
         ids: &'t [Uuid],
     ) -> Result<(), StoreError> {
         if ids.is_empty() {
@@ -773,13 +773,13 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn begin(&self) -> Result<Tx<Postgres>, StoreError> {
+    async fn begin(&self) -> Result<StoreTransaction<Postgres>, StoreError> {
         Ok(self.pool.begin().await?)
     }
 
     async fn inbox_reserve<'t>(
         &'t self,
-        tx: &'t mut Tx<Postgres>,
+        tx: &'t mut StoreTransaction<Postgres>,
         keys: &'t [(Uuid, &'t str)],
     ) -> Result<Vec<HandlerState>, StoreError> {
         if keys.is_empty() {
@@ -822,7 +822,7 @@ impl Store for PgStore {
 
     async fn inbox_unreserve<'t>(
         &'t self,
-        tx: &'t mut Tx<Postgres>,
+        tx: &'t mut StoreTransaction<Postgres>,
         keys: &'t [(Uuid, &'t str)],
     ) -> Result<(), StoreError> {
         if keys.is_empty() {
@@ -840,12 +840,19 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn begin_run<'t>(&'t self, tx: &'t mut Tx<Postgres>) -> Result<(), StoreError> {
+    async fn begin_run<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Postgres>,
+    ) -> Result<(), StoreError> {
         sqlx::raw_sql(BEGIN_RUN_SQL).execute(&mut **tx).await?;
         Ok(())
     }
 
-    async fn end_run<'t>(&'t self, tx: &'t mut Tx<Postgres>, keep: bool) -> Result<(), StoreError> {
+    async fn end_run<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Postgres>,
+        keep: bool,
+    ) -> Result<(), StoreError> {
         let sql = if keep { KEEP_RUN_SQL } else { UNDO_RUN_SQL };
         sqlx::raw_sql(sql).execute(&mut **tx).await?;
         Ok(())
@@ -853,7 +860,7 @@ impl Store for PgStore {
 
     async fn record_handler_failure<'t>(
         &'t self,
-        tx: &'t mut Tx<Postgres>,
+        tx: &'t mut StoreTransaction<Postgres>,
         message_id: Uuid,
         handler: &'t str,
         error: &'t str,
@@ -874,7 +881,7 @@ impl Store for PgStore {
 
     async fn dead_letter<'t>(
         &'t self,
-        tx: &'t mut Tx<Postgres>,
+        tx: &'t mut StoreTransaction<Postgres>,
         entry: &'t DeadLetter,
     ) -> Result<(), StoreError> {
         sqlx::query(
@@ -1077,7 +1084,11 @@ impl Store for PgStore {
         row.as_ref().map(stored_dead_letter).transpose()
     }
 
-    async fn replay_dead_letter(&self, id: i64, replay: &Outgoing) -> Result<bool, StoreError> {
+    async fn replay_dead_letter(
+        &self,
+        id: i64,
+        replay: &OutgoingEnvelope,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let Some(handler) = sqlx::query_scalar::<_, Option<String>>(
             "DELETE FROM outbox_dead_letters WHERE id = $1 RETURNING handler",

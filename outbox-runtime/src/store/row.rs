@@ -94,7 +94,7 @@ pub(crate) fn u32_column(seq: i64, column: &str, value: i64) -> Result<u32, Stor
 /// Fails on the first message larger than `limit` as an envelope, before
 /// anything is written.
 pub(crate) fn check_sizes(
-    messages: &[crate::envelope::Outgoing],
+    messages: &[crate::envelope::OutgoingEnvelope],
     limit: usize,
 ) -> Result<(), StoreError> {
     for outgoing in messages {

@@ -27,10 +27,10 @@ use uuid::Uuid;
 use super::{
     BEGIN_RUN_SQL, ClaimedMessage, CleanupReport, DeadLetter, GroupStats, HandlerState,
     KEEP_RUN_SQL, OutboxRow, OutboxStats, PublishFailure, RetentionPolicy, RowStatus, Settlement,
-    Store, StoreError, StoredDeadLetter, Tx, UNDO_RUN_SQL, attempts_from, envelope_from_row,
-    headers_json, millis, reserved_states, status_from, u32_column,
+    Store, StoreError, StoreTransaction, StoredDeadLetter, UNDO_RUN_SQL, attempts_from,
+    envelope_from_row, headers_json, millis, reserved_states, status_from, u32_column,
 };
-use crate::envelope::Outgoing;
+use crate::envelope::OutgoingEnvelope;
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -49,14 +49,14 @@ impl SqliteStore {
     pub fn new(pool: SqlitePool) -> Self {
         SqliteStore {
             pool,
-            max_message_bytes: crate::DEFAULT_MAX_MESSAGE_BYTES,
+            max_message_bytes: crate::envelope::DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 
     /// Sets the largest envelope (as JSON) it accepts: your transport's
     /// limit, when it is not SQS's default 256 KiB (an SQS queue can be
     /// configured up to 1 MiB; set the same on
-    /// [`SqsTransport::with_max_body_bytes`](crate::SqsTransport)).
+    /// [`SqsTransport::with_max_body_bytes`](crate::transport::sqs::SqsTransport)).
     #[must_use]
     pub fn with_max_message_bytes(mut self, limit: usize) -> Self {
         self.max_message_bytes = limit;
@@ -261,7 +261,7 @@ impl Store for SqliteStore {
     async fn enqueue_all<'c>(
         &'c self,
         conn: &'c mut SqliteConnection,
-        messages: &'c [Outgoing],
+        messages: &'c [OutgoingEnvelope],
     ) -> Result<(), StoreError> {
         if messages.is_empty() {
             return Ok(());
@@ -273,7 +273,7 @@ impl Store for SqliteStore {
             let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
                 "INSERT INTO outbox (id, message_type, version, group_key, queue, payload, headers, created_at, available_at) ",
             );
-            insert.push_values(chunk, |mut row, Outgoing { envelope, queue }| {
+            insert.push_values(chunk, |mut row, OutgoingEnvelope { envelope, queue }| {
                 let created = envelope.created_at.timestamp_millis();
                 row.push_bind(envelope.id.hyphenated().to_string())
                     .push_bind(envelope.message_type.clone())
@@ -420,7 +420,7 @@ impl Store for SqliteStore {
 
     async fn confirm<'t>(
         &'t self,
-        tx: &'t mut Tx<Sqlite>,
+        tx: &'t mut StoreTransaction<Sqlite>,
         ids: &'t [Uuid],
     ) -> Result<(), StoreError> {
         if ids.is_empty() {
@@ -438,7 +438,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn begin(&self) -> Result<Tx<Sqlite>, StoreError> {
+    async fn begin(&self) -> Result<StoreTransaction<Sqlite>, StoreError> {
         // IMMEDIATE: a handler's transaction writes (the inbox row at least);
         // taking the write lock up front avoids a deadlock-prone upgrade.
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
@@ -446,7 +446,7 @@ impl Store for SqliteStore {
 
     async fn inbox_reserve<'t>(
         &'t self,
-        tx: &'t mut Tx<Sqlite>,
+        tx: &'t mut StoreTransaction<Sqlite>,
         keys: &'t [(Uuid, &'t str)],
     ) -> Result<Vec<HandlerState>, StoreError> {
         if keys.is_empty() {
@@ -486,7 +486,7 @@ impl Store for SqliteStore {
 
     async fn inbox_unreserve<'t>(
         &'t self,
-        tx: &'t mut Tx<Sqlite>,
+        tx: &'t mut StoreTransaction<Sqlite>,
         keys: &'t [(Uuid, &'t str)],
     ) -> Result<(), StoreError> {
         if keys.is_empty() {
@@ -506,12 +506,19 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn begin_run<'t>(&'t self, tx: &'t mut Tx<Sqlite>) -> Result<(), StoreError> {
+    async fn begin_run<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Sqlite>,
+    ) -> Result<(), StoreError> {
         sqlx::raw_sql(BEGIN_RUN_SQL).execute(&mut **tx).await?;
         Ok(())
     }
 
-    async fn end_run<'t>(&'t self, tx: &'t mut Tx<Sqlite>, keep: bool) -> Result<(), StoreError> {
+    async fn end_run<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Sqlite>,
+        keep: bool,
+    ) -> Result<(), StoreError> {
         let sql = if keep { KEEP_RUN_SQL } else { UNDO_RUN_SQL };
         sqlx::raw_sql(sql).execute(&mut **tx).await?;
         Ok(())
@@ -519,7 +526,7 @@ impl Store for SqliteStore {
 
     async fn record_handler_failure<'t>(
         &'t self,
-        tx: &'t mut Tx<Sqlite>,
+        tx: &'t mut StoreTransaction<Sqlite>,
         message_id: Uuid,
         handler: &'t str,
         error: &'t str,
@@ -541,7 +548,7 @@ impl Store for SqliteStore {
 
     async fn dead_letter<'t>(
         &'t self,
-        tx: &'t mut Tx<Sqlite>,
+        tx: &'t mut StoreTransaction<Sqlite>,
         entry: &'t DeadLetter,
     ) -> Result<(), StoreError> {
         sqlx::query(
@@ -686,7 +693,11 @@ impl Store for SqliteStore {
         row.as_ref().map(stored_dead_letter).transpose()
     }
 
-    async fn replay_dead_letter(&self, id: i64, replay: &Outgoing) -> Result<bool, StoreError> {
+    async fn replay_dead_letter(
+        &self,
+        id: i64,
+        replay: &OutgoingEnvelope,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
         let Some(handler) = sqlx::query_scalar::<_, Option<String>>(
             "DELETE FROM outbox_dead_letters WHERE id = ?1 RETURNING handler",

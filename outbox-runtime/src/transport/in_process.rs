@@ -447,7 +447,8 @@ impl Receiver for InProcessQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Envelope, OutboxMessage};
+    use crate::envelope::Envelope;
+    use crate::message::OutboxMessage;
 
     #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
     struct Note {

@@ -3,7 +3,7 @@
 //! [`Transport::max_batch`] entries with a result per entry, a message group
 //! and a deduplication id per message, receipts to acknowledge or release.
 //!
-//! [`InProcessQueue`](crate::InProcessQueue) implements both sides in memory
+//! [`InProcessQueue`] implements both sides in memory
 //! with the same semantics: the embedded default and the tests' transport.
 
 use std::future::Future;
@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use crate::envelope::Envelope;
 
-pub(crate) mod in_process;
+mod in_process;
 #[cfg(feature = "sqs")]
-pub(crate) mod sqs;
+pub mod sqs;
+
+pub use in_process::{InProcessConfig, InProcessQueue, InProcessStats};
 
 /// One message to publish.
 #[derive(Clone, Debug)]
@@ -103,9 +105,9 @@ pub trait Transport: Send + Sync + 'static {
     /// SQS is durable: the relay marks rows published as soon as SQS has
     /// them. An in-process queue is not: the relay marks its rows `relayed`
     /// (they hold their groups) and the worker confirms each one once it is
-    /// handled or dead-lettered ([`Store::confirm`](crate::Store::confirm)),
+    /// handled or dead-lettered ([`Store::confirm`](crate::store::Store::confirm)),
     /// so a crash loses nothing: rows still unconfirmed when their deadline
-    /// passes ([`RelayConfig::relayed_for`](crate::RelayConfig::relayed_for))
+    /// passes ([`RelayConfig::relayed_for`](crate::relay::RelayConfig::relayed_for))
     /// are published again, and the inbox absorbs any repeat.
     fn durable(&self) -> bool {
         true

@@ -510,7 +510,7 @@ impl Receiver for SqsReceiver {
 }
 
 /// Sends pump messages to the relay's FIFO queue (group
-/// [`PUMP_GROUP`](crate::PUMP_GROUP)): after the app's commit, from the
+/// [`PUMP_GROUP`]): after the app's commit, from the
 /// scheduled sweep, and by a Lambda that ran out of time.
 ///
 /// Pumps are coalesced: [`pump`](Pump::pump) returns once a pump message

@@ -28,7 +28,7 @@
 
 use std::collections::HashMap;
 
-use outbox_runtime::{HandlerContext, PgStore, SqliteStore, Store, Tx};
+use outbox_runtime::{HandlerContext, PgStore, SqliteStore, Store, store::StoreTransaction};
 use sqlx::{Postgres, Row, Sqlite};
 use uuid::Uuid;
 
@@ -95,7 +95,7 @@ pub(crate) trait HistoryStore: Store {
     /// deadlock).
     fn record_commit<'t>(
         &'t self,
-        tx: &'t mut Tx<Self::Database>,
+        tx: &'t mut StoreTransaction<Self::Database>,
         group: &'t str,
         keys: &'t [(i64, Uuid)],
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 't;
@@ -225,7 +225,7 @@ impl HistoryStore for PgStore {
 
     async fn record_commit<'t>(
         &'t self,
-        tx: &'t mut Tx<Postgres>,
+        tx: &'t mut StoreTransaction<Postgres>,
         group: &'t str,
         keys: &'t [(i64, Uuid)],
     ) -> Result<(), sqlx::Error> {
@@ -311,7 +311,7 @@ impl HistoryStore for SqliteStore {
 
     async fn record_commit<'t>(
         &'t self,
-        tx: &'t mut Tx<Sqlite>,
+        tx: &'t mut StoreTransaction<Sqlite>,
         group: &'t str,
         keys: &'t [(i64, Uuid)],
     ) -> Result<(), sqlx::Error> {

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use fastrand::Rng;
-use outbox_runtime::Savepoints;
+use outbox_runtime::consume::Savepoints;
 
 use crate::{Event, Script};
 

@@ -10,7 +10,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use outbox_runtime::{Envelope, StoredDeadLetter};
+use outbox_runtime::{Envelope, store::StoredDeadLetter};
 use uuid::Uuid;
 
 use crate::{Event, HandlerName};

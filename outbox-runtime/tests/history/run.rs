@@ -15,9 +15,15 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use outbox_runtime::consume::Consumer;
 use outbox_runtime::{
-    Backoff, ConsumerConfig, Dispatcher, InProcessConfig, InProcessQueue, Metrics, Outgoing,
-    Receiver, Relay, RelayConfig, Store, StoreExt, Transport, Worker, WorkerConfig, admin,
+    Dispatcher, InProcessQueue, Relay, Store, StoreExt, Worker, admin,
+    backoff::Backoff,
+    consume::{ConsumerConfig, WorkerConfig},
+    envelope::OutgoingEnvelope,
+    metrics::Metrics,
+    relay::RelayConfig,
+    transport::{InProcessConfig, Receiver, Transport},
 };
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -239,8 +245,10 @@ impl Node {
             }
             #[cfg(feature = "sqs")]
             Queues::Sqs(sqs) => {
-                let transport = outbox_runtime::SqsTransport::new(sqs.client.clone(), &sqs.url);
-                let receiver = outbox_runtime::SqsReceiver::new(sqs.client.clone(), &sqs.url);
+                let transport =
+                    outbox_runtime::transport::sqs::SqsTransport::new(sqs.client.clone(), &sqs.url);
+                let receiver =
+                    outbox_runtime::transport::sqs::SqsReceiver::new(sqs.client.clone(), &sqs.url);
                 let relay = relay(wiring, shape, Arc::new(transport), SQS_LEASE);
                 let worker = worker(wiring, shape, Arc::new(receiver), SQS_HEARTBEAT);
                 (
@@ -328,9 +336,15 @@ fn worker<S: HistoryStore, R: Receiver>(
     heartbeat: Duration,
 ) -> Worker<S, R> {
     Worker::new(
-        wiring.store.clone(),
+        Consumer::new(wiring.store.clone(), Arc::clone(&wiring.dispatcher))
+            .with_config(ConsumerConfig {
+                default_max_attempts: crate::MAX_ATTEMPTS,
+                retry_backoff: fast_backoff(5, 40),
+                runs_per_transaction: shape.runs_per_transaction,
+                savepoints: shape.savepoints,
+            })
+            .with_metrics(Arc::clone(&wiring.metrics)),
         receiver,
-        Arc::clone(&wiring.dispatcher),
     )
     .with_config(WorkerConfig {
         batch_size: shape.worker_batch,
@@ -341,13 +355,6 @@ fn worker<S: HistoryStore, R: Receiver>(
         heartbeat: Some(heartbeat),
         drain_budget: shape.drain_budget,
     })
-    .with_consumer_config(ConsumerConfig {
-        default_max_attempts: crate::MAX_ATTEMPTS,
-        retry_backoff: fast_backoff(5, 40),
-        runs_per_transaction: shape.runs_per_transaction,
-        savepoints: shape.savepoints,
-    })
-    .with_metrics(Arc::clone(&wiring.metrics))
 }
 
 fn spawn_relay<S: HistoryStore, T: Transport>(relay: Relay<S, T>) -> JoinHandle<()> {
@@ -544,8 +551,8 @@ const PRODUCER_RETRIES: u32 = 10;
 fn is_transient(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
         cause
-            .downcast_ref::<outbox_runtime::StoreError>()
-            .is_some_and(outbox_runtime::StoreError::is_transient)
+            .downcast_ref::<outbox_runtime::store::StoreError>()
+            .is_some_and(outbox_runtime::store::StoreError::is_transient)
             || cause.downcast_ref::<sqlx::Error>().is_some_and(|err| {
                 err.as_database_error()
                     .and_then(|db| db.code())
@@ -563,7 +570,7 @@ async fn transact<S: HistoryStore>(store: &S, plan: &TxPlan) -> anyhow::Result<(
             let outgoing = plan
                 .events
                 .iter()
-                .map(Outgoing::new)
+                .map(OutgoingEnvelope::new)
                 .collect::<Result<Vec<_>, _>>()?;
             store.enqueue_all(&mut *tx, &outgoing).await?;
         }

@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use outbox_runtime::{
-    ClaimedMessage, Outgoing, PgStore, PublishFailure, RowStatus, Settlement, Store,
+    PgStore, Store,
+    envelope::OutgoingEnvelope,
+    store::{ClaimedMessage, PublishFailure, RowStatus, Settlement},
 };
 
 use sqlx::PgPool;
@@ -16,11 +18,11 @@ use sqlx::PgPool;
 use crate::Step;
 
 /// One `Step` per `(group, n)`, as outgoing messages.
-fn steps<'a>(steps: impl IntoIterator<Item = (&'a str, i64)>) -> Vec<Outgoing> {
+fn steps<'a>(steps: impl IntoIterator<Item = (&'a str, i64)>) -> Vec<OutgoingEnvelope> {
     steps
         .into_iter()
         .map(|(group, n)| {
-            Outgoing::new(&Step {
+            OutgoingEnvelope::new(&Step {
                 group: group.to_owned(),
                 n,
                 fail_first: 0,
@@ -48,7 +50,7 @@ async fn store_with<'a>(pool: &PgPool, rows: impl IntoIterator<Item = (&'a str, 
 }
 
 /// (group, n) of what a claim returned, in claim order.
-fn claimed(messages: &[outbox_runtime::ClaimedMessage]) -> Vec<(String, i64)> {
+fn claimed(messages: &[outbox_runtime::store::ClaimedMessage]) -> Vec<(String, i64)> {
     messages
         .iter()
         .map(|m| {
@@ -249,7 +251,7 @@ async fn a_row_below_its_groups_head_is_claimed_after_cleanup(pool: PgPool) {
         .await
         .expect("moves the head past g/0");
     store
-        .cleanup(&outbox_runtime::RetentionPolicy::default())
+        .cleanup(&outbox_runtime::store::RetentionPolicy::default())
         .await
         .expect("cleans up");
     let got = claimed(&store.claim(10, LEASE).await.expect("claims"));
@@ -297,7 +299,7 @@ async fn a_group_another_claim_is_leasing_is_skipped_and_not_claimed_after(pool:
 async fn open_with<'a>(
     store: &PgStore,
     rows: impl IntoIterator<Item = (&'a str, i64)>,
-) -> outbox_runtime::Tx<sqlx::Postgres> {
+) -> outbox_runtime::store::StoreTransaction<sqlx::Postgres> {
     let mut tx = store.begin().await.expect("begins");
     store
         .enqueue_all(&mut tx, &steps(rows))
@@ -429,7 +431,7 @@ async fn a_group_with_a_leased_row_is_not_claimed_again(pool: PgPool) {
     let r1 = store.claim(10, LEASE).await.expect("R1 claims");
     assert_eq!(claimed(&r1), [("g".to_owned(), 2)]);
     let dead = store
-        .rows(Some(outbox_runtime::RowStatus::Dead), 1)
+        .rows(Some(outbox_runtime::store::RowStatus::Dead), 1)
         .await
         .expect("rows");
     outbox_runtime::admin::requeue_dead_row(&store, dead[0].seq)
@@ -594,7 +596,7 @@ async fn rows_of_every_state_survive_the_migration_to_groups_and_archive(pool: P
         .await
         .expect("ages the archive");
     let report = store
-        .cleanup(&outbox_runtime::RetentionPolicy::default())
+        .cleanup(&outbox_runtime::store::RetentionPolicy::default())
         .await
         .expect("cleans up");
     assert_eq!(report.published_deleted, 1);

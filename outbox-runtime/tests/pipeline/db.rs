@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use outbox_runtime::{HandlerContext, PgStore, SqliteStore, Store, Tx};
+use outbox_runtime::{HandlerContext, PgStore, SqliteStore, Store, store::StoreTransaction};
 use sqlx::{Postgres, Row, Sqlite};
 
 /// One handler effect, in the order effects were committed.
@@ -30,7 +30,7 @@ pub(crate) trait TestDb: Store {
 
     async fn create_app_tables(&self);
     /// An app write in the app's transaction.
-    async fn insert_order(&self, tx: &mut Tx<Self::Database>, id: i64);
+    async fn insert_order(&self, tx: &mut StoreTransaction<Self::Database>, id: i64);
     async fn orders(&self) -> i64;
     async fn effects(&self) -> Vec<Effect>;
     async fn outbox_rows(&self) -> Vec<Row_>;
@@ -134,7 +134,7 @@ impl TestDb for PgStore {
         .expect("app tables");
     }
 
-    async fn insert_order(&self, tx: &mut Tx<Postgres>, id: i64) {
+    async fn insert_order(&self, tx: &mut StoreTransaction<Postgres>, id: i64) {
         sqlx::query("INSERT INTO orders (id) VALUES ($1)")
             .bind(id)
             .execute(&mut **tx)
@@ -253,7 +253,7 @@ impl TestDb for SqliteStore {
         .expect("app tables");
     }
 
-    async fn insert_order(&self, tx: &mut Tx<Sqlite>, id: i64) {
+    async fn insert_order(&self, tx: &mut StoreTransaction<Sqlite>, id: i64) {
         sqlx::query("INSERT INTO orders (id) VALUES (?1)")
             .bind(id)
             .execute(&mut **tx)

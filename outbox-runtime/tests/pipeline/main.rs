@@ -12,9 +12,15 @@ mod scenarios;
 use std::sync::Arc;
 use std::time::Duration;
 
+use outbox_runtime::consume::Consumer;
 use outbox_runtime::{
-    Backoff, ConsumerConfig, Dispatcher, HandlerContext, InProcessConfig, InProcessQueue, Metrics,
-    OutboxMessage, Relay, RelayConfig, Worker, WorkerConfig, handler,
+    Dispatcher, HandlerContext, InProcessQueue, OutboxMessage, Relay, Worker,
+    backoff::Backoff,
+    consume::{ConsumerConfig, WorkerConfig},
+    handler,
+    metrics::Metrics,
+    relay::RelayConfig,
+    transport::InProcessConfig,
 };
 
 use crate::db::TestDb;
@@ -305,17 +311,20 @@ impl<S: TestDb> Harness<S> {
                 ..RelayConfig::default()
             })
             .with_metrics(Arc::clone(&metrics));
-        let worker = Worker::new(store.clone(), Arc::clone(&queue), dispatcher)
-            .with_config(WorkerConfig {
-                wait: Duration::from_millis(50),
-                retention: None,
-                ..WorkerConfig::default()
-            })
-            .with_consumer_config(ConsumerConfig {
-                retry_backoff: fast_backoff(),
-                ..ConsumerConfig::default()
-            })
-            .with_metrics(Arc::clone(&metrics));
+        let worker = Worker::new(
+            Consumer::new(store.clone(), dispatcher)
+                .with_config(ConsumerConfig {
+                    retry_backoff: fast_backoff(),
+                    ..ConsumerConfig::default()
+                })
+                .with_metrics(Arc::clone(&metrics)),
+            Arc::clone(&queue),
+        )
+        .with_config(WorkerConfig {
+            wait: Duration::from_millis(50),
+            retention: None,
+            ..WorkerConfig::default()
+        });
         Harness {
             store,
             queue,

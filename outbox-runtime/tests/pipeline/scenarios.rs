@@ -5,9 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outbox_runtime::{
-    Backoff, Consumer, ConsumerConfig, Delivery, Dispatcher, Envelope, InProcessConfig, Outcome,
-    Outgoing, PublishEntry, Receipt, Relay, RelayConfig, RetentionPolicy, Savepoints, Settlement,
-    StoreExt, Transport,
+    Dispatcher, Envelope, Relay, StoreExt,
+    backoff::Backoff,
+    consume::{Consumer, ConsumerConfig, DeliveryOutcome, Savepoints},
+    envelope::OutgoingEnvelope,
+    relay::RelayConfig,
+    store::{RetentionPolicy, Settlement},
+    transport::{Delivery, InProcessConfig, PublishEntry, Receipt, Transport},
 };
 
 use crate::db::TestDb;
@@ -29,9 +33,9 @@ fn step(group: &str, n: i64) -> Step {
 async fn commit_steps<S: TestDb>(store: &S, order: i64, steps: &[Step]) {
     let mut tx = store.begin().await.expect("begin");
     store.insert_order(&mut tx, order).await;
-    let outgoing: Vec<Outgoing> = steps
+    let outgoing: Vec<OutgoingEnvelope> = steps
         .iter()
-        .map(|s| Outgoing::new(s).expect("encodes"))
+        .map(|s| OutgoingEnvelope::new(s).expect("encodes"))
         .collect();
     store
         .enqueue_all(&mut tx, &outgoing)
@@ -606,7 +610,7 @@ pub(crate) async fn connections_killed_mid_batch_lose_nothing(pool: sqlx::PgPool
             let _ = stopped.wait_for(|s| *s).await;
         }
     };
-    let waker = outbox_runtime::RelayWaker::new();
+    let waker = outbox_runtime::pump::RelayWaker::new();
     let relay = tokio::spawn({
         let relay = h.relay.clone();
         let waker = waker.clone();
@@ -845,10 +849,13 @@ pub(crate) async fn a_drain_past_its_deadline_still_publishes_a_batch<S: TestDb>
 
 pub(crate) async fn stuck_messages_are_reported<S: TestDb>(store: S) {
     let h = Harness::new(store).await;
-    let watcher = h.worker.clone().with_config(outbox_runtime::WorkerConfig {
-        stuck_after: Some(Duration::from_millis(20)),
-        ..outbox_runtime::WorkerConfig::default()
-    });
+    let watcher = h
+        .worker
+        .clone()
+        .with_config(outbox_runtime::consume::WorkerConfig {
+            stuck_after: Some(Duration::from_millis(20)),
+            ..outbox_runtime::consume::WorkerConfig::default()
+        });
     assert!(!watcher.check_stuck().await, "an empty outbox is not stuck");
     commit_steps(&h.store, 1, &[step("g", 1)]).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -900,7 +907,7 @@ pub(crate) async fn replayed_dead_letter_runs_only_the_handler_that_gave_up<S: T
 
     // The fix is deployed; the operator replays.
     FIXED.lock().expect("not poisoned").push(group.clone());
-    let table = outbox_runtime::DispatchTable::from_registry().expect("table");
+    let table = outbox_runtime::dispatch::DispatchTable::from_registry().expect("table");
     let replayed = admin::replay_dead_letter(&h.store, &table, letter.id)
         .await
         .expect("replayed");
@@ -909,7 +916,7 @@ pub(crate) async fn replayed_dead_letter_runs_only_the_handler_that_gave_up<S: T
     assert_eq!(replayed.handler.as_deref(), Some("flaky.charge"));
     let pending = h
         .store
-        .rows(Some(outbox_runtime::RowStatus::Pending), 10)
+        .rows(Some(outbox_runtime::store::RowStatus::Pending), 10)
         .await
         .expect("rows");
     assert_eq!(pending.len(), 1);
@@ -940,8 +947,8 @@ pub(crate) async fn replayed_dead_letter_runs_only_the_handler_that_gave_up<S: T
 }
 
 pub(crate) async fn requeued_dead_row_is_published_after_the_fix<S: TestDb>(store: S) {
-    use outbox_runtime::RowStatus;
     use outbox_runtime::admin::{self, AdminError};
+    use outbox_runtime::store::RowStatus;
 
     // A queue whose limit is too small for the message: the relay gives up.
     let small = InProcessConfig {
@@ -991,7 +998,7 @@ pub(crate) async fn relayed_rows_hold_their_group<S: TestDb>(store: S) {
     commit_steps(&h.store, 1, &[step("g", 0)]).await;
     commit_steps(&h.store, 2, &[step("g", 1)]).await;
     let lease = Duration::from_secs(60);
-    let ns = |claimed: &[outbox_runtime::ClaimedMessage]| -> Vec<i64> {
+    let ns = |claimed: &[outbox_runtime::store::ClaimedMessage]| -> Vec<i64> {
         claimed
             .iter()
             .map(|m| {
@@ -1104,7 +1111,7 @@ pub(crate) async fn replaying_a_poison_dead_letter_skips_the_handlers_that_commi
     h.store
         .dead_letter(
             &mut tx,
-            &outbox_runtime::DeadLetter {
+            &outbox_runtime::store::DeadLetter {
                 message_id: Some(original.id),
                 handler: None,
                 message_type: Some(original.message_type.clone()),
@@ -1123,7 +1130,7 @@ pub(crate) async fn replaying_a_poison_dead_letter_skips_the_handlers_that_commi
         .await
         .expect("dead letters")
         .remove(0);
-    let table = outbox_runtime::DispatchTable::from_registry().expect("table");
+    let table = outbox_runtime::dispatch::DispatchTable::from_registry().expect("table");
     admin::replay_dead_letter(&h.store, &table, letter.id)
         .await
         .expect("replayed");
@@ -1170,7 +1177,7 @@ pub(crate) async fn a_second_delivery_waits_for_the_first_and_does_not_run_the_h
         let _ = racing_tx.send((task.is_finished(), task));
     }));
     let outcome = first.handle(&copy).await;
-    assert_eq!(outcome, Outcome::DeadLettered, "max_attempts is 1");
+    assert_eq!(outcome, DeliveryOutcome::DeadLettered, "max_attempts is 1");
     let (finished_early, task) = racing.await.expect("the hook ran");
     assert!(
         !finished_early,
@@ -1179,7 +1186,7 @@ pub(crate) async fn a_second_delivery_waits_for_the_first_and_does_not_run_the_h
     let outcome = task.await.expect("the second delivery ran");
     assert_eq!(
         outcome,
-        Outcome::Done,
+        DeliveryOutcome::Done,
         "the second delivery found the handler done"
     );
     assert_eq!(
@@ -1209,13 +1216,19 @@ pub(crate) async fn a_run_whose_statement_failed_is_not_done_though_the_handler_
 
     let outcomes = consumer.handle_batch(&batch).await;
     assert!(
-        matches!(outcomes[..], [Outcome::Done, Outcome::Retry(_)]),
+        matches!(
+            outcomes[..],
+            [DeliveryOutcome::Done, DeliveryOutcome::Retry(_)]
+        ),
         "{outcomes:?}"
     );
     assert_eq!(by_group(&h.store.effects().await, "step")["a"], [0]);
     assert_eq!(h.store.inbox_count().await, 1);
 
-    assert_eq!(consumer.handle_batch(&batch[1..]).await, [Outcome::Done]);
+    assert_eq!(
+        consumer.handle_batch(&batch[1..]).await,
+        [DeliveryOutcome::Done]
+    );
     assert_eq!(
         by_group(&h.store.effects().await, "swallowed")["s"],
         [2],
@@ -1247,7 +1260,7 @@ pub(crate) async fn an_aborted_first_pass_is_found_and_run_again(pool: sqlx::PgP
     let batch = a_step_then_a_swallowed_error();
 
     let outcomes = consumer.handle_batch(&batch).await;
-    assert_eq!(outcomes, [Outcome::Done, Outcome::Done]);
+    assert_eq!(outcomes, [DeliveryOutcome::Done, DeliveryOutcome::Done]);
     let effects = h.store.effects().await;
     assert_eq!(by_group(&effects, "step")["a"], [0]);
     assert_eq!(
@@ -1281,11 +1294,11 @@ pub(crate) async fn a_delivery_that_waited_for_another_counts_that_ones_failure(
         let _ = racing_tx.send((task.is_finished(), task));
     }));
     let outcome = first.handle(&copy).await;
-    assert!(matches!(outcome, Outcome::Retry(_)), "{outcome:?}");
+    assert!(matches!(outcome, DeliveryOutcome::Retry(_)), "{outcome:?}");
     let (finished_early, task) = racing.await.expect("the hook ran");
     assert!(!finished_early, "the second delivery did not wait");
     let outcome = task.await.expect("the second delivery ran");
-    assert!(matches!(outcome, Outcome::Retry(_)), "{outcome:?}");
+    assert!(matches!(outcome, DeliveryOutcome::Retry(_)), "{outcome:?}");
     assert_eq!(
         *crate::RECOUNTED.lock().expect("not poisoned"),
         [1, 2],
@@ -1306,7 +1319,11 @@ pub(crate) async fn a_past_deadline_holds_back_all_but_the_first_transaction<S: 
     let outcomes = consumer.handle_batch_until(&batch, Some(past)).await;
     assert_eq!(
         outcomes,
-        [Outcome::Done, Outcome::HeldBack, Outcome::HeldBack]
+        [
+            DeliveryOutcome::Done,
+            DeliveryOutcome::HeldBack,
+            DeliveryOutcome::HeldBack
+        ]
     );
     assert_eq!(run_attempts(), [(0, 1, true)], "a held-back message ran");
     assert_eq!(h.store.inbox_count().await, 1);
@@ -1410,7 +1427,10 @@ pub(crate) async fn a_failure_the_second_pass_does_not_reach_still_counts<S: Tes
 
     let outcomes = consumer.handle_batch(&batch).await;
     assert!(
-        matches!(outcomes[..], [Outcome::Retry(_), Outcome::Retry(_)]),
+        matches!(
+            outcomes[..],
+            [DeliveryOutcome::Retry(_), DeliveryOutcome::Retry(_)]
+        ),
         "{outcomes:?}"
     );
     assert_eq!(
@@ -1420,7 +1440,7 @@ pub(crate) async fn a_failure_the_second_pass_does_not_reach_still_counts<S: Tes
     );
     assert_eq!(
         consumer.handle_batch(&batch).await,
-        [Outcome::Done, Outcome::Done]
+        [DeliveryOutcome::Done, DeliveryOutcome::Done]
     );
     assert_eq!(
         run_attempts()[3..],
@@ -1450,7 +1470,11 @@ async fn a_failing_run_in_a_batch<S: TestDb>(
     assert!(
         matches!(
             outcomes[..],
-            [Outcome::Done, Outcome::Retry(_), Outcome::Done]
+            [
+                DeliveryOutcome::Done,
+                DeliveryOutcome::Retry(_),
+                DeliveryOutcome::Done
+            ]
         ),
         "{outcomes:?}"
     );
@@ -1467,7 +1491,7 @@ async fn a_failing_run_in_a_batch<S: TestDb>(
     assert_eq!(h.store.inbox_count().await, 2);
 
     let again = consumer.handle_batch(&batch[1..2]).await;
-    assert_eq!(again, [Outcome::Done]);
+    assert_eq!(again, [DeliveryOutcome::Done]);
     assert_eq!(by_group(&h.store.effects().await, "step")["b"], [1]);
     assert_eq!(h.store.outbox_rows().await.len(), 1, "the cascade, once");
     assert_eq!(run_attempts(), attempts);
@@ -1499,10 +1523,10 @@ pub(crate) async fn a_failing_head_holds_back_its_group_across_the_batch<S: Test
         matches!(
             outcomes[..],
             [
-                Outcome::Retry(_),
-                Outcome::HeldBack,
-                Outcome::Done,
-                Outcome::HeldBack
+                DeliveryOutcome::Retry(_),
+                DeliveryOutcome::HeldBack,
+                DeliveryOutcome::Done,
+                DeliveryOutcome::HeldBack
             ]
         ),
         "{outcomes:?}"
@@ -1518,7 +1542,14 @@ pub(crate) async fn a_failing_head_holds_back_its_group_across_the_batch<S: Test
 
     let g: Vec<Delivery> = [0, 1, 3].iter().map(|&i| batch[i].clone()).collect();
     let outcomes = consumer.handle_batch(&g).await;
-    assert_eq!(outcomes, [Outcome::Done, Outcome::Done, Outcome::Done]);
+    assert_eq!(
+        outcomes,
+        [
+            DeliveryOutcome::Done,
+            DeliveryOutcome::Done,
+            DeliveryOutcome::Done
+        ]
+    );
     assert_eq!(by_group(&h.store.effects().await, "step")["g"], [0, 1, 2]);
     let attempts = run_attempts();
     assert_eq!(
@@ -1563,7 +1594,7 @@ pub(crate) async fn a_relay_whose_lease_ran_out_cannot_overwrite_the_rows(store:
             claimed: &slow,
             published: &[],
             confirm_within: None,
-            failures: &[outbox_runtime::PublishFailure {
+            failures: &[outbox_runtime::store::PublishFailure {
                 seq: slow[0].seq,
                 error: "the queue refused it".into(),
                 retry_after: None,
@@ -1628,7 +1659,7 @@ pub(crate) async fn a_message_too_large_for_the_transport_is_refused_at_enqueue<
         text.contains("test.step") && text.contains("262144"),
         "the error names the message and the limit: {text}"
     );
-    let outgoing = Outgoing::new(&big).expect("encodes");
+    let outgoing = OutgoingEnvelope::new(&big).expect("encodes");
     assert!(
         h.store
             .enqueue_all(&mut tx, std::slice::from_ref(&outgoing))
@@ -1669,7 +1700,7 @@ pub(crate) async fn a_live_relay_keeps_its_relayed_rows_while_consumers_lag<S: T
         let mut stopped = stopped.clone();
         async move {
             relay
-                .run(outbox_runtime::RelayWaker::new(), async move {
+                .run(outbox_runtime::pump::RelayWaker::new(), async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 })
                 .await;
@@ -1750,18 +1781,18 @@ struct Endless {
     deadlines: std::sync::Mutex<Vec<Option<tokio::time::Instant>>>,
 }
 
-impl outbox_runtime::Drain for Endless {
+impl outbox_runtime::relay::OutboxDrain for Endless {
     fn drain_before(
         &self,
         deadline: Option<tokio::time::Instant>,
-    ) -> outbox_runtime::DrainFuture<'_> {
+    ) -> outbox_runtime::relay::DrainFuture<'_> {
         self.deadlines.lock().expect("not poisoned").push(deadline);
         Box::pin(async move {
             match deadline {
                 Some(deadline) => tokio::time::sleep_until(deadline).await,
                 None => std::future::pending::<()>().await,
             }
-            Ok(outbox_runtime::DrainReport::default())
+            Ok(outbox_runtime::relay::DrainReport::default())
         })
     }
 }
@@ -1770,8 +1801,8 @@ impl outbox_runtime::Drain for Endless {
 #[derive(Default)]
 struct Pumps(std::sync::atomic::AtomicUsize);
 
-impl outbox_runtime::Pump for Pumps {
-    fn pump(&self) -> outbox_runtime::PumpFuture<'_> {
+impl outbox_runtime::pump::Pump for Pumps {
+    fn pump(&self) -> outbox_runtime::pump::PumpFuture<'_> {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Box::pin(async { Ok(()) })
     }
@@ -1781,12 +1812,12 @@ impl outbox_runtime::Pump for Pumps {
 async fn queue_with_a_pump(n: i64) -> Arc<outbox_runtime::InProcessQueue> {
     let queue = Arc::new(outbox_runtime::InProcessQueue::new());
     let mut carrier = Envelope::from_message(&step("p", n)).expect("envelope");
-    carrier.group = outbox_runtime::PUMP_GROUP.to_owned();
+    carrier.group = outbox_runtime::pump::PUMP_GROUP.to_owned();
     queue
         .publish(&[PublishEntry {
             envelope: &carrier,
             queue: None,
-            body: outbox_runtime::PUMP_BODY.to_owned(),
+            body: outbox_runtime::pump::PUMP_BODY.to_owned(),
         }])
         .await
         .expect("the pump is queued");
@@ -1803,9 +1834,12 @@ pub(crate) async fn a_worker_drains_on_a_pump_for_its_budget_then_pumps_again<S:
     let relay = Arc::new(Endless::default());
     let pumps = Arc::new(Pumps::default());
     let dispatcher = Arc::new(Dispatcher::from_registry().expect("dispatch table"));
-    let worker = outbox_runtime::Worker::new(store, queue, dispatcher)
-        .with_relay(Arc::clone(&relay) as Arc<dyn outbox_runtime::Drain>)
-        .with_pump(Arc::clone(&pumps) as Arc<dyn outbox_runtime::Pump>);
+    let worker = outbox_runtime::Worker::new(
+        Consumer::new(store, dispatcher)
+            .with_relay(Arc::clone(&relay) as Arc<dyn outbox_runtime::relay::OutboxDrain>)
+            .with_pump(Arc::clone(&pumps) as Arc<dyn outbox_runtime::pump::Pump>),
+        queue,
+    );
 
     let started = tokio::time::Instant::now();
     let report = tokio::time::timeout(Duration::from_secs(10), worker.run_once())
@@ -1817,7 +1851,7 @@ pub(crate) async fn a_worker_drains_on_a_pump_for_its_budget_then_pumps_again<S:
     let [Some(deadline)] = deadlines[..] else {
         panic!("one drain with a deadline expected, got {deadlines:?}");
     };
-    let budget = outbox_runtime::WorkerConfig::default().drain_budget;
+    let budget = outbox_runtime::consume::WorkerConfig::default().drain_budget;
     assert!(
         deadline >= started + budget && deadline <= tokio::time::Instant::now(),
         "the drain's deadline is not the worker's budget"
@@ -1837,8 +1871,10 @@ pub(crate) async fn a_stopped_worker_takes_no_further_batch<S: TestDb>(store: S)
     let dispatcher = Arc::new(Dispatcher::from_registry().expect("dispatch table"));
     for round in 0..20 {
         let queue = queue_with_a_pump(round).await;
-        let worker =
-            outbox_runtime::Worker::new(store.clone(), Arc::clone(&queue), Arc::clone(&dispatcher));
+        let worker = outbox_runtime::Worker::new(
+            Consumer::new(store.clone(), Arc::clone(&dispatcher)),
+            Arc::clone(&queue),
+        );
         tokio::time::timeout(Duration::from_secs(10), worker.run(std::future::ready(())))
             .await
             .expect("a stopped worker returns");

@@ -2,7 +2,7 @@
 //! declares: run in release with fat LTO to show registrations survive.
 
 use external_app::messages::{OrderPlaced, Payment};
-use outbox_runtime::DispatchTable;
+use outbox_runtime::dispatch::DispatchTable;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let table = DispatchTable::from_registry()?;

@@ -9,12 +9,12 @@ async fn envelopes_reach_the_right_handlers() {
         .with_state(Journal::default());
     let names: Vec<_> = dispatcher
         .table()
-        .describe()
-        .into_iter()
+        .entries()
+        .iter()
         .map(|m| {
             (
-                m.name,
-                m.handlers.into_iter().map(|h| h.name).collect::<Vec<_>>(),
+                m.registration().name,
+                m.handlers().iter().map(|h| h.name).collect::<Vec<_>>(),
             )
         })
         .collect();

@@ -2,7 +2,7 @@
 //! dispatch table checked.
 
 use outbox_runtime as renamed;
-use outbox_runtime::{handler, DispatchTable, GroupSpec, HandlerContext, OutboxMessage};
+use outbox_runtime::{handler, HandlerContext, OutboxMessage, dispatch::DispatchTable, message::GroupSpec};
 
 #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
 #[outbox(name = "orders.placed", version = 2, group = customer_id, queue = "orders")]
@@ -73,8 +73,11 @@ async fn r#async(msg: Tick) -> anyhow::Result<()> {
 
 fn main() {
     let table = DispatchTable::from_registry().expect("valid table");
-    let messages = table.describe();
-    let names: Vec<_> = messages.iter().map(|m| (m.name, m.version)).collect();
+    let names: Vec<_> = table
+        .entries()
+        .iter()
+        .map(|m| (m.registration().name, m.registration().version))
+        .collect();
     assert_eq!(
         names,
         [("Pair", 1), ("Payment", 1), ("RawField", 1), ("Tick", 1), ("orders.placed", 2)]

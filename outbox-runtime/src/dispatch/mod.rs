@@ -5,13 +5,15 @@ use std::fmt;
 use futures_util::future::Either;
 use tracing::Instrument;
 
-use crate::context::HandlerContext;
-use crate::envelope::{Envelope, Outgoing};
-use crate::handler::{CatchPanic, HandlerError};
+use crate::envelope::{Envelope, OutgoingEnvelope};
+use crate::handler::{CatchPanic, HandlerContext, HandlerError, State};
 use crate::message::DecodeError;
 use crate::registry::HandlerRegistration;
-use crate::state::State;
-use crate::table::{DispatchTable, MessageEntry, Miss, TableError};
+
+mod table;
+
+use table::Miss;
+pub use table::{DispatchTable, MessageEntry, TableError, TableProblem};
 
 /// Routes envelopes to their handlers.
 ///
@@ -133,7 +135,7 @@ impl Dispatcher {
             for &handler in entry.handlers() {
                 let mut ctx =
                     HandlerContext::new(envelope, &self.state).for_handler(handler.name, 1);
-                let result = invoke(handler, envelope, &mut ctx).await;
+                let result = run_handler(handler, envelope, &mut ctx).await;
                 if let Err(HandlerError::Decode(err)) = result {
                     return Err(DispatchError::Decode(err));
                 }
@@ -204,7 +206,7 @@ pub(crate) fn in_span<F: Future>(
 /// Runs one handler on one envelope in `ctx`: decodes the payload, calls the
 /// handler, and turns a panic into [`HandlerError::Panicked`]. Consumers with a
 /// store call this once per handler, inside the handler's transaction.
-pub async fn invoke(
+pub async fn run_handler(
     handler: &'static HandlerRegistration,
     envelope: &Envelope,
     ctx: &mut HandlerContext<'_>,
@@ -280,7 +282,7 @@ impl DispatchReport {
     }
 
     /// Every message the handlers published, in order.
-    pub fn published(&self) -> impl Iterator<Item = &Outgoing> {
+    pub fn published(&self) -> impl Iterator<Item = &OutgoingEnvelope> {
         self.outcomes().iter().flat_map(|o| &o.published)
     }
 }
@@ -294,7 +296,7 @@ pub struct HandlerOutcome {
     pub result: Result<(), HandlerError>,
     /// The messages it published (discarded by a store-backed consumer when
     /// the handler fails).
-    pub published: Vec<Outgoing>,
+    pub published: Vec<OutgoingEnvelope>,
 }
 
 /// An envelope cannot be dispatched. Every variant is poison: redelivering

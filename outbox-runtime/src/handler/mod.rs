@@ -1,4 +1,5 @@
-//! What a handler returns, and how a failure is classified.
+//! The handler's side: its [`HandlerContext`], the application [`State`] it
+//! reads, what it may return and how a failure is classified.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -8,6 +9,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use crate::message::DecodeError;
+
+mod context;
+mod state;
+
+pub use context::{ContextError, HandlerContext};
+pub use state::State;
 
 /// The error type a handler's error is converted into.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;

@@ -10,7 +10,7 @@ use std::fmt;
 /// [`HandlerContext::state`](crate::HandlerContext::state). No globals.
 ///
 /// ```
-/// use outbox_runtime::State;
+/// use outbox_runtime::handler::State;
 ///
 /// struct Config { greeting: &'static str }
 ///

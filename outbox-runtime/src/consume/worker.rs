@@ -5,10 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::consumer::{Consumer, ConsumerConfig, Outcome};
-use crate::dispatch::Dispatcher;
+use crate::consume::{Consumer, DeliveryOutcome};
 use crate::metrics::Metrics;
-use crate::pump::{Drain, Pump};
 use crate::store::{RetentionPolicy, Store};
 use crate::transport::{Delivery, Receipt, Receiver, TransportError};
 
@@ -16,7 +14,7 @@ use crate::transport::{Delivery, Receipt, Receiver, TransportError};
 #[derive(Clone, Copy, Debug)]
 pub struct WorkerConfig {
     /// Messages handled together, at most (in one database transaction, up
-    /// to [`ConsumerConfig::runs_per_transaction`] handler runs). A batch is
+    /// to [`ConsumerConfig::runs_per_transaction`](crate::consume::ConsumerConfig::runs_per_transaction) handler runs). A batch is
     /// what one receive returns; on a queue that returns fewer per call
     /// (SQS: 10), the worker receives again, without waiting, while each
     /// call returns a full page, for up to `linger`. So a lightly loaded
@@ -52,10 +50,10 @@ pub struct WorkerConfig {
     /// messages delivered again. Set it below the queue's visibility timeout.
     /// Default: 10 s.
     pub heartbeat: Option<Duration>,
-    /// How long a worker built [`with_relay`](Worker::with_relay) drains the
+    /// How long a worker whose consumer has a relay ([`Consumer::with_relay`]) drains the
     /// outbox on one pump message before it goes back to receiving (it
     /// publishes one batch at least). When the budget runs out first, the
-    /// worker pumps again (if built [`with_pump`](Worker::with_pump)), so
+    /// worker pumps again (if its consumer has one, [`Consumer::with_pump`]), so
     /// the drain goes on after a later receive, its own or another
     /// worker's, and messages are handled meanwhile: under producers faster
     /// than the queue takes messages, a drain until the outbox is empty
@@ -123,10 +121,11 @@ impl<S, R> std::fmt::Debug for Worker<S, R> {
 }
 
 impl<S: Store, R: Receiver> Worker<S, R> {
-    /// A worker with the default settings.
-    pub fn new(store: S, receiver: Arc<R>, dispatcher: Arc<Dispatcher>) -> Self {
+    /// A worker that receives from `receiver` and hands each batch to
+    /// `consumer`, with the default [`WorkerConfig`].
+    pub fn new(consumer: Consumer<S>, receiver: Arc<R>) -> Self {
         Worker {
-            consumer: Consumer::new(store, dispatcher),
+            consumer,
             receiver,
             config: WorkerConfig::default(),
         }
@@ -139,41 +138,9 @@ impl<S: Store, R: Receiver> Worker<S, R> {
         self
     }
 
-    /// Replaces the consumer's settings, all of them ([`ConsumerConfig`]:
-    /// attempts, retry backoff, handler runs per transaction, savepoints);
-    /// start from `ConsumerConfig::default()` to change one.
-    #[must_use]
-    pub fn with_consumer_config(mut self, config: ConsumerConfig) -> Self {
-        self.consumer = self.consumer.with_config(config);
-        self
-    }
-
-    /// Shares counters with other parts (the relay, a dashboard).
-    #[must_use]
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.consumer = self.consumer.with_metrics(metrics);
-        self
-    }
-
-    /// Pumps the relay after a batch commits: when its handlers published
-    /// messages, and on a non-durable queue when it confirmed messages, which
-    /// frees their groups for the relay. Without it the relay finds them on
-    /// its next sweep.
-    #[must_use]
-    pub fn with_pump(mut self, pump: Arc<dyn Pump>) -> Self {
-        self.consumer = self.consumer.with_pump(pump);
-        self
-    }
-
-    /// Drains the outbox with `relay` when a pump message arrives, for at
-    /// most [`WorkerConfig::drain_budget`]. Pump messages come through SQS
-    /// (`SqsPump`, the scheduled pump); on an
-    /// [`InProcessQueue`](crate::InProcessQueue) run the [`Relay`](crate::Relay)
-    /// itself, woken by a [`RelayWaker`](crate::RelayWaker).
-    #[must_use]
-    pub fn with_relay(mut self, relay: Arc<dyn Drain>) -> Self {
-        self.consumer = self.consumer.with_relay(relay);
-        self
+    /// The consumer that handles its batches.
+    pub fn consumer(&self) -> &Consumer<S> {
+        &self.consumer
     }
 
     /// The counters.
@@ -288,13 +255,13 @@ impl<S: Store, R: Receiver> Worker<S, R> {
         let mut releases: Vec<(Receipt, Duration)> = Vec::new();
         for (delivery, outcome) in deliveries.into_iter().zip(outcomes) {
             let delay = match outcome {
-                Outcome::Done => None,
-                Outcome::DeadLettered => {
+                DeliveryOutcome::Done => None,
+                DeliveryOutcome::DeadLettered => {
                     report.dead_lettered += 1;
                     None
                 }
-                Outcome::Retry(delay) => Some(delay),
-                Outcome::HeldBack => Some(Duration::ZERO),
+                DeliveryOutcome::Retry(delay) => Some(delay),
+                DeliveryOutcome::HeldBack => Some(Duration::ZERO),
             };
             match delay {
                 None => acks.push(delivery.receipt),
@@ -312,7 +279,7 @@ impl<S: Store, R: Receiver> Worker<S, R> {
         Ok(report)
     }
 
-    async fn handle_with_heartbeat(&self, deliveries: &[Delivery]) -> Vec<Outcome> {
+    async fn handle_with_heartbeat(&self, deliveries: &[Delivery]) -> Vec<DeliveryOutcome> {
         let handling = self.consumer.handle_deliveries(
             deliveries,
             None,

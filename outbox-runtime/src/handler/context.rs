@@ -5,9 +5,9 @@ use std::fmt;
 
 use uuid::Uuid;
 
-use crate::envelope::{Envelope, Outgoing};
+use crate::envelope::{Envelope, OutgoingEnvelope};
+use crate::handler::State;
 use crate::message::{EncodeError, OutboxMessage};
-use crate::state::State;
 
 /// The second, optional parameter of a `#[handler]`: the envelope being
 /// handled, application [`State`], the store's transaction, and `publish` for
@@ -18,17 +18,17 @@ use crate::state::State;
 /// the messages it publishes, so the handler's writes, the inbox row and the
 /// cascaded messages commit together or not at all. It is shared with the
 /// other runs of the consumer's batch (up to
-/// [`ConsumerConfig::runs_per_transaction`](crate::ConsumerConfig::runs_per_transaction)), each
+/// [`ConsumerConfig::runs_per_transaction`](crate::consume::ConsumerConfig::runs_per_transaction)), each
 /// run's effects rolled back to a savepoint when it fails: under the default
-/// [`Savepoints::OnFailure`](crate::Savepoints) the runs before it are
+/// [`Savepoints::OnFailure`](crate::consume::Savepoints) the runs before it are
 /// rolled back too and run again, so a handler may run more than once per
 /// delivery while its database effects commit once. Effects outside the
 /// database (an HTTP call) are not rolled back: make them idempotent, or
 /// run each handler under its own savepoint with
-/// [`Savepoints::EveryRun`](crate::Savepoints::EveryRun).
+/// [`Savepoints::EveryRun`](crate::consume::Savepoints::EveryRun).
 ///
 /// ```
-/// use outbox_runtime::{handler, Envelope, HandlerContext, OutboxMessage, State};
+/// use outbox_runtime::{handler, Envelope, HandlerContext, OutboxMessage, handler::State};
 ///
 /// #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
 /// struct OrderPlaced { order_id: i64 }
@@ -63,7 +63,7 @@ pub struct HandlerContext<'c> {
     handler: &'static str,
     attempt: u32,
     transaction: Option<Transaction<'c>>,
-    published: Vec<Outgoing>,
+    published: Vec<OutgoingEnvelope>,
     max_message_bytes: usize,
 }
 
@@ -89,8 +89,8 @@ impl<'c> HandlerContext<'c> {
 
     /// Sets the largest envelope [`publish`](Self::publish) accepts: the
     /// consumer's store's
-    /// [`max_message_bytes`](crate::Store::max_message_bytes); otherwise
-    /// [`DEFAULT_MAX_MESSAGE_BYTES`](crate::DEFAULT_MAX_MESSAGE_BYTES).
+    /// [`max_message_bytes`](crate::store::Store::max_message_bytes); otherwise
+    /// [`DEFAULT_MAX_MESSAGE_BYTES`](crate::envelope::DEFAULT_MAX_MESSAGE_BYTES).
     #[must_use]
     pub(crate) fn with_max_message_bytes(mut self, limit: usize) -> Self {
         self.max_message_bytes = limit;
@@ -189,7 +189,7 @@ impl<'c> HandlerContext<'c> {
     /// are carried over. Fails, publishing nothing, when the message does not
     /// encode or is too large for the transport ([`EncodeError::TooLarge`]).
     pub fn publish<M: OutboxMessage>(&mut self, message: &M) -> Result<(), EncodeError> {
-        let mut outgoing = Outgoing::new(message)?;
+        let mut outgoing = OutgoingEnvelope::new(message)?;
         outgoing.envelope = outgoing.envelope.caused_by(self.envelope);
         outgoing.envelope.check_size(self.max_message_bytes)?;
         self.published.push(outgoing);
@@ -197,12 +197,12 @@ impl<'c> HandlerContext<'c> {
     }
 
     /// The messages published so far.
-    pub fn published(&self) -> &[Outgoing] {
+    pub fn published(&self) -> &[OutgoingEnvelope] {
         &self.published
     }
 
     /// Takes the messages published, leaving none.
-    pub fn take_published(&mut self) -> Vec<Outgoing> {
+    pub fn take_published(&mut self) -> Vec<OutgoingEnvelope> {
         std::mem::take(&mut self.published)
     }
 }

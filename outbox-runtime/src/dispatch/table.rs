@@ -4,21 +4,22 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use serde::Serialize;
+use serde::ser::{Serialize, SerializeStruct, Serializer};
 
-use crate::hash::BuildNameHasher;
-use crate::message::{GroupSpec, OutboxMessage};
+use crate::message::OutboxMessage;
 use crate::registry::{HANDLERS, HandlerRegistration, MESSAGES, MessageRegistration};
+use foldhash::fast::RandomState;
 
 /// The routing table from (message name, version) to handlers.
 ///
 /// Built from the link-time registrations with
 /// [`from_registry`](Self::from_registry), which checks them all and reports
 /// every problem at once. Read-only afterwards: inspect it with
-/// [`describe`](Self::describe) or [`entries`](Self::entries), or print it (`Display` renders a table).
+/// [`entries`](Self::entries) (each serializes to JSON), or print it
+/// (`Display` renders a table).
 ///
 /// ```standalone_crate
-/// use outbox_runtime::{handler, DispatchTable, OutboxMessage};
+/// use outbox_runtime::{handler, OutboxMessage, dispatch::DispatchTable};
 ///
 /// #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
 /// #[outbox(name = "greeting", version = 2, group = to)]
@@ -34,17 +35,16 @@ use crate::registry::{HANDLERS, HandlerRegistration, MESSAGES, MessageRegistrati
 /// let greeting = table.message("greeting", 2).unwrap();
 /// assert_eq!(greeting.handlers().len(), 1);
 /// assert!(greeting.handlers()[0].name.ends_with("::greet"));
-/// # Ok::<(), outbox_runtime::TableError>(())
+/// # Ok::<(), outbox_runtime::dispatch::TableError>(())
 /// ```
 pub struct DispatchTable {
     entries: Vec<MessageEntry>,
     /// name -> (version, index into `entries`); a name has few versions, so a
     /// scan beats a second hash.
-    index: HashMap<&'static str, Vec<(u32, usize)>, BuildNameHasher>,
+    index: HashMap<&'static str, Vec<(u32, usize)>, RandomState>,
 }
 
-/// One message type in the table, with its handlers.
-#[derive(Debug)]
+/// One message type in the table: its registration and its handlers.
 pub struct MessageEntry {
     registration: &'static MessageRegistration,
     handlers: Vec<&'static HandlerRegistration>,
@@ -76,7 +76,7 @@ impl DispatchTable {
     /// Fails, listing every problem, when two message types share a name and
     /// version, a handler's message type is not registered, two handlers of
     /// one message share a name, or nothing is registered at all (see the
-    /// linker caveat in the crate docs).
+    /// linker caveat in [`registry`](crate::registry)).
     pub fn from_registry() -> Result<Self, TableError> {
         let table = Self::from_registrations(MESSAGES.iter(), HANDLERS.iter())?;
         if table.entries.is_empty() {
@@ -158,8 +158,7 @@ impl DispatchTable {
             return Err(TableError { problems });
         }
 
-        let mut index: HashMap<&'static str, Vec<(u32, usize)>, BuildNameHasher> =
-            HashMap::default();
+        let mut index: HashMap<&'static str, Vec<(u32, usize)>, RandomState> = HashMap::default();
         for (at, entry) in entries.iter().enumerate() {
             let r = entry.registration;
             index.entry(r.name).or_default().push((r.version, at));
@@ -206,32 +205,6 @@ impl DispatchTable {
         &self.entries
     }
 
-    /// A serializable description of the table: messages, versions, groups,
-    /// queues and handlers. What `outbox table --json` prints.
-    pub fn describe(&self) -> Vec<MessageInfo> {
-        self.entries
-            .iter()
-            .map(|entry| {
-                let r = entry.registration;
-                MessageInfo {
-                    name: r.name,
-                    version: r.version,
-                    rust_type: (r.rust_type)(),
-                    group: r.group,
-                    queue: r.queue,
-                    handlers: entry
-                        .handlers
-                        .iter()
-                        .map(|h| HandlerInfo {
-                            name: h.name,
-                            max_attempts: h.max_attempts,
-                        })
-                        .collect(),
-                }
-            })
-            .collect()
-    }
-
     /// How many message types are registered.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -245,7 +218,52 @@ impl DispatchTable {
 
 impl fmt::Debug for DispatchTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.describe()).finish()
+        f.debug_list().entries(&self.entries).finish()
+    }
+}
+
+/// The entry as JSON: `name`, `version`, `rust_type`, `group`, `queue` and
+/// `handlers` (each with `name` and `max_attempts`), as `sample-app table
+/// --json` prints it.
+impl Serialize for MessageEntry {
+    fn serialize<Ser: Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
+        #[derive(serde::Serialize)]
+        struct Handler {
+            name: &'static str,
+            max_attempts: Option<u32>,
+        }
+        let r = self.registration;
+        let mut entry = serializer.serialize_struct("MessageEntry", 6)?;
+        entry.serialize_field("name", r.name)?;
+        entry.serialize_field("version", &r.version)?;
+        entry.serialize_field("rust_type", (r.rust_type)())?;
+        entry.serialize_field("group", &r.group)?;
+        entry.serialize_field("queue", &r.queue)?;
+        let handlers: Vec<Handler> = self
+            .handlers
+            .iter()
+            .map(|h| Handler {
+                name: h.name,
+                max_attempts: h.max_attempts,
+            })
+            .collect();
+        entry.serialize_field("handlers", &handlers)?;
+        entry.end()
+    }
+}
+
+impl fmt::Debug for MessageEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = self.registration;
+        let handlers: Vec<_> = self.handlers.iter().map(|h| h.name).collect();
+        f.debug_struct("MessageEntry")
+            .field("name", &r.name)
+            .field("version", &r.version)
+            .field("rust_type", &(r.rust_type)())
+            .field("group", &r.group)
+            .field("queue", &r.queue)
+            .field("handlers", &handlers)
+            .finish()
     }
 }
 
@@ -253,19 +271,20 @@ impl fmt::Debug for DispatchTable {
 impl fmt::Display for DispatchTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let rows: Vec<[String; 5]> = self
-            .describe()
-            .into_iter()
-            .flat_map(|m| {
+            .entries
+            .iter()
+            .flat_map(|entry| {
+                let m = entry.registration;
                 let head = [
                     m.name.to_owned(),
                     format!("v{}", m.version),
                     m.group.to_string(),
                     m.queue.unwrap_or("default").to_owned(),
                 ];
-                let handlers: Vec<String> = if m.handlers.is_empty() {
+                let handlers: Vec<String> = if entry.handlers.is_empty() {
                     vec![String::from("(none)")]
                 } else {
-                    m.handlers.iter().map(|h| h.name.to_owned()).collect()
+                    entry.handlers.iter().map(|h| h.name.to_owned()).collect()
                 };
                 handlers.into_iter().enumerate().map(move |(i, handler)| {
                     let [a, b, c, d] = if i == 0 {
@@ -300,32 +319,6 @@ impl fmt::Display for DispatchTable {
         }
         Ok(())
     }
-}
-
-/// One message type, as described by [`DispatchTable::describe`].
-#[derive(Clone, Debug, Serialize)]
-pub struct MessageInfo {
-    /// The message name.
-    pub name: &'static str,
-    /// The schema version.
-    pub version: u32,
-    /// The Rust type, with its module path.
-    pub rust_type: &'static str,
-    /// How its group is chosen.
-    pub group: GroupSpec,
-    /// Its logical queue, if not the default.
-    pub queue: Option<&'static str>,
-    /// Its handlers, ordered by name.
-    pub handlers: Vec<HandlerInfo>,
-}
-
-/// One handler, as described by [`DispatchTable::describe`].
-#[derive(Clone, Debug, Serialize)]
-pub struct HandlerInfo {
-    /// The handler's name (its inbox key).
-    pub name: &'static str,
-    /// Its attempt limit, if it sets one.
-    pub max_attempts: Option<u32>,
 }
 
 /// The registrations do not form a valid table. Lists every problem found.

@@ -9,14 +9,15 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::backoff::Backoff;
-use crate::context::HandlerContext;
-use crate::dispatch::{Dispatcher, in_span, invoke, span_if_wanted};
+use crate::dispatch::{Dispatcher, in_span, run_handler, span_if_wanted};
 use crate::envelope::{Envelope, ONLY_HANDLER_HEADER};
+use crate::handler::HandlerContext;
 use crate::handler::HandlerError;
 use crate::metrics::Metrics;
-use crate::pump::{Drain, Pump, is_pump};
+use crate::pump::{Pump, is_pump};
 use crate::registry::HandlerRegistration;
-use crate::store::{DeadLetter, Store, StoreError, Tx};
+use crate::relay::OutboxDrain;
+use crate::store::{DeadLetter, Store, StoreError, StoreTransaction};
 use crate::transport::Delivery;
 
 /// Settings of a [`Consumer`].
@@ -82,7 +83,7 @@ impl Default for ConsumerConfig {
 /// What to do with one delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Outcome {
+pub enum DeliveryOutcome {
     /// Done with it: acknowledge (delete) it.
     Done,
     /// Done with it, part or all of it in dead letters: acknowledge it.
@@ -94,10 +95,10 @@ pub enum Outcome {
     HeldBack,
 }
 
-impl Outcome {
+impl DeliveryOutcome {
     /// Whether the delivery should be acknowledged.
     pub fn is_done(self) -> bool {
-        matches!(self, Outcome::Done | Outcome::DeadLettered)
+        matches!(self, DeliveryOutcome::Done | DeliveryOutcome::DeadLettered)
     }
 }
 
@@ -208,7 +209,7 @@ struct FailedRun {
 /// and the outcome of each message reached.
 struct Pass {
     /// The outcome of each message, by its place in the batch.
-    done: Vec<(usize, Outcome)>,
+    done: Vec<(usize, DeliveryOutcome)>,
     runs: HashMap<(Uuid, &'static str), Run>,
     tally: Tally,
     /// In a pass under one shared savepoint: the failed run that ended it.
@@ -234,9 +235,9 @@ impl Pass {
 
 /// The outcome of a message held back: delivered again at once, or after
 /// the longest retry delay of its runs that failed in this transaction.
-fn held_back(item: &Prepared<'_>, runs: &HashMap<(Uuid, &'static str), Run>) -> Outcome {
+fn held_back(item: &Prepared<'_>, runs: &HashMap<(Uuid, &'static str), Run>) -> DeliveryOutcome {
     let Work::Message { identity, .. } = &item.work else {
-        return Outcome::HeldBack;
+        return DeliveryOutcome::HeldBack;
     };
     item.handlers()
         .filter_map(|handler| match runs.get(&(*identity, handler.name)) {
@@ -244,7 +245,7 @@ fn held_back(item: &Prepared<'_>, runs: &HashMap<(Uuid, &'static str), Run>) -> 
             _ => None,
         })
         .max()
-        .map_or(Outcome::HeldBack, Outcome::Retry)
+        .map_or(DeliveryOutcome::HeldBack, DeliveryOutcome::Retry)
 }
 
 /// Whether `item` is held back: behind a failure of its group earlier in
@@ -284,7 +285,7 @@ pub struct Consumer<S> {
     config: ConsumerConfig,
     metrics: Arc<Metrics>,
     pump: Option<Arc<dyn Pump>>,
-    relay: Option<Arc<dyn Drain>>,
+    relay: Option<Arc<dyn OutboxDrain>>,
 }
 
 impl<S: Clone> Clone for Consumer<S> {
@@ -346,7 +347,7 @@ impl<S: Store> Consumer<S> {
 
     /// Drains the outbox with `relay` when a pump message arrives.
     #[must_use]
-    pub fn with_relay(mut self, relay: Arc<dyn Drain>) -> Self {
+    pub fn with_relay(mut self, relay: Arc<dyn OutboxDrain>) -> Self {
         self.relay = Some(relay);
         self
     }
@@ -390,7 +391,7 @@ impl<S: Store> Consumer<S> {
     /// one delivery; its effects commit once. Handlers of a transaction share it: a
     /// `SET LOCAL` or a deferred constraint of one applies to the others.
     /// Pump messages are handled after the envelopes.
-    pub async fn handle_batch(&self, deliveries: &[Delivery]) -> Vec<Outcome> {
+    pub async fn handle_batch(&self, deliveries: &[Delivery]) -> Vec<DeliveryOutcome> {
         self.handle_deliveries(deliveries, None, None, false).await
     }
 
@@ -402,18 +403,18 @@ impl<S: Store> Consumer<S> {
         &self,
         deliveries: &[Delivery],
         deadline: Option<Instant>,
-    ) -> Vec<Outcome> {
+    ) -> Vec<DeliveryOutcome> {
         self.handle_deliveries(deliveries, deadline, None, false)
             .await
     }
 
     /// Handles one delivery: [`handle_batch`](Self::handle_batch) with a
     /// batch of one.
-    pub async fn handle(&self, delivery: &Delivery) -> Outcome {
+    pub async fn handle(&self, delivery: &Delivery) -> DeliveryOutcome {
         self.handle_deliveries(std::slice::from_ref(delivery), None, None, false)
             .await
             .pop()
-            .unwrap_or(Outcome::Done)
+            .unwrap_or(DeliveryOutcome::Done)
     }
 
     /// The batch loop: `deadline` holds back messages of later
@@ -427,8 +428,8 @@ impl<S: Store> Consumer<S> {
         deadline: Option<Instant>,
         drain_for: Option<Duration>,
         confirm: bool,
-    ) -> Vec<Outcome> {
-        let mut outcomes = vec![Outcome::Done; deliveries.len()];
+    ) -> Vec<DeliveryOutcome> {
+        let mut outcomes = vec![DeliveryOutcome::Done; deliveries.len()];
         let mut pumps = Vec::new();
         let mut batch = Vec::with_capacity(deliveries.len());
         for (at, delivery) in deliveries.iter().enumerate() {
@@ -454,7 +455,7 @@ impl<S: Store> Consumer<S> {
         for at in pumps {
             let group = deliveries[at].group.as_str();
             outcomes[at] = if stopped.contains(group) {
-                Outcome::HeldBack
+                DeliveryOutcome::HeldBack
             } else {
                 // A budget too large to add is no limit.
                 let budget = drain_for.and_then(|budget| Instant::now().checked_add(budget));
@@ -515,7 +516,7 @@ impl<S: Store> Consumer<S> {
         &self,
         chunk: &[Prepared<'a>],
         stopped: &mut HashSet<&'a str>,
-        outcomes: &mut [Outcome],
+        outcomes: &mut [DeliveryOutcome],
         deadline: Option<Instant>,
         confirm: bool,
     ) {
@@ -541,7 +542,8 @@ impl<S: Store> Consumer<S> {
             outcomes[item.at] = match self.transaction(one, &mut tried, deadline, confirm).await {
                 Ok(mut done) => {
                     *stopped = tried;
-                    done.pop().map_or(Outcome::Done, |(_, outcome)| outcome)
+                    done.pop()
+                        .map_or(DeliveryOutcome::Done, |(_, outcome)| outcome)
                 }
                 Err(err) => self.store_failed(item, &err, stopped),
             };
@@ -556,10 +558,10 @@ impl<S: Store> Consumer<S> {
         item: &Prepared<'a>,
         err: &StoreError,
         stopped: &mut HashSet<&'a str>,
-    ) -> Outcome {
+    ) -> DeliveryOutcome {
         tracing::warn!(error = %err, group = %item.delivery.group, "store failed while handling; will retry");
         stopped.insert(&item.delivery.group);
-        Outcome::Retry(self.config.retry_backoff.delay(item.delivery.receive_count))
+        DeliveryOutcome::Retry(self.config.retry_backoff.delay(item.delivery.receive_count))
     }
 
     /// One transaction over `chunk`: reserves the inbox rows of its runs,
@@ -572,12 +574,12 @@ impl<S: Store> Consumer<S> {
         stopped: &mut HashSet<&'a str>,
         deadline: Option<Instant>,
         confirm: bool,
-    ) -> Result<Vec<(usize, Outcome)>, StoreError> {
+    ) -> Result<Vec<(usize, DeliveryOutcome)>, StoreError> {
         let late = deadline.is_some_and(|deadline| Instant::now() >= deadline);
         if chunk.iter().all(|item| is_held(item, stopped, late)) {
             return Ok(chunk
                 .iter()
-                .map(|item| (item.at, Outcome::HeldBack))
+                .map(|item| (item.at, DeliveryOutcome::HeldBack))
                 .collect());
         }
         let mut keys: Vec<(Uuid, &'static str)> = Vec::new();
@@ -664,7 +666,7 @@ impl<S: Store> Consumer<S> {
     /// message (see [`Pass::first_failure`]).
     async fn count_first_failure(
         &self,
-        tx: &mut Tx<S::Database>,
+        tx: &mut StoreTransaction<S::Database>,
         item: &Prepared<'_>,
         failed: FailedRun,
         pass: &mut Pass,
@@ -686,7 +688,7 @@ impl<S: Store> Consumer<S> {
     /// failed run ends the pass) or each run in a savepoint of its own.
     async fn pass<'a>(
         &self,
-        tx: &mut Tx<S::Database>,
+        tx: &mut StoreTransaction<S::Database>,
         chunk: &[Prepared<'a>],
         stopped: &mut HashSet<&'a str>,
         late: bool,
@@ -707,7 +709,7 @@ impl<S: Store> Consumer<S> {
                         self.poison(tx, item.delivery, envelope.as_ref(), error)
                             .await?;
                         pass.tally.dead_lettered += 1;
-                        Outcome::DeadLettered
+                        DeliveryOutcome::DeadLettered
                     }
                     Work::Message { envelope, .. } => {
                         let span = span_if_wanted!(
@@ -738,12 +740,12 @@ impl<S: Store> Consumer<S> {
     /// that did not succeed, confirms (`confirm`), commits, counts.
     async fn finish(
         &self,
-        mut tx: Tx<S::Database>,
+        mut tx: StoreTransaction<S::Database>,
         chunk: &[Prepared<'_>],
         keys: &[(Uuid, &'static str)],
         pass: Pass,
         confirm: bool,
-    ) -> Result<Vec<(usize, Outcome)>, StoreError> {
+    ) -> Result<Vec<(usize, DeliveryOutcome)>, StoreError> {
         let Pass {
             done, runs, tally, ..
         } = pass;
@@ -766,7 +768,9 @@ impl<S: Store> Consumer<S> {
         self.store.confirm(&mut tx, &confirmed).await?;
         tx.commit().await?;
         for (item, (_, outcome)) in chunk.iter().zip(&done) {
-            if let (Work::Poison { error, .. }, Outcome::DeadLettered) = (&item.work, outcome) {
+            if let (Work::Poison { error, .. }, DeliveryOutcome::DeadLettered) =
+                (&item.work, outcome)
+            {
                 tracing::error!(%error, group = %item.delivery.group, "poison message dead-lettered");
             }
         }
@@ -787,16 +791,16 @@ impl<S: Store> Consumer<S> {
     /// kept in `pass.failed`.
     async fn run_message(
         &self,
-        tx: &mut Tx<S::Database>,
+        tx: &mut StoreTransaction<S::Database>,
         item: &Prepared<'_>,
         pass: &mut Pass,
         shared: bool,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<DeliveryOutcome, StoreError> {
         let Work::Message {
             envelope, identity, ..
         } = &item.work
         else {
-            return Ok(Outcome::Done);
+            return Ok(DeliveryOutcome::Done);
         };
         // The delay before the message comes back: the longest any failed
         // handler asks for.
@@ -842,7 +846,7 @@ impl<S: Store> Consumer<S> {
                     key,
                     error,
                 });
-                return Ok(Outcome::HeldBack);
+                return Ok(DeliveryOutcome::HeldBack);
             }
             self.store.end_run(tx, false).await?;
             match self
@@ -854,9 +858,9 @@ impl<S: Store> Consumer<S> {
             }
         }
         Ok(match retry {
-            Some(delay) => Outcome::Retry(delay),
-            None if dead => Outcome::DeadLettered,
-            None => Outcome::Done,
+            Some(delay) => DeliveryOutcome::Retry(delay),
+            None if dead => DeliveryOutcome::DeadLettered,
+            None => DeliveryOutcome::Done,
         })
     }
 
@@ -867,7 +871,7 @@ impl<S: Store> Consumer<S> {
     /// comes back, or `None` when the handler gave up.
     async fn count_failure(
         &self,
-        tx: &mut Tx<S::Database>,
+        tx: &mut StoreTransaction<S::Database>,
         item: &Prepared<'_>,
         handler: &'static HandlerRegistration,
         attempt: u32,
@@ -927,7 +931,7 @@ impl<S: Store> Consumer<S> {
     /// Says whether the run published anything.
     async fn run_handler(
         &self,
-        tx: &mut Tx<S::Database>,
+        tx: &mut StoreTransaction<S::Database>,
         envelope: &Envelope,
         handler: &'static HandlerRegistration,
         attempt: u32,
@@ -941,7 +945,7 @@ impl<S: Store> Consumer<S> {
                 .for_handler(handler.name, attempt)
                 .with_max_message_bytes(self.store.max_message_bytes())
                 .with_transaction(tx);
-            let result = invoke(handler, envelope, &mut ctx).await;
+            let result = run_handler(handler, envelope, &mut ctx).await;
             (result, ctx.take_published())
         };
         if let Err(error) = result {
@@ -969,10 +973,10 @@ impl<S: Store> Consumer<S> {
 
     /// Drains the outbox on a pump, until done or `deadline`. Without a relay
     /// the pump is acknowledged and ignored.
-    pub async fn on_pump(&self, deadline: Option<Instant>) -> Outcome {
+    pub async fn on_pump(&self, deadline: Option<Instant>) -> DeliveryOutcome {
         let Some(relay) = &self.relay else {
             tracing::debug!("pump received, but this consumer has no relay; ignored");
-            return Outcome::Done;
+            return DeliveryOutcome::Done;
         };
         match relay.drain_before(deadline).await {
             Ok(report) => {
@@ -984,11 +988,11 @@ impl<S: Store> Consumer<S> {
                         tracing::warn!(error = %err, "could not re-pump; the sweep will drain the rest");
                     }
                 }
-                Outcome::Done
+                DeliveryOutcome::Done
             }
             Err(err) => {
                 tracing::warn!(error = %err, "drain on pump failed; the pump will be retried");
-                Outcome::Retry(self.config.retry_backoff.delay(1))
+                DeliveryOutcome::Retry(self.config.retry_backoff.delay(1))
             }
         }
     }
@@ -997,7 +1001,7 @@ impl<S: Store> Consumer<S> {
     /// and acknowledge it.
     async fn poison(
         &self,
-        tx: &mut Tx<S::Database>,
+        tx: &mut StoreTransaction<S::Database>,
         delivery: &Delivery,
         envelope: Option<&Envelope>,
         error: &str,
