@@ -1,16 +1,18 @@
-//! Collects every error of one macro invocation, so the user sees all of them
-//! in one compile (after serde_derive's `Ctxt`).
+//! The error collector of one macro input (serde_derive's `Ctxt`).
 
 use std::fmt::Display;
 
 use quote::ToTokens;
 
+/// Collects the errors found in one macro input, so the user sees all of
+/// them in one compile instead of only the first. `finish` returns them
+/// combined.
 #[derive(Default)]
-pub(crate) struct Errors {
+pub(crate) struct Ctxt {
     errors: Option<syn::Error>,
 }
 
-impl Errors {
+impl Ctxt {
     pub(crate) fn push(&mut self, error: syn::Error) {
         match &mut self.errors {
             Some(errors) => errors.combine(error),
