@@ -30,7 +30,7 @@ pub(crate) enum HandlerName {
 
 impl<'a> Handler<'a> {
     pub(crate) fn from_fn(args: TokenStream, func: &'a ItemFn) -> Result<Self, syn::Error> {
-        let mut cx = Ctxt::default();
+        let mut cx = Ctxt::new();
         let HandlerAttrs {
             name,
             max_attempts,

@@ -27,7 +27,7 @@ pub(crate) enum Group<'a> {
 impl<'a> Message<'a> {
     /// Builds the model, or returns every error found.
     pub(crate) fn from_input(input: &'a DeriveInput) -> Result<Self, syn::Error> {
-        let mut cx = Ctxt::default();
+        let mut cx = Ctxt::new();
         let attrs = attr::message_attrs(&input.attrs, &mut cx);
 
         if let Data::Union(data) = &input.data {
