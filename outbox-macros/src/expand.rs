@@ -15,10 +15,10 @@ use crate::message::{self, Group, Message};
 pub(crate) fn derive_message(input: &DeriveInput) -> TokenStream {
     match Message::from_input(input) {
         Ok(message) => message_impl(&message),
-        Err(errors) => {
-            let mut tokens = errors.to_compile_error();
+        Err(rejected) => {
+            let mut tokens = rejected.errors.to_compile_error();
             if message::fallback_possible(input) {
-                tokens.extend(fallback::message(input));
+                tokens.extend(fallback::message(input, &rejected.krate));
             }
             tokens
         }

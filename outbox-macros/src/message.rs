@@ -16,6 +16,13 @@ pub(crate) struct Message<'a> {
     pub(crate) krate: Path,
 }
 
+/// A derive that failed: every error, and the crate path for the fallback
+/// impl (`crate = ...` if it parsed, else `::outbox_runtime`).
+pub(crate) struct Rejected {
+    pub(crate) errors: syn::Error,
+    pub(crate) krate: Path,
+}
+
 /// Where the group key comes from, resolved against the type's fields.
 pub(crate) enum Group<'a> {
     PerType,
@@ -26,7 +33,7 @@ pub(crate) enum Group<'a> {
 
 impl<'a> Message<'a> {
     /// Builds the model, or returns every error found.
-    pub(crate) fn from_input(input: &'a DeriveInput) -> Result<Self, syn::Error> {
+    pub(crate) fn from_input(input: &'a DeriveInput) -> Result<Self, Rejected> {
         let mut cx = Ctxt::new();
         let attrs = attr::message_attrs(&input.attrs, &mut cx);
 
@@ -64,14 +71,17 @@ impl<'a> Message<'a> {
             Some(group) => resolve_group(input, group, &mut cx),
         };
 
-        cx.finish()?;
+        let krate = krate.unwrap_or_else(default_crate);
+        if let Err(errors) = cx.finish() {
+            return Err(Rejected { errors, krate });
+        }
         Ok(Message {
             ident: &input.ident,
             name,
             version: version.unwrap_or(1),
             group,
             queue,
-            krate: krate.unwrap_or_else(default_crate),
+            krate,
         })
     }
 }
