@@ -7,7 +7,7 @@ use syn::meta::ParseNestedMeta;
 use syn::parse::Parser;
 use syn::{Attribute, Ident, LitInt, LitStr, Path};
 
-use crate::ctxt::Errors;
+use crate::ctxt::Ctxt;
 
 /// `#[outbox(...)]` on a message type.
 #[derive(Default)]
@@ -42,7 +42,7 @@ pub(crate) struct HandlerAttrs {
 const MESSAGE_KEYS: &str = "`name`, `version`, `group`, `queue`, `crate`";
 const HANDLER_KEYS: &str = "`name`, `max_attempts`, `crate`";
 
-pub(crate) fn message_attrs(attrs: &[Attribute], errors: &mut Errors) -> MessageAttrs {
+pub(crate) fn message_attrs(attrs: &[Attribute], cx: &mut Ctxt) -> MessageAttrs {
     let mut out = MessageAttrs::default();
     for attr in attrs.iter().filter(|a| a.path().is_ident("outbox")) {
         let result = attr.parse_nested_meta(|meta| {
@@ -64,16 +64,16 @@ pub(crate) fn message_attrs(attrs: &[Attribute], errors: &mut Errors) -> Message
                 skip_value(&meta)?;
                 Err(unknown_key(&meta, "#[outbox(...)]", MESSAGE_KEYS))
             };
-            record(key, errors)
+            record(key, cx)
         });
         if let Err(err) = result {
-            errors.push(err);
+            cx.push(err);
         }
     }
     out
 }
 
-pub(crate) fn handler_attrs(args: TokenStream, errors: &mut Errors) -> HandlerAttrs {
+pub(crate) fn handler_attrs(args: TokenStream, cx: &mut Ctxt) -> HandlerAttrs {
     let mut out = HandlerAttrs::default();
     let parser = syn::meta::parser(|meta| {
         let key = if meta.path.is_ident("name") {
@@ -88,20 +88,20 @@ pub(crate) fn handler_attrs(args: TokenStream, errors: &mut Errors) -> HandlerAt
             skip_value(&meta)?;
             Err(unknown_key(&meta, "#[handler(...)]", HANDLER_KEYS))
         };
-        record(key, errors)
+        record(key, cx)
     });
     if let Err(err) = parser.parse2(args) {
-        errors.push(err);
+        cx.push(err);
     }
     out
 }
 
 /// Records a key's error and goes on to the next key, so every bad key is
 /// reported in one compile. The value was consumed, so parsing can resume.
-fn record(key: syn::Result<syn::Result<()>>, errors: &mut Errors) -> syn::Result<()> {
+fn record(key: syn::Result<syn::Result<()>>, cx: &mut Ctxt) -> syn::Result<()> {
     match key {
         Ok(Ok(())) => {}
-        Ok(Err(err)) | Err(err) => errors.push(err),
+        Ok(Err(err)) | Err(err) => cx.push(err),
     }
     Ok(())
 }

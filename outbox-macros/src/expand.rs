@@ -15,10 +15,10 @@ use crate::message::{self, Group, Message};
 pub(crate) fn derive_message(input: &DeriveInput) -> TokenStream {
     match Message::from_input(input) {
         Ok(message) => message_impl(&message),
-        Err(errors) => {
-            let mut tokens = errors.to_compile_error();
+        Err(rejected) => {
+            let mut tokens = rejected.errors.to_compile_error();
             if message::fallback_possible(input) {
-                tokens.extend(fallback::message(input));
+                tokens.extend(fallback::message(input, &rejected.krate));
             }
             tokens
         }
@@ -132,9 +132,9 @@ fn handler_registration(handler: &Handler<'_>) -> TokenStream {
         None => quote!(::core::option::Option::None),
     };
 
-    // Spans point errors at the user's code: a non-`Send` future at the
-    // function's name, a wrong return type at the return type, a wrong
-    // context type at the context parameter.
+    // Spans point errors at the user's code: a wrong return type at the
+    // signature from the name to the return type, a wrong context type at the
+    // context parameter, a non-`Send` future at the name.
     let (ctx_param, call) = match handler.context_ty {
         Some(ty) => {
             let ctx = quote_spanned!(ty.span()=> ctx);
@@ -146,7 +146,17 @@ fn handler_registration(handler: &Handler<'_>) -> TokenStream {
     let result = quote_spanned! {handler.output_ty.span()=>
         #private::IntoHandlerResult::into_handler_result(#call.await)
     };
-    let boxed = quote_spanned!(fn_ident.span()=> #private::Box::pin);
+    let body = quote! {
+        let message = <#message_ty as #private::OutboxMessage>::decode(payload)?;
+        #result
+    };
+    // A non-`Send` future fails the coercion to `HandlerFuture` at this
+    // expression. Its span runs from its first token to its last, both
+    // spanned here at the name; a leading call-site crate path would move the
+    // error to `#[handler]`.
+    let future = quote_spanned! {fn_ident.span()=>
+        <#private::Box<_>>::pin(async move { #body })
+    };
 
     quote! {
         #[doc(hidden)]
@@ -160,10 +170,7 @@ fn handler_registration(handler: &Handler<'_>) -> TokenStream {
                 payload: &'a #private::RawValue,
                 #ctx_param: &'a mut #private::HandlerContext<'c>,
             ) -> #private::HandlerFuture<'a> {
-                #boxed(async move {
-                    let message = <#message_ty as #private::OutboxMessage>::decode(payload)?;
-                    #result
-                })
+                #future
             }
         };
     }

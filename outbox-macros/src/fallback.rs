@@ -3,22 +3,22 @@
 
 use proc_macro2::TokenStream;
 use quote::quote;
-use syn::DeriveInput;
 use syn::ext::IdentExt;
+use syn::{DeriveInput, Path};
 
 /// A stub `OutboxMessage` impl for a type whose derive failed, so that
 /// handlers of it report no "not an outbox message" errors on top. It
 /// registers nothing and its `group_key` is never reached: the crate does not
-/// compile.
-pub(crate) fn message(input: &DeriveInput) -> TokenStream {
+/// compile. It reaches the runtime through `krate`, as the real impl would.
+pub(crate) fn message(input: &DeriveInput, krate: &Path) -> TokenStream {
     let ident = &input.ident;
     let name = ident.unraw().to_string();
     quote! {
         #[automatically_derived]
-        impl ::outbox_runtime::__private::OutboxMessage for #ident {
+        impl #krate::__private::OutboxMessage for #ident {
             const NAME: &'static str = #name;
             const VERSION: u32 = 1;
-            fn group_key(&self) -> ::outbox_runtime::__private::Cow<'_, str> {
+            fn group_key(&self) -> #krate::__private::Cow<'_, str> {
                 ::core::unreachable!()
             }
         }

@@ -5,7 +5,7 @@ use syn::ext::IdentExt;
 use syn::{FnArg, GenericParam, ItemFn, LitStr, Path, ReturnType, Safety, Type};
 
 use crate::attr::{self, HandlerAttrs};
-use crate::ctxt::Errors;
+use crate::ctxt::Ctxt;
 use crate::message::default_crate;
 
 /// A handler that passed every check.
@@ -30,36 +30,36 @@ pub(crate) enum HandlerName {
 
 impl<'a> Handler<'a> {
     pub(crate) fn from_fn(args: TokenStream, func: &'a ItemFn) -> Result<Self, syn::Error> {
-        let mut errors = Errors::default();
+        let mut cx = Ctxt::new();
         let HandlerAttrs {
             name,
             max_attempts,
             krate,
-        } = attr::handler_attrs(args, &mut errors);
+        } = attr::handler_attrs(args, &mut cx);
         if let Some(name) = &name
             && name.value().trim().is_empty()
         {
-            errors.error_spanned_by(name, "the handler name must not be empty");
+            cx.error_spanned_by(name, "the handler name must not be empty");
         }
 
         let sig = &func.sig;
         if sig.asyncness.is_none() {
-            errors.error_spanned_by(
+            cx.error_spanned_by(
                 sig.fn_token,
                 "a handler must be an `async fn`; add `async` before `fn`",
             );
         }
         if let Some(constness) = sig.constness {
-            errors.error_spanned_by(constness, "a handler cannot be a `const fn`");
+            cx.error_spanned_by(constness, "a handler cannot be a `const fn`");
         }
         if let Safety::Unsafe(unsafety) = sig.safety {
-            errors.error_spanned_by(
+            cx.error_spanned_by(
                 unsafety,
                 "a handler cannot be `unsafe`; wrap the unsafe code in a safe function",
             );
         }
         if let Some(abi) = &sig.abi {
-            errors.error_spanned_by(abi, "a handler cannot declare an ABI; remove it");
+            cx.error_spanned_by(abi, "a handler cannot declare an ABI; remove it");
         }
         let type_or_const_params = sig
             .generics
@@ -67,12 +67,12 @@ impl<'a> Handler<'a> {
             .iter()
             .any(|p| !matches!(p, GenericParam::Lifetime(_)));
         if type_or_const_params {
-            errors.error_spanned_by(
+            cx.error_spanned_by(
                 &sig.generics,
                 "a handler cannot be generic: it is registered for one concrete message type; write one handler per type",
             );
         } else if let Some(clause) = &sig.generics.where_clause {
-            errors.error_spanned_by(clause, "a handler cannot have a `where` clause");
+            cx.error_spanned_by(clause, "a handler cannot have a `where` clause");
         }
 
         let mut message_ty = None;
@@ -80,16 +80,16 @@ impl<'a> Handler<'a> {
         let mut position = 0;
         for input in &sig.inputs {
             let FnArg::Typed(typed) = input else {
-                errors.error_spanned_by(
+                cx.error_spanned_by(
                     input,
                     "a handler cannot take `self`; make it a free function that takes the message",
                 );
                 continue;
             };
             match position {
-                0 => message_ty = Some(check_message_param(&typed.ty, &mut errors)),
-                1 => context_ty = Some(check_context_param(&typed.ty, &mut errors)),
-                _ => errors.error_spanned_by(
+                0 => message_ty = Some(check_message_param(&typed.ty, &mut cx)),
+                1 => context_ty = Some(check_context_param(&typed.ty, &mut cx)),
+                _ => cx.error_spanned_by(
                     input,
                     "a handler takes at most two parameters: the message, then `&mut HandlerContext<'_>`; reach other values through `ctx.state::<T>()`",
                 ),
@@ -97,19 +97,19 @@ impl<'a> Handler<'a> {
             position += 1;
         }
         if position == 0 && sig.receiver().is_none() {
-            errors.push(syn::Error::new(
+            cx.push(syn::Error::new(
                 sig.paren_token.span.join(),
                 "a handler takes the message as its first parameter, such as `async fn on_order(msg: OrderPlaced)`",
             ));
         }
         if let Some(variadic) = &sig.variadic {
-            errors.error_spanned_by(variadic, "a handler cannot be variadic");
+            cx.error_spanned_by(variadic, "a handler cannot be variadic");
         }
 
         let output_ty = match &sig.output {
             ReturnType::Type(_, ty) => Some(&**ty),
             ReturnType::Default => {
-                errors.push(syn::Error::new(
+                cx.push(syn::Error::new(
                     sig.paren_token.span.close(),
                     "a handler must return `Result<(), E>`; add a return type such as `-> anyhow::Result<()>`",
                 ));
@@ -117,7 +117,7 @@ impl<'a> Handler<'a> {
             }
         };
 
-        errors.finish()?;
+        cx.finish()?;
         let (Some(message_ty), Some(output_ty)) = (message_ty, output_ty) else {
             unreachable!("the checks above report a missing message or return type");
         };
@@ -136,13 +136,13 @@ impl<'a> Handler<'a> {
     }
 }
 
-fn check_message_param<'a>(ty: &'a Type, errors: &mut Errors) -> &'a Type {
+fn check_message_param<'a>(ty: &'a Type, cx: &mut Ctxt) -> &'a Type {
     match ty {
-        Type::Reference(reference) => errors.error_spanned_by(
+        Type::Reference(reference) => cx.error_spanned_by(
             reference.and_token,
             "a handler takes its message by value; remove the `&`",
         ),
-        Type::ImplTrait(_) | Type::Infer(_) => errors.error_spanned_by(
+        Type::ImplTrait(_) | Type::Infer(_) => cx.error_spanned_by(
             ty,
             "a handler's first parameter must name a concrete message type, such as `msg: OrderPlaced`",
         ),
@@ -151,11 +151,11 @@ fn check_message_param<'a>(ty: &'a Type, errors: &mut Errors) -> &'a Type {
     ty
 }
 
-fn check_context_param<'a>(ty: &'a Type, errors: &mut Errors) -> &'a Type {
+fn check_context_param<'a>(ty: &'a Type, cx: &mut Ctxt) -> &'a Type {
     const FIX: &str = "the second parameter of a handler must be `&mut HandlerContext<'_>`";
     match ty {
         Type::Reference(reference) if reference.mutability.is_none() => {
-            errors.error_spanned_by(reference.and_token, format_args!("{FIX}: add `mut`"));
+            cx.error_spanned_by(reference.and_token, format_args!("{FIX}: add `mut`"));
         }
         Type::Reference(reference) => {
             let is_context = match &*reference.elem {
@@ -167,10 +167,10 @@ fn check_context_param<'a>(ty: &'a Type, errors: &mut Errors) -> &'a Type {
                 _ => false,
             };
             if !is_context {
-                errors.error_spanned_by(&reference.elem, FIX);
+                cx.error_spanned_by(&reference.elem, FIX);
             }
         }
-        _ => errors.error_spanned_by(ty, FIX),
+        _ => cx.error_spanned_by(ty, FIX),
     }
     ty
 }

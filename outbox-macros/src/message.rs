@@ -4,7 +4,7 @@ use syn::ext::IdentExt;
 use syn::{Data, DeriveInput, Fields, Ident, Index, LitStr, Member, Path, Type};
 
 use crate::attr::{self, GroupAttr, MessageAttrs};
-use crate::ctxt::Errors;
+use crate::ctxt::Ctxt;
 
 /// A message type that passed every check.
 pub(crate) struct Message<'a> {
@@ -13,6 +13,13 @@ pub(crate) struct Message<'a> {
     pub(crate) version: u32,
     pub(crate) group: Group<'a>,
     pub(crate) queue: Option<LitStr>,
+    pub(crate) krate: Path,
+}
+
+/// A derive that failed: every error, and the crate path for the fallback
+/// impl (`crate = ...` if it parsed, else `::outbox_runtime`).
+pub(crate) struct Rejected {
+    pub(crate) errors: syn::Error,
     pub(crate) krate: Path,
 }
 
@@ -26,23 +33,23 @@ pub(crate) enum Group<'a> {
 
 impl<'a> Message<'a> {
     /// Builds the model, or returns every error found.
-    pub(crate) fn from_input(input: &'a DeriveInput) -> Result<Self, syn::Error> {
-        let mut errors = Errors::default();
-        let attrs = attr::message_attrs(&input.attrs, &mut errors);
+    pub(crate) fn from_input(input: &'a DeriveInput) -> Result<Self, Rejected> {
+        let mut cx = Ctxt::new();
+        let attrs = attr::message_attrs(&input.attrs, &mut cx);
 
         if let Data::Union(data) = &input.data {
-            errors.error_spanned_by(
+            cx.error_spanned_by(
                 data.union_token,
                 "an outbox message must be a struct or an enum, not a union",
             );
         }
         if !input.generics.params.is_empty() {
-            errors.error_spanned_by(
+            cx.error_spanned_by(
                 &input.generics,
                 "an outbox message cannot be generic: it is registered once, under one name; declare a concrete type",
             );
         } else if let Some(clause) = &input.generics.where_clause {
-            errors.error_spanned_by(clause, "an outbox message cannot have a `where` clause");
+            cx.error_spanned_by(clause, "an outbox message cannot have a `where` clause");
         }
 
         let MessageAttrs {
@@ -55,23 +62,26 @@ impl<'a> Message<'a> {
 
         let name = name
             .unwrap_or_else(|| LitStr::new(&input.ident.unraw().to_string(), input.ident.span()));
-        check_name(&name, &mut errors);
+        check_name(&name, &mut cx);
         if let Some(queue) = &queue {
-            check_queue(queue, &mut errors);
+            check_queue(queue, &mut cx);
         }
         let group = match group {
             None => Group::PerType,
-            Some(group) => resolve_group(input, group, &mut errors),
+            Some(group) => resolve_group(input, group, &mut cx),
         };
 
-        errors.finish()?;
+        let krate = krate.unwrap_or_else(default_crate);
+        if let Err(errors) = cx.finish() {
+            return Err(Rejected { errors, krate });
+        }
         Ok(Message {
             ident: &input.ident,
             name,
             version: version.unwrap_or(1),
             group,
             queue,
-            krate: krate.unwrap_or_else(default_crate),
+            krate,
         })
     }
 }
@@ -82,14 +92,14 @@ pub(crate) fn default_crate() -> Path {
 
 /// Message names: 1 to 200 characters of ASCII letters, digits and `.`, `_`,
 /// `-`, `:`, `/`, so they read the same in logs, SQS attributes and URLs.
-fn check_name(name: &LitStr, errors: &mut Errors) {
+fn check_name(name: &LitStr, cx: &mut Ctxt) {
     let value = name.value();
     if value.is_empty() {
-        errors.error_spanned_by(name, "the message name must not be empty");
+        cx.error_spanned_by(name, "the message name must not be empty");
     } else if value.len() > 200 {
-        errors.error_spanned_by(name, "the message name must be at most 200 characters");
+        cx.error_spanned_by(name, "the message name must be at most 200 characters");
     } else if let Some(c) = value.chars().find(|c| !is_name_char(*c)) {
-        errors.error_spanned_by(
+        cx.error_spanned_by(
             name,
             format_args!(
                 "the message name contains {c:?}; use ASCII letters, digits and `.` `_` `-` `:` `/`, such as \"orders.created\""
@@ -104,15 +114,15 @@ fn is_name_char(c: char) -> bool {
 
 /// Logical queue names follow SQS queue names: 1 to 80 ASCII letters, digits,
 /// `-` and `_`.
-fn check_queue(queue: &LitStr, errors: &mut Errors) {
+fn check_queue(queue: &LitStr, cx: &mut Ctxt) {
     let value = queue.value();
     if value.is_empty() || value.len() > 80 {
-        errors.error_spanned_by(queue, "the queue name must be 1 to 80 characters");
+        cx.error_spanned_by(queue, "the queue name must be 1 to 80 characters");
     } else if let Some(c) = value
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_')))
     {
-        errors.error_spanned_by(
+        cx.error_spanned_by(
             queue,
             format_args!("the queue name contains {c:?}; use ASCII letters, digits, `-` and `_`"),
         );
@@ -120,12 +130,12 @@ fn check_queue(queue: &LitStr, errors: &mut Errors) {
 }
 
 /// A constant group must satisfy the SQS `MessageGroupId` rules.
-fn check_constant_group(group: &LitStr, errors: &mut Errors) {
+fn check_constant_group(group: &LitStr, cx: &mut Ctxt) {
     let value = group.value();
     if value.is_empty() || value.len() > 128 {
-        errors.error_spanned_by(group, "a message group must be 1 to 128 characters");
+        cx.error_spanned_by(group, "a message group must be 1 to 128 characters");
     } else if let Some(c) = value.chars().find(|c| !c.is_ascii_graphic()) {
-        errors.error_spanned_by(
+        cx.error_spanned_by(
             group,
             format_args!(
                 "a message group cannot contain {c:?}; use ASCII letters, digits and punctuation"
@@ -134,14 +144,14 @@ fn check_constant_group(group: &LitStr, errors: &mut Errors) {
     }
 }
 
-fn resolve_group<'a>(input: &'a DeriveInput, group: GroupAttr, errors: &mut Errors) -> Group<'a> {
+fn resolve_group<'a>(input: &'a DeriveInput, group: GroupAttr, cx: &mut Ctxt) -> Group<'a> {
     let fields = match &input.data {
         Data::Struct(data) => Some(&data.fields),
         Data::Enum(_) | Data::Union(_) => None,
     };
     match group {
         GroupAttr::Constant(lit) => {
-            check_constant_group(&lit, errors);
+            check_constant_group(&lit, cx);
             Group::Constant(lit)
         }
         GroupAttr::Function(path) => Group::Function(path),
@@ -163,7 +173,7 @@ fn resolve_group<'a>(input: &'a DeriveInput, group: GroupAttr, errors: &mut Erro
                         .filter_map(|f| f.ident.as_ref())
                         .map(|i| format!("`{}`", i.unraw()))
                         .collect();
-                    errors.error_spanned_by(
+                    cx.error_spanned_by(
                         &ident,
                         format_args!(
                             "`{}` has no field `{ident}`; the fields are {}. To group by a function, write a path: `group = self::{ident}`",
@@ -175,7 +185,7 @@ fn resolve_group<'a>(input: &'a DeriveInput, group: GroupAttr, errors: &mut Erro
                 }
             }
             _ => {
-                errors.error_spanned_by(
+                cx.error_spanned_by(
                     &ident,
                     format_args!(
                         "`{}` has no named fields to group by; use a function path (`group = self::{ident}` or `group = Self::{ident}`) or a string (`group = \"all\"`)",
@@ -200,7 +210,7 @@ fn resolve_group<'a>(input: &'a DeriveInput, group: GroupAttr, errors: &mut Erro
                     }
                 }
                 (Some(Fields::Unnamed(unnamed)), _) => {
-                    errors.error_spanned_by(
+                    cx.error_spanned_by(
                         &lit,
                         format_args!(
                             "`{}` has {} field(s); the group index must be below that",
@@ -211,7 +221,7 @@ fn resolve_group<'a>(input: &'a DeriveInput, group: GroupAttr, errors: &mut Erro
                     Group::PerType
                 }
                 _ => {
-                    errors.error_spanned_by(
+                    cx.error_spanned_by(
                         &lit,
                         "a numeric group names a tuple struct's field; this type has none. Use a field name, a function path or a string",
                     );

@@ -15,7 +15,9 @@ const _: () = {
         payload: &'a ::outbox_runtime::__private::RawValue,
         _ctx: &'a mut ::outbox_runtime::__private::HandlerContext<'c>,
     ) -> ::outbox_runtime::__private::HandlerFuture<'a> {
-        ::outbox_runtime::__private::Box::pin(async move {
+        <::outbox_runtime::__private::Box<
+            _,
+        >>::pin(async move {
             let message = <UserSignedUp as ::outbox_runtime::__private::OutboxMessage>::decode(
                 payload,
             )?;
