@@ -2,7 +2,8 @@
 //!
 //! Use them through `outbox-runtime`, which re-exports them and documents
 //! them: `outbox_runtime::OutboxMessage` and `outbox_runtime::handler`. The
-//! expansions refer to `::outbox_runtime::__private` only.
+//! expansions refer only to `<crate>::__private`, where `<crate>` is
+//! `::outbox_runtime` or the `crate = ...` key's path.
 //!
 //! Layout, after thiserror's: this file holds the entry points; `attr.rs`
 //! parses the macro keys; `message.rs` and `handler.rs` are typed models of
