@@ -42,7 +42,7 @@ use uuid::Uuid;
 
 use crate::dispatch::DispatchTable;
 use crate::envelope::{Envelope, ONLY_HANDLER_HEADER, OutgoingEnvelope, REPLAY_OF_HEADER};
-use crate::store::{DeadLetter, Store, StoreError, StoredDeadLetter};
+use crate::store::{AdminStore, DeadLetter, Store, StoreError, StoredDeadLetter};
 use crate::transport::{Receiver, TransportError};
 
 /// An operator action could not be done.
@@ -95,10 +95,11 @@ pub fn replay_message(
     letter: &StoredDeadLetter,
     table: &DispatchTable,
 ) -> Result<OutgoingEnvelope, AdminError> {
-    let original = Envelope::from_json(&letter.body).map_err(|err| AdminError::NotReplayable {
-        id: letter.id,
-        reason: err.to_string(),
-    })?;
+    let original =
+        Envelope::from_json(&letter.letter.body).map_err(|err| AdminError::NotReplayable {
+            id: letter.id,
+            reason: err.to_string(),
+        })?;
     let mut envelope = Envelope {
         id: Uuid::now_v7(),
         created_at: chrono::Utc::now(),
@@ -111,7 +112,7 @@ pub fn replay_message(
         REPLAY_OF_HEADER.to_owned(),
         original.original_id().to_string(),
     );
-    if let Some(handler) = &letter.handler {
+    if let Some(handler) = &letter.letter.handler {
         envelope
             .headers
             .extra
@@ -125,7 +126,7 @@ pub fn replay_message(
 
 /// Replays dead letter `id`: enqueues its message again (see the module
 /// docs) and deletes it, in one transaction. Pump or wake the relay after.
-pub async fn replay_dead_letter<S: Store>(
+pub async fn replay_dead_letter<S: AdminStore>(
     store: &S,
     table: &DispatchTable,
     id: i64,
@@ -144,7 +145,7 @@ pub async fn replay_dead_letter<S: Store>(
         dead_letter: id,
         original_id,
         replay_id: replay.envelope.id,
-        handler: letter.handler,
+        handler: letter.letter.handler,
     })
 }
 
@@ -204,7 +205,7 @@ pub async fn import_dead_letter_queue<S: Store, R: Receiver>(
 }
 
 /// Deletes dead letter `id` for good.
-pub async fn purge_dead_letter<S: Store>(store: &S, id: i64) -> Result<(), AdminError> {
+pub async fn purge_dead_letter<S: AdminStore>(store: &S, id: i64) -> Result<(), AdminError> {
     if store.purge_dead_letter(id).await? {
         tracing::info!(dead_letter = id, "dead letter purged");
         Ok(())
@@ -214,7 +215,7 @@ pub async fn purge_dead_letter<S: Store>(store: &S, id: i64) -> Result<(), Admin
 }
 
 /// Puts dead outbox row `seq` back to pending (attempts reset).
-pub async fn requeue_dead_row<S: Store>(store: &S, seq: i64) -> Result<(), AdminError> {
+pub async fn requeue_dead_row<S: AdminStore>(store: &S, seq: i64) -> Result<(), AdminError> {
     if store.requeue_dead_row(seq).await? {
         tracing::info!(seq, "dead outbox row requeued");
         Ok(())
@@ -224,7 +225,7 @@ pub async fn requeue_dead_row<S: Store>(store: &S, seq: i64) -> Result<(), Admin
 }
 
 /// Deletes dead outbox row `seq` for good.
-pub async fn purge_dead_row<S: Store>(store: &S, seq: i64) -> Result<(), AdminError> {
+pub async fn purge_dead_row<S: AdminStore>(store: &S, seq: i64) -> Result<(), AdminError> {
     if store.purge_dead_row(seq).await? {
         tracing::info!(seq, "dead outbox row purged");
         Ok(())
@@ -240,14 +241,16 @@ mod tests {
     fn letter(body: &str, handler: Option<&str>) -> StoredDeadLetter {
         StoredDeadLetter {
             id: 7,
-            message_id: None,
-            handler: handler.map(str::to_owned),
-            message_type: None,
-            group: None,
-            body: body.to_owned(),
-            error: "boom".into(),
-            attempts: 5,
             dead_at: chrono::Utc::now(),
+            letter: DeadLetter {
+                message_id: None,
+                handler: handler.map(str::to_owned),
+                message_type: None,
+                group: None,
+                body: body.to_owned(),
+                error: "boom".into(),
+                attempts: 5,
+            },
         }
     }
 

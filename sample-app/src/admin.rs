@@ -7,9 +7,8 @@
 use clap::Subcommand;
 use outbox_runtime::admin::{self, AdminError};
 use outbox_runtime::{
-    Store,
     dispatch::DispatchTable,
-    store::{RowStatus, StoredDeadLetter},
+    store::{AdminStore, RowStatus, StoredDeadLetter},
 };
 
 /// `sample-app outbox ...`
@@ -92,7 +91,7 @@ pub(crate) enum DeadLetterCommand {
 }
 
 /// Runs an `outbox` command.
-pub(crate) async fn outbox<S: Store>(store: &S, command: OutboxCommand) -> anyhow::Result<()> {
+pub(crate) async fn outbox<S: AdminStore>(store: &S, command: OutboxCommand) -> anyhow::Result<()> {
     match command {
         OutboxCommand::Rows {
             status,
@@ -135,7 +134,7 @@ pub(crate) async fn outbox<S: Store>(store: &S, command: OutboxCommand) -> anyho
 }
 
 /// Runs a `dead-letters` command.
-pub(crate) async fn dead_letters<S: Store>(
+pub(crate) async fn dead_letters<S: AdminStore>(
     store: &S,
     table: &DispatchTable,
     command: DeadLetterCommand,
@@ -155,11 +154,11 @@ pub(crate) async fn dead_letters<S: Store>(
                 println!(
                     "{:>6}  {:<24}  {:<20}  {:<32}  {:>8}  {}",
                     l.id,
-                    clip(l.message_type.as_deref().unwrap_or("?"), 24),
-                    clip(l.group.as_deref().unwrap_or("?"), 20),
-                    clip(l.handler.as_deref().unwrap_or("(poison: all)"), 32),
-                    l.attempts,
-                    clip(&l.error, 60),
+                    clip(l.letter.message_type.as_deref().unwrap_or("?"), 24),
+                    clip(l.letter.group.as_deref().unwrap_or("?"), 20),
+                    clip(l.letter.handler.as_deref().unwrap_or("(poison: all)"), 32),
+                    l.letter.attempts,
+                    clip(&l.letter.error, 60),
                 );
             }
             Ok(())
@@ -232,7 +231,11 @@ where
     Ok(())
 }
 
-async fn ids_or_all<S: Store>(store: &S, ids: Vec<i64>, all: bool) -> anyhow::Result<Vec<i64>> {
+async fn ids_or_all<S: AdminStore>(
+    store: &S,
+    ids: Vec<i64>,
+    all: bool,
+) -> anyhow::Result<Vec<i64>> {
     if !all {
         return Ok(ids);
     }
@@ -252,21 +255,26 @@ fn show(l: &StoredDeadLetter) {
     println!("dead letter   {}", l.id);
     println!(
         "message       {}",
-        l.message_id
+        l.letter
+            .message_id
             .map_or_else(|| "-".to_owned(), |id| id.to_string())
     );
-    println!("type          {}", or_unknown(l.message_type.as_deref()));
-    println!("group         {}", or_unknown(l.group.as_deref()));
+    println!(
+        "type          {}",
+        or_unknown(l.letter.message_type.as_deref())
+    );
+    println!("group         {}", or_unknown(l.letter.group.as_deref()));
     println!(
         "handler       {}",
-        l.handler
+        l.letter
+            .handler
             .as_deref()
             .unwrap_or("(none: the message is poison)")
     );
-    println!("attempts      {}", l.attempts);
+    println!("attempts      {}", l.letter.attempts);
     println!("dead at       {}", l.dead_at.to_rfc3339());
-    println!("error         {}", l.error);
-    println!("body          {}", l.body);
+    println!("error         {}", l.letter.error);
+    println!("body          {}", l.letter.body);
 }
 
 /// At most `max` characters of `s`, on a character boundary.

@@ -1,7 +1,9 @@
 //! The sample's own tables on either store: the same SQL (`$1` placeholders
 //! work on both) run on SQLite or PostgreSQL.
 
-use outbox_runtime::{PgStore, SqliteStore, Store, store::StoreTransaction};
+use outbox_runtime::Store;
+use outbox_runtime::store::{AdminStore, StoreTransaction};
+use outbox_runtime::{PgStore, SqliteStore};
 use sqlx::migrate::Migrator;
 use sqlx::{Postgres, Sqlite};
 
@@ -59,7 +61,7 @@ pub(crate) struct HistoryEntry {
 
 /// The app's queries, on the store's own database. Every future is `Send`,
 /// so the HTTP handlers can run them on any thread.
-pub(crate) trait AppDb: Store {
+pub(crate) trait AppDb: AdminStore {
     /// Migrates the app's tables (the outbox's are migrated by `Store::migrate`).
     fn migrate_app(&self) -> impl Future<Output = anyhow::Result<()>> + Send;
     /// Inserts an order in the app's transaction.

@@ -1,9 +1,13 @@
 //! The outbox store: the tables the app writes in its own transaction, the
 //! relay claims from, and the consumer records handled messages in.
 //!
-//! One trait, [`Store`], with one implementation per database, each behind a
-//! cargo feature: [`PgStore`] (`postgres`) for production and
-//! [`SqliteStore`] (`sqlite`) for the embedded default.
+//! Two traits, each implemented once per database behind a cargo feature
+//! ([`PgStore`] with `postgres` for production, [`SqliteStore`] with
+//! `sqlite` for the embedded default): [`Store`], what the app, the relay
+//! and the consumer need, and [`AdminStore`], what operators ask. A backend
+//! gives each method one statement of its SQL and says how it reads its
+//! column types; what takes several steps (retention's batches, a replay's
+//! transaction, turning rows into values) is written once, here.
 //! Both create their tables with embedded migrations tracked in their own
 //! table (`_outbox_migrations`), so they never collide with the app's own
 //! `sqlx` migrations:
@@ -25,7 +29,7 @@
 //! A row the relay cannot publish becomes `dead`, with its last error; a
 //! message a consumer cannot handle goes to `outbox_dead_letters` with the
 //! envelope as received. Both are kept until an operator replays or purges
-//! them. [`Store::rows`] lists rows of every status on both stores.
+//! them. [`AdminStore::rows`] lists rows of every status on both stores.
 //!
 //! How claims keep per-group order and how attempts are counted is on
 //! [`Store`].
@@ -38,11 +42,13 @@ use uuid::Uuid;
 
 use crate::envelope::{Envelope, OutgoingEnvelope};
 
+mod admin;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+pub use admin::AdminStore;
 #[cfg(feature = "postgres")]
 pub use postgres::PgStore;
 #[cfg(feature = "sqlite")]
@@ -99,8 +105,8 @@ pub struct Settlement<'a> {
     pub failures: &'a [PublishFailure],
 }
 
-/// A message a consumer gave up on.
-#[derive(Clone, Debug)]
+/// A message a consumer gave up on: what [`Store::dead_letter`] keeps.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct DeadLetter {
     /// The id the message is handled under, when the body was an envelope
     /// ([`Envelope::original_id`]: for a replay, the replayed message's).
@@ -130,27 +136,17 @@ pub struct HandlerState {
 }
 
 /// A dead letter as kept in `outbox_dead_letters`, read back by an operator
-/// (see [`crate::admin`]).
+/// (see [`crate::admin`]). As JSON, the letter's fields sit beside `id` and
+/// `dead_at`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct StoredDeadLetter {
     /// Its id in `outbox_dead_letters`: what replay and purge take.
     pub id: i64,
-    /// The id the message is handled under, when the body was an envelope.
-    pub message_id: Option<Uuid>,
-    /// The handler that gave up, or `None` when the message itself is poison.
-    pub handler: Option<String>,
-    /// The message type, when known.
-    pub message_type: Option<String>,
-    /// The message group, when known.
-    pub group: Option<String>,
-    /// The body as received.
-    pub body: String,
-    /// Why.
-    pub error: String,
-    /// The handler's failed runs (for poison: how many times it was received).
-    pub attempts: u32,
     /// When it was dead-lettered.
     pub dead_at: DateTime<Utc>,
+    /// The message and why it was given up on.
+    #[serde(flatten)]
+    pub letter: DeadLetter,
 }
 
 /// Where an outbox row is in its life.
@@ -229,6 +225,20 @@ pub struct OutboxRow {
     pub created_at: DateTime<Utc>,
     /// When it was published, if it was.
     pub published_at: Option<DateTime<Utc>>,
+}
+
+/// What retention deletes: one table's expired rows
+/// ([`Store::delete_expired`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expired {
+    /// Published outbox rows, by when they were published
+    /// ([`RetentionPolicy::published_for`]).
+    Published,
+    /// Inbox rows, by when they were handled ([`RetentionPolicy::inbox_for`]).
+    Inbox,
+    /// Handlers' failed-attempt counts, by their last update
+    /// ([`RetentionPolicy::inbox_for`]).
+    Attempts,
 }
 
 /// What a retention pass deleted.
@@ -606,14 +616,52 @@ pub trait Store: Clone + Send + Sync + 'static {
         entry: &'t DeadLetter,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
 
-    /// Deletes published rows, and inbox and attempt rows, past the
-    /// policy's ages, in bounded batches until none is left. On PostgreSQL it
-    /// also restores the `outbox_groups` row of any group whose rows lack
-    /// one (written by a producer older than that table), logging a warning.
+    /// Deletes up to `batch` rows of one kind older than `age`, in one
+    /// statement; returns how many it deleted. [`cleanup`](Self::cleanup)
+    /// calls it until a batch comes back short.
+    fn delete_expired(
+        &self,
+        kind: Expired,
+        age: Duration,
+        batch: u32,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Mends what an older producer may have left behind, before each
+    /// [`cleanup`](Self::cleanup). On PostgreSQL: restores the
+    /// `outbox_groups` row of any group whose rows lack one, and lowers a
+    /// group's head to rows below it, logging a warning. Default: nothing.
+    fn repair(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Retention: [`repair`](Self::repair), then deletes published rows,
+    /// and inbox and attempt rows, past the policy's ages, in batches of
+    /// `policy.batch_size` until none is left.
     fn cleanup(
         &self,
         policy: &RetentionPolicy,
-    ) -> impl Future<Output = Result<CleanupReport, StoreError>> + Send;
+    ) -> impl Future<Output = Result<CleanupReport, StoreError>> + Send {
+        let policy = *policy;
+        async move {
+            self.repair().await?;
+            let all = |kind, age| async move {
+                let batch = policy.batch_size.max(1);
+                let mut total = 0;
+                loop {
+                    let deleted = self.delete_expired(kind, age, batch).await?;
+                    total += deleted;
+                    if deleted < u64::from(batch) {
+                        return Ok::<_, StoreError>(total);
+                    }
+                }
+            };
+            Ok(CleanupReport {
+                published_deleted: all(Expired::Published, policy.published_for).await?,
+                inbox_deleted: all(Expired::Inbox, policy.inbox_for).await?,
+                attempts_deleted: all(Expired::Attempts, policy.inbox_for).await?,
+            })
+        }
+    }
 
     /// Counts for dashboards and alarms.
     fn stats(&self) -> impl Future<Output = Result<OutboxStats, StoreError>> + Send;
@@ -625,51 +673,6 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<GroupStats>, StoreError>> + Send;
-
-    /// The newest `limit` outbox rows, of one status or of any, newest first.
-    fn rows(
-        &self,
-        status: Option<RowStatus>,
-        limit: u32,
-    ) -> impl Future<Output = Result<Vec<OutboxRow>, StoreError>> + Send;
-
-    /// The newest `limit` dead letters, newest first.
-    fn dead_letters(
-        &self,
-        limit: u32,
-    ) -> impl Future<Output = Result<Vec<StoredDeadLetter>, StoreError>> + Send;
-
-    /// One dead letter.
-    fn dead_letter_by_id(
-        &self,
-        id: i64,
-    ) -> impl Future<Output = Result<Option<StoredDeadLetter>, StoreError>> + Send;
-
-    /// In one transaction: enqueues `replay`, deletes dead letter `id`, and
-    /// clears what the give-up recorded under the replay's original id: the
-    /// inbox row of the handler that gave up, and the failed attempts of that
-    /// handler (of every handler, for a poison message). Returns `false`,
-    /// enqueuing nothing, when the dead letter is gone (an operator replayed
-    /// or purged it meanwhile). See
-    /// [`admin::replay_dead_letter`](crate::admin::replay_dead_letter).
-    fn replay_dead_letter(
-        &self,
-        id: i64,
-        replay: &OutgoingEnvelope,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
-
-    /// Deletes dead letter `id`; `false` if there was none.
-    fn purge_dead_letter(&self, id: i64) -> impl Future<Output = Result<bool, StoreError>> + Send;
-
-    /// Puts a `dead` outbox row back to `pending`, due now, with its
-    /// attempts reset and its last error cleared; `false` if row `seq` is not
-    /// dead. On SQLite it keeps its `seq` (its group's next rows wait for
-    /// it); on PostgreSQL it is enqueued again under a new `seq`, after its
-    /// group's pending rows.
-    fn requeue_dead_row(&self, seq: i64) -> impl Future<Output = Result<bool, StoreError>> + Send;
-
-    /// Deletes a `dead` outbox row; `false` if row `seq` is not dead.
-    fn purge_dead_row(&self, seq: i64) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
 /// One message group's state, from [`Store::group_stats`].
@@ -738,6 +741,6 @@ pub(crate) fn own_migrator(embedded: &sqlx::migrate::Migrator) -> sqlx::migrate:
 mod row;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) use row::{
-    attempts_from, check_sizes, envelope_from_row, headers_json, millis, sort_out, status_from,
-    u32_column,
+    Columns, DEAD_LETTER_SELECT, check_sizes, claimed_from_row, group_stats, headers_json, millis,
+    outbox_row, outbox_stats, sort_out, stored_dead_letter,
 };

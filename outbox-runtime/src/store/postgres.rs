@@ -5,15 +5,18 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::migrate::Migrator;
+use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Postgres, Row};
 use uuid::Uuid;
 
 use super::{
-    BEGIN_RUN_SQL, ClaimedMessage, CleanupReport, DeadLetter, GroupStats, HandlerState,
-    KEEP_RUN_SQL, OutboxRow, OutboxStats, PublishFailure, RetentionPolicy, RowStatus, Settlement,
-    Store, StoreError, StoreTransaction, StoredDeadLetter, UNDO_RUN_SQL, attempts_from,
-    envelope_from_row, headers_json, millis, reserved_states, status_from, u32_column,
+    AdminStore, BEGIN_RUN_SQL, ClaimedMessage, Columns, DEAD_LETTER_SELECT, DeadLetter, Expired,
+    GroupStats, HandlerState, KEEP_RUN_SQL, OutboxRow, OutboxStats, PublishFailure, RowStatus,
+    Settlement, Store, StoreError, StoreTransaction, StoredDeadLetter, UNDO_RUN_SQL,
+    claimed_from_row, group_stats, headers_json, millis, outbox_row, outbox_stats, reserved_states,
+    stored_dead_letter,
 };
 use crate::envelope::OutgoingEnvelope;
 
@@ -201,69 +204,30 @@ impl PgStore {
                            AS empty";
 }
 
-fn claimed_from_row(
-    row: &sqlx::postgres::PgRow,
-    lease: Uuid,
-) -> Result<ClaimedMessage, StoreError> {
-    let seq: i64 = row.try_get("seq")?;
-    let version: i32 = row.try_get("version")?;
-    let attempts: i32 = row.try_get("attempts")?;
-    let headers: String = row.try_get("headers")?;
-    Ok(ClaimedMessage {
-        seq,
-        envelope: envelope_from_row(
-            seq,
-            row.try_get("id")?,
-            row.try_get("message_type")?,
-            i64::from(version),
-            row.try_get("group_key")?,
-            row.try_get("payload")?,
-            &headers,
-            row.try_get("created_at")?,
-        )?,
-        queue: row.try_get("queue")?,
-        attempts: attempts_from(seq, i64::from(attempts))?,
-        lease,
-    })
-}
+/// Integers are `int4` or `int8`.
+impl Columns for PgRow {
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
+        match self.try_get::<Option<i64>, _>(column) {
+            Ok(value) => Ok(value),
+            Err(sqlx::Error::ColumnDecode { .. }) => {
+                Ok(self.try_get::<Option<i32>, _>(column)?.map(i64::from))
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
 
-fn outbox_row(row: &sqlx::postgres::PgRow) -> Result<OutboxRow, StoreError> {
-    let seq: i64 = row.try_get("seq")?;
-    let version: i32 = row.try_get("version")?;
-    let attempts: i32 = row.try_get("attempts")?;
-    let status: String = row.try_get("status")?;
-    Ok(OutboxRow {
-        seq,
-        id: row.try_get("id")?,
-        message_type: row.try_get("message_type")?,
-        version: u32_column(seq, "version", i64::from(version))?,
-        group: row.try_get("group_key")?,
-        queue: row.try_get("queue")?,
-        status: status_from(seq, &status)?,
-        attempts: attempts_from(seq, i64::from(attempts))?,
-        last_error: row.try_get("last_error")?,
-        created_at: row.try_get("created_at")?,
-        published_at: row.try_get("published_at")?,
-    })
-}
+    fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(column)?)
+    }
 
-fn stored_dead_letter(row: &sqlx::postgres::PgRow) -> Result<StoredDeadLetter, StoreError> {
-    let id: i64 = row.try_get("id")?;
-    let attempts: i32 = row.try_get("attempts")?;
-    Ok(StoredDeadLetter {
-        id,
-        message_id: row.try_get("message_id")?,
-        handler: row.try_get("handler")?,
-        message_type: row.try_get("message_type")?,
-        group: row.try_get("group_key")?,
-        body: row.try_get("body")?,
-        error: row.try_get("error")?,
-        attempts: u32::try_from(attempts).unwrap_or(0),
-        dead_at: row.try_get("dead_at")?,
-    })
-}
+    fn opt_uuid(&self, _key: i64, column: &str) -> Result<Option<Uuid>, StoreError> {
+        Ok(self.try_get(column)?)
+    }
 
-const DEAD_LETTER_COLUMNS: &str = "SELECT id, message_id, handler, message_type, group_key, body, error, attempts, dead_at FROM outbox_dead_letters";
+    fn opt_time(&self, _key: i64, column: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+}
 
 /// Read committed, whatever the session's default: dropping an emptied group
 /// relies on a statement seeing what producers committed before it started
@@ -537,31 +501,6 @@ async fn drop_empty_groups(conn: &mut PgConnection, groups: &[String]) -> Result
         .execute(&mut *conn)
         .await?;
     Ok(())
-}
-
-impl PgStore {
-    /// Runs `delete` (`$1`: an age in milliseconds, `$2`: the batch) until
-    /// it deletes fewer rows than a batch; returns how many it deleted.
-    async fn delete_in_batches(
-        &self,
-        delete: &'static str,
-        age: Duration,
-        batch: i64,
-    ) -> Result<u64, StoreError> {
-        let mut total = 0;
-        loop {
-            let deleted = sqlx::query(delete)
-                .bind(millis(age))
-                .bind(batch)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-            total += deleted;
-            if deleted < batch.unsigned_abs() {
-                return Ok(total);
-            }
-        }
-    }
 }
 
 impl Store for PgStore {
@@ -900,7 +839,7 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn cleanup(&self, policy: &RetentionPolicy) -> Result<CleanupReport, StoreError> {
+    async fn repair(&self) -> Result<(), StoreError> {
         // Rows whose group has no row in `outbox_groups` are never claimed:
         // a producer of a version before groups existed, still running after
         // the migration, writes such rows. Their groups are restored.
@@ -940,39 +879,41 @@ impl Store for PgStore {
                  older producer or outside a transaction?): heads lowered"
             );
         }
-        let batch = i64::from(policy.batch_size.max(1));
-        Ok(CleanupReport {
-            published_deleted: self
-                .delete_in_batches(
-                    "DELETE FROM outbox_archive WHERE seq IN (
-                         SELECT seq FROM outbox_archive
-                         WHERE status = 'published' AND archived_at < now() - $1 * interval '1 millisecond'
-                         LIMIT $2)",
-                    policy.published_for,
-                    batch,
-                )
-                .await?,
-            inbox_deleted: self
-                .delete_in_batches(
-                    "DELETE FROM outbox_inbox WHERE (message_id, handler) IN (
-                         SELECT message_id, handler FROM outbox_inbox
-                         WHERE handled_at < now() - $1 * interval '1 millisecond'
-                         LIMIT $2)",
-                    policy.inbox_for,
-                    batch,
-                )
-                .await?,
-            attempts_deleted: self
-                .delete_in_batches(
-                    "DELETE FROM outbox_attempts WHERE (message_id, handler) IN (
-                         SELECT message_id, handler FROM outbox_attempts
-                         WHERE updated_at < now() - $1 * interval '1 millisecond'
-                         LIMIT $2)",
-                    policy.inbox_for,
-                    batch,
-                )
-                .await?,
-        })
+        Ok(())
+    }
+
+    async fn delete_expired(
+        &self,
+        kind: Expired,
+        age: Duration,
+        batch: u32,
+    ) -> Result<u64, StoreError> {
+        let sql = match kind {
+            Expired::Published => {
+                "DELETE FROM outbox_archive WHERE seq IN (
+                     SELECT seq FROM outbox_archive
+                     WHERE status = 'published' AND archived_at < now() - $1 * interval '1 millisecond'
+                     LIMIT $2)"
+            }
+            Expired::Inbox => {
+                "DELETE FROM outbox_inbox WHERE (message_id, handler) IN (
+                     SELECT message_id, handler FROM outbox_inbox
+                     WHERE handled_at < now() - $1 * interval '1 millisecond'
+                     LIMIT $2)"
+            }
+            Expired::Attempts => {
+                "DELETE FROM outbox_attempts WHERE (message_id, handler) IN (
+                     SELECT message_id, handler FROM outbox_attempts
+                     WHERE updated_at < now() - $1 * interval '1 millisecond'
+                     LIMIT $2)"
+            }
+        };
+        Ok(sqlx::query(sql)
+            .bind(millis(age))
+            .bind(i64::from(batch))
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 
     async fn stats(&self) -> Result<OutboxStats, StoreError> {
@@ -987,17 +928,7 @@ impl Store for PgStore {
         )
         .fetch_one(&self.pool)
         .await?;
-        let count = |name: &str| -> Result<u64, StoreError> {
-            Ok(u64::try_from(row.try_get::<i64, _>(name)?).unwrap_or(0))
-        };
-        let oldest: Option<i64> = row.try_get("oldest_ms")?;
-        Ok(OutboxStats {
-            pending: count("pending")?,
-            oldest_pending_age: oldest.map(|ms| Duration::from_millis(ms.max(0).unsigned_abs())),
-            published: count("published")?,
-            dead: count("dead")?,
-            dead_letters: count("dead_letters")?,
-        })
+        outbox_stats(&row)
     }
 
     async fn group_stats(&self, limit: u32) -> Result<Vec<GroupStats>, StoreError> {
@@ -1019,20 +950,11 @@ impl Store for PgStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let oldest: Option<i64> = row.try_get("oldest_ms")?;
-                Ok(GroupStats {
-                    group: row.try_get("group_key")?,
-                    pending: u64::try_from(row.try_get::<i64, _>("pending")?).unwrap_or(0),
-                    oldest_pending_age: oldest
-                        .map(|ms| Duration::from_millis(ms.max(0).unsigned_abs())),
-                    dead: u64::try_from(row.try_get::<i64, _>("dead")?).unwrap_or(0),
-                })
-            })
-            .collect()
+        rows.iter().map(group_stats).collect()
     }
+}
 
+impl AdminStore for PgStore {
     async fn rows(
         &self,
         status: Option<RowStatus>,
@@ -1066,7 +988,7 @@ impl Store for PgStore {
 
     async fn dead_letters(&self, limit: u32) -> Result<Vec<StoredDeadLetter>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{DEAD_LETTER_COLUMNS} ORDER BY id DESC LIMIT $1"
+            "{DEAD_LETTER_SELECT} ORDER BY id DESC LIMIT $1"
         )))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -1076,7 +998,7 @@ impl Store for PgStore {
 
     async fn dead_letter_by_id(&self, id: i64) -> Result<Option<StoredDeadLetter>, StoreError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{DEAD_LETTER_COLUMNS} WHERE id = $1"
+            "{DEAD_LETTER_SELECT} WHERE id = $1"
         )))
         .bind(id)
         .fetch_optional(&self.pool)
@@ -1084,39 +1006,38 @@ impl Store for PgStore {
         row.as_ref().map(stored_dead_letter).transpose()
     }
 
-    async fn replay_dead_letter(
-        &self,
+    async fn take_dead_letter<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Postgres>,
         id: i64,
-        replay: &OutgoingEnvelope,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let Some(handler) = sqlx::query_scalar::<_, Option<String>>(
-            "DELETE FROM outbox_dead_letters WHERE id = $1 RETURNING handler",
+    ) -> Result<Option<Option<String>>, StoreError> {
+        Ok(
+            sqlx::query_scalar("DELETE FROM outbox_dead_letters WHERE id = $1 RETURNING handler")
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await?,
         )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?
-        else {
-            tx.rollback().await?;
-            return Ok(false);
-        };
-        let original = replay.envelope.original_id();
+    }
+
+    async fn forget_give_up<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Postgres>,
+        message_id: Uuid,
+        handler: Option<&'t str>,
+    ) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM outbox_inbox WHERE message_id = $1 AND handler = $2")
-            .bind(original)
-            .bind(&handler)
-            .execute(&mut *tx)
+            .bind(message_id)
+            .bind(handler)
+            .execute(&mut **tx)
             .await?;
         sqlx::query(
             "DELETE FROM outbox_attempts WHERE message_id = $1 AND ($2::text IS NULL OR handler = $2)",
         )
-        .bind(original)
-        .bind(&handler)
-        .execute(&mut *tx)
+        .bind(message_id)
+        .bind(handler)
+        .execute(&mut **tx)
         .await?;
-        self.enqueue_all(&mut tx, std::slice::from_ref(replay))
-            .await?;
-        tx.commit().await?;
-        Ok(true)
+        Ok(())
     }
 
     async fn purge_dead_letter(&self, id: i64) -> Result<bool, StoreError> {

@@ -20,15 +20,18 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::{
-    BEGIN_RUN_SQL, ClaimedMessage, CleanupReport, DeadLetter, GroupStats, HandlerState,
-    KEEP_RUN_SQL, OutboxRow, OutboxStats, PublishFailure, RetentionPolicy, RowStatus, Settlement,
-    Store, StoreError, StoreTransaction, StoredDeadLetter, UNDO_RUN_SQL, attempts_from,
-    envelope_from_row, headers_json, millis, reserved_states, status_from, u32_column,
+    AdminStore, BEGIN_RUN_SQL, ClaimedMessage, Columns, DEAD_LETTER_SELECT, DeadLetter, Expired,
+    GroupStats, HandlerState, KEEP_RUN_SQL, OutboxRow, OutboxStats, PublishFailure, RowStatus,
+    Settlement, Store, StoreError, StoreTransaction, StoredDeadLetter, UNDO_RUN_SQL,
+    claimed_from_row, group_stats, headers_json, millis, outbox_row, outbox_stats, reserved_states,
+    stored_dead_letter,
 };
 use crate::envelope::OutgoingEnvelope;
 
@@ -98,84 +101,39 @@ fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
 
-fn uuid_column(seq: i64, value: &str) -> Result<Uuid, StoreError> {
-    Uuid::parse_str(value).map_err(|err| StoreError::CorruptRow {
-        seq,
-        reason: format!("id {value:?} is not a UUID: {err}"),
-    })
-}
+/// Ids are text, times Unix milliseconds.
+impl Columns for SqliteRow {
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.try_get(column)?)
+    }
 
-fn time_column(seq: i64, ms: i64) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::CorruptRow {
-        seq,
-        reason: format!("time {ms} is out of range"),
-    })
-}
+    fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(column)?)
+    }
 
-fn claimed_from_row(
-    row: &sqlx::sqlite::SqliteRow,
-    lease: Uuid,
-) -> Result<ClaimedMessage, StoreError> {
-    let seq: i64 = row.try_get("seq")?;
-    let id: String = row.try_get("id")?;
-    let headers: String = row.try_get("headers")?;
-    let attempts: i64 = row.try_get("attempts")?;
-    Ok(ClaimedMessage {
-        seq,
-        envelope: envelope_from_row(
-            seq,
-            uuid_column(seq, &id)?,
-            row.try_get("message_type")?,
-            row.try_get("version")?,
-            row.try_get("group_key")?,
-            row.try_get("payload")?,
-            &headers,
-            time_column(seq, row.try_get("created_at")?)?,
-        )?,
-        queue: row.try_get("queue")?,
-        attempts: attempts_from(seq, attempts)?,
-        lease,
-    })
-}
+    fn opt_uuid(&self, key: i64, column: &str) -> Result<Option<Uuid>, StoreError> {
+        let value: Option<String> = self.try_get(column)?;
+        value
+            .map(|value| {
+                Uuid::parse_str(&value).map_err(|err| StoreError::CorruptRow {
+                    seq: key,
+                    reason: format!("{column} {value:?} is not a UUID: {err}"),
+                })
+            })
+            .transpose()
+    }
 
-fn outbox_row(row: &sqlx::sqlite::SqliteRow) -> Result<OutboxRow, StoreError> {
-    let seq: i64 = row.try_get("seq")?;
-    let id: String = row.try_get("id")?;
-    let status: String = row.try_get("status")?;
-    let published_at: Option<i64> = row.try_get("published_at")?;
-    Ok(OutboxRow {
-        seq,
-        id: uuid_column(seq, &id)?,
-        message_type: row.try_get("message_type")?,
-        version: u32_column(seq, "version", row.try_get("version")?)?,
-        group: row.try_get("group_key")?,
-        queue: row.try_get("queue")?,
-        status: status_from(seq, &status)?,
-        attempts: attempts_from(seq, row.try_get("attempts")?)?,
-        last_error: row.try_get("last_error")?,
-        created_at: time_column(seq, row.try_get("created_at")?)?,
-        published_at: published_at.map(|ms| time_column(seq, ms)).transpose()?,
-    })
+    fn opt_time(&self, key: i64, column: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let ms: Option<i64> = self.try_get(column)?;
+        ms.map(|ms| {
+            DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::CorruptRow {
+                seq: key,
+                reason: format!("{column} {ms} is out of range"),
+            })
+        })
+        .transpose()
+    }
 }
-
-fn stored_dead_letter(row: &sqlx::sqlite::SqliteRow) -> Result<StoredDeadLetter, StoreError> {
-    let id: i64 = row.try_get("id")?;
-    let message_id: Option<String> = row.try_get("message_id")?;
-    let attempts: i64 = row.try_get("attempts")?;
-    Ok(StoredDeadLetter {
-        id,
-        message_id: message_id.map(|m| uuid_column(id, &m)).transpose()?,
-        handler: row.try_get("handler")?,
-        message_type: row.try_get("message_type")?,
-        group: row.try_get("group_key")?,
-        body: row.try_get("body")?,
-        error: row.try_get("error")?,
-        attempts: u32::try_from(attempts).unwrap_or(0),
-        dead_at: time_column(id, row.try_get("dead_at")?)?,
-    })
-}
-
-const DEAD_LETTER_COLUMNS: &str = "SELECT id, message_id, handler, message_type, group_key, body, error, attempts, dead_at FROM outbox_dead_letters";
 
 /// A JSON array of the values, for `json_each(?)`: SQLite's way to bind a list.
 fn json_list<T: serde::Serialize>(values: &[T]) -> String {
@@ -219,31 +177,6 @@ async fn record_failures(
     .execute(conn)
     .await?;
     Ok(())
-}
-
-impl SqliteStore {
-    /// Runs `delete` (`?1`: a time bound, `?2`: the batch) until it deletes
-    /// fewer rows than a batch; returns how many it deleted.
-    async fn delete_in_batches(
-        &self,
-        delete: &'static str,
-        before: i64,
-        batch: i64,
-    ) -> Result<u64, StoreError> {
-        let mut total = 0;
-        loop {
-            let deleted = sqlx::query(delete)
-                .bind(before)
-                .bind(batch)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-            total += deleted;
-            if deleted < batch.unsigned_abs() {
-                return Ok(total);
-            }
-        }
-    }
 }
 
 impl Store for SqliteStore {
@@ -568,36 +501,33 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn cleanup(&self, policy: &RetentionPolicy) -> Result<CleanupReport, StoreError> {
-        let batch = i64::from(policy.batch_size.max(1));
-        let before = |age: Duration| now_ms().saturating_sub(millis(age));
-        Ok(CleanupReport {
-            published_deleted: self
-                .delete_in_batches(
-                    "DELETE FROM outbox WHERE seq IN (
-                         SELECT seq FROM outbox WHERE status = 'published' AND published_at < ?1
-                         ORDER BY seq LIMIT ?2)",
-                    before(policy.published_for),
-                    batch,
-                )
-                .await?,
-            inbox_deleted: self
-                .delete_in_batches(
-                    "DELETE FROM outbox_inbox WHERE (message_id, handler) IN (
-                         SELECT message_id, handler FROM outbox_inbox WHERE handled_at < ?1 LIMIT ?2)",
-                    before(policy.inbox_for),
-                    batch,
-                )
-                .await?,
-            attempts_deleted: self
-                .delete_in_batches(
-                    "DELETE FROM outbox_attempts WHERE (message_id, handler) IN (
-                         SELECT message_id, handler FROM outbox_attempts WHERE updated_at < ?1 LIMIT ?2)",
-                    before(policy.inbox_for),
-                    batch,
-                )
-                .await?,
-        })
+    async fn delete_expired(
+        &self,
+        kind: Expired,
+        age: Duration,
+        batch: u32,
+    ) -> Result<u64, StoreError> {
+        let sql = match kind {
+            Expired::Published => {
+                "DELETE FROM outbox WHERE seq IN (
+                     SELECT seq FROM outbox WHERE status = 'published' AND published_at < ?1
+                     ORDER BY seq LIMIT ?2)"
+            }
+            Expired::Inbox => {
+                "DELETE FROM outbox_inbox WHERE (message_id, handler) IN (
+                     SELECT message_id, handler FROM outbox_inbox WHERE handled_at < ?1 LIMIT ?2)"
+            }
+            Expired::Attempts => {
+                "DELETE FROM outbox_attempts WHERE (message_id, handler) IN (
+                     SELECT message_id, handler FROM outbox_attempts WHERE updated_at < ?1 LIMIT ?2)"
+            }
+        };
+        Ok(sqlx::query(sql)
+            .bind(now_ms().saturating_sub(millis(age)))
+            .bind(i64::from(batch))
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 
     async fn stats(&self) -> Result<OutboxStats, StoreError> {
@@ -606,56 +536,37 @@ impl Store for SqliteStore {
                  (SELECT count(*) FROM outbox WHERE status IN ('pending', 'relayed')) AS pending,
                  (SELECT count(*) FROM outbox WHERE status = 'published') AS published,
                  (SELECT count(*) FROM outbox WHERE status = 'dead') AS dead,
-                 (SELECT min(created_at) FROM outbox WHERE status IN ('pending', 'relayed')) AS oldest,
+                 ?1 - (SELECT min(created_at) FROM outbox WHERE status IN ('pending', 'relayed'))
+                     AS oldest_ms,
                  (SELECT count(*) FROM outbox_dead_letters) AS dead_letters",
         )
+        .bind(now_ms())
         .fetch_one(&self.pool)
         .await?;
-        let count = |name: &str| -> Result<u64, StoreError> {
-            Ok(u64::try_from(row.try_get::<i64, _>(name)?).unwrap_or(0))
-        };
-        let oldest: Option<i64> = row.try_get("oldest")?;
-        Ok(OutboxStats {
-            pending: count("pending")?,
-            oldest_pending_age: oldest.map(|created| {
-                Duration::from_millis(now_ms().saturating_sub(created).max(0).unsigned_abs())
-            }),
-            published: count("published")?,
-            dead: count("dead")?,
-            dead_letters: count("dead_letters")?,
-        })
+        outbox_stats(&row)
     }
 
     async fn group_stats(&self, limit: u32) -> Result<Vec<GroupStats>, StoreError> {
-        let now = now_ms();
         let rows = sqlx::query(
             "SELECT group_key,
                     sum(status IN ('pending', 'relayed')) AS pending,
-                    min(CASE WHEN status IN ('pending', 'relayed') THEN created_at END) AS oldest,
+                    ?2 - min(CASE WHEN status IN ('pending', 'relayed') THEN created_at END)
+                        AS oldest_ms,
                     sum(status = 'dead') AS dead
              FROM outbox WHERE status IN ('pending', 'relayed', 'dead')
              GROUP BY group_key
-             ORDER BY oldest IS NULL, oldest, group_key
+             ORDER BY oldest_ms IS NULL, oldest_ms DESC, group_key
              LIMIT ?1",
         )
         .bind(i64::from(limit))
+        .bind(now_ms())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let oldest: Option<i64> = row.try_get("oldest")?;
-                Ok(GroupStats {
-                    group: row.try_get("group_key")?,
-                    pending: u64::try_from(row.try_get::<i64, _>("pending")?).unwrap_or(0),
-                    oldest_pending_age: oldest.map(|created| {
-                        Duration::from_millis(now.saturating_sub(created).max(0).unsigned_abs())
-                    }),
-                    dead: u64::try_from(row.try_get::<i64, _>("dead")?).unwrap_or(0),
-                })
-            })
-            .collect()
+        rows.iter().map(group_stats).collect()
     }
+}
 
+impl AdminStore for SqliteStore {
     async fn rows(
         &self,
         status: Option<RowStatus>,
@@ -675,7 +586,7 @@ impl Store for SqliteStore {
 
     async fn dead_letters(&self, limit: u32) -> Result<Vec<StoredDeadLetter>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{DEAD_LETTER_COLUMNS} ORDER BY id DESC LIMIT ?1"
+            "{DEAD_LETTER_SELECT} ORDER BY id DESC LIMIT ?1"
         )))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -685,7 +596,7 @@ impl Store for SqliteStore {
 
     async fn dead_letter_by_id(&self, id: i64) -> Result<Option<StoredDeadLetter>, StoreError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{DEAD_LETTER_COLUMNS} WHERE id = ?1"
+            "{DEAD_LETTER_SELECT} WHERE id = ?1"
         )))
         .bind(id)
         .fetch_optional(&self.pool)
@@ -693,39 +604,39 @@ impl Store for SqliteStore {
         row.as_ref().map(stored_dead_letter).transpose()
     }
 
-    async fn replay_dead_letter(
-        &self,
+    async fn take_dead_letter<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Sqlite>,
         id: i64,
-        replay: &OutgoingEnvelope,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
-        let Some(handler) = sqlx::query_scalar::<_, Option<String>>(
-            "DELETE FROM outbox_dead_letters WHERE id = ?1 RETURNING handler",
+    ) -> Result<Option<Option<String>>, StoreError> {
+        Ok(
+            sqlx::query_scalar("DELETE FROM outbox_dead_letters WHERE id = ?1 RETURNING handler")
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await?,
         )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?
-        else {
-            tx.rollback().await?;
-            return Ok(false);
-        };
-        let original = replay.envelope.original_id().hyphenated().to_string();
+    }
+
+    async fn forget_give_up<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Sqlite>,
+        message_id: Uuid,
+        handler: Option<&'t str>,
+    ) -> Result<(), StoreError> {
+        let message_id = message_id.hyphenated().to_string();
         sqlx::query("DELETE FROM outbox_inbox WHERE message_id = ?1 AND handler = ?2")
-            .bind(&original)
-            .bind(&handler)
-            .execute(&mut *tx)
+            .bind(&message_id)
+            .bind(handler)
+            .execute(&mut **tx)
             .await?;
         sqlx::query(
             "DELETE FROM outbox_attempts WHERE message_id = ?1 AND (?2 IS NULL OR handler = ?2)",
         )
-        .bind(&original)
-        .bind(&handler)
-        .execute(&mut *tx)
+        .bind(&message_id)
+        .bind(handler)
+        .execute(&mut **tx)
         .await?;
-        self.enqueue_all(&mut tx, std::slice::from_ref(replay))
-            .await?;
-        tx.commit().await?;
-        Ok(true)
+        Ok(())
     }
 
     async fn purge_dead_letter(&self, id: i64) -> Result<bool, StoreError> {

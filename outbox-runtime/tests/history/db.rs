@@ -28,7 +28,8 @@
 
 use std::collections::HashMap;
 
-use outbox_runtime::{HandlerContext, PgStore, SqliteStore, Store, store::StoreTransaction};
+use outbox_runtime::store::{AdminStore, StoreTransaction};
+use outbox_runtime::{HandlerContext, PgStore, SqliteStore};
 use sqlx::{Postgres, Row, Sqlite};
 use uuid::Uuid;
 
@@ -79,8 +80,8 @@ impl History {
     }
 }
 
-/// What the checker needs from a store beyond the [`Store`] trait.
-pub(crate) trait HistoryStore: Store {
+/// What the checker needs from a store beyond the [`AdminStore`] trait.
+pub(crate) trait HistoryStore: AdminStore {
     /// Creates the checker's tables, if missing.
     fn create_tables(&self) -> impl Future<Output = ()> + Send;
 

@@ -146,10 +146,14 @@ impl Recorder {
     /// often it is listed). Returns whether it is one of our handlers' give-ups,
     /// which the operator replays.
     pub(crate) fn saw_dead_letter(&self, letter: &StoredDeadLetter) -> bool {
-        let event = Envelope::from_json(&letter.body)
+        let event = Envelope::from_json(&letter.letter.body)
             .ok()
             .and_then(|envelope| serde_json::from_str::<Event>(envelope.payload.get()).ok());
-        let handler = letter.handler.as_deref().and_then(HandlerName::from_name);
+        let handler = letter
+            .letter
+            .handler
+            .as_deref()
+            .and_then(HandlerName::from_name);
         let mut log = self.log();
         if log.dead_letters.iter().any(|d| d.id == letter.id) {
             return handler.is_some() && event.is_some();

@@ -17,12 +17,13 @@ use std::time::Duration;
 
 use outbox_runtime::consume::Consumer;
 use outbox_runtime::{
-    Dispatcher, InProcessQueue, Relay, Store, StoreExt, Worker, admin,
+    Dispatcher, InProcessQueue, Relay, StoreExt, Worker, admin,
     backoff::Backoff,
     consume::{ConsumerConfig, WorkerConfig},
     envelope::OutgoingEnvelope,
     metrics::Metrics,
     relay::RelayConfig,
+    store::AdminStore,
     transport::{InProcessConfig, Receiver, Transport},
 };
 use tokio::task::JoinHandle;
@@ -602,7 +603,7 @@ async fn transact<S: HistoryStore>(store: &S, plan: &TxPlan) -> anyhow::Result<(
 /// The operator: replays every dead letter of our handlers as soon as it
 /// appears (logging it first, so the run log knows where the replay's life
 /// starts). A replay that fails is tried again at the next look.
-async fn operate<S: Store>(store: S, dispatcher: Arc<Dispatcher>, recorder: Arc<Recorder>) {
+async fn operate<S: AdminStore>(store: S, dispatcher: Arc<Dispatcher>, recorder: Arc<Recorder>) {
     loop {
         if let Ok(letters) = store.dead_letters(1000).await {
             // Newest first: replay the oldest first.
@@ -621,7 +622,7 @@ async fn operate<S: Store>(store: S, dispatcher: Arc<Dispatcher>, recorder: Arc<
 
 /// Waits until nothing is pending in the outbox, no queue holds anything
 /// and no dead letter is left; `Some` if that did not happen in time.
-async fn settle<S: Store>(store: &S, nodes: &[Node]) -> Option<Unsettled> {
+async fn settle<S: AdminStore>(store: &S, nodes: &[Node]) -> Option<Unsettled> {
     let deadline = Instant::now() + SETTLE_LIMIT;
     loop {
         let stats = store.stats().await;
@@ -651,7 +652,7 @@ async fn settle<S: Store>(store: &S, nodes: &[Node]) -> Option<Unsettled> {
                     .await
                     .unwrap_or_default()
                     .into_iter()
-                    .filter_map(|d| d.group),
+                    .filter_map(|d| d.letter.group),
             );
             return Some(Unsettled {
                 groups,

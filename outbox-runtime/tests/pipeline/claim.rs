@@ -10,7 +10,7 @@ use std::time::Duration;
 use outbox_runtime::{
     PgStore, Store,
     envelope::OutgoingEnvelope,
-    store::{ClaimedMessage, PublishFailure, RowStatus, Settlement},
+    store::{AdminStore, ClaimedMessage, PublishFailure, RowStatus, Settlement},
 };
 
 use sqlx::PgPool;

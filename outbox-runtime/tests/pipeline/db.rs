@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use outbox_runtime::{HandlerContext, PgStore, SqliteStore, Store, store::StoreTransaction};
+use outbox_runtime::store::{AdminStore, StoreTransaction};
+use outbox_runtime::{HandlerContext, PgStore, SqliteStore};
 use sqlx::{Postgres, Row, Sqlite};
 
 /// One handler effect, in the order effects were committed.
@@ -24,7 +25,7 @@ pub(crate) struct Row_ {
     pub(crate) available_in_future: bool,
 }
 
-pub(crate) trait TestDb: Store {
+pub(crate) trait TestDb: AdminStore {
     /// The database, for reports.
     const KIND: &'static str;
 

@@ -891,11 +891,15 @@ pub(crate) async fn replayed_dead_letter_runs_only_the_handler_that_gave_up<S: T
     let letters = h.store.dead_letters(10).await.expect("dead letters");
     assert_eq!(letters.len(), 1);
     let letter = &letters[0];
-    assert_eq!(letter.message_id, Some(original.id));
-    assert_eq!(letter.handler.as_deref(), Some("flaky.charge"));
-    assert_eq!(letter.message_type.as_deref(), Some("test.flaky"));
-    assert_eq!(letter.attempts, 2);
-    assert!(letter.error.contains("hits the bug"), "{}", letter.error);
+    assert_eq!(letter.letter.message_id, Some(original.id));
+    assert_eq!(letter.letter.handler.as_deref(), Some("flaky.charge"));
+    assert_eq!(letter.letter.message_type.as_deref(), Some("test.flaky"));
+    assert_eq!(letter.letter.attempts, 2);
+    assert!(
+        letter.letter.error.contains("hits the bug"),
+        "{}",
+        letter.letter.error
+    );
     assert_eq!(
         h.store
             .dead_letter_by_id(letter.id)
