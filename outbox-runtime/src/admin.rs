@@ -26,12 +26,13 @@
 //!
 //! ```no_run
 //! # async fn example(store: outbox_runtime::PgStore) -> Result<(), outbox_runtime::admin::AdminError> {
-//! use outbox_runtime::{Store, dispatch::DispatchTable};
 //! use outbox_runtime::admin;
+//! use outbox_runtime::dispatch::DispatchTable;
+//! use outbox_runtime::store::AdminStore;
 //!
 //! let table = DispatchTable::from_registry().expect("a complete table");
-//! for letter in store.dead_letters(100).await? {
-//!     println!("{} {:?}: {}", letter.id, letter.handler, letter.error);
+//! for dead in store.dead_letters(100).await? {
+//!     println!("{} {:?}: {}", dead.id, dead.letter.handler, dead.letter.error);
 //! }
 //! let replayed = admin::replay_dead_letter(&store, &table, 42).await?;
 //! println!("dead letter 42 is message {} again", replayed.replay_id);
@@ -162,6 +163,7 @@ pub async fn replay_dead_letter<S: AdminStore>(
 /// second replay finds every handler done.
 ///
 /// ```no_run
+/// # #[cfg(feature = "sqs")]
 /// # async fn example(store: outbox_runtime::PgStore, sqs: aws_sdk_sqs::Client) -> Result<(), outbox_runtime::admin::AdminError> {
 /// let dlq = outbox_runtime::transport::sqs::SqsReceiver::new(sqs, "https://sqs.eu-west-1.amazonaws.com/123456789012/orders-dlq.fifo");
 /// let moved = outbox_runtime::admin::import_dead_letter_queue(&store, &dlq).await?;

@@ -492,6 +492,8 @@ async fn inject_faults<S: HistoryStore>(
                 nodes.push(Node::start(wiring, shape, queues));
             }
             FaultKind::QueueDown(down) => {
+                // Without the `sqs` feature, the queue has one kind.
+                #[cfg_attr(not(feature = "sqs"), allow(irrefutable_let_patterns))]
                 let NodeQueue::InProcess(queue) = &nodes[at].queue else {
                     unreachable!("SQS plans have no faults (Plan::on_sqs)");
                 };

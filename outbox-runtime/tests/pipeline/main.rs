@@ -78,8 +78,7 @@ pub(crate) struct Run {
     pub(crate) ok: bool,
 }
 
-/// Every `step.record` run of this test process (nextest runs each test in
-/// its own process).
+/// Every `step.record` run since the current [`Harness`] started.
 pub(crate) static RUNS: std::sync::Mutex<Vec<Run>> = std::sync::Mutex::new(Vec::new());
 
 /// The runs of `step.record` so far.
@@ -274,8 +273,28 @@ async fn swallow_once(msg: Swallowed, ctx: &mut HandlerContext<'_>) -> anyhow::R
     Ok(())
 }
 
+/// Taken by every [`Harness`] for its life: the handlers' statics are
+/// shared by the tests of this binary, so under `cargo test` (threads in one
+/// process, unlike nextest's process per test) harnesses run one at a time,
+/// each from fresh statics.
+static ONE_HARNESS_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Empties what the handlers record and forgets their hooks.
+fn reset_statics() {
+    use std::sync::atomic::Ordering::SeqCst;
+    RUNS.lock().expect("not poisoned").clear();
+    FIXED.lock().expect("not poisoned").clear();
+    RECOUNTED.lock().expect("not poisoned").clear();
+    *CONTEST.lock().expect("not poisoned") = None;
+    *RECOUNT.lock().expect("not poisoned") = None;
+    for counter in [&CONTEST_RUNS, &DEADLOCKED_RUNS, &SWALLOWED_RUNS] {
+        counter.store(0, SeqCst);
+    }
+}
+
 /// A store, a queue, a relay and a worker wired together with fast retries.
 pub(crate) struct Harness<S: TestDb> {
+    _alone: tokio::sync::MutexGuard<'static, ()>,
     pub(crate) store: S,
     pub(crate) queue: Arc<InProcessQueue>,
     pub(crate) relay: Relay<S, InProcessQueue>,
@@ -298,6 +317,8 @@ impl<S: TestDb> Harness<S> {
     }
 
     pub(crate) async fn with_queue(store: S, queue: InProcessConfig) -> Self {
+        let alone = ONE_HARNESS_AT_A_TIME.lock().await;
+        reset_statics();
         store.migrate().await.expect("migrations run");
         store.create_app_tables().await;
         let queue = Arc::new(InProcessQueue::with_config(queue));
@@ -326,6 +347,7 @@ impl<S: TestDb> Harness<S> {
             ..WorkerConfig::default()
         });
         Harness {
+            _alone: alone,
             store,
             queue,
             relay,

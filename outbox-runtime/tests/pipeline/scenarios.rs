@@ -974,6 +974,7 @@ pub(crate) async fn requeued_dead_row_is_published_after_the_fix<S: TestDb>(stor
     ));
 
     // The fix: a queue that takes it. The row goes back, attempts reset.
+    drop(h);
     let fixed = Harness::new(store).await;
     admin::requeue_dead_row(&fixed.store, dead[0].seq)
         .await
