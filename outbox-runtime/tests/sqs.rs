@@ -22,6 +22,12 @@ use outbox_runtime::{
 };
 use sqlx::PgPool;
 
+#[path = "support/mod.rs"]
+mod support;
+
+use support::fault_report;
+use support::process::{Process, free_port, wait_for_port_async};
+
 #[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
 #[outbox(name = "sqs.step", group = group)]
 struct Step {
@@ -980,10 +986,12 @@ async fn the_database_url_comes_from_the_environment_or_a_secrets_manager_secret
 }
 
 /// A moto server of this test's own, to stop and start again.
+#[derive(Debug)]
 struct OwnMoto {
     python: String,
     port: u16,
-    child: Option<std::process::Child>,
+    /// Killed when dropped.
+    child: Option<Process>,
 }
 
 impl OwnMoto {
@@ -991,14 +999,9 @@ impl OwnMoto {
         let python = std::env::var("OUTBOX_PYTHON").expect(
             "OUTBOX_PYTHON is not set: run scripts/test, which installs moto in .venv and sets it",
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let mut moto = OwnMoto {
             python,
-            port,
+            port: free_port(),
             child: None,
         };
         moto.restart().await;
@@ -1017,33 +1020,14 @@ impl OwnMoto {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("moto starts");
-        self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            assert!(tokio::time::Instant::now() < deadline, "moto did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.child = Some(Process(child));
+        wait_for_port_async(self.port, "moto").await;
     }
 
     fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.child = None;
     }
 }
-
-impl Drop for OwnMoto {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-#[path = "support/fault_report.rs"]
-mod fault_report;
 
 /// The queue's server is stopped while the relay runs: rows stay pending,
 /// their backoff grows (no busy loop), nothing is dead-lettered; when the

@@ -5,9 +5,9 @@
 
 mod claim;
 mod db;
-#[path = "../support/fault_report.rs"]
-mod fault_report;
 mod scenarios;
+#[path = "../support/mod.rs"]
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +24,7 @@ use outbox_runtime::{
 };
 
 use crate::db::TestDb;
+use crate::support::fault_report;
 
 /// One step of a group's work. The handler records it as an effect in its
 /// transaction; the fields script failures and cascades.
