@@ -5,7 +5,11 @@ silently when wrong:
 
 - every SQS queue is FIFO (the queue and its dead-letter queue);
 - the main queue redrives to a FIFO dead-letter queue after more receives
-  than the handlers' own attempts;
+  than the handlers' own attempts (read from the code: each handler's
+  `max_attempts` from the sample's `table --json`, built and run through
+  cargo, and for a handler that sets none the consumer's default,
+  `ConsumerConfig::default_max_attempts` in
+  outbox-runtime/src/consume/consumer.rs);
 - every SQS event source reports batch item failures and has a batch size
   of at most 10 (the FIFO limit);
 - every function is arm64 on provided.al2023, built with rust-cargolambda;
@@ -20,10 +24,15 @@ silently when wrong:
     scripts/check-template.py [TEMPLATE]      # check
     scripts/check-template.py --self-test     # prove each check fails on a broken copy
 
-Runs with the Python that has cfn-lint (its YAML loader reads !Ref and co).
+Runs with the Python that has cfn-lint (its YAML loader reads !Ref and co),
+from anywhere in the repository, with cargo on the PATH (it builds the
+sample if it must).
 """
 
 import copy
+import json
+import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -35,8 +44,51 @@ from cfnlint.decode import decode
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "sample-app" / "template.yaml"
 CARGO_TOML = ROOT / "Cargo.toml"
-HANDLER_ATTEMPTS = 5  # ConsumerConfig::default_max_attempts
+CONSUMER_RS = ROOT / "outbox-runtime" / "src" / "consume" / "consumer.rs"
 PUMP_GROUP = "__outbox_pump"  # outbox_runtime::PUMP_GROUP
+
+
+def default_max_attempts(source):
+    """`ConsumerConfig::default_max_attempts` as `impl Default for
+    ConsumerConfig` sets it, in consumer.rs's source."""
+    found = re.search(
+        r"impl Default for ConsumerConfig \{.*?default_max_attempts: (\d+),", source, re.DOTALL
+    )
+    if not found:
+        raise SystemExit(
+            f"{CONSUMER_RS}: no `default_max_attempts: N,` in `impl Default for ConsumerConfig`; "
+            "update scripts/check-template.py to read the consumer's default attempts"
+        )
+    return int(found.group(1))
+
+
+def sample_table():
+    """The sample's dispatch table, as `sample-app table --json` prints it."""
+    run = subprocess.run(
+        ["cargo", "run", "--quiet", "--locked", "-p", "sample-app", "--", "table", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RUST_LOG": "off"},
+    )
+    if run.returncode != 0:
+        raise SystemExit(f"sample-app table --json failed:\n{run.stderr}")
+    return json.loads(run.stdout)
+
+
+def handler_attempts(table, default):
+    """The most attempts any handler of the table makes: its `max_attempts`,
+    or `default` (the consumer's) where it sets none (null)."""
+    attempts = []
+    for message in table:
+        for handler in message["handlers"]:
+            if "max_attempts" not in handler:
+                raise SystemExit(f"sample-app table --json: handler {handler} has no max_attempts")
+            own = handler["max_attempts"]
+            attempts.append(default if own is None else own)
+    if not attempts:
+        raise SystemExit("sample-app table --json lists no handler")
+    return max(attempts)
 
 
 def load(path):
@@ -78,7 +130,9 @@ def iam_actions(node):
             yield from iam_actions(item)
 
 
-def problems(template):
+def problems(template, attempts):
+    """What is wrong with the template, for handlers that make up to
+    `attempts` attempts."""
     found = []
     resources = template.get("Resources", {})
     queues = {k: r for k, r in resources.items() if r.get("Type") == "AWS::SQS::Queue"}
@@ -100,10 +154,10 @@ def problems(template):
             if target not in queues:
                 found.append(f"{name}: redrives to {target!r}, not a queue of this template")
             receives = redrive.get("maxReceiveCount", 0)
-            if not isinstance(receives, int) or receives <= HANDLER_ATTEMPTS:
+            if not isinstance(receives, int) or receives <= attempts:
                 found.append(
                     f"{name}: maxReceiveCount {receives} must exceed the handlers' "
-                    f"{HANDLER_ATTEMPTS} attempts"
+                    f"{attempts} attempts"
                 )
 
     consumed = 0
@@ -209,16 +263,46 @@ def breakages():
 
 
 def self_test():
+    table = sample_table()
+    default = default_max_attempts(CONSUMER_RS.read_text())
+    attempts = handler_attempts(table, default)
     template = load(TEMPLATE)
-    base = problems(template)
+    base = problems(template, attempts)
     if base:
         raise SystemExit(f"the template itself fails: {base}")
     for what, breaking in breakages():
         broken = copy.deepcopy(template)
         breaking(broken)
-        if not problems(broken):
+        if not problems(broken, attempts):
             raise SystemExit(f"self-test: a template with {what} passed the checks")
-        print(f"caught: {what}: {problems(broken)[0]}")
+        print(f"caught: {what}: {problems(broken, attempts)[0]}")
+    # The attempts come from the code: a handler, or the consumer's default,
+    # allowed as many attempts as the queue's receives fails the template.
+    receives = template["Resources"]["OrdersQueue"]["Properties"]["RedrivePolicy"][
+        "maxReceiveCount"
+    ]
+    own = copy.deepcopy(table)
+    own[0]["handlers"][0]["max_attempts"] = receives
+    defaulted = copy.deepcopy(table)
+    for message in defaulted:
+        for handler in message["handlers"]:
+            handler["max_attempts"] = None
+    for what, more in [
+        (f"a handler with max_attempts = {receives}", handler_attempts(own, default)),
+        (f"the consumer's default at {receives}", handler_attempts(defaulted, receives)),
+    ]:
+        caught = problems(template, more)
+        if not caught:
+            raise SystemExit(f"self-test: {what} passed the checks")
+        print(f"caught: {what}: {caught[0]}")
+    source = CONSUMER_RS.read_text()
+    assert default_max_attempts(source) == default
+    try:
+        default_max_attempts(source.replace("default_max_attempts: ", "max_attempts_default: "))
+    except SystemExit as err:
+        print(f"caught: consumer.rs without the default: {err}")
+    else:
+        raise SystemExit("self-test: a consumer.rs without the default was read")
     cargo_toml = CARGO_TOML.read_text()
     if build_problems(cargo_toml):
         raise SystemExit(f"the workspace itself fails: {build_problems(cargo_toml)}")
@@ -246,13 +330,15 @@ def main(argv):
         self_test()
         return
     path = Path(argv[1]) if len(argv) > 1 else TEMPLATE
-    found = problems(load(path)) + build_problems(CARGO_TOML.read_text())
+    attempts = handler_attempts(sample_table(), default_max_attempts(CONSUMER_RS.read_text()))
+    found = problems(load(path), attempts) + build_problems(CARGO_TOML.read_text())
     for problem in found:
         print(f"{path}: {problem}", file=sys.stderr)
     if found:
         raise SystemExit(1)
     print(f"{path}: FIFO, batch item failures, batch <= 10, arm64, visibility >= 6x timeout, "
-          "no wildcard actions, pump schedule, release profile unwinds: ok")
+          f"DLQ after more than the handlers' {attempts} attempts, no wildcard actions, "
+          "pump schedule, release profile unwinds: ok")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
 //! any single-byte mutation of one is still handled without a panic. The
 //! seeds are random per run; a failure prints the shrunk input.
 
-#[path = "support/fault_report.rs"]
-mod fault_report;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -14,6 +14,8 @@ use outbox_runtime::{
     envelope::{EnvelopeError, Headers},
 };
 use proptest::prelude::*;
+
+use crate::support::fault_report;
 
 const CASES: u32 = 2_000;
 static TRIED: AtomicU64 = AtomicU64::new(0);

@@ -168,73 +168,79 @@ fn purged_dead_letters_are_gone() {
     assert_eq!(db.scalar("SELECT count(*) FROM outbox_dead_letters"), 0);
 }
 
-/// `dead-letters import` moves what the SQS queue gave up on (its DLQ) into
-/// the dead letters, where `list` shows it and `replay` takes it.
-#[test]
-fn the_queues_dead_letters_are_imported_and_listed() {
-    let db = TempDatabase::create("outbox_import");
-    let url = db.url.as_str();
-    assert!(sample_app(&["enqueue", "--orders", "1", "--database-url", url], &[]).ok);
-    let body = r#"{"id":"01a22b82-21e6-7401-b6a0-a8b739783085","type":"orders.status_changed","version":1,"group":"customer-9","payload":{"order_id":1,"status":"created","customer_id":"customer-9"},"created_at":"2026-11-30T08:00:00Z","headers":{}}"#;
-    let dlq = tokio::runtime::Runtime::new()
-        .expect("runtime")
-        .block_on(async {
-            assert!(
-                std::env::var_os("AWS_ENDPOINT_URL").is_some(),
-                "AWS_ENDPOINT_URL is not set: run scripts/test, which starts the local SQS server"
-            );
-            let sqs = aws_sdk_sqs::Client::new(&outbox_runtime::aws::sdk_config().await);
-            let dlq = sqs
-                .create_queue()
-                .queue_name(format!("import-{}-dlq.fifo", uuid::Uuid::now_v7().simple()))
-                .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
-                .send()
-                .await
-                .expect("queue created")
-                .queue_url
-                .expect("a URL");
-            sqs.send_message()
-                .queue_url(&dlq)
-                .message_body(body)
-                .message_group_id("customer-9")
-                .message_deduplication_id("d-1")
-                .send()
-                .await
-                .expect("sent");
-            dlq
-        });
+/// In the fault suite (`scripts/fault-tests.filter` selects every test under
+/// a module named `faults`).
+mod faults {
+    use super::{TempDatabase, sample_app};
 
-    let imported = sample_app(
-        &[
-            "dead-letters",
-            "--database-url",
-            url,
-            "import",
-            "--queue-url",
-            &dlq,
-        ],
-        &[],
-    );
-    assert!(imported.ok, "{}", imported.text());
-    assert_eq!(
-        imported.stdout.trim(),
-        "imported 1 message(s) from the queue's dead-letter queue"
-    );
-    let listed = sample_app(
-        &["dead-letters", "--database-url", url, "list", "--json"],
-        &[],
-    );
-    let letters: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout).expect("JSON");
-    assert_eq!(letters.len(), 1, "{letters:?}");
-    assert_eq!(
-        letters[0]["message_id"],
-        "01a22b82-21e6-7401-b6a0-a8b739783085"
-    );
-    assert_eq!(letters[0]["group"], "customer-9");
-    assert_eq!(letters[0]["handler"], serde_json::Value::Null);
-    let replayed = sample_app(
-        &["dead-letters", "--database-url", url, "replay", "--all"],
-        &[],
-    );
-    assert!(replayed.ok, "{}", replayed.text());
+    /// `dead-letters import` moves what the SQS queue gave up on (its DLQ) into
+    /// the dead letters, where `list` shows it and `replay` takes it.
+    #[test]
+    fn the_queues_dead_letters_are_imported_and_listed() {
+        let db = TempDatabase::create("outbox_import");
+        let url = db.url.as_str();
+        assert!(sample_app(&["enqueue", "--orders", "1", "--database-url", url], &[]).ok);
+        let body = r#"{"id":"01a22b82-21e6-7401-b6a0-a8b739783085","type":"orders.status_changed","version":1,"group":"customer-9","payload":{"order_id":1,"status":"created","customer_id":"customer-9"},"created_at":"2026-11-30T08:00:00Z","headers":{}}"#;
+        let dlq = tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(async {
+                assert!(
+                    std::env::var_os("AWS_ENDPOINT_URL").is_some(),
+                    "AWS_ENDPOINT_URL is not set: run scripts/test, which starts the local SQS server"
+                );
+                let sqs = aws_sdk_sqs::Client::new(&outbox_runtime::aws::sdk_config().await);
+                let dlq = sqs
+                    .create_queue()
+                    .queue_name(format!("import-{}-dlq.fifo", uuid::Uuid::now_v7().simple()))
+                    .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
+                    .send()
+                    .await
+                    .expect("queue created")
+                    .queue_url
+                    .expect("a URL");
+                sqs.send_message()
+                    .queue_url(&dlq)
+                    .message_body(body)
+                    .message_group_id("customer-9")
+                    .message_deduplication_id("d-1")
+                    .send()
+                    .await
+                    .expect("sent");
+                dlq
+            });
+
+        let imported = sample_app(
+            &[
+                "dead-letters",
+                "--database-url",
+                url,
+                "import",
+                "--queue-url",
+                &dlq,
+            ],
+            &[],
+        );
+        assert!(imported.ok, "{}", imported.text());
+        assert_eq!(
+            imported.stdout.trim(),
+            "imported 1 message(s) from the queue's dead-letter queue"
+        );
+        let listed = sample_app(
+            &["dead-letters", "--database-url", url, "list", "--json"],
+            &[],
+        );
+        let letters: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout).expect("JSON");
+        assert_eq!(letters.len(), 1, "{letters:?}");
+        assert_eq!(
+            letters[0]["message_id"],
+            "01a22b82-21e6-7401-b6a0-a8b739783085"
+        );
+        assert_eq!(letters[0]["group"], "customer-9");
+        assert_eq!(letters[0]["handler"], serde_json::Value::Null);
+        let replayed = sample_app(
+            &["dead-letters", "--database-url", url, "replay", "--all"],
+            &[],
+        );
+        assert!(replayed.ok, "{}", replayed.text());
+    }
 }

@@ -33,12 +33,12 @@
 
 mod check;
 mod db;
-#[path = "../support/fault_report.rs"]
-mod fault_report;
 mod plan;
 mod record;
 mod run;
 mod site;
+#[path = "../support/mod.rs"]
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +49,7 @@ use uuid::Uuid;
 use crate::check::Findings;
 use crate::record::{Recorder, RunOutcome};
 use crate::site::Site;
+use crate::support::fault_report;
 
 /// Attempts per handler before it gives up: the `max_attempts` of both
 /// handlers below (the attribute takes a literal, so it is written twice).

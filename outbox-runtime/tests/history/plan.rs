@@ -183,7 +183,7 @@ impl Plan {
     ///   is no switch for a queue outage.
     ///
     /// Failures, give-ups and replays on SQS are covered by the SQS suite
-    /// (`tests/sqs.rs`), which releases failed records in order itself.
+    /// (`tests/sqs`), which releases failed records in order itself.
     #[cfg_attr(not(feature = "sqs"), allow(dead_code))]
     pub(crate) fn on_sqs(mut self) -> Plan {
         self.faults.clear();

@@ -203,15 +203,6 @@ async fn a_batch_of_one_row_groups_is_filled_from_as_many_groups_as_it_needs(poo
 }
 
 #[sqlx::test(migrations = false)]
-async fn a_claim_whose_lease_ran_out_between_its_rounds_takes_each_row_once(pool: PgPool) {
-    // A zero lease has run out by the second round; that round must still
-    // not take the first round's group again.
-    let store = store_with_deep_groups(&pool, 2, 1).await;
-    let got = claimed(&store.claim(10, Duration::ZERO).await.expect("claims"));
-    assert_eq!(sorted(got), [("g00".to_owned(), 0), ("g01".to_owned(), 0)]);
-}
-
-#[sqlx::test(migrations = false)]
 async fn a_round_that_found_only_emptied_groups_asks_for_as_few_groups_again(pool: PgPool) {
     // Ten group rows whose rows went another way (a consumer confirmed them)
     // come first, then 20 deep groups. The first round finds only the ten
@@ -268,32 +259,6 @@ async fn a_batch_of_one_deep_group_takes_its_rows_in_order(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrations = false)]
-async fn a_group_another_claim_is_leasing_is_skipped_and_not_claimed_after(pool: PgPool) {
-    // Another session leases group g and holds its row's lock, as a claim
-    // does while it runs. The claim skips the locked group rather than wait,
-    // and once the other session commits, the group is leased: still not
-    // claimable (taking it would publish its rows twice).
-    let store = store_with(&pool, (0..3).map(|n| ("g", n)).chain([("h", 0)])).await;
-    let mut other = pool.begin().await.expect("begins");
-    sqlx::query(
-        "UPDATE outbox_groups SET lease_until = now() + interval '1 hour',
-                                  lease_token = gen_random_uuid()
-         WHERE group_key = 'g'",
-    )
-    .execute(&mut *other)
-    .await
-    .expect("leases g");
-
-    let got = tokio::time::timeout(Duration::from_secs(10), store.claim(10, LEASE))
-        .await
-        .expect("the claim does not wait for the locked group")
-        .expect("claims");
-    assert_eq!(claimed(&got), vec![("h".to_owned(), 0)]);
-    other.commit().await.expect("commits the lease");
-    assert!(store.claim(10, LEASE).await.expect("claims").is_empty());
-}
-
 /// Enqueues one `Step` per `(group, n)` in a transaction of its own and
 /// leaves it open.
 async fn open_with<'a>(
@@ -332,51 +297,6 @@ fn commit_in_background(
     })
 }
 
-/// Two producers of one group overlap (two requests for one customer): T1
-/// enqueues g/1 and stays open while T2 enqueues g/2. T2 waits for T1 (the
-/// group's enqueue lock) before its row gets a `seq`, so the group's rows
-/// are in commit order; a relay claiming meanwhile finds nothing of the
-/// group. Without the lock T2 commits first, R1 claims g/2, and a claim
-/// after T1 and T3 commit would take g/1 and g/3 while R1 holds g/2: the
-/// hold rule refuses that too.
-#[sqlx::test(migrations = false)]
-async fn overlapping_producers_of_a_group_are_published_in_commit_order(pool: PgPool) {
-    let store = store_with(&pool, []).await;
-    let t1 = open_with(&store, [("g", 1)]).await;
-    let t2 = commit_in_background(&store, "g", 2);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !t2.is_finished(),
-        "T2 enqueued into g while T1, which enqueued into g first, is open"
-    );
-    let handed_out: Option<i64> = sqlx::query_scalar(
-        "SELECT pg_sequence_last_value(pg_get_serial_sequence('outbox', 'seq')::regclass)",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("reads the sequence");
-    assert_eq!(
-        handed_out,
-        Some(1),
-        "T2 took a seq before it had the group's lock: a later producer could commit a smaller seq"
-    );
-    let r1 = store.claim(10, LEASE).await.expect("R1 claims");
-    assert_eq!(claimed(&r1), [], "nothing of g is committed yet");
-    t1.commit().await.expect("T1 commits");
-    t2.await.expect("T2 ran");
-    open_with(&store, [("g", 3)])
-        .await
-        .commit()
-        .await
-        .expect("T3 commits");
-    let r2 = store.claim(10, LEASE).await.expect("R2 claims");
-    assert_eq!(
-        claimed(&r2),
-        [1, 2, 3].map(|n| ("g".to_owned(), n)).to_vec(),
-        "the group in commit order"
-    );
-}
-
 /// A relay drops the row of an empty group (its clean-up) while a producer
 /// of that group waits for the group's lock: once the producer has the
 /// lock it sees the row gone and adds it again, so its message is claimed.
@@ -412,35 +332,6 @@ async fn a_group_dropped_while_its_producer_waits_is_added_again(pool: PgPool) {
     );
 }
 
-/// The hold rule on its own (a row that arrives below a leased one, as a
-/// requeued dead row does): while R1 holds g/2, a claim takes nothing of g,
-/// not the g/1 that now precedes it.
-#[sqlx::test(migrations = false)]
-async fn a_group_with_a_leased_row_is_not_claimed_again(pool: PgPool) {
-    let store = store_with(&pool, [("g", 1), ("g", 2)]).await;
-    let r0 = store.claim(1, LEASE).await.expect("claims g/1");
-    store
-        .settle(Settlement {
-            claimed: &r0[..1],
-            published: &[],
-            confirm_within: None,
-            failures: &[dead(r0[0].seq)],
-        })
-        .await
-        .expect("g/1 is dead");
-    let r1 = store.claim(10, LEASE).await.expect("R1 claims");
-    assert_eq!(claimed(&r1), [("g".to_owned(), 2)]);
-    let dead = store
-        .rows(Some(outbox_runtime::store::RowStatus::Dead), 1)
-        .await
-        .expect("rows");
-    outbox_runtime::admin::requeue_dead_row(&store, dead[0].seq)
-        .await
-        .expect("requeued");
-    let r2 = store.claim(10, LEASE).await.expect("R2 claims");
-    assert_eq!(claimed(&r2), [], "R1 still holds g");
-}
-
 fn dead(seq: i64) -> PublishFailure {
     PublishFailure {
         seq,
@@ -450,155 +341,271 @@ fn dead(seq: i64) -> PublishFailure {
     }
 }
 
-/// Hands g/1 to a non-durable queue: the group is held until it is
-/// confirmed, or until its confirmation deadline passes (the process that
-/// held it died); then the group is claimed again from g/1.
-#[sqlx::test(migrations = false)]
-async fn a_relayed_row_holds_its_group_until_confirmed_or_past_its_deadline(pool: PgPool) {
-    let store = store_with(&pool, [("g", 1), ("g", 2)]).await;
-    let first = store.claim(1, LEASE).await.expect("claims");
-    publish_first(&store, &first, Some(LEASE)).await;
-    assert_eq!(claimed(&first), [("g".to_owned(), 1)]);
-    assert_eq!(claimed(&store.claim(10, LEASE).await.expect("claims")), []);
+/// The claims' fault scenarios: `scripts/fault-tests.filter` selects every
+/// test under a module named `faults`.
+mod faults {
+    use super::*;
 
-    sqlx::query("UPDATE outbox_groups SET relayed_until = now() - interval '1 second'")
+    #[sqlx::test(migrations = false)]
+    async fn a_claim_whose_lease_ran_out_between_its_rounds_takes_each_row_once(pool: PgPool) {
+        // A zero lease has run out by the second round; that round must still
+        // not take the first round's group again.
+        let store = store_with_deep_groups(&pool, 2, 1).await;
+        let got = claimed(&store.claim(10, Duration::ZERO).await.expect("claims"));
+        assert_eq!(sorted(got), [("g00".to_owned(), 0), ("g01".to_owned(), 0)]);
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn a_group_another_claim_is_leasing_is_skipped_and_not_claimed_after(pool: PgPool) {
+        // Another session leases group g and holds its row's lock, as a claim
+        // does while it runs. The claim skips the locked group rather than wait,
+        // and once the other session commits, the group is leased: still not
+        // claimable (taking it would publish its rows twice).
+        let store = store_with(&pool, (0..3).map(|n| ("g", n)).chain([("h", 0)])).await;
+        let mut other = pool.begin().await.expect("begins");
+        sqlx::query(
+            "UPDATE outbox_groups SET lease_until = now() + interval '1 hour',
+                                      lease_token = gen_random_uuid()
+             WHERE group_key = 'g'",
+        )
+        .execute(&mut *other)
+        .await
+        .expect("leases g");
+
+        let got = tokio::time::timeout(Duration::from_secs(10), store.claim(10, LEASE))
+            .await
+            .expect("the claim does not wait for the locked group")
+            .expect("claims");
+        assert_eq!(claimed(&got), vec![("h".to_owned(), 0)]);
+        other.commit().await.expect("commits the lease");
+        assert!(store.claim(10, LEASE).await.expect("claims").is_empty());
+    }
+
+    /// Two producers of one group overlap (two requests for one customer): T1
+    /// enqueues g/1 and stays open while T2 enqueues g/2. T2 waits for T1 (the
+    /// group's enqueue lock) before its row gets a `seq`, so the group's rows
+    /// are in commit order; a relay claiming meanwhile finds nothing of the
+    /// group. Without the lock T2 commits first, R1 claims g/2, and a claim
+    /// after T1 and T3 commit would take g/1 and g/3 while R1 holds g/2: the
+    /// hold rule refuses that too.
+    #[sqlx::test(migrations = false)]
+    async fn overlapping_producers_of_a_group_are_published_in_commit_order(pool: PgPool) {
+        let store = store_with(&pool, []).await;
+        let t1 = open_with(&store, [("g", 1)]).await;
+        let t2 = commit_in_background(&store, "g", 2);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !t2.is_finished(),
+            "T2 enqueued into g while T1, which enqueued into g first, is open"
+        );
+        let handed_out: Option<i64> = sqlx::query_scalar(
+            "SELECT pg_sequence_last_value(pg_get_serial_sequence('outbox', 'seq')::regclass)",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("reads the sequence");
+        assert_eq!(
+            handed_out,
+            Some(1),
+            "T2 took a seq before it had the group's lock: a later producer could commit a smaller seq"
+        );
+        let r1 = store.claim(10, LEASE).await.expect("R1 claims");
+        assert_eq!(claimed(&r1), [], "nothing of g is committed yet");
+        t1.commit().await.expect("T1 commits");
+        t2.await.expect("T2 ran");
+        open_with(&store, [("g", 3)])
+            .await
+            .commit()
+            .await
+            .expect("T3 commits");
+        let r2 = store.claim(10, LEASE).await.expect("R2 claims");
+        assert_eq!(
+            claimed(&r2),
+            [1, 2, 3].map(|n| ("g".to_owned(), n)).to_vec(),
+            "the group in commit order"
+        );
+    }
+
+    /// The hold rule on its own (a row that arrives below a leased one, as a
+    /// requeued dead row does): while R1 holds g/2, a claim takes nothing of g,
+    /// not the g/1 that now precedes it.
+    #[sqlx::test(migrations = false)]
+    async fn a_group_with_a_leased_row_is_not_claimed_again(pool: PgPool) {
+        let store = store_with(&pool, [("g", 1), ("g", 2)]).await;
+        let r0 = store.claim(1, LEASE).await.expect("claims g/1");
+        store
+            .settle(Settlement {
+                claimed: &r0[..1],
+                published: &[],
+                confirm_within: None,
+                failures: &[dead(r0[0].seq)],
+            })
+            .await
+            .expect("g/1 is dead");
+        let r1 = store.claim(10, LEASE).await.expect("R1 claims");
+        assert_eq!(claimed(&r1), [("g".to_owned(), 2)]);
+        let dead = store
+            .rows(Some(outbox_runtime::store::RowStatus::Dead), 1)
+            .await
+            .expect("rows");
+        outbox_runtime::admin::requeue_dead_row(&store, dead[0].seq)
+            .await
+            .expect("requeued");
+        let r2 = store.claim(10, LEASE).await.expect("R2 claims");
+        assert_eq!(claimed(&r2), [], "R1 still holds g");
+    }
+
+    /// Hands g/1 to a non-durable queue: the group is held until it is
+    /// confirmed, or until its confirmation deadline passes (the process that
+    /// held it died); then the group is claimed again from g/1.
+    #[sqlx::test(migrations = false)]
+    async fn a_relayed_row_holds_its_group_until_confirmed_or_past_its_deadline(pool: PgPool) {
+        let store = store_with(&pool, [("g", 1), ("g", 2)]).await;
+        let first = store.claim(1, LEASE).await.expect("claims");
+        publish_first(&store, &first, Some(LEASE)).await;
+        assert_eq!(claimed(&first), [("g".to_owned(), 1)]);
+        assert_eq!(claimed(&store.claim(10, LEASE).await.expect("claims")), []);
+
+        sqlx::query("UPDATE outbox_groups SET relayed_until = now() - interval '1 second'")
+            .execute(&pool)
+            .await
+            .expect("past the deadline");
+        let again = store.claim(10, LEASE).await.expect("claims");
+        assert_eq!(
+            claimed(&again),
+            [1, 2].map(|n| ("g".to_owned(), n)).to_vec(),
+            "the unconfirmed row first"
+        );
+        publish_first(&store, &again, Some(LEASE)).await;
+        assert_eq!(claimed(&store.claim(10, LEASE).await.expect("claims")), []);
+
+        let mut tx = store.begin().await.expect("begins");
+        store
+            .confirm(&mut tx, &[again[0].envelope.id])
+            .await
+            .expect("confirms");
+        tx.commit().await.expect("commits");
+        assert_eq!(
+            claimed(&store.claim(10, LEASE).await.expect("claims")),
+            [("g".to_owned(), 2)],
+            "the group is free once its relayed row is confirmed"
+        );
+    }
+
+    /// A settlement that empties a group drops the group's row, unless a
+    /// producer is enqueueing into the group at that moment: its row, committed
+    /// after the settlement, must still be claimed.
+    #[sqlx::test(migrations = false)]
+    async fn a_producer_racing_the_drop_of_its_emptied_group_keeps_its_row(pool: PgPool) {
+        let store = store_with(&pool, [("g", 1)]).await;
+        let got = store.claim(10, LEASE).await.expect("claims");
+        let producer = open_with(&store, [("g", 2)]).await;
+        publish_first(&store, &got, None).await;
+        producer.commit().await.expect("the producer commits");
+        let got = store.claim(10, LEASE).await.expect("claims");
+        assert_eq!(claimed(&got), [("g".to_owned(), 2)]);
+
+        // Settled with no producer around, the emptied group's row goes.
+        publish_first(&store, &got, None).await;
+        assert_eq!(group_rows(&pool).await, 0);
+    }
+
+    /// A group's row whose rows went another way (confirmed by a consumer, or
+    /// its producer rolled back) is dropped by the next claim that finds it.
+    #[sqlx::test(migrations = false)]
+    async fn a_claim_drops_the_row_of_a_group_without_rows(pool: PgPool) {
+        let store = store_with_an_empty_group(&pool).await;
+        assert!(store.claim(10, LEASE).await.expect("claims").is_empty());
+        assert_eq!(group_rows(&pool).await, 0);
+    }
+
+    /// A database migrated by the previous version, with rows in every state,
+    /// migrated to this one: pending rows keep their order, attempts, last
+    /// error and backoff (on the group's first row); a relayed row is pending
+    /// again; published and dead rows are in the archive; admin reads see them
+    /// all.
+    #[sqlx::test(migrations = false)]
+    async fn rows_of_every_state_survive_the_migration_to_groups_and_archive(pool: PgPool) {
+        let mut previous =
+            sqlx::migrate::Migrator::new(std::path::Path::new("migrations/postgres"))
+                .await
+                .expect("reads the migrations");
+        let before: Vec<_> = previous.iter().filter(|m| m.version < 3).cloned().collect();
+        assert_eq!(before.len(), 2);
+        previous = sqlx::migrate::Migrator::with_migrations(before);
+        previous.dangerous_set_table_name("_outbox_migrations");
+        previous.run(&pool).await.expect("the previous schema");
+        sqlx::raw_sql(
+            r#"INSERT INTO outbox (id, message_type, version, group_key, payload, created_at,
+                                   status, attempts, last_error, available_at, published_at, lease_until)
+               VALUES
+               (gen_random_uuid(), 'test.step', 1, 'done', '{"group":"done","n":0,"fail_first":0,"cascade":false,"pad":"","panic_first":0}', now(),
+                'published', 0, NULL, now(), now(), NULL),
+               (gen_random_uuid(), 'test.step', 1, 'gone', '{"group":"gone","n":0,"fail_first":0,"cascade":false,"pad":"","panic_first":0}', now(),
+                'dead', 3, 'refused', now(), NULL, NULL),
+               (gen_random_uuid(), 'test.step', 1, 'a', '{"group":"a","n":0,"fail_first":0,"cascade":false,"pad":"","panic_first":0}', now(),
+                'pending', 2, 'throttled', now() + interval '1 hour', NULL, NULL),
+               (gen_random_uuid(), 'test.step', 1, 'a', '{"group":"a","n":1,"fail_first":0,"cascade":false,"pad":"","panic_first":0}', now(),
+                'pending', 0, NULL, now(), NULL, NULL),
+               (gen_random_uuid(), 'test.step', 1, 'b', '{"group":"b","n":0,"fail_first":0,"cascade":false,"pad":"","panic_first":0}', now(),
+                'relayed', 0, NULL, now(), NULL, now() + interval '1 hour'),
+               (gen_random_uuid(), 'test.step', 1, 'b', '{"group":"b","n":1,"fail_first":0,"cascade":false,"pad":"","panic_first":0}', now(),
+                'pending', 0, NULL, now(), NULL, NULL)"#,
+        )
         .execute(&pool)
         .await
-        .expect("past the deadline");
-    let again = store.claim(10, LEASE).await.expect("claims");
-    assert_eq!(
-        claimed(&again),
-        [1, 2].map(|n| ("g".to_owned(), n)).to_vec(),
-        "the unconfirmed row first"
-    );
-    publish_first(&store, &again, Some(LEASE)).await;
-    assert_eq!(claimed(&store.claim(10, LEASE).await.expect("claims")), []);
+        .expect("rows of every state");
 
-    let mut tx = store.begin().await.expect("begins");
-    store
-        .confirm(&mut tx, &[again[0].envelope.id])
-        .await
-        .expect("confirms");
-    tx.commit().await.expect("commits");
-    assert_eq!(
-        claimed(&store.claim(10, LEASE).await.expect("claims")),
-        [("g".to_owned(), 2)],
-        "the group is free once its relayed row is confirmed"
-    );
-}
+        let store = PgStore::new(pool.clone());
+        store.migrate().await.expect("migrates");
 
-/// A settlement that empties a group drops the group's row, unless a
-/// producer is enqueueing into the group at that moment: its row, committed
-/// after the settlement, must still be claimed.
-#[sqlx::test(migrations = false)]
-async fn a_producer_racing_the_drop_of_its_emptied_group_keeps_its_row(pool: PgPool) {
-    let store = store_with(&pool, [("g", 1)]).await;
-    let got = store.claim(10, LEASE).await.expect("claims");
-    let producer = open_with(&store, [("g", 2)]).await;
-    publish_first(&store, &got, None).await;
-    producer.commit().await.expect("the producer commits");
-    let got = store.claim(10, LEASE).await.expect("claims");
-    assert_eq!(claimed(&got), [("g".to_owned(), 2)]);
-
-    // Settled with no producer around, the emptied group's row goes.
-    publish_first(&store, &got, None).await;
-    assert_eq!(group_rows(&pool).await, 0);
-}
-
-/// A group's row whose rows went another way (confirmed by a consumer, or
-/// its producer rolled back) is dropped by the next claim that finds it.
-#[sqlx::test(migrations = false)]
-async fn a_claim_drops_the_row_of_a_group_without_rows(pool: PgPool) {
-    let store = store_with_an_empty_group(&pool).await;
-    assert!(store.claim(10, LEASE).await.expect("claims").is_empty());
-    assert_eq!(group_rows(&pool).await, 0);
-}
-
-/// A database migrated by the previous version, with rows in every state,
-/// migrated to this one: pending rows keep their order, attempts, last
-/// error and backoff (on the group's first row); a relayed row is pending
-/// again; published and dead rows are in the archive; admin reads see them
-/// all.
-#[sqlx::test(migrations = false)]
-async fn rows_of_every_state_survive_the_migration_to_groups_and_archive(pool: PgPool) {
-    let mut previous = sqlx::migrate::Migrator::new(std::path::Path::new("migrations/postgres"))
-        .await
-        .expect("reads the migrations");
-    let before: Vec<_> = previous.iter().filter(|m| m.version < 3).cloned().collect();
-    assert_eq!(before.len(), 2);
-    previous = sqlx::migrate::Migrator::with_migrations(before);
-    previous.dangerous_set_table_name("_outbox_migrations");
-    previous.run(&pool).await.expect("the previous schema");
-    sqlx::raw_sql(
-        r#"INSERT INTO outbox (id, message_type, version, group_key, payload, created_at,
-                               status, attempts, last_error, available_at, published_at, lease_until)
-           VALUES
-           (gen_random_uuid(), 'test.step', 1, 'done', '{"group":"done","n":0,"fail_first":0,"cascade":false,"pad":"","panic_first":0}', now(),
-            'published', 0, NULL, now(), now(), NULL),
-           (gen_random_uuid(), 'test.step', 1, 'gone', '{"group":"gone","n":0,"fail_first":0,"cascade":false,"pad":"","panic_first":0}', now(),
-            'dead', 3, 'refused', now(), NULL, NULL),
-           (gen_random_uuid(), 'test.step', 1, 'a', '{"group":"a","n":0,"fail_first":0,"cascade":false,"pad":"","panic_first":0}', now(),
-            'pending', 2, 'throttled', now() + interval '1 hour', NULL, NULL),
-           (gen_random_uuid(), 'test.step', 1, 'a', '{"group":"a","n":1,"fail_first":0,"cascade":false,"pad":"","panic_first":0}', now(),
-            'pending', 0, NULL, now(), NULL, NULL),
-           (gen_random_uuid(), 'test.step', 1, 'b', '{"group":"b","n":0,"fail_first":0,"cascade":false,"pad":"","panic_first":0}', now(),
-            'relayed', 0, NULL, now(), NULL, now() + interval '1 hour'),
-           (gen_random_uuid(), 'test.step', 1, 'b', '{"group":"b","n":1,"fail_first":0,"cascade":false,"pad":"","panic_first":0}', now(),
-            'pending', 0, NULL, now(), NULL, NULL)"#,
-    )
-    .execute(&pool)
-    .await
-    .expect("rows of every state");
-
-    let store = PgStore::new(pool.clone());
-    store.migrate().await.expect("migrates");
-
-    let statuses: Vec<(String, RowStatus, u32, Option<String>)> = store
-        .rows(None, 10)
-        .await
-        .expect("rows")
-        .into_iter()
-        .rev()
-        .map(|r| (r.group, r.status, r.attempts, r.last_error))
-        .collect();
-    assert_eq!(
-        statuses,
-        [
-            ("done", RowStatus::Published, 0, None),
-            ("gone", RowStatus::Dead, 3, Some("refused")),
-            ("a", RowStatus::Pending, 2, Some("throttled")),
-            ("a", RowStatus::Pending, 0, None),
-            ("b", RowStatus::Pending, 0, None),
-            ("b", RowStatus::Pending, 0, None),
-        ]
-        .map(|(g, s, a, e)| (g.to_owned(), s, a, e.map(str::to_owned)))
-        .to_vec()
-    );
-    // Group a waits out its first row's backoff; b is claimed from its
-    // relayed row, which counts as pending again.
-    let got = store.claim(10, LEASE).await.expect("claims");
-    assert_eq!(claimed(&got), [("b".to_owned(), 0), ("b".to_owned(), 1)]);
-    sqlx::query("UPDATE outbox_groups SET available_at = now() WHERE group_key = 'a'")
-        .execute(&pool)
-        .await
-        .expect("a's backoff is over");
-    let got = store.claim(10, LEASE).await.expect("claims");
-    assert_eq!(
-        got.iter().map(|m| m.attempts).collect::<Vec<_>>(),
-        [2, 0],
-        "the failed row's attempts"
-    );
-    let stats = store.stats().await.expect("stats");
-    assert_eq!((stats.pending, stats.published, stats.dead), (4, 1, 1));
-    // Retention still trims the archive; the dead row stays.
-    sqlx::query("UPDATE outbox_archive SET archived_at = now() - interval '2 days'")
-        .execute(&pool)
-        .await
-        .expect("ages the archive");
-    let report = store
-        .cleanup(&outbox_runtime::store::RetentionPolicy::default())
-        .await
-        .expect("cleans up");
-    assert_eq!(report.published_deleted, 1);
-    assert_eq!(store.stats().await.expect("stats").dead, 1);
+        let statuses: Vec<(String, RowStatus, u32, Option<String>)> = store
+            .rows(None, 10)
+            .await
+            .expect("rows")
+            .into_iter()
+            .rev()
+            .map(|r| (r.group, r.status, r.attempts, r.last_error))
+            .collect();
+        assert_eq!(
+            statuses,
+            [
+                ("done", RowStatus::Published, 0, None),
+                ("gone", RowStatus::Dead, 3, Some("refused")),
+                ("a", RowStatus::Pending, 2, Some("throttled")),
+                ("a", RowStatus::Pending, 0, None),
+                ("b", RowStatus::Pending, 0, None),
+                ("b", RowStatus::Pending, 0, None),
+            ]
+            .map(|(g, s, a, e)| (g.to_owned(), s, a, e.map(str::to_owned)))
+            .to_vec()
+        );
+        // Group a waits out its first row's backoff; b is claimed from its
+        // relayed row, which counts as pending again.
+        let got = store.claim(10, LEASE).await.expect("claims");
+        assert_eq!(claimed(&got), [("b".to_owned(), 0), ("b".to_owned(), 1)]);
+        sqlx::query("UPDATE outbox_groups SET available_at = now() WHERE group_key = 'a'")
+            .execute(&pool)
+            .await
+            .expect("a's backoff is over");
+        let got = store.claim(10, LEASE).await.expect("claims");
+        assert_eq!(
+            got.iter().map(|m| m.attempts).collect::<Vec<_>>(),
+            [2, 0],
+            "the failed row's attempts"
+        );
+        let stats = store.stats().await.expect("stats");
+        assert_eq!((stats.pending, stats.published, stats.dead), (4, 1, 1));
+        // Retention still trims the archive; the dead row stays.
+        sqlx::query("UPDATE outbox_archive SET archived_at = now() - interval '2 days'")
+            .execute(&pool)
+            .await
+            .expect("ages the archive");
+        let report = store
+            .cleanup(&outbox_runtime::store::RetentionPolicy::default())
+            .await
+            .expect("cleans up");
+        assert_eq!(report.published_deleted, 1);
+        assert_eq!(store.stats().await.expect("stats").dead, 1);
+    }
 }

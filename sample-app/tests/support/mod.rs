@@ -4,130 +4,21 @@
 
 #![allow(dead_code, unreachable_pub)] // each test binary uses a part
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, ChildStdout};
-use std::time::{Duration, Instant};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
 
-/// Kills a child process when dropped.
-pub struct Process(pub Child);
+// Child processes and throwaway databases: the workspace's one copy of
+// each, in outbox-runtime's test support.
+#[path = "../../../outbox-runtime/tests/support/database.rs"]
+mod database;
+#[path = "../../../outbox-runtime/tests/support/process.rs"]
+mod process;
 
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The PostgreSQL server the tests use (`DATABASE_URL` names one database
-/// on it; `scripts/test` sets it).
-pub fn postgres_server() -> String {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    url.rsplit_once('/')
-        .map_or(url.as_str(), |(base, _)| base)
-        .to_owned()
-}
-
-/// A database created for one test and dropped (with its connections) when
-/// this is dropped.
-pub struct TempDatabase {
-    pub name: String,
-    pub url: String,
-    admin: String,
-}
-
-impl TempDatabase {
-    pub fn create(prefix: &str) -> Self {
-        let base = postgres_server();
-        let name = format!("{prefix}_{}", uuid::Uuid::now_v7().simple());
-        let admin = format!("{base}/postgres");
-        admin_sql(&admin, &format!("CREATE DATABASE {name}"));
-        TempDatabase {
-            url: format!("{base}/{name}"),
-            name,
-            admin,
-        }
-    }
-
-    /// Drops the database now, as an outage would take it away.
-    pub fn drop_now(&self) {
-        admin_sql(
-            &self.admin,
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        );
-    }
-
-    /// Runs a query returning one number, on this database.
-    pub fn scalar(&self, sql: &str) -> i64 {
-        let rt = runtime();
-        rt.block_on(async {
-            let pool = sqlx::PgPool::connect(&self.url).await.expect("connects");
-            let value: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-                .fetch_one(&pool)
-                .await
-                .unwrap_or_else(|err| panic!("{sql}: {err}"));
-            pool.close().await;
-            value
-        })
-    }
-}
-
-impl Drop for TempDatabase {
-    fn drop(&mut self) {
-        self.drop_now();
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime")
-}
-
-fn admin_sql(admin: &str, sql: &str) {
-    runtime().block_on(async {
-        let pool = sqlx::PgPool::connect(admin)
-            .await
-            .expect("PostgreSQL is reachable (scripts/test checks it)");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-            .execute(&pool)
-            .await
-            .unwrap_or_else(|err| panic!("{sql}: {err}"));
-        pool.close().await;
-    });
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("binds")
-        .local_addr()
-        .expect("has an address")
-        .port()
-}
-
-pub fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Reads the child's stdout until a line starts with `prefix`; returns the
-/// rest of that line.
-pub fn read_line_starting(stdout: &mut BufReader<ChildStdout>, prefix: &str) -> String {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = stdout.read_line(&mut line).expect("reads stdout");
-        assert!(n > 0, "the process exited before printing `{prefix}`");
-        if let Some(rest) = line.trim_end().strip_prefix(prefix) {
-            return rest.to_owned();
-        }
-    }
-}
+#[allow(unused_imports)] // each test binary uses a part
+pub use database::{TempDatabase, postgres_server};
+#[allow(unused_imports)]
+pub use process::{Process, free_port, read_line_starting, wait_for_port};
 
 /// An HTTP response.
 #[derive(Debug)]

@@ -1,0 +1,319 @@
+//! The Lambda consumer's record handling, with this module playing the SQS
+//! event source mapping against the local server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use outbox_runtime::{
+    Dispatcher, Envelope, OutboxMessage, PgStore, Relay, Store,
+    consume::Consumer,
+    pump::is_pump,
+    relay::RelayConfig,
+    transport::Transport,
+    transport::sqs::{SqsPump, SqsTransport},
+};
+use sqlx::PgPool;
+
+use crate::{Step, client, effects, effects_table, entries, fast, fifo_queue, step};
+
+/// Plays the SQS event source mapping against `handle_records`: receive up
+/// to 10, hand them over as Lambda records, delete the successes, leave the
+/// failures to the visibility timeout and the redrive policy.
+async fn deliver_as_lambda(
+    client: &Client,
+    url: &str,
+    consumer: &Consumer<PgStore>,
+) -> (usize, Vec<String>) {
+    deliver_as_lambda_with(client, url, consumer, None, false).await
+}
+
+/// [`deliver_as_lambda`], with the records' visibility changed to their
+/// retry delays when `visibility` is given, or, with `release_now`, the
+/// failed records made visible again at once, in order (moto may break a
+/// group's order when its messages time out together; see TOOLING.md).
+pub(crate) async fn deliver_as_lambda_with(
+    client: &Client,
+    url: &str,
+    consumer: &Consumer<PgStore>,
+    visibility: Option<&outbox_runtime::lambda::RetryVisibility>,
+    release_now: bool,
+) -> (usize, Vec<String>) {
+    let arn = client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()
+        .remove(&QueueAttributeName::QueueArn)
+        .unwrap();
+    let received = client
+        .receive_message()
+        .queue_url(url)
+        .max_number_of_messages(10)
+        .wait_time_seconds(1)
+        .message_system_attribute_names(MessageSystemAttributeName::All)
+        .send()
+        .await
+        .unwrap();
+    let messages = received.messages.unwrap_or_default();
+    let records: Vec<aws_lambda_events::event::sqs::SqsMessage> = messages
+        .iter()
+        .map(|m| {
+            let attributes: serde_json::Map<String, serde_json::Value> = m
+                .attributes()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.as_str().to_owned(), serde_json::Value::String(v.clone())))
+                .collect();
+            serde_json::from_value(serde_json::json!({
+                "messageId": m.message_id(),
+                "receiptHandle": m.receipt_handle(),
+                "body": m.body(),
+                "attributes": attributes,
+                "messageAttributes": {},
+                "eventSource": "aws:sqs",
+                "eventSourceARN": arn,
+            }))
+            .unwrap()
+        })
+        .collect();
+    let response =
+        outbox_runtime::lambda::handle_records_with(consumer, records, None, visibility).await;
+    let failed: Vec<String> = response
+        .batch_item_failures
+        .into_iter()
+        .map(|f| f.item_identifier)
+        .collect();
+    for m in &messages {
+        let to_retry = failed.iter().any(|f| Some(f.as_str()) == m.message_id());
+        if !to_retry {
+            client
+                .delete_message()
+                .queue_url(url)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        } else if release_now {
+            client
+                .change_message_visibility()
+                .queue_url(url)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .visibility_timeout(0)
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    (messages.len(), failed)
+}
+
+#[sqlx::test(migrations = false)]
+async fn lambda_reports_a_failed_group_and_the_sqs_dlq_takes_it_after_max_receives(pool: PgPool) {
+    let client = client().await;
+    let (url, dlq) = fifo_queue(&client, Some(2)).await;
+    let dlq = dlq.unwrap();
+    let store = PgStore::new(pool.clone());
+    store.migrate().await.unwrap();
+    effects_table(&pool).await;
+
+    // Group "stuck" fails every attempt (its handler allows up to 5, more
+    // than the queue's maxReceiveCount of 2); group "fine" flows.
+    let mut stuck = step("stuck", 0);
+    stuck.fail_first = 99;
+    let envelopes = [
+        Envelope::from_message(&stuck).unwrap(),
+        Envelope::from_message(&step("stuck", 1)).unwrap(),
+        Envelope::from_message(&step("fine", 0)).unwrap(),
+        Envelope::from_message(&step("fine", 1)).unwrap(),
+    ];
+    SqsTransport::new(client.clone(), &url)
+        .publish(&entries(&envelopes))
+        .await
+        .unwrap();
+
+    let consumer = Consumer::new(
+        store.clone(),
+        Arc::new(Dispatcher::from_registry().unwrap()),
+    );
+    let (received, failed) = deliver_as_lambda(&client, &url, &consumer).await;
+    assert_eq!(received, 4);
+    assert_eq!(
+        failed.len(),
+        2,
+        "the failing record and the later record of its group"
+    );
+    assert_eq!(
+        effects(&pool).await,
+        [("fine".to_owned(), 0), ("fine".to_owned(), 1)]
+    );
+
+    // After the visibility timeout the group comes back and fails again;
+    // past maxReceiveCount SQS moves the failing message to the DLQ, and the
+    // group moves on. Messages held back behind a failure count receives
+    // too (as on AWS), so they may follow it into the DLQ: either way each
+    // message ends up handled or in the DLQ, and none runs before "stuck" 0.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut in_dlq: Vec<i64> = Vec::new();
+    loop {
+        let moved = client
+            .receive_message()
+            .queue_url(&dlq)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        for m in &moved {
+            let envelope = Envelope::from_json(m.body().unwrap()).unwrap();
+            in_dlq.push(Step::decode(&envelope.payload).unwrap().n);
+            client
+                .delete_message()
+                .queue_url(&dlq)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+        let handled_stuck = effects(&pool)
+            .await
+            .iter()
+            .filter(|e| e.0 == "stuck")
+            .count();
+        if in_dlq.contains(&0) && in_dlq.len() + handled_stuck == 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not settled: dlq {in_dlq:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        deliver_as_lambda(&client, &url, &consumer).await;
+    }
+    let got = effects(&pool).await;
+    assert!(
+        !got.contains(&("stuck".to_owned(), 0)),
+        "the failing message never committed"
+    );
+    assert_eq!(got[..2], [("fine".to_owned(), 0), ("fine".to_owned(), 1)]);
+}
+
+#[sqlx::test(migrations = false)]
+async fn poison_records_are_dead_lettered_and_acknowledged(pool: PgPool) {
+    let client = client().await;
+    let (url, _) = fifo_queue(&client, None).await;
+    let store = PgStore::new(pool.clone());
+    store.migrate().await.unwrap();
+    effects_table(&pool).await;
+    let carrier = Envelope::from_message(&step("p", 0)).unwrap();
+    let mut unknown = Envelope::from_message(&step("q", 0)).unwrap();
+    unknown.message_type = "nobody.handles.this".into();
+    let mut list = entries(std::slice::from_ref(&carrier));
+    list[0].body = "{\"not\": \"an envelope\"}".into();
+    let transport = SqsTransport::new(client.clone(), &url);
+    transport.publish(&list).await.unwrap();
+    transport
+        .publish(&entries(std::slice::from_ref(&unknown)))
+        .await
+        .unwrap();
+
+    let consumer = Consumer::new(
+        store.clone(),
+        Arc::new(Dispatcher::from_registry().unwrap()),
+    );
+    let (received, failed) = deliver_as_lambda(&client, &url, &consumer).await;
+    assert_eq!(
+        (received, failed.len()),
+        (2, 0),
+        "poison is acknowledged, never retried"
+    );
+    let dead: Vec<(String,)> = sqlx::query_as("SELECT error FROM outbox_dead_letters ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 2);
+    assert!(
+        dead[0]
+            .0
+            .starts_with("malformed envelope at `.`: missing field `id`"),
+        "{dead:?}"
+    );
+    assert_eq!(dead[1].0, "unknown message type `nobody.handles.this`");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_pump_makes_the_consumer_drain_the_outbox(pool: PgPool) {
+    let client = client().await;
+    let (url, _) = fifo_queue(&client, None).await;
+    let store = PgStore::new(pool.clone());
+    store.migrate().await.unwrap();
+    effects_table(&pool).await;
+    let transport = Arc::new(SqsTransport::new(client.clone(), &url));
+    let pump = SqsPump::new(client.clone(), &url);
+    let relay = Relay::new(store.clone(), Arc::clone(&transport)).with_config(RelayConfig {
+        backoff: fast(),
+        ..RelayConfig::default()
+    });
+    let consumer = Consumer::new(
+        store.clone(),
+        Arc::new(Dispatcher::from_registry().unwrap()),
+    )
+    .with_relay(Arc::new(relay))
+    .with_pump(Arc::new(pump.clone()));
+
+    // A rolled-back transaction sends no pump and leaves nothing.
+    let mut tx = pool.begin().await.unwrap();
+    outbox_runtime::StoreExt::enqueue(&store, &mut tx, &step("g", 0))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        deliver_as_lambda(&client, &url, &consumer).await.0,
+        0,
+        "no pump after a rollback"
+    );
+
+    // A committed one: commit, then pump.
+    let mut tx = pool.begin().await.unwrap();
+    outbox_runtime::StoreExt::enqueue(&store, &mut tx, &step("g", 1))
+        .await
+        .unwrap();
+    outbox_runtime::commit_and_pump(tx, &pump).await.unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while effects(&pool).await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never delivered");
+        deliver_as_lambda(&client, &url, &consumer).await;
+    }
+    assert_eq!(effects(&pool).await, [("g".to_owned(), 1)]);
+    assert_eq!(store.stats().await.unwrap().pending, 0);
+
+    // A lost pump: the row waits until the sweep's pump arrives.
+    let mut tx = pool.begin().await.unwrap();
+    outbox_runtime::StoreExt::enqueue(&store, &mut tx, &step("g", 2))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap(); // ... and the pump is lost in transit.
+    deliver_as_lambda(&client, &url, &consumer).await;
+    assert_eq!(
+        store.stats().await.unwrap().pending,
+        1,
+        "nothing drains without a pump"
+    );
+    outbox_runtime::pump::Pump::pump(&pump).await.unwrap(); // the sweep
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while effects(&pool).await.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sweep did not recover the row"
+        );
+        deliver_as_lambda(&client, &url, &consumer).await;
+    }
+    assert!(is_pump(outbox_runtime::pump::PUMP_BODY));
+}
