@@ -254,7 +254,7 @@ pub(crate) async fn work<S: AppDb>(
 ) -> anyhow::Result<MetricsSnapshot> {
     store.migrate().await?;
     store.migrate_app().await?;
-    let table = crate::lambda::checked_table()?;
+    let table = crate::table::checked_table()?;
     let (background, _waker, metrics) = local_stack(store.clone(), table, timing);
     while store.stats().await?.pending > 0 {
         tokio::time::sleep(Duration::from_millis(50)).await;

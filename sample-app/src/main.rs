@@ -13,6 +13,7 @@ mod lambda;
 mod messages;
 mod orders;
 mod probe;
+mod table;
 
 use std::sync::Arc;
 
@@ -181,18 +182,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&metrics)?);
             Ok(())
         }
-        Command::Schemas { check, dir } => {
-            let table = lambda::checked_table()?;
-            if check {
-                outbox_runtime::schema::check(&table, &dir)?;
-                println!("schemas in {} match the code", dir.display());
-            } else {
-                for path in outbox_runtime::schema::write(&table, &dir)? {
-                    println!("wrote {}", path.display());
-                }
-            }
-            Ok(())
-        }
+        Command::Schemas { check, dir } => table::schemas(check, &dir),
         Command::Serve { database_url, addr } => match open(&database_url).await? {
             AnyStore::Sqlite(store) => serve(store, addr).await,
             AnyStore::Pg(store) => serve(store, addr).await,
@@ -208,21 +198,13 @@ async fn main() -> anyhow::Result<()> {
             database_url,
             command,
         } => {
-            let table = lambda::checked_table()?;
+            let table = table::checked_table()?;
             match open(&database_url).await? {
                 AnyStore::Sqlite(store) => admin::dead_letters(&store, &table, command).await,
                 AnyStore::Pg(store) => admin::dead_letters(&store, &table, command).await,
             }
         }
-        Command::Table { json } => {
-            let table = lambda::checked_table()?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(table.entries())?);
-            } else {
-                print!("{table}");
-            }
-            Ok(())
-        }
+        Command::Table { json } => table::print(json),
     }
 }
 
@@ -264,7 +246,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 /// `serve`: the HTTP API on `addr`, with a relay and workers behind it, until
 /// Ctrl-C or SIGTERM.
 async fn serve<S: db::AppDb>(store: S, addr: std::net::SocketAddr) -> anyhow::Result<()> {
-    let table = lambda::checked_table()?;
+    let table = table::checked_table()?;
     store.migrate().await?;
     store.migrate_app().await?;
     let (background, waker, _metrics) =
