@@ -9,12 +9,13 @@ use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outbox_runtime::consume::Consumer;
 use outbox_runtime::{
     Dispatcher, InProcessQueue, Relay, Store, Worker,
-    consume::WorkerConfig,
+    backoff::Backoff,
+    consume::{Consumer, ConsumerConfig, WorkerConfig},
     metrics::{Metrics, MetricsSnapshot},
     pump::{Pump, RelayWaker},
+    relay::RelayConfig,
     transport::{Receiver, Transport},
 };
 use tokio::sync::watch;
@@ -238,11 +239,12 @@ pub(crate) struct WorkTiming {
     pub(crate) retry_initial: Duration,
 }
 
+/// The runtime's defaults.
 impl Default for WorkTiming {
     fn default() -> Self {
         WorkTiming {
-            relayed_for: Duration::from_secs(60),
-            retry_initial: Duration::from_secs(1),
+            relayed_for: RelayConfig::default().relayed_for,
+            retry_initial: ConsumerConfig::default().retry_backoff.initial,
         }
     }
 }
@@ -275,20 +277,20 @@ pub(crate) fn local_stack<S: Store>(
     let waker = RelayWaker::new();
     let dispatcher = Arc::new(Dispatcher::new(table));
     let relay = Relay::new(store.clone(), Arc::clone(&queue))
-        .with_config(outbox_runtime::relay::RelayConfig {
+        .with_config(RelayConfig {
             relayed_for: timing.relayed_for,
             sweep_interval: Duration::from_millis(100),
-            ..outbox_runtime::relay::RelayConfig::default()
+            ..RelayConfig::default()
         })
         .with_metrics(Arc::clone(&metrics));
     let worker = Worker::new(
         Consumer::new(store.clone(), dispatcher)
-            .with_config(outbox_runtime::consume::ConsumerConfig {
-                retry_backoff: outbox_runtime::backoff::Backoff {
+            .with_config(ConsumerConfig {
+                retry_backoff: Backoff {
                     initial: timing.retry_initial,
-                    ..outbox_runtime::backoff::Backoff::default()
+                    ..Backoff::default()
                 },
-                ..outbox_runtime::consume::ConsumerConfig::default()
+                ..ConsumerConfig::default()
             })
             .with_metrics(Arc::clone(&metrics))
             .with_pump(Arc::new(waker.clone())),

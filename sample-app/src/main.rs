@@ -16,12 +16,17 @@ mod probe;
 mod table;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use outbox_runtime::{
-    PgStore, SqliteStore,
+    SqliteStore,
     transport::sqs::{SqsReceiver, SqsTransport},
 };
+use sqlx::postgres::PgPoolOptions;
+
+use crate::db::{AnyStore, DbArgs, with_store};
+use crate::demo::WorkTiming;
 
 #[derive(Debug, Parser)]
 #[command(about = "The orders sample of the outbox toolkit")]
@@ -49,9 +54,8 @@ enum Command {
     /// Show the outbox: undelivered, published and dead rows, dead letters,
     /// and the groups waiting longest.
     Status {
-        /// The database (`sqlite://FILE` or `postgres://...`).
-        #[arg(long, env = "DATABASE_URL")]
-        database_url: String,
+        #[command(flatten)]
+        db: DbArgs,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -65,49 +69,45 @@ enum Command {
         /// Submit each order too (a second message, and a confirmation).
         #[arg(long)]
         submit: bool,
-        /// The database (`sqlite://FILE` or `postgres://...`).
-        #[arg(long, env = "DATABASE_URL")]
-        database_url: String,
+        #[command(flatten)]
+        db: DbArgs,
     },
     /// Relay and handle until nothing is pending, then exit (a consumer
     /// for fault-injection runs: kill it at any point and run it again).
     Work {
-        /// The database (`sqlite://FILE` or `postgres://...`).
-        #[arg(long, env = "DATABASE_URL")]
-        database_url: String,
+        #[command(flatten)]
+        db: DbArgs,
         /// How long a relayed, unconfirmed message waits before it is
         /// relayed again (after a crash).
-        #[arg(long, default_value_t = 60_000)]
+        #[arg(long, default_value_t = millis(WorkTiming::default().relayed_for))]
         relayed_for_ms: u64,
         /// The delay before a failed handler's first retry (it doubles).
-        #[arg(long, default_value_t = 1_000)]
+        #[arg(long, default_value_t = millis(WorkTiming::default().retry_initial))]
         retry_initial_ms: u64,
     },
     /// Serve the HTTP API on a local port, with a relay and workers on the
     /// in-process queue behind it (the Lambda function `api` serves the same
     /// router).
+    #[command(mut_arg("database_url", |url| url.required(false).default_value("sqlite://orders.db")))]
     Serve {
-        /// The database (`sqlite://FILE` or `postgres://...`).
-        #[arg(long, env = "DATABASE_URL", default_value = "sqlite://orders.db")]
-        database_url: String,
+        #[command(flatten)]
+        db: DbArgs,
         /// Where to listen (port 0: any free port; the address is printed).
         #[arg(long, default_value = "127.0.0.1:3000")]
         addr: std::net::SocketAddr,
     },
     /// Inspect outbox rows; requeue or purge the ones the relay gave up on.
     Outbox {
-        /// The database (`sqlite://FILE` or `postgres://...`).
-        #[arg(long, env = "DATABASE_URL")]
-        database_url: String,
+        #[command(flatten)]
+        db: DbArgs,
         #[command(subcommand)]
         command: admin::OutboxCommand,
     },
     /// List, show, replay, purge or import (from the SQS DLQ) the messages a
     /// consumer gave up on.
     DeadLetters {
-        /// The database (`sqlite://FILE` or `postgres://...`).
-        #[arg(long, env = "DATABASE_URL")]
-        database_url: String,
+        #[command(flatten)]
+        db: DbArgs,
         #[command(subcommand)]
         command: admin::DeadLetterCommand,
     },
@@ -120,14 +120,16 @@ enum Command {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("database_url", |url| url.required(false).help(
+    "The database: `sqlite://FILE` or `postgres://...`. Default: a fresh \
+     SQLite file in the temporary directory, removed afterwards",
+)))]
 struct DemoArgs {
     /// How many orders to create and submit.
     #[arg(long, default_value_t = 1000)]
     orders: usize,
-    /// The database: `sqlite://FILE` or `postgres://...`. Default: a fresh
-    /// SQLite file in the temporary directory, removed afterwards.
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: Option<String>,
+    #[command(flatten)]
+    db: Option<DbArgs>,
     /// Worker tasks consuming the queue.
     #[arg(long, default_value_t = 4)]
     workers: usize,
@@ -146,85 +148,63 @@ async fn main() -> anyhow::Result<()> {
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
         return lambda::run().await;
     }
-    let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Demo(DemoArgs {
-        orders: 1000,
-        database_url: std::env::var("DATABASE_URL").ok(),
-        workers: 4,
-        sqs_endpoint: None,
-    })) {
+    // No command: `demo`, with its defaults.
+    let command = match Cli::parse().command {
+        Some(command) => command,
+        None => Cli::parse_from(["sample-app", "demo"])
+            .command
+            .expect("`demo` is a command"),
+    };
+    match command {
         Command::Demo(args) => demo(args).await,
-        Command::Status { database_url, json } => match open(&database_url).await? {
-            AnyStore::Sqlite(store) => status(&store, json).await,
-            AnyStore::Pg(store) => status(&store, json).await,
-        },
-        Command::Enqueue {
-            orders,
-            submit,
-            database_url,
-        } => match open(&database_url).await? {
-            AnyStore::Sqlite(store) => demo::enqueue(&store, orders, submit).await,
-            AnyStore::Pg(store) => demo::enqueue(&store, orders, submit).await,
-        },
+        Command::Status { db, json } => {
+            with_store!(db.open().await?, |store| status(&store, json).await)
+        }
+        Command::Enqueue { orders, submit, db } => with_store!(db.open().await?, |store| {
+            demo::enqueue(&store, orders, submit).await
+        }),
         Command::Work {
-            database_url,
+            db,
             relayed_for_ms,
             retry_initial_ms,
         } => {
-            let timing = demo::WorkTiming {
-                relayed_for: std::time::Duration::from_millis(relayed_for_ms),
-                retry_initial: std::time::Duration::from_millis(retry_initial_ms),
+            let timing = WorkTiming {
+                relayed_for: Duration::from_millis(relayed_for_ms),
+                retry_initial: Duration::from_millis(retry_initial_ms),
             };
-            let metrics = match open(&database_url).await? {
-                AnyStore::Sqlite(store) => demo::work(store, timing).await?,
-                AnyStore::Pg(store) => demo::work(store, timing).await?,
-            };
+            let metrics = with_store!(db.open().await?, |store| demo::work(store, timing).await)?;
             println!("{}", serde_json::to_string(&metrics)?);
             Ok(())
         }
         Command::Schemas { check, dir } => table::schemas(check, &dir),
-        Command::Serve { database_url, addr } => match open(&database_url).await? {
-            AnyStore::Sqlite(store) => serve(store, addr).await,
-            AnyStore::Pg(store) => serve(store, addr).await,
-        },
-        Command::Outbox {
-            database_url,
-            command,
-        } => match open(&database_url).await? {
-            AnyStore::Sqlite(store) => admin::outbox(&store, command).await,
-            AnyStore::Pg(store) => admin::outbox(&store, command).await,
-        },
-        Command::DeadLetters {
-            database_url,
-            command,
-        } => {
+        Command::Serve { db, addr } => {
+            with_store!(db.open().await?, |store| serve(store, addr).await)
+        }
+        Command::Outbox { db, command } => with_store!(db.open().await?, |store| {
+            admin::outbox(&store, command).await
+        }),
+        Command::DeadLetters { db, command } => {
             let table = table::checked_table()?;
-            match open(&database_url).await? {
-                AnyStore::Sqlite(store) => admin::dead_letters(&store, &table, command).await,
-                AnyStore::Pg(store) => admin::dead_letters(&store, &table, command).await,
-            }
+            with_store!(db.open().await?, |store| {
+                admin::dead_letters(&store, &table, command).await
+            })
         }
         Command::Table { json } => table::print(json),
     }
 }
 
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    let summary = match args.database_url.as_deref() {
-        Some(url) if url.starts_with("postgres:") || url.starts_with("postgresql:") => {
-            print!("store: PostgreSQL; ");
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(16)
-                .connect(url)
+    let summary = match &args.db {
+        Some(db) => {
+            let store = db
+                .open_with(PgPoolOptions::new().max_connections(16))
                 .await?;
-            demo_on(PgStore::new(pool), &args).await?
+            match &store {
+                AnyStore::Sqlite(_) => print!("store: SQLite ({}); ", db.database_url),
+                AnyStore::Pg(_) => print!("store: PostgreSQL; "),
+            }
+            with_store!(store, |store| demo_on(store, &args).await)?
         }
-        Some(url) if url.starts_with("sqlite:") => {
-            print!("store: SQLite ({url}); ");
-            demo_on(SqliteStore::open(url).await?, &args).await?
-        }
-        Some(url) => anyhow::bail!(
-            "unsupported database URL `{url}`: use sqlite://FILE or postgres://USER@HOST:PORT/DATABASE"
-        ),
         None => {
             let dir = std::env::temp_dir().join(format!("outbox-sample-{}", std::process::id()));
             std::fs::create_dir_all(&dir)?;
@@ -314,23 +294,9 @@ async fn status<S: outbox_runtime::Store>(store: &S, json: bool) -> anyhow::Resu
     Ok(())
 }
 
-enum AnyStore {
-    Sqlite(SqliteStore),
-    Pg(PgStore),
-}
-
-async fn open(url: &str) -> anyhow::Result<AnyStore> {
-    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Ok(AnyStore::Pg(PgStore::new(
-            sqlx::PgPool::connect(url).await?,
-        )))
-    } else if url.starts_with("sqlite:") {
-        Ok(AnyStore::Sqlite(SqliteStore::open(url).await?))
-    } else {
-        anyhow::bail!(
-            "unsupported database URL `{url}`: use sqlite://FILE or postgres://USER@HOST:PORT/DATABASE"
-        )
-    }
+/// A duration in whole milliseconds, for the command line.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (`warn` by default; targets and
