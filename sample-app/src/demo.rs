@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outbox_runtime::{
-    Dispatcher, InProcessQueue, Relay, Store, Worker,
+    Dispatcher, InProcessQueue, Relay, SqliteStore, Store, Worker,
     backoff::Backoff,
     consume::{Consumer, ConsumerConfig, WorkerConfig},
     metrics::{Metrics, MetricsSnapshot},
@@ -18,11 +18,13 @@ use outbox_runtime::{
     relay::RelayConfig,
     transport::{Receiver, Transport},
 };
+use sqlx::postgres::PgPoolOptions;
 use tokio::sync::watch;
 
-use crate::db::{AppDb, Table};
+use crate::db::{AnyStore, AppDb, DbArgs, Table, with_store};
 use crate::domain::CustomerId;
 use crate::probe::Probe;
+use crate::sqs::TempQueue;
 
 /// What the demo did.
 #[derive(Debug)]
@@ -76,19 +78,89 @@ impl Summary {
     }
 }
 
-/// Runs the demo on `store` with the in-process queue.
-pub(crate) async fn run<S: AppDb>(
-    store: S,
+/// `sample-app demo`.
+#[derive(Debug, clap::Args)]
+// The shared `--database-url`, optional here.
+#[command(mut_arg("database_url", |url| url.required(false).help(
+    "The database: `sqlite://FILE` or `postgres://...`. Default: a fresh \
+     SQLite file in the temporary directory, removed afterwards",
+)))]
+pub(crate) struct DemoArgs {
+    /// How many orders to create and submit.
+    #[arg(long, default_value_t = 1000)]
     orders: usize,
+    #[command(flatten)]
+    db: Option<DbArgs>,
+    /// Worker tasks consuming the queue.
+    #[arg(long, default_value_t = 4)]
     workers: usize,
-) -> anyhow::Result<Summary> {
-    let queue = Arc::new(InProcessQueue::new());
-    run_on(store, Arc::clone(&queue), queue, orders, workers).await
+    /// Use an SQS-compatible endpoint (such as a local moto server) instead
+    /// of the in-process queue: the demo creates a FIFO queue there, runs
+    /// through it, and deletes it. Region and credentials come from the
+    /// standard AWS variables (region defaults to us-east-1; without
+    /// credentials, placeholders are used, as local servers accept any).
+    #[arg(long)]
+    sqs_endpoint: Option<String>,
+}
+
+/// Runs the demo on the store and queue `args` name, prints its summary,
+/// and fails if a message was lost or duplicated.
+pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let summary = match &args.db {
+        Some(db) => {
+            // Room for the producer, the relay and every worker at once.
+            let store = db
+                .open_with(PgPoolOptions::new().max_connections(16))
+                .await?;
+            match &store {
+                AnyStore::Sqlite(_) => print!("store: SQLite ({}); ", db.database_url),
+                AnyStore::Pg(_) => print!("store: PostgreSQL; "),
+            }
+            with_store!(store, |store| run_with_queue(store, &args).await)?
+        }
+        None => {
+            let dir = std::env::temp_dir().join(format!("outbox-sample-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let url = format!("sqlite://{}", dir.join("orders.db").display());
+            print!("store: SQLite ({url}, removed afterwards); ");
+            let result =
+                async { run_with_queue(SqliteStore::open(&url).await?, &args).await }.await;
+            let _ = std::fs::remove_dir_all(&dir);
+            result?
+        }
+    };
+    summary.print();
+    anyhow::ensure!(
+        summary.is_clean(),
+        "the demo lost or duplicated messages: {summary:?}"
+    );
+    Ok(())
+}
+
+/// The demo on `store`, with the in-process queue or an SQS endpoint.
+async fn run_with_queue<S: AppDb>(store: S, args: &DemoArgs) -> anyhow::Result<Summary> {
+    let Some(endpoint) = &args.sqs_endpoint else {
+        println!("queue: in-process");
+        let queue = Arc::new(InProcessQueue::new());
+        return run_on(store, Arc::clone(&queue), queue, args.orders, args.workers).await;
+    };
+    let queue = TempQueue::create(endpoint).await?;
+    println!("queue: SQS ({}, deleted afterwards)", queue.url());
+    let result = run_on(
+        store,
+        Arc::new(queue.transport()),
+        Arc::new(queue.receiver()),
+        args.orders,
+        args.workers,
+    )
+    .await;
+    queue.delete().await;
+    result
 }
 
 /// Runs the demo on `store`, publishing through `transport` and consuming
 /// from `receiver` (one queue, seen from both sides).
-pub(crate) async fn run_on<S: AppDb, T: Transport, R: Receiver>(
+async fn run_on<S: AppDb, T: Transport, R: Receiver>(
     store: S,
     transport: Arc<T>,
     receiver: Arc<R>,
@@ -227,6 +299,34 @@ pub(crate) async fn enqueue<S: AppDb>(
         }
     }
     Ok(())
+}
+
+/// `sample-app work`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct WorkArgs {
+    #[command(flatten)]
+    pub(crate) db: DbArgs,
+    /// How long a relayed, unconfirmed message waits before it is
+    /// relayed again (after a crash).
+    #[arg(long, default_value_t = millis(WorkTiming::default().relayed_for))]
+    relayed_for_ms: u64,
+    /// The delay before a failed handler's first retry (it doubles).
+    #[arg(long, default_value_t = millis(WorkTiming::default().retry_initial))]
+    retry_initial_ms: u64,
+}
+
+impl WorkArgs {
+    pub(crate) fn timing(&self) -> WorkTiming {
+        WorkTiming {
+            relayed_for: Duration::from_millis(self.relayed_for_ms),
+            retry_initial: Duration::from_millis(self.retry_initial_ms),
+        }
+    }
+}
+
+/// A duration in whole milliseconds, for the command line.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Timing of `work`.
