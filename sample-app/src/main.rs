@@ -12,6 +12,7 @@ mod handlers;
 mod lambda;
 mod messages;
 mod orders;
+mod pipeline;
 mod probe;
 mod serve;
 mod sqs;
@@ -68,7 +69,7 @@ enum Command {
     },
     /// Relay and handle until nothing is pending, then exit (a consumer
     /// for fault-injection runs: kill it at any point and run it again).
-    Work(demo::WorkArgs),
+    Work(pipeline::WorkArgs),
     /// Serve the HTTP API on a local port, with a relay and workers on the
     /// in-process queue behind it (the Lambda function `api` serves the same
     /// router).
@@ -124,12 +125,12 @@ async fn main() -> anyhow::Result<()> {
             with_store!(db.open().await?, |store| status::show(&store, json).await)
         }
         Command::Enqueue { orders, submit, db } => with_store!(db.open().await?, |store| {
-            demo::enqueue(&store, orders, submit).await
+            pipeline::enqueue(&store, orders, submit).await
         }),
         Command::Work(args) => {
             let timing = args.timing();
             let metrics = with_store!(args.db.open().await?, |store| {
-                demo::work(store, timing).await
+                pipeline::work(store, timing).await
             })?;
             println!("{}", serde_json::to_string(&metrics)?);
             Ok(())

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::db::AppDb;
-use crate::demo::{WorkTiming, local_stack};
+use crate::pipeline::{WorkTiming, local_stack};
 use crate::table::checked_table;
 
 /// Serves until Ctrl-C or SIGTERM.
