@@ -5,10 +5,10 @@
 //! the same process deliver the messages through the in-process queue to the
 //! handlers; a summary reports what happened.
 
-use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use indicatif::{ProgressBar, ProgressStyle};
 use outbox_runtime::{
     Dispatcher, InProcessQueue, Relay, SqliteStore, Worker,
     consume::{Consumer, WorkerConfig},
@@ -199,18 +199,19 @@ async fn run_on<S: AppDb, T: Transport, R: Receiver>(
 
     // Each order: two status changes, then the confirmation they cascade into.
     let expected = 3 * orders as u64;
-    let mut progress = Progress::new(expected);
+    let progress = progress_bar(expected);
     let mut last_change = (0, Instant::now());
     loop {
         let now = metrics.snapshot();
         let done = now.handled + now.dead_lettered;
-        progress.show(done);
+        progress.set_position(done.min(expected));
         if done >= expected {
             break;
         }
         if done != last_change.0 {
             last_change = (done, Instant::now());
         } else if last_change.1.elapsed() > Duration::from_secs(60) {
+            progress.abandon();
             anyhow::bail!("no progress for 60 s at {done} of {expected} messages: {now:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -236,43 +237,10 @@ async fn run_on<S: AppDb, T: Transport, R: Receiver>(
     })
 }
 
-/// A progress bar on a terminal, a line a second elsewhere.
-struct Progress {
-    total: u64,
-    tty: bool,
-    last_line: Instant,
-}
-
-impl Progress {
-    fn new(total: u64) -> Self {
-        Progress {
-            total,
-            tty: std::io::stdout().is_terminal(),
-            last_line: Instant::now(),
-        }
-    }
-
-    fn show(&mut self, done: u64) {
-        let done = done.min(self.total);
-        if self.tty {
-            let width = 40;
-            let filled = (done * width / self.total.max(1)) as usize;
-            print!(
-                "\rhandling [{}{}] {done}/{}",
-                "#".repeat(filled),
-                ".".repeat(width as usize - filled),
-                self.total
-            );
-            let _ = std::io::stdout().flush();
-        } else if self.last_line.elapsed() >= Duration::from_secs(1) || done == self.total {
-            self.last_line = Instant::now();
-            println!("handled {done}/{}", self.total);
-        }
-    }
-
-    fn finish(&self) {
-        if self.tty {
-            println!();
-        }
-    }
+/// A bar of `total` messages on stderr, drawn only when stderr is a terminal.
+fn progress_bar(total: u64) -> ProgressBar {
+    let style = ProgressStyle::with_template("handling [{bar:40}] {pos}/{len}")
+        .expect("a valid template")
+        .progress_chars("#.");
+    ProgressBar::new(total).with_style(style)
 }
