@@ -1,6 +1,6 @@
 //! The database: the `--database-url` argument, the store it opens, and
-//! the sample's own tables on either store (the same SQL, `$1` placeholders
-//! and all, runs on SQLite and PostgreSQL).
+//! the sample's own tables on either store: the same SQL (`$1` placeholders
+//! work on both) runs on SQLite or PostgreSQL.
 
 use outbox_runtime::{PgStore, SqliteStore, Store, store::StoreTransaction};
 use sqlx::migrate::Migrator;
@@ -50,7 +50,7 @@ pub(crate) enum AnyStore {
 
 /// Evaluates `$body` with `$store` bound to the store inside an
 /// [`AnyStore`], whichever it is, so generic code runs on both:
-/// `with_store!(db.open().await?, |store| status::show(&store).await)`.
+/// `with_store!(db.open().await?, |store| status::show(&store, json).await)`.
 macro_rules! with_store {
     ($any:expr, |$store:ident| $body:expr) => {
         match $any {
