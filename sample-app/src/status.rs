@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use outbox_runtime::Store;
+use crate::db::AppDb;
 
 /// How many groups the listing shows.
 const GROUPS: u32 = 20;
 
 /// Prints the status of the outbox in `store`.
-pub(crate) async fn show<S: Store>(store: &S, json: bool) -> anyhow::Result<()> {
+pub(crate) async fn show<S: AppDb>(store: &S, json: bool) -> anyhow::Result<()> {
     store.migrate().await?;
     let stats = store.stats().await?;
     let groups = store.group_stats(GROUPS).await?;
