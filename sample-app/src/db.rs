@@ -1,16 +1,67 @@
-//! The sample's own tables on either store: the same SQL (`$1` placeholders
-//! work on both) run on SQLite or PostgreSQL.
+//! The database: the `--database-url` argument, the store it opens, and
+//! the sample's own tables on either store: the same SQL (`$1` placeholders
+//! work on both) runs on SQLite or PostgreSQL.
 
 use outbox_runtime::Store;
 use outbox_runtime::store::{AdminStore, StoreTransaction};
 use outbox_runtime::{PgStore, SqliteStore};
 use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{Postgres, Sqlite};
 
 use crate::domain::OrderStatus;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The database argument of every command that works on one.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DbArgs {
+    /// The database (`sqlite://FILE` or `postgres://...`).
+    #[arg(long, env = "DATABASE_URL")]
+    pub(crate) database_url: String,
+}
+
+impl DbArgs {
+    /// Opens the store the URL names.
+    pub(crate) async fn open(&self) -> anyhow::Result<AnyStore> {
+        self.open_with(PgPoolOptions::new()).await
+    }
+
+    /// Opens the store the URL names, with a PostgreSQL pool built by `pg`.
+    pub(crate) async fn open_with(&self, pg: PgPoolOptions) -> anyhow::Result<AnyStore> {
+        let url = &self.database_url;
+        if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(AnyStore::Pg(PgStore::new(pg.connect(url).await?)))
+        } else if url.starts_with("sqlite:") {
+            Ok(AnyStore::Sqlite(SqliteStore::open(url).await?))
+        } else {
+            anyhow::bail!(
+                "unsupported database URL `{url}`: use sqlite://FILE or postgres://USER@HOST:PORT/DATABASE"
+            )
+        }
+    }
+}
+
+/// An opened store, either database.
+#[derive(Debug)]
+pub(crate) enum AnyStore {
+    Sqlite(SqliteStore),
+    Pg(PgStore),
+}
+
+/// Evaluates `$body` with `$store` bound to the store inside an
+/// [`AnyStore`], whichever it is, so generic code runs on both:
+/// `with_store!(db.open().await?, |store| status::show(&store, json).await)`.
+macro_rules! with_store {
+    ($any:expr, |$store:ident| $body:expr) => {
+        match $any {
+            $crate::db::AnyStore::Sqlite($store) => $body,
+            $crate::db::AnyStore::Pg($store) => $body,
+        }
+    };
+}
+pub(crate) use with_store;
 
 /// Runs one sqlx statement on the handler's connection, whichever database
 /// the store uses, and returns its error with `?`:

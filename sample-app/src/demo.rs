@@ -5,23 +5,24 @@
 //! the same process deliver the messages through the in-process queue to the
 //! handlers; a summary reports what happened.
 
-use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outbox_runtime::consume::Consumer;
+use indicatif::{ProgressBar, ProgressStyle};
 use outbox_runtime::{
-    Dispatcher, InProcessQueue, Relay, Store, Worker,
-    consume::WorkerConfig,
+    Dispatcher, InProcessQueue, Relay, SqliteStore, Worker,
+    consume::{Consumer, WorkerConfig},
     metrics::{Metrics, MetricsSnapshot},
-    pump::{Pump, RelayWaker},
+    pump::RelayWaker,
     transport::{Receiver, Transport},
 };
-use tokio::sync::watch;
+use sqlx::postgres::PgPoolOptions;
 
-use crate::db::{AppDb, Table};
+use crate::db::{AnyStore, AppDb, DbArgs, Table, with_store};
 use crate::domain::CustomerId;
+use crate::pipeline::Background;
 use crate::probe::Probe;
+use crate::sqs::TempQueue;
 
 /// What the demo did.
 #[derive(Debug)]
@@ -75,19 +76,89 @@ impl Summary {
     }
 }
 
-/// Runs the demo on `store` with the in-process queue.
-pub(crate) async fn run<S: AppDb>(
-    store: S,
+/// `sample-app demo`.
+#[derive(Debug, clap::Args)]
+// The shared `--database-url`, optional here.
+#[command(mut_arg("database_url", |url| url.required(false).help(
+    "The database: `sqlite://FILE` or `postgres://...`. Default: a fresh \
+     SQLite file in the temporary directory, removed afterwards",
+)))]
+pub(crate) struct DemoArgs {
+    /// How many orders to create and submit.
+    #[arg(long, default_value_t = 1000)]
     orders: usize,
+    #[command(flatten)]
+    db: Option<DbArgs>,
+    /// Worker tasks consuming the queue.
+    #[arg(long, default_value_t = 4)]
     workers: usize,
-) -> anyhow::Result<Summary> {
-    let queue = Arc::new(InProcessQueue::new());
-    run_on(store, Arc::clone(&queue), queue, orders, workers).await
+    /// Use an SQS-compatible endpoint (such as a local moto server) instead
+    /// of the in-process queue: the demo creates a FIFO queue there, runs
+    /// through it, and deletes it. Region and credentials come from the
+    /// standard AWS variables (region defaults to us-east-1; without
+    /// credentials, placeholders are used, as local servers accept any).
+    #[arg(long)]
+    sqs_endpoint: Option<String>,
+}
+
+/// Runs the demo on the store and queue `args` name, prints its summary,
+/// and fails if a message was lost or duplicated.
+pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let summary = match &args.db {
+        Some(db) => {
+            // Room for the producer, the relay and every worker at once.
+            let store = db
+                .open_with(PgPoolOptions::new().max_connections(16))
+                .await?;
+            match &store {
+                AnyStore::Sqlite(_) => print!("store: SQLite ({}); ", db.database_url),
+                AnyStore::Pg(_) => print!("store: PostgreSQL; "),
+            }
+            with_store!(store, |store| run_with_queue(store, &args).await)?
+        }
+        None => {
+            let dir = std::env::temp_dir().join(format!("outbox-sample-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let url = format!("sqlite://{}", dir.join("orders.db").display());
+            print!("store: SQLite ({url}, removed afterwards); ");
+            let result =
+                async { run_with_queue(SqliteStore::open(&url).await?, &args).await }.await;
+            let _ = std::fs::remove_dir_all(&dir);
+            result?
+        }
+    };
+    summary.print();
+    anyhow::ensure!(
+        summary.is_clean(),
+        "the demo lost or duplicated messages: {summary:?}"
+    );
+    Ok(())
+}
+
+/// The demo on `store`, with the in-process queue or an SQS endpoint.
+async fn run_with_queue<S: AppDb>(store: S, args: &DemoArgs) -> anyhow::Result<Summary> {
+    let Some(endpoint) = &args.sqs_endpoint else {
+        println!("queue: in-process");
+        let queue = Arc::new(InProcessQueue::new());
+        return run_on(store, Arc::clone(&queue), queue, args.orders, args.workers).await;
+    };
+    let queue = TempQueue::create(endpoint).await?;
+    println!("queue: SQS ({}, deleted afterwards)", queue.url());
+    let result = run_on(
+        store,
+        Arc::new(queue.transport()),
+        Arc::new(queue.receiver()),
+        args.orders,
+        args.workers,
+    )
+    .await;
+    queue.delete().await;
+    result
 }
 
 /// Runs the demo on `store`, publishing through `transport` and consuming
 /// from `receiver` (one queue, seen from both sides).
-pub(crate) async fn run_on<S: AppDb, T: Transport, R: Receiver>(
+async fn run_on<S: AppDb, T: Transport, R: Receiver>(
     store: S,
     transport: Arc<T>,
     receiver: Arc<R>,
@@ -120,7 +191,7 @@ pub(crate) async fn run_on<S: AppDb, T: Transport, R: Receiver>(
     let started = Instant::now();
     let mut ids = Vec::with_capacity(orders);
     for i in 0..orders {
-        ids.push(crate::orders::create(&store, &waker, &customer(i % 50)).await?);
+        ids.push(crate::orders::create(&store, &waker, &CustomerId::numbered(i % 50)).await?);
     }
     for &order_id in &ids {
         crate::orders::submit(&store, &waker, order_id).await?;
@@ -128,18 +199,19 @@ pub(crate) async fn run_on<S: AppDb, T: Transport, R: Receiver>(
 
     // Each order: two status changes, then the confirmation they cascade into.
     let expected = 3 * orders as u64;
-    let mut progress = Progress::new(expected);
+    let progress = progress_bar(expected);
     let mut last_change = (0, Instant::now());
     loop {
         let now = metrics.snapshot();
         let done = now.handled + now.dead_lettered;
-        progress.show(done);
+        progress.set_position(done.min(expected));
         if done >= expected {
             break;
         }
         if done != last_change.0 {
             last_change = (done, Instant::now());
         } else if last_change.1.elapsed() > Duration::from_secs(60) {
+            progress.abandon();
             anyhow::bail!("no progress for 60 s at {done} of {expected} messages: {now:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -165,187 +237,10 @@ pub(crate) async fn run_on<S: AppDb, T: Transport, R: Receiver>(
     })
 }
 
-/// A progress bar on a terminal, a line a second elsewhere.
-struct Progress {
-    total: u64,
-    tty: bool,
-    last_line: Instant,
-}
-
-impl Progress {
-    fn new(total: u64) -> Self {
-        Progress {
-            total,
-            tty: std::io::stdout().is_terminal(),
-            last_line: Instant::now(),
-        }
-    }
-
-    fn show(&mut self, done: u64) {
-        let done = done.min(self.total);
-        if self.tty {
-            let width = 40;
-            let filled = (done * width / self.total.max(1)) as usize;
-            print!(
-                "\rhandling [{}{}] {done}/{}",
-                "#".repeat(filled),
-                ".".repeat(width as usize - filled),
-                self.total
-            );
-            let _ = std::io::stdout().flush();
-        } else if self.last_line.elapsed() >= Duration::from_secs(1) || done == self.total {
-            self.last_line = Instant::now();
-            println!("handled {done}/{}", self.total);
-        }
-    }
-
-    fn finish(&self) {
-        if self.tty {
-            println!();
-        }
-    }
-}
-
-fn customer(n: usize) -> CustomerId {
-    CustomerId::parse(&format!("customer-{n}")).expect("a valid customer id")
-}
-
-/// Creates `orders` orders, each committed with its `created` message, and
-/// with `submit`, submits each (a second transaction and message).
-pub(crate) async fn enqueue<S: AppDb>(
-    store: &S,
-    orders: usize,
-    submit: bool,
-) -> anyhow::Result<()> {
-    store.migrate().await?;
-    store.migrate_app().await?;
-    for i in 0..orders {
-        let id = crate::orders::create(store, &NoPump, &customer(i % 20)).await?;
-        if submit {
-            crate::orders::submit(store, &NoPump, id).await?;
-        }
-    }
-    Ok(())
-}
-
-/// Timing of `work`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct WorkTiming {
-    /// How long a relayed, unconfirmed message waits before it is relayed
-    /// again (after a crash).
-    pub(crate) relayed_for: Duration,
-    /// The first retry delay of a failed handler.
-    pub(crate) retry_initial: Duration,
-}
-
-impl Default for WorkTiming {
-    fn default() -> Self {
-        WorkTiming {
-            relayed_for: Duration::from_secs(60),
-            retry_initial: Duration::from_secs(1),
-        }
-    }
-}
-
-/// Relays and handles with the in-process queue until nothing is pending.
-pub(crate) async fn work<S: AppDb>(
-    store: S,
-    timing: WorkTiming,
-) -> anyhow::Result<MetricsSnapshot> {
-    store.migrate().await?;
-    store.migrate_app().await?;
-    let table = crate::lambda::checked_table()?;
-    let (background, _waker, metrics) = local_stack(store.clone(), table, timing);
-    while store.stats().await?.pending > 0 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    background.stop().await;
-    Ok(metrics.snapshot())
-}
-
-/// A relay and two workers on an in-process queue, running in the
-/// background; the waker is the pump for the app's transactions.
-pub(crate) fn local_stack<S: Store>(
-    store: S,
-    table: outbox_runtime::dispatch::DispatchTable,
-    timing: WorkTiming,
-) -> (Background, RelayWaker, Arc<Metrics>) {
-    let queue = Arc::new(InProcessQueue::new());
-    let metrics = Arc::new(Metrics::default());
-    let waker = RelayWaker::new();
-    let dispatcher = Arc::new(Dispatcher::new(table));
-    let relay = Relay::new(store.clone(), Arc::clone(&queue))
-        .with_config(outbox_runtime::relay::RelayConfig {
-            relayed_for: timing.relayed_for,
-            sweep_interval: Duration::from_millis(100),
-            ..outbox_runtime::relay::RelayConfig::default()
-        })
-        .with_metrics(Arc::clone(&metrics));
-    let worker = Worker::new(
-        Consumer::new(store.clone(), dispatcher)
-            .with_config(outbox_runtime::consume::ConsumerConfig {
-                retry_backoff: outbox_runtime::backoff::Backoff {
-                    initial: timing.retry_initial,
-                    ..outbox_runtime::backoff::Backoff::default()
-                },
-                ..outbox_runtime::consume::ConsumerConfig::default()
-            })
-            .with_metrics(Arc::clone(&metrics))
-            .with_pump(Arc::new(waker.clone())),
-        queue,
-    )
-    .with_config(WorkerConfig {
-        wait: Duration::from_millis(100),
-        retention: None,
-        ..WorkerConfig::default()
-    });
-    let background = Background::spawn(relay, waker.clone(), worker, 2);
-    (background, waker, metrics)
-}
-
-/// A relay and workers running as tasks until stopped.
-pub(crate) struct Background {
-    stop: watch::Sender<bool>,
-    tasks: tokio::task::JoinSet<()>,
-}
-
-impl Background {
-    fn spawn<S: Store, T: Transport, R: Receiver>(
-        relay: Relay<S, T>,
-        waker: RelayWaker,
-        worker: Worker<S, R>,
-        workers: usize,
-    ) -> Self {
-        let (stop, stopped) = watch::channel(false);
-        let shutdown = move || {
-            let mut stopped = stopped.clone();
-            async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            }
-        };
-        let mut tasks = tokio::task::JoinSet::new();
-        let relay_shutdown = shutdown();
-        tasks.spawn(async move { relay.run(waker, relay_shutdown).await });
-        for _ in 0..workers.max(1) {
-            let worker = worker.clone();
-            let shutdown = shutdown();
-            tasks.spawn(async move { worker.run(shutdown).await });
-        }
-        Background { stop, tasks }
-    }
-
-    /// Stops every task after its current batch.
-    pub(crate) async fn stop(mut self) {
-        let _ = self.stop.send(true);
-        while self.tasks.join_next().await.is_some() {}
-    }
-}
-
-/// No pump: for producing rows that another process will relay.
-struct NoPump;
-
-impl Pump for NoPump {
-    fn pump(&self) -> outbox_runtime::pump::PumpFuture<'_> {
-        Box::pin(async { Ok(()) })
-    }
+/// A bar of `total` messages on stderr, drawn only when stderr is a terminal.
+fn progress_bar(total: u64) -> ProgressBar {
+    let style = ProgressStyle::with_template("handling [{bar:40}] {pos}/{len}")
+        .expect("a valid template")
+        .progress_chars("#.");
+    ProgressBar::new(total).with_style(style)
 }

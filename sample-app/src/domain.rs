@@ -76,6 +76,11 @@ impl CustomerId {
     pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The sample's customer `n`: `customer-N`.
+    pub(crate) fn numbered(n: usize) -> Self {
+        CustomerId(format!("customer-{n}"))
+    }
 }
 
 /// A domain rule was broken.

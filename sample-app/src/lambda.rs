@@ -10,12 +10,10 @@
 use std::sync::Arc;
 
 use outbox_runtime::aws::{self, QueueConfig};
-use outbox_runtime::{
-    Dispatcher, PgStore, Relay, Store, consume::Consumer, dispatch::DispatchTable, pump::Pump,
-};
+use outbox_runtime::{Dispatcher, PgStore, Relay, Store, consume::Consumer, pump::Pump};
 
 use crate::db::AppDb;
-use crate::messages::{OrderStatusChanged, OrderSubmitted};
+use crate::table::checked_table;
 
 /// Runs the function `SAMPLE_APP_ROLE` names (default: `consumer`).
 pub(crate) async fn run() -> anyhow::Result<()> {
@@ -27,16 +25,6 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         "api" => api().await,
         other => anyhow::bail!("unknown SAMPLE_APP_ROLE `{other}`: use `consumer` or `api`"),
     }
-}
-
-/// The table this binary must have: a cold start that finds it incomplete
-/// fails loudly instead of dead-lettering every message as unknown.
-pub(crate) fn checked_table() -> anyhow::Result<DispatchTable> {
-    let table = DispatchTable::from_registry()?;
-    table
-        .require::<OrderStatusChanged>()?
-        .require::<OrderSubmitted>()?;
-    Ok(table)
 }
 
 /// What both functions start with: the queues, an SQS client and the
