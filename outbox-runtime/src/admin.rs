@@ -52,7 +52,7 @@ use crate::transport::{Receiver, TransportError};
 pub enum AdminError {
     /// No dead letter has this id.
     #[error(
-        "dead letter {0} does not exist (replayed or purged already?); list them with `dead-letters list`"
+        "dead letter {0} does not exist (replayed or purged already?)"
     )]
     NoSuchDeadLetter(i64),
     /// The dead letter's body is not an envelope, so there is nothing to replay.

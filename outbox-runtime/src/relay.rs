@@ -113,7 +113,8 @@ pub struct DrainReport {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RelayError {
-    /// The store failed; rows stay pending (their leases run out).
+    /// The store failed: what the batch did was not recorded, and its groups
+    /// are claimed again once their leases run out.
     #[error(transparent)]
     Store(#[from] StoreError),
 }

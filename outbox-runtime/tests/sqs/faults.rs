@@ -13,6 +13,7 @@ use outbox_runtime::{
     consume::{Consumer, ConsumerConfig, WorkerConfig},
     envelope::OutgoingEnvelope,
     relay::RelayConfig,
+    store::AdminStore,
     transport::sqs::{SqsReceiver, SqsTransport},
     transport::{EntryErrorKind, Receiver, Transport},
 };
@@ -245,14 +246,21 @@ async fn messages_in_the_queues_dlq_are_imported_as_dead_letters(pool: PgPool) {
     let mut letters = store.dead_letters(10).await.unwrap();
     letters.sort_by_key(|l| l.id);
     let ours = &letters[0];
-    assert_eq!(ours.message_id, Some(envelope.id));
-    assert_eq!(ours.handler, None, "every handler, under the original id");
-    assert_eq!(ours.group.as_deref(), Some("outage"));
-    assert_eq!(ours.message_type.as_deref(), Some("sqs.step"));
-    assert_eq!(ours.body, envelope.to_json());
-    assert!(ours.error.contains("dead-letter queue"), "{}", ours.error);
-    assert_eq!(letters[1].message_id, None);
-    assert_eq!(letters[1].body, "not an envelope");
+    assert_eq!(ours.letter.message_id, Some(envelope.id));
+    assert_eq!(
+        ours.letter.handler, None,
+        "every handler, under the original id"
+    );
+    assert_eq!(ours.letter.group.as_deref(), Some("outage"));
+    assert_eq!(ours.letter.message_type.as_deref(), Some("sqs.step"));
+    assert_eq!(ours.letter.body, envelope.to_json());
+    assert!(
+        ours.letter.error.contains("dead-letter queue"),
+        "{}",
+        ours.letter.error
+    );
+    assert_eq!(letters[1].letter.message_id, None);
+    assert_eq!(letters[1].letter.body, "not an envelope");
 
     let table = outbox_runtime::dispatch::DispatchTable::from_registry().unwrap();
     let replayed = outbox_runtime::admin::replay_dead_letter(&store, &table, ours.id)
