@@ -42,6 +42,9 @@ export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
 # Never ask the EC2 metadata service for anything: there is none here.
 export AWS_EC2_METADATA_DISABLED=true
 export OUTBOX_CARGO_LAMBDA="$root/.venv/bin/cargo-lambda"
+# The tests that need these stand-ins fail without them (a plain `cargo test`
+# skips them, saying why).
+export OUTBOX_SERVICES=required
 # For tests that start (and stop) a moto server of their own.
 export OUTBOX_PYTHON="$root/.venv/bin/python"
 

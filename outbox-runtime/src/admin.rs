@@ -51,9 +51,7 @@ use crate::transport::{Receiver, TransportError};
 #[non_exhaustive]
 pub enum AdminError {
     /// No dead letter has this id.
-    #[error(
-        "dead letter {0} does not exist (replayed or purged already?)"
-    )]
+    #[error("dead letter {0} does not exist (replayed or purged already?)")]
     NoSuchDeadLetter(i64),
     /// The dead letter's body is not an envelope, so there is nothing to replay.
     #[error(

@@ -20,6 +20,27 @@ pub use database::{TempDatabase, postgres_server};
 #[allow(unused_imports)]
 pub use process::{Process, free_port, read_line_starting, wait_for_port};
 
+/// A variable that `scripts/services.sh` exports for the local AWS
+/// stand-ins (`AWS_ENDPOINT_URL`, `OUTBOX_CARGO_LAMBDA`), or `None` after
+/// saying on the terminal why the test skips: a plain `cargo test` has no
+/// stand-ins. Under `scripts/test` (`OUTBOX_SERVICES=required`) a missing
+/// variable fails the test instead.
+pub fn stand_in(var: &str) -> Option<String> {
+    if let Ok(value) = std::env::var(var) {
+        return Some(value);
+    }
+    assert!(
+        std::env::var_os("OUTBOX_SERVICES").is_none_or(|v| v != "required"),
+        "{var} is not set, though scripts/services.sh started the stand-ins"
+    );
+    // Written to the process's stderr, past the test harness's capture.
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: {var} is not set; scripts/test installs and starts the local AWS stand-ins"
+    );
+    None
+}
+
 /// An HTTP response.
 #[derive(Debug)]
 pub struct Response {
