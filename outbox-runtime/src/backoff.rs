@@ -1,4 +1,6 @@
-//! [`Backoff`]: how long to wait before the next attempt.
+//! [`Backoff`]: how long to wait before the next attempt. Written here, not
+//! taken from a crate: one formula that the relay and the consumer share, and
+//! a plain `Copy` value their configs can hold.
 
 use std::time::Duration;
 

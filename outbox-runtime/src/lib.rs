@@ -57,12 +57,12 @@ pub mod schema;
 pub mod store;
 pub mod transport;
 
-pub use crate::consume::Worker;
+pub use crate::consume::{Consumer, Worker};
 pub use crate::dispatch::Dispatcher;
 pub use crate::envelope::Envelope;
 pub use crate::handler::HandlerContext;
 pub use crate::message::OutboxMessage;
-pub use crate::pump::commit_and_pump;
+pub use crate::pump::{RelayWaker, commit_and_pump};
 pub use crate::relay::Relay;
 #[cfg(feature = "postgres")]
 pub use crate::store::PgStore;

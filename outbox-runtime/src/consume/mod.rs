@@ -1,6 +1,6 @@
 //! Consuming: what happens to a received batch ([`Consumer`]) and the two
 //! loops that feed it, the long-poll [`Worker`] here and
-//! [`lambda::run`](crate::lambda) for SQS events on Lambda.
+//! `lambda::run` (feature `lambda`) for SQS events on Lambda.
 
 mod consumer;
 mod worker;

@@ -11,9 +11,10 @@ use crate::envelope::OutgoingEnvelope;
 /// Operator queries and actions on a store: rows and dead letters listed,
 /// dead letters replayed or purged, dead rows requeued or purged.
 /// Implemented by both stores; the functions of [`crate::admin`] build on
-/// it. Each method is one statement of the backend's SQL, except
-/// [`replay_dead_letter`](Self::replay_dead_letter), written once over two
-/// of them.
+/// it. Each method is the backend's SQL, except
+/// [`replay_dead_letter`](Self::replay_dead_letter), written once over
+/// [`remove_dead_letter`](Self::remove_dead_letter) and
+/// [`Store::enqueue_all`].
 pub trait AdminStore: Store {
     /// The newest `limit` outbox rows, of one status or of any, newest first.
     fn rows(
@@ -34,27 +35,21 @@ pub trait AdminStore: Store {
         id: i64,
     ) -> impl Future<Output = Result<Option<StoredDeadLetter>, StoreError>> + Send;
 
-    /// Deletes dead letter `id` in `tx` and returns the handler that gave up
-    /// (`Some(None)` for a poison message), or `None` if there was none.
-    fn take_dead_letter<'t>(
+    /// Deletes, in `tx`, dead letter `id` and what its give-up recorded
+    /// under `message_id`: the inbox row of the handler that gave up and its
+    /// failed attempts (for a poison message, every handler's failed
+    /// attempts). `false`, deleting nothing, if there is no such dead letter.
+    fn remove_dead_letter<'t>(
         &'t self,
         tx: &'t mut StoreTransaction<Self::Database>,
         id: i64,
-    ) -> impl Future<Output = Result<Option<Option<String>>, StoreError>> + Send + 't;
-
-    /// Clears, in `tx`, what a give-up recorded under `message_id`: the inbox
-    /// row of `handler` and its failed attempts (with no handler, a poison
-    /// message: the failed attempts of every handler).
-    fn forget_give_up<'t>(
-        &'t self,
-        tx: &'t mut StoreTransaction<Self::Database>,
         message_id: Uuid,
-        handler: Option<&'t str>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 't;
 
-    /// In one transaction: deletes dead letter `id`, clears what the give-up
+    /// In one transaction: deletes dead letter `id` with what its give-up
     /// recorded under the replay's original id
-    /// ([`forget_give_up`](Self::forget_give_up)), and enqueues `replay`.
+    /// ([`remove_dead_letter`](Self::remove_dead_letter)), and enqueues
+    /// `replay`.
     /// Returns `false`, enqueuing nothing, when the dead letter is gone (an
     /// operator replayed or purged it meanwhile). See
     /// [`admin::replay_dead_letter`](crate::admin::replay_dead_letter).
@@ -65,13 +60,11 @@ pub trait AdminStore: Store {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'a {
         async move {
             let mut tx = self.begin().await?;
-            let Some(handler) = self.take_dead_letter(&mut tx, id).await? else {
+            let original = replay.envelope.original_id();
+            if !self.remove_dead_letter(&mut tx, id, original).await? {
                 tx.rollback().await?;
                 return Ok(false);
-            };
-            let original = replay.envelope.original_id();
-            self.forget_give_up(&mut tx, original, handler.as_deref())
-                .await?;
+            }
             self.enqueue_all(&mut tx, std::slice::from_ref(replay))
                 .await?;
             tx.commit().await?;

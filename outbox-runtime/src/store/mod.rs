@@ -5,8 +5,8 @@
 //! ([`PgStore`] with `postgres` for production, [`SqliteStore`] with
 //! `sqlite` for the embedded default): [`Store`], what the app, the relay
 //! and the consumer need, and [`AdminStore`], what operators ask. A backend
-//! gives each method one statement of its SQL and says how it reads its
-//! column types; what takes several steps (retention's batches, a replay's
+//! gives each method its SQL and says how it reads its column types; what
+//! is the same on every database (retention's batches, a replay's
 //! transaction, turning rows into values) is written once, here.
 //! Both create their tables with embedded migrations tracked in their own
 //! table (`_outbox_migrations`), so they never collide with the app's own
@@ -554,7 +554,10 @@ pub trait Store: Clone + Send + Sync + 'static {
         ids: &'t [Uuid],
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
 
-    /// Begins the transaction a consumer's batch of handler runs runs in.
+    /// Begins a transaction for writing on the store's database: a
+    /// consumer's batch of handler runs, a replay, or the app's own
+    /// transaction (on SQLite `BEGIN IMMEDIATE`: it takes the write lock at
+    /// once, so it never has to upgrade a read lock).
     fn begin(
         &self,
     ) -> impl Future<Output = Result<StoreTransaction<Self::Database>, StoreError>> + Send;
@@ -616,13 +619,13 @@ pub trait Store: Clone + Send + Sync + 'static {
         entry: &'t DeadLetter,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
 
-    /// Deletes up to `batch` rows of one kind older than `age`, in one
+    /// Deletes up to `batch` rows of one kind from before `before`, in one
     /// statement; returns how many it deleted. [`cleanup`](Self::cleanup)
-    /// calls it until a batch comes back short.
+    /// calls it with one `before` per kind until a batch comes back short.
     fn delete_expired(
         &self,
         kind: Expired,
-        age: Duration,
+        before: DateTime<Utc>,
         batch: u32,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
@@ -635,20 +638,25 @@ pub trait Store: Clone + Send + Sync + 'static {
     }
 
     /// Retention: [`repair`](Self::repair), then deletes published rows,
-    /// and inbox and attempt rows, past the policy's ages, in batches of
-    /// `policy.batch_size` until none is left.
+    /// and inbox and attempt rows, older than the policy's ages when the
+    /// pass started, in batches of `policy.batch_size` until none is left.
     fn cleanup(
         &self,
         policy: &RetentionPolicy,
     ) -> impl Future<Output = Result<CleanupReport, StoreError>> + Send {
         let policy = *policy;
+        let started = Utc::now();
         async move {
             self.repair().await?;
-            let all = |kind, age| async move {
+            let all = |kind, age: Duration| async move {
+                let before = chrono::TimeDelta::from_std(age)
+                    .ok()
+                    .and_then(|age| started.checked_sub_signed(age))
+                    .unwrap_or(DateTime::<Utc>::MIN_UTC);
                 let batch = policy.batch_size.max(1);
                 let mut total = 0;
                 loop {
-                    let deleted = self.delete_expired(kind, age, batch).await?;
+                    let deleted = self.delete_expired(kind, before, batch).await?;
                     total += deleted;
                     if deleted < u64::from(batch) {
                         return Ok::<_, StoreError>(total);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, PgPool, Postgres, Row};
+use sqlx::{Column, PgConnection, PgPool, Postgres, Row, TypeInfo};
 use uuid::Uuid;
 
 use super::{
@@ -204,15 +204,14 @@ impl PgStore {
                            AS empty";
 }
 
-/// Integers are `int4` or `int8`.
+/// Integers are `int4` or `int8`, by column.
 impl Columns for PgRow {
     fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
-        match self.try_get::<Option<i64>, _>(column) {
-            Ok(value) => Ok(value),
-            Err(sqlx::Error::ColumnDecode { .. }) => {
-                Ok(self.try_get::<Option<i32>, _>(column)?.map(i64::from))
-            }
-            Err(other) => Err(other.into()),
+        let is_int4 = self.try_column(column)?.type_info().name() == "INT4";
+        if is_int4 {
+            Ok(self.try_get::<Option<i32>, _>(column)?.map(i64::from))
+        } else {
+            Ok(self.try_get(column)?)
         }
     }
 
@@ -885,31 +884,31 @@ impl Store for PgStore {
     async fn delete_expired(
         &self,
         kind: Expired,
-        age: Duration,
+        before: DateTime<Utc>,
         batch: u32,
     ) -> Result<u64, StoreError> {
         let sql = match kind {
             Expired::Published => {
                 "DELETE FROM outbox_archive WHERE seq IN (
                      SELECT seq FROM outbox_archive
-                     WHERE status = 'published' AND archived_at < now() - $1 * interval '1 millisecond'
+                     WHERE status = 'published' AND archived_at < $1
                      LIMIT $2)"
             }
             Expired::Inbox => {
                 "DELETE FROM outbox_inbox WHERE (message_id, handler) IN (
                      SELECT message_id, handler FROM outbox_inbox
-                     WHERE handled_at < now() - $1 * interval '1 millisecond'
+                     WHERE handled_at < $1
                      LIMIT $2)"
             }
             Expired::Attempts => {
                 "DELETE FROM outbox_attempts WHERE (message_id, handler) IN (
                      SELECT message_id, handler FROM outbox_attempts
-                     WHERE updated_at < now() - $1 * interval '1 millisecond'
+                     WHERE updated_at < $1
                      LIMIT $2)"
             }
         };
         Ok(sqlx::query(sql)
-            .bind(millis(age))
+            .bind(before)
             .bind(i64::from(batch))
             .execute(&self.pool)
             .await?
@@ -1006,38 +1005,28 @@ impl AdminStore for PgStore {
         row.as_ref().map(stored_dead_letter).transpose()
     }
 
-    async fn take_dead_letter<'t>(
+    async fn remove_dead_letter<'t>(
         &'t self,
         tx: &'t mut StoreTransaction<Postgres>,
         id: i64,
-    ) -> Result<Option<Option<String>>, StoreError> {
-        Ok(
-            sqlx::query_scalar("DELETE FROM outbox_dead_letters WHERE id = $1 RETURNING handler")
-                .bind(id)
-                .fetch_optional(&mut **tx)
-                .await?,
-        )
-    }
-
-    async fn forget_give_up<'t>(
-        &'t self,
-        tx: &'t mut StoreTransaction<Postgres>,
         message_id: Uuid,
-        handler: Option<&'t str>,
-    ) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM outbox_inbox WHERE message_id = $1 AND handler = $2")
-            .bind(message_id)
-            .bind(handler)
-            .execute(&mut **tx)
-            .await?;
-        sqlx::query(
-            "DELETE FROM outbox_attempts WHERE message_id = $1 AND ($2::text IS NULL OR handler = $2)",
+    ) -> Result<bool, StoreError> {
+        let removed: i64 = sqlx::query_scalar(
+            "WITH gone AS (
+                 DELETE FROM outbox_dead_letters WHERE id = $1 RETURNING handler),
+             inbox AS (
+                 DELETE FROM outbox_inbox i USING gone
+                 WHERE i.message_id = $2 AND i.handler = gone.handler),
+             attempts AS (
+                 DELETE FROM outbox_attempts a USING gone
+                 WHERE a.message_id = $2 AND (gone.handler IS NULL OR a.handler = gone.handler))
+             SELECT count(*) FROM gone",
         )
+        .bind(id)
         .bind(message_id)
-        .bind(handler)
-        .execute(&mut **tx)
+        .fetch_one(&mut **tx)
         .await?;
-        Ok(())
+        Ok(removed > 0)
     }
 
     async fn purge_dead_letter(&self, id: i64) -> Result<bool, StoreError> {

@@ -504,7 +504,7 @@ impl Store for SqliteStore {
     async fn delete_expired(
         &self,
         kind: Expired,
-        age: Duration,
+        before: DateTime<Utc>,
         batch: u32,
     ) -> Result<u64, StoreError> {
         let sql = match kind {
@@ -523,7 +523,7 @@ impl Store for SqliteStore {
             }
         };
         Ok(sqlx::query(sql)
-            .bind(now_ms().saturating_sub(millis(age)))
+            .bind(before.timestamp_millis())
             .bind(i64::from(batch))
             .execute(&self.pool)
             .await?
@@ -604,39 +604,35 @@ impl AdminStore for SqliteStore {
         row.as_ref().map(stored_dead_letter).transpose()
     }
 
-    async fn take_dead_letter<'t>(
+    async fn remove_dead_letter<'t>(
         &'t self,
         tx: &'t mut StoreTransaction<Sqlite>,
         id: i64,
-    ) -> Result<Option<Option<String>>, StoreError> {
-        Ok(
-            sqlx::query_scalar("DELETE FROM outbox_dead_letters WHERE id = ?1 RETURNING handler")
-                .bind(id)
-                .fetch_optional(&mut **tx)
-                .await?,
-        )
-    }
-
-    async fn forget_give_up<'t>(
-        &'t self,
-        tx: &'t mut StoreTransaction<Sqlite>,
         message_id: Uuid,
-        handler: Option<&'t str>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
+        let Some(handler) = sqlx::query_scalar::<_, Option<String>>(
+            "DELETE FROM outbox_dead_letters WHERE id = ?1 RETURNING handler",
+        )
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?
+        else {
+            return Ok(false);
+        };
         let message_id = message_id.hyphenated().to_string();
         sqlx::query("DELETE FROM outbox_inbox WHERE message_id = ?1 AND handler = ?2")
             .bind(&message_id)
-            .bind(handler)
+            .bind(&handler)
             .execute(&mut **tx)
             .await?;
         sqlx::query(
             "DELETE FROM outbox_attempts WHERE message_id = ?1 AND (?2 IS NULL OR handler = ?2)",
         )
         .bind(&message_id)
-        .bind(handler)
+        .bind(&handler)
         .execute(&mut **tx)
         .await?;
-        Ok(())
+        Ok(true)
     }
 
     async fn purge_dead_letter(&self, id: i64) -> Result<bool, StoreError> {

@@ -40,6 +40,8 @@ pub(crate) trait TestDb: AdminStore {
     /// Ages published rows and inbox rows for retention tests.
     async fn age_published(&self, n_oldest: i64, hours: i64);
     async fn age_inbox(&self, n_oldest: i64, hours: i64);
+    async fn age_attempts(&self, n_oldest: i64, hours: i64);
+    async fn attempts_count(&self) -> i64;
     async fn insert_inbox(&self, message_id: &str, handler: &str);
     /// Breaks the first pending row the way a hand edit could.
     async fn corrupt_first_pending_row(&self);
@@ -224,6 +226,25 @@ impl TestDb for PgStore {
         .expect("age inbox");
     }
 
+    async fn age_attempts(&self, n_oldest: i64, hours: i64) {
+        sqlx::query(
+            "UPDATE outbox_attempts SET updated_at = now() - $2 * interval '1 hour'
+             WHERE (message_id, handler) IN (SELECT message_id, handler FROM outbox_attempts ORDER BY updated_at, message_id LIMIT $1)",
+        )
+        .bind(n_oldest)
+        .bind(hours)
+        .execute(self.pool())
+        .await
+        .expect("age attempts");
+    }
+
+    async fn attempts_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox_attempts")
+            .fetch_one(self.pool())
+            .await
+            .expect("attempts")
+    }
+
     async fn insert_inbox(&self, message_id: &str, handler: &str) {
         sqlx::query("INSERT INTO outbox_inbox (message_id, handler) VALUES ($1::uuid, $2)")
             .bind(message_id)
@@ -331,6 +352,25 @@ impl TestDb for SqliteStore {
         .execute(self.pool())
         .await
         .expect("age inbox");
+    }
+
+    async fn age_attempts(&self, n_oldest: i64, hours: i64) {
+        sqlx::query(
+            "UPDATE outbox_attempts SET updated_at = updated_at - ?2 * 3600000
+             WHERE (message_id, handler) IN (SELECT message_id, handler FROM outbox_attempts ORDER BY updated_at, message_id LIMIT ?1)",
+        )
+        .bind(n_oldest)
+        .bind(hours)
+        .execute(self.pool())
+        .await
+        .expect("age attempts");
+    }
+
+    async fn attempts_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox_attempts")
+            .fetch_one(self.pool())
+            .await
+            .expect("attempts")
     }
 
     async fn insert_inbox(&self, message_id: &str, handler: &str) {

@@ -318,7 +318,9 @@ impl<S: TestDb> Harness<S> {
     }
 
     pub(crate) async fn with_queue(store: S, queue: InProcessConfig) -> Self {
-        let alone = ONE_HARNESS_AT_A_TIME.lock().await;
+        let alone = tokio::time::timeout(Duration::from_secs(600), ONE_HARNESS_AT_A_TIME.lock())
+            .await
+            .expect("another Harness of this test is still alive: drop it first");
         reset_statics();
         store.migrate().await.expect("migrations run");
         store.create_app_tables().await;

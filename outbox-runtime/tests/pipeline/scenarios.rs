@@ -707,9 +707,18 @@ pub(crate) async fn retention_deletes_only_what_it_should<S: TestDb>(store: S) {
     h.store
         .insert_inbox(&uuid::Uuid::now_v7().to_string(), "other.handler")
         .await;
+    let mut tx = h.store.begin().await.expect("begin");
+    for _ in 0..3 {
+        h.store
+            .record_handler_failure(&mut tx, uuid::Uuid::now_v7(), "other.handler", "boom")
+            .await
+            .expect("a failed run counted");
+    }
+    tx.commit().await.expect("commit");
 
     h.store.age_published(4, 48).await;
     h.store.age_inbox(3, 24 * 20).await;
+    h.store.age_attempts(2, 24 * 20).await;
     let report = h
         .store
         .cleanup(&RetentionPolicy {
@@ -719,7 +728,15 @@ pub(crate) async fn retention_deletes_only_what_it_should<S: TestDb>(store: S) {
         })
         .await
         .expect("cleanup");
-    assert_eq!((report.published_deleted, report.inbox_deleted), (4, 3));
+    assert_eq!(
+        (
+            report.published_deleted,
+            report.inbox_deleted,
+            report.attempts_deleted
+        ),
+        (4, 3, 2)
+    );
+    assert_eq!(h.store.attempts_count().await, 1);
     let statuses: Vec<_> = h
         .store
         .outbox_rows()
@@ -736,8 +753,12 @@ pub(crate) async fn retention_deletes_only_what_it_should<S: TestDb>(store: S) {
         .await
         .expect("cleanup");
     assert_eq!(
-        (again.published_deleted, again.inbox_deleted),
-        (0, 0),
+        (
+            again.published_deleted,
+            again.inbox_deleted,
+            again.attempts_deleted
+        ),
+        (0, 0, 0),
         "idempotent"
     );
 }
