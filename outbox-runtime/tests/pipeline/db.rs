@@ -25,6 +25,23 @@ pub(crate) struct Row_ {
     pub(crate) available_in_future: bool,
 }
 
+/// The tables of handler runs that retention trims.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum HandlerRows {
+    Inbox,
+    Attempts,
+}
+
+impl HandlerRows {
+    /// The table and the time retention reads.
+    fn table_and_time(self) -> (&'static str, &'static str) {
+        match self {
+            HandlerRows::Inbox => ("outbox_inbox", "handled_at"),
+            HandlerRows::Attempts => ("outbox_attempts", "updated_at"),
+        }
+    }
+}
+
 pub(crate) trait TestDb: AdminStore {
     /// The database, for reports.
     const KIND: &'static str;
@@ -39,8 +56,8 @@ pub(crate) trait TestDb: AdminStore {
     async fn dead_letter_errors(&self) -> Vec<(Option<String>, String)>;
     /// Ages published rows and inbox rows for retention tests.
     async fn age_published(&self, n_oldest: i64, hours: i64);
-    async fn age_inbox(&self, n_oldest: i64, hours: i64);
-    async fn age_attempts(&self, n_oldest: i64, hours: i64);
+    /// Ages the `n_oldest` rows of `outbox_inbox` or `outbox_attempts`.
+    async fn age_handler_rows(&self, table: HandlerRows, n_oldest: i64, hours: i64);
     async fn attempts_count(&self) -> i64;
     async fn insert_inbox(&self, message_id: &str, handler: &str);
     /// Breaks the first pending row the way a hand edit could.
@@ -214,28 +231,17 @@ impl TestDb for PgStore {
         .expect("age published");
     }
 
-    async fn age_inbox(&self, n_oldest: i64, hours: i64) {
-        sqlx::query(
-            "UPDATE outbox_inbox SET handled_at = now() - $2 * interval '1 hour'
-             WHERE (message_id, handler) IN (SELECT message_id, handler FROM outbox_inbox ORDER BY handled_at, message_id LIMIT $1)",
-        )
+    async fn age_handler_rows(&self, table: HandlerRows, n_oldest: i64, hours: i64) {
+        let (table, at) = table.table_and_time();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET {at} = now() - $2 * interval '1 hour'
+             WHERE (message_id, handler) IN (SELECT message_id, handler FROM {table} ORDER BY {at}, message_id LIMIT $1)"
+        )))
         .bind(n_oldest)
         .bind(hours)
         .execute(self.pool())
         .await
-        .expect("age inbox");
-    }
-
-    async fn age_attempts(&self, n_oldest: i64, hours: i64) {
-        sqlx::query(
-            "UPDATE outbox_attempts SET updated_at = now() - $2 * interval '1 hour'
-             WHERE (message_id, handler) IN (SELECT message_id, handler FROM outbox_attempts ORDER BY updated_at, message_id LIMIT $1)",
-        )
-        .bind(n_oldest)
-        .bind(hours)
-        .execute(self.pool())
-        .await
-        .expect("age attempts");
+        .expect("age rows");
     }
 
     async fn attempts_count(&self) -> i64 {
@@ -342,28 +348,17 @@ impl TestDb for SqliteStore {
         .expect("age published");
     }
 
-    async fn age_inbox(&self, n_oldest: i64, hours: i64) {
-        sqlx::query(
-            "UPDATE outbox_inbox SET handled_at = handled_at - ?2 * 3600000
-             WHERE (message_id, handler) IN (SELECT message_id, handler FROM outbox_inbox ORDER BY handled_at, message_id LIMIT ?1)",
-        )
+    async fn age_handler_rows(&self, table: HandlerRows, n_oldest: i64, hours: i64) {
+        let (table, at) = table.table_and_time();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET {at} = {at} - ?2 * 3600000
+             WHERE (message_id, handler) IN (SELECT message_id, handler FROM {table} ORDER BY {at}, message_id LIMIT ?1)"
+        )))
         .bind(n_oldest)
         .bind(hours)
         .execute(self.pool())
         .await
-        .expect("age inbox");
-    }
-
-    async fn age_attempts(&self, n_oldest: i64, hours: i64) {
-        sqlx::query(
-            "UPDATE outbox_attempts SET updated_at = updated_at - ?2 * 3600000
-             WHERE (message_id, handler) IN (SELECT message_id, handler FROM outbox_attempts ORDER BY updated_at, message_id LIMIT ?1)",
-        )
-        .bind(n_oldest)
-        .bind(hours)
-        .execute(self.pool())
-        .await
-        .expect("age attempts");
+        .expect("age rows");
     }
 
     async fn attempts_count(&self) -> i64 {

@@ -14,7 +14,7 @@ use outbox_runtime::{
     transport::{Delivery, InProcessConfig, PublishEntry, Receipt, Transport},
 };
 
-use crate::db::TestDb;
+use crate::db::{HandlerRows, TestDb};
 use crate::{CONTEST, CONTEST_RUNS, Contested, Doomed, FIXED, Flaky, Harness, Step};
 
 fn step(group: &str, n: i64) -> Step {
@@ -717,8 +717,12 @@ pub(crate) async fn retention_deletes_only_what_it_should<S: TestDb>(store: S) {
     tx.commit().await.expect("commit");
 
     h.store.age_published(4, 48).await;
-    h.store.age_inbox(3, 24 * 20).await;
-    h.store.age_attempts(2, 24 * 20).await;
+    h.store
+        .age_handler_rows(HandlerRows::Inbox, 3, 24 * 20)
+        .await;
+    h.store
+        .age_handler_rows(HandlerRows::Attempts, 2, 24 * 20)
+        .await;
     let report = h
         .store
         .cleanup(&RetentionPolicy {
