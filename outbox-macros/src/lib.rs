@@ -22,14 +22,14 @@ mod snapshots;
 
 use proc_macro::TokenStream;
 
-/// Derives `OutboxMessage`; documented in `outbox_runtime`.
+/// Derives `OutboxMessage`.
 #[proc_macro_derive(OutboxMessage, attributes(outbox))]
 pub fn derive_outbox_message(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as syn::DeriveInput);
     expand::derive_message(&input).into()
 }
 
-/// Registers an async fn as a message handler; documented in `outbox_runtime`.
+/// Registers an async fn as a message handler.
 #[proc_macro_attribute]
 pub fn handler(args: TokenStream, input: TokenStream) -> TokenStream {
     expand::handler(args.into(), input.into()).into()

@@ -4,8 +4,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Counters shared by a relay and its workers: share one through an `Arc`
-/// (`with_metrics` on each); updates are relaxed atomics.
+/// Counters shared by a relay and its workers: make one with
+/// `Arc::new(Metrics::default())` and give it to each (`with_metrics`);
+/// read them with [`snapshot`](Metrics::snapshot). Updates are relaxed
+/// atomics.
 #[derive(Debug, Default)]
 pub struct Metrics {
     published: AtomicU64,

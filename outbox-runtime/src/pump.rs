@@ -101,8 +101,9 @@ impl Pump for RelayWaker {
 }
 
 /// Commits the app's transaction, then pumps the relay. A failed commit is
-/// returned (nothing was written, nothing is pumped); a failed pump is only
-/// logged, since the committed messages are safe and the sweep delivers them.
+/// returned as the `sqlx::Error` it is (nothing was written, nothing is
+/// pumped); a failed pump is only logged, since the committed messages are
+/// safe and the sweep delivers them.
 ///
 /// ```no_run
 /// # #[cfg(feature = "sqlite")]

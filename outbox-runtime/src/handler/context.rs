@@ -244,7 +244,9 @@ pub enum ContextError {
         handler: &'static str,
     },
     /// The transaction is of another type (another database backend).
-    #[error("asked for a transaction of type `{requested}`, but this store's is `{actual}`")]
+    #[error(
+        "asked for a transaction of type `{requested}`, but this store's is `{actual}`: name the store's database, `ctx.db::<sqlx::Postgres>()` on a PgStore, `ctx.db::<sqlx::Sqlite>()` on a SqliteStore"
+    )]
     WrongTransaction {
         /// What the handler asked for.
         requested: &'static str,
