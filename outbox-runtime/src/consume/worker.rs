@@ -153,7 +153,7 @@ impl<S: Store, R: Receiver> Worker<S, R> {
     pub async fn run_once(&self) -> Result<BatchReport, TransportError> {
         let first = self.receive_first().await?;
         let deliveries = self.fill(first).await;
-        self.handle_batch(deliveries).await
+        self.handle_and_acknowledge(deliveries).await
     }
 
     /// The largest page one receive asks for.
@@ -214,7 +214,7 @@ impl<S: Store, R: Receiver> Worker<S, R> {
             let handled = match received {
                 Ok(first) => {
                     let deliveries = self.fill(first).await;
-                    self.handle_batch(deliveries).await
+                    self.handle_and_acknowledge(deliveries).await
                 }
                 Err(err) => Err(err),
             };
@@ -242,7 +242,7 @@ impl<S: Store, R: Receiver> Worker<S, R> {
     /// Handles received deliveries and acknowledges or releases each. On a
     /// non-durable queue, the messages done with are confirmed in the
     /// transaction that handled them.
-    pub async fn handle_batch(
+    pub async fn handle_and_acknowledge(
         &self,
         deliveries: Vec<Delivery>,
     ) -> Result<BatchReport, TransportError> {

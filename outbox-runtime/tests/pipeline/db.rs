@@ -52,13 +52,16 @@ pub(crate) trait TestDb: AdminStore {
     async fn orders(&self) -> i64;
     async fn effects(&self) -> Vec<Effect>;
     async fn outbox_rows(&self) -> Vec<Row_>;
-    async fn inbox_count(&self) -> i64;
+    /// The rows of `outbox_inbox` or `outbox_attempts`.
+    async fn count_rows(&self, table: HandlerRows) -> i64;
+    async fn inbox_count(&self) -> i64 {
+        self.count_rows(HandlerRows::Inbox).await
+    }
     async fn dead_letter_errors(&self) -> Vec<(Option<String>, String)>;
     /// Ages published rows and inbox rows for retention tests.
     async fn age_published(&self, n_oldest: i64, hours: i64);
     /// Ages the `n_oldest` rows of `outbox_inbox` or `outbox_attempts`.
     async fn age_handler_rows(&self, table: HandlerRows, n_oldest: i64, hours: i64);
-    async fn attempts_count(&self) -> i64;
     async fn insert_inbox(&self, message_id: &str, handler: &str);
     /// Breaks the first pending row the way a hand edit could.
     async fn corrupt_first_pending_row(&self);
@@ -205,11 +208,12 @@ impl TestDb for PgStore {
         .collect()
     }
 
-    async fn inbox_count(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM outbox_inbox")
+    async fn count_rows(&self, table: HandlerRows) -> i64 {
+        let (table, _) = table.table_and_time();
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
             .fetch_one(self.pool())
             .await
-            .expect("inbox")
+            .expect("count")
     }
 
     async fn dead_letter_errors(&self) -> Vec<(Option<String>, String)> {
@@ -242,13 +246,6 @@ impl TestDb for PgStore {
         .execute(self.pool())
         .await
         .expect("age rows");
-    }
-
-    async fn attempts_count(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM outbox_attempts")
-            .fetch_one(self.pool())
-            .await
-            .expect("attempts")
     }
 
     async fn insert_inbox(&self, message_id: &str, handler: &str) {
@@ -322,11 +319,12 @@ impl TestDb for SqliteStore {
             .collect()
     }
 
-    async fn inbox_count(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM outbox_inbox")
+    async fn count_rows(&self, table: HandlerRows) -> i64 {
+        let (table, _) = table.table_and_time();
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
             .fetch_one(self.pool())
             .await
-            .expect("inbox")
+            .expect("count")
     }
 
     async fn dead_letter_errors(&self) -> Vec<(Option<String>, String)> {
@@ -359,13 +357,6 @@ impl TestDb for SqliteStore {
         .execute(self.pool())
         .await
         .expect("age rows");
-    }
-
-    async fn attempts_count(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM outbox_attempts")
-            .fetch_one(self.pool())
-            .await
-            .expect("attempts")
     }
 
     async fn insert_inbox(&self, message_id: &str, handler: &str) {

@@ -740,7 +740,7 @@ pub(crate) async fn retention_deletes_only_what_it_should<S: TestDb>(store: S) {
         ),
         (4, 3, 2)
     );
-    assert_eq!(h.store.attempts_count().await, 1);
+    assert_eq!(h.store.count_rows(HandlerRows::Attempts).await, 1);
     let statuses: Vec<_> = h
         .store
         .outbox_rows()
