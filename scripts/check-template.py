@@ -16,7 +16,8 @@ silently when wrong:
 - a queue's visibility timeout is at least six times the timeout of the
   function consuming it;
 - no IAM statement grants a wildcard action;
-- the schedule sends the pump to the pump's message group;
+- the schedule sends the pump to the pump's message group (`PUMP_GROUP`,
+  read from outbox-runtime/src/pump.rs);
 - the workspace's release profile says `panic = "unwind"`: cargo-lambda
   (the build method) builds with `panic=abort` otherwise, and a panicking
   handler would end the function instead of failing its own run.
@@ -45,7 +46,21 @@ ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "sample-app" / "template.yaml"
 CARGO_TOML = ROOT / "Cargo.toml"
 CONSUMER_RS = ROOT / "outbox-runtime" / "src" / "consume" / "consumer.rs"
-PUMP_GROUP = "__outbox_pump"  # outbox_runtime::PUMP_GROUP
+PUMP_RS = ROOT / "outbox-runtime" / "src" / "pump.rs"
+
+
+def pump_group(source):
+    """`outbox_runtime::pump::PUMP_GROUP`, in pump.rs's source."""
+    found = re.search(r'pub const PUMP_GROUP: &str = "([^"]+)";', source)
+    if not found:
+        raise SystemExit(
+            f"{PUMP_RS}: no `pub const PUMP_GROUP: &str = \"...\";`; "
+            "update scripts/check-template.py to read the pump group"
+        )
+    return found.group(1)
+
+
+PUMP_GROUP = pump_group(PUMP_RS.read_text())
 
 
 def default_max_attempts(source):
@@ -303,6 +318,14 @@ def self_test():
         print(f"caught: consumer.rs without the default: {err}")
     else:
         raise SystemExit("self-test: a consumer.rs without the default was read")
+    pump_rs = PUMP_RS.read_text()
+    assert pump_group(pump_rs) == PUMP_GROUP
+    try:
+        pump_group(pump_rs.replace("pub const PUMP_GROUP", "pub const PUMP_QUEUE_GROUP"))
+    except SystemExit as err:
+        print(f"caught: pump.rs without the pump group: {err}")
+    else:
+        raise SystemExit("self-test: a pump.rs without the pump group was read")
     cargo_toml = CARGO_TOML.read_text()
     if build_problems(cargo_toml):
         raise SystemExit(f"the workspace itself fails: {build_problems(cargo_toml)}")
