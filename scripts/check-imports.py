@@ -31,6 +31,7 @@ LAYERS = [
     ["relay"],  # store -> transport
     ["consume"],  # transport -> dispatch, inside the store's transaction
     ["lambda", "aws", "admin", "schema"],  # edges: AWS, operators, contracts
+    ["local"],  # the whole pipeline in one process
 ]
 
 SRC = Path(__file__).resolve().parent.parent / "outbox-runtime" / "src"

@@ -277,6 +277,9 @@ SCENARIOS = {
     "four relays and four workers at once": [
         "four_relays_and_four_workers_publish_once_in_group_order"
     ],
+    "a shutdown in the middle of a drain, then the next process": [
+        "a_shutdown_mid_drain_loses_nothing_and_the_next_process_handles_the_rest_at_once"
+    ],
     "malformed envelopes": [
         "hostile_input_decodes_or_is_a_typed_error_and_valid_envelopes_survive_the_wire"
     ],

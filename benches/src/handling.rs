@@ -16,7 +16,6 @@ use crate::Sizes;
 use crate::db::Scratch;
 use crate::relay;
 use crate::report::{Section, count, median, ratio};
-use crate::running::Running;
 
 /// Workers, as many as the sample's `serve` runs (the scenario also runs
 /// twice as many), and as many plain-SQL clients.
@@ -66,9 +65,9 @@ pub(crate) async fn drain(
         .execute(store.pool())
         .await?;
     let started = Instant::now();
-    let running = Running::start(store, Dispatcher::from_registry()?, workers, batch_size);
-    let metrics = Arc::clone(&running.metrics);
-    running.waker.wake();
+    let running = crate::running::start(store, Dispatcher::from_registry()?, workers, batch_size);
+    let metrics = Arc::clone(running.metrics());
+    running.waker().wake();
     let deadline = started + Duration::from_secs(600);
     while metrics.snapshot().handled < n as u64 {
         anyhow::ensure!(
@@ -79,7 +78,7 @@ pub(crate) async fn drain(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let secs = started.elapsed().as_secs_f64();
-    running.stop().await;
+    running.shutdown().await;
     let handled = metrics.snapshot().handled;
     anyhow::ensure!(handled == n as u64, "{handled} handlings of {n} messages");
     Ok(n as f64 / secs)

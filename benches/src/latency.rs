@@ -16,7 +16,6 @@ use uuid::Uuid;
 use crate::Sizes;
 use crate::db::Scratch;
 use crate::report::{Section, count, ms, quantile};
-use crate::running::Running;
 
 /// The smaller worker batch measured next to the default.
 const SMALL_BATCH: usize = 10;
@@ -155,10 +154,10 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
         let store = PgStore::new(pool.clone());
         store.migrate().await?;
         let dispatcher = Dispatcher::from_registry()?.with_state(Arc::clone(&clock));
-        let running = Running::start(&store, dispatcher, 2, batch);
+        let running = crate::running::start(&store, dispatcher, 2, batch);
         for rate in [100_u32, 1000] {
             let latencies =
-                at_rate(&store, &running.waker, &clock, rate, sizes.latency_secs).await?;
+                at_rate(&store, running.waker(), &clock, rate, sizes.latency_secs).await?;
             let (p50, p99) = (quantile(&latencies, 0.5), quantile(&latencies, 0.99));
             let met = p50 <= Duration::from_millis(5) && p99 <= Duration::from_millis(20);
             section.row(vec![
@@ -175,7 +174,7 @@ pub(crate) async fn run(sizes: Sizes, server: &str) -> anyhow::Result<Section> {
                 if met { "met" } else { "missed" }.to_owned(),
             ]);
         }
-        running.stop().await;
+        running.shutdown().await;
         pool.close().await;
         scratch.drop_db().await?;
     }

@@ -6,30 +6,46 @@
 //! handler, so a consumer routes envelopes to typed handlers with no
 //! reflection and no registration list.
 //!
-//! ```standalone_crate
-//! use outbox_runtime::{handler, Dispatcher, Envelope, HandlerContext, OutboxMessage};
+//! The whole pipeline in one process, on SQLite: a message committed in
+//! the app's transaction, relayed through the in-process queue and handled
+//! ([`local::Pipeline`] runs the relay and the workers):
 //!
-//! #[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
-//! #[outbox(name = "orders.status_changed", version = 1, group = customer_id)]
-//! pub struct OrderStatusChanged {
-//!     pub order_id: i64,
-//!     pub customer_id: String,
-//! }
+//! ```standalone_crate
+//! use outbox_runtime::{
+//!     commit_and_pump, handler, local::Pipeline, Dispatcher, OutboxMessage, SqliteStore, Store,
+//!     StoreExt,
+//! };
+//! use std::time::Duration;
+//!
+//! #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+//! #[outbox(name = "greetings.sent", group = to)]
+//! struct GreetingSent { to: String }
 //!
 //! #[handler]
-//! async fn record_status(msg: OrderStatusChanged, ctx: &mut HandlerContext<'_>) -> anyhow::Result<()> {
-//!     println!("order {} changed (message {})", msg.order_id, ctx.message_id());
+//! async fn log_greeting(msg: GreetingSent) -> anyhow::Result<()> {
+//!     println!("greeted {}", msg.to);
 //!     Ok(())
 //! }
 //!
-//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
-//! let dispatcher = Dispatcher::from_registry()?;
-//! let envelope = Envelope::from_message(&OrderStatusChanged { order_id: 7, customer_id: "c-1".into() })?;
-//! assert_eq!(envelope.group, "c-1");
-//! let report = dispatcher.dispatch(&envelope).await?;
-//! assert!(report.succeeded());
-//! # Ok::<(), anyhow::Error>(())
-//! # }).unwrap();
+//! #[tokio::main]
+//! async fn main() -> anyhow::Result<()> {
+//!     // Opening runs the store's migrations (`PgStore::new` then `migrate()`).
+//!     let store = SqliteStore::open("sqlite::memory:").await?;
+//!     sqlx::query("CREATE TABLE greetings (name TEXT NOT NULL)").execute(store.pool()).await?;
+//!     let running = Pipeline::new(store.clone(), Dispatcher::from_registry()?).start();
+//!
+//!     // The app's row and the message in one transaction; after the commit, the pump.
+//!     let mut tx = store.begin().await?;
+//!     sqlx::query("INSERT INTO greetings (name) VALUES ('ada')").execute(&mut *tx).await?;
+//!     store.enqueue(&mut tx, &GreetingSent { to: "ada".into() }).await?;
+//!     commit_and_pump(tx, running.waker()).await?;
+//!
+//!     running.wait_idle(Duration::from_secs(10)).await?;
+//!     assert_eq!(running.metrics().snapshot().handled, 1);
+//!     let report = running.shutdown().await;
+//!     assert!(!report.timed_out);
+//!     Ok(())
+//! }
 //! ```
 //!
 //! See `ARCHITECTURE.md` in the repository for how data flows from the app's
@@ -48,6 +64,7 @@ pub mod envelope;
 pub mod handler;
 #[cfg(feature = "lambda")]
 pub mod lambda;
+pub mod local;
 pub mod message;
 pub mod metrics;
 pub mod pump;

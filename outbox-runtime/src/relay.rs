@@ -319,6 +319,24 @@ impl<S: Store, T: Transport> Relay<S, T> {
         }
     }
 
+    /// Makes the rows this relay handed to its non-durable queue and no
+    /// consumer confirmed pending again, so that the next claim (this
+    /// process's or another's) relays them at once instead of after
+    /// `relayed_for`. For a shutdown, once the workers have stopped: rows
+    /// released under a live worker may be handled twice (the inbox keeps
+    /// the handlers from running twice). Returns how many rows it released.
+    ///
+    /// # Errors
+    ///
+    /// The store failed; the rows are relayed again after `relayed_for`.
+    pub async fn release_relayed(&self) -> Result<u64, RelayError> {
+        let leases: Vec<Uuid> = self.lock_relayed().leases.iter().copied().collect();
+        let released = self.store.release_relayed(&leases).await?;
+        let mut relayed = self.lock_relayed();
+        relayed.leases.retain(|lease| !leases.contains(lease));
+        Ok(released)
+    }
+
     fn lock_relayed(&self) -> std::sync::MutexGuard<'_, Relayed> {
         self.relayed
             .lock()

@@ -10,17 +10,16 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use outbox_runtime::{
-    Dispatcher, InProcessQueue, Relay, SqliteStore, Worker,
-    consume::{Consumer, WorkerConfig},
-    metrics::{Metrics, MetricsSnapshot},
-    pump::RelayWaker,
+    Dispatcher, InProcessQueue, SqliteStore,
+    consume::WorkerConfig,
+    local::Pipeline,
+    metrics::MetricsSnapshot,
     transport::{Receiver, Transport},
 };
 use sqlx::postgres::PgPoolOptions;
 
 use crate::db::{AnyStore, AppDb, DbArgs, Table, with_store};
 use crate::domain::CustomerId;
-use crate::pipeline::Background;
 use crate::probe::Probe;
 use crate::sqs::TempQueue;
 
@@ -171,22 +170,15 @@ async fn run_on<S: AppDb, T: Transport, R: Receiver>(
     let history_before = store.count(Table::History).await?;
     let notifications_before = store.count(Table::Notifications).await?;
 
-    let metrics = Arc::new(Metrics::default());
-    let waker = RelayWaker::new();
     let dispatcher = Arc::new(Dispatcher::from_registry()?.with_state(Probe::default()));
-    let relay = Relay::new(store.clone(), transport).with_metrics(Arc::clone(&metrics));
-    let worker = Worker::new(
-        Consumer::new(store.clone(), Arc::clone(&dispatcher))
-            .with_metrics(Arc::clone(&metrics))
-            .with_pump(Arc::new(waker.clone())),
-        receiver,
-    )
-    .with_config(WorkerConfig {
-        wait: Duration::from_millis(200),
-        ..WorkerConfig::default()
-    });
-
-    let background = Background::spawn(relay, waker.clone(), worker, workers);
+    let running = Pipeline::new(store.clone(), Arc::clone(&dispatcher))
+        .workers(workers)
+        .worker_config(WorkerConfig {
+            wait: Duration::from_millis(200),
+            ..WorkerConfig::default()
+        })
+        .start_on(transport, receiver);
+    let (waker, metrics) = (running.waker().clone(), Arc::clone(running.metrics()));
 
     let started = Instant::now();
     let mut ids = Vec::with_capacity(orders);
@@ -219,7 +211,7 @@ async fn run_on<S: AppDb, T: Transport, R: Receiver>(
     let elapsed = started.elapsed();
     progress.finish();
 
-    background.stop().await;
+    running.shutdown().await;
 
     let after = store.stats().await?;
     let probe = dispatcher

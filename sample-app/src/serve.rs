@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::db::AppDb;
-use crate::pipeline::{WorkTiming, local_stack};
+use crate::pipeline::{WorkTiming, local_pipeline};
 use crate::table::checked_table;
 
 /// Serves until Ctrl-C or SIGTERM.
@@ -13,16 +13,17 @@ pub(crate) async fn serve<S: AppDb>(store: S, addr: SocketAddr) -> anyhow::Resul
     let table = checked_table()?;
     store.migrate().await?;
     store.migrate_app().await?;
-    let (background, waker, _metrics) = local_stack(store.clone(), table, WorkTiming::default());
+    let running = local_pipeline(store.clone(), table, WorkTiming::default());
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|err| anyhow::anyhow!("cannot listen on {addr}: {err}"))?;
     println!("listening on http://{}", listener.local_addr()?);
-    let app = crate::api::router(store, Arc::new(waker));
+    let app = crate::api::router(store, Arc::new(running.waker().clone()));
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;
-    background.stop().await;
+    let report = running.shutdown().await;
+    tracing::info!(?report, "stopped");
     served?;
     Ok(())
 }

@@ -547,6 +547,14 @@ pub trait Store: Clone + Send + Sync + 'static {
         confirm_within: Duration,
     ) -> impl Future<Output = Result<Vec<Uuid>, StoreError>> + Send;
 
+    /// Makes the rows still `relayed` under the claims `leases` pending
+    /// again, claimable at once: their relay is shutting down and no
+    /// consumer will confirm them. Returns how many rows it released.
+    fn release_relayed(
+        &self,
+        leases: &[Uuid],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// Marks the rows of handled messages published, by message id, in
     /// `tx`: how a worker on a non-durable transport confirms delivery (see
     /// [`Transport::durable`](crate::transport::Transport::durable)), in the transaction

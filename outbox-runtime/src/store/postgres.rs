@@ -683,6 +683,26 @@ impl Store for PgStore {
         .await?)
     }
 
+    async fn release_relayed(&self, leases: &[Uuid]) -> Result<u64, StoreError> {
+        if leases.is_empty() {
+            return Ok(0);
+        }
+        // The group's relayed range is what the claim checks: no deadline
+        // is no hold.
+        Ok(sqlx::query_scalar(
+            "WITH released AS (
+                 UPDATE outbox_groups g SET relayed_until = NULL
+                 WHERE g.relayed_token = ANY($1)
+                 RETURNING g.group_key, g.head_seq, g.relayed_through)
+             SELECT count(*) FROM released r JOIN outbox o
+                 ON o.group_key = r.group_key AND o.seq >= r.head_seq AND o.seq <= r.relayed_through",
+        )
+        .bind(leases)
+        .fetch_one(&self.pool)
+        .await
+        .map(|n: i64| n.unsigned_abs())?)
+    }
+
     async fn confirm<'t>(
         &'t self,
         tx: &'t mut StoreTransaction<Postgres>,

@@ -351,6 +351,21 @@ impl Store for SqliteStore {
         Ok(held)
     }
 
+    async fn release_relayed(&self, leases: &[Uuid]) -> Result<u64, StoreError> {
+        if leases.is_empty() {
+            return Ok(0);
+        }
+        let tokens: Vec<String> = leases.iter().map(|l| l.hyphenated().to_string()).collect();
+        let released = sqlx::query(
+            "UPDATE outbox SET status = 'pending', lease_until = NULL
+             WHERE status = 'relayed' AND lease_token IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(json_list(&tokens))
+        .execute(&self.pool)
+        .await?;
+        Ok(released.rows_affected())
+    }
+
     async fn confirm<'t>(
         &'t self,
         tx: &'t mut StoreTransaction<Sqlite>,

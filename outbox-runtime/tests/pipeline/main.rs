@@ -466,6 +466,7 @@ mod faults {
         one_failing_handler_in_a_batch_rolls_back_alone,
         a_failing_head_holds_back_its_group_across_the_batch,
         a_past_deadline_holds_back_all_but_the_first_transaction,
+        a_shutdown_mid_drain_loses_nothing_and_the_next_process_handles_the_rest_at_once,
     );
 
     /// PostgreSQL only: connections killed under a running relay and

@@ -1915,3 +1915,100 @@ pub(crate) async fn a_stopped_worker_takes_no_further_batch<S: TestDb>(store: S)
         );
     }
 }
+
+/// A process shut down in the middle of a drain loses nothing, and the
+/// next process handles the rest at once: the rows its relay had handed to
+/// the in-process queue and no worker handled are pending again, not held
+/// for `relayed_for` (60 s by default, above this test's 20 s limit).
+pub(crate) async fn a_shutdown_mid_drain_loses_nothing_and_the_next_process_handles_the_rest_at_once<
+    S: TestDb,
+>(
+    store: S,
+) {
+    use outbox_runtime::consume::WorkerConfig;
+    use outbox_runtime::local::Pipeline;
+
+    let h = Harness::new(store).await;
+    const GROUPS: i64 = 10;
+    const PER_GROUP: i64 = 40;
+    for i in 0..PER_GROUP {
+        let steps: Vec<Step> = (0..GROUPS).map(|g| step(&format!("g{g}"), i)).collect();
+        commit_steps(&h.store, i, &steps).await;
+    }
+    let total = (GROUPS * PER_GROUP) as usize;
+    let dispatcher = Arc::new(Dispatcher::from_registry().expect("dispatch table"));
+    let pipeline = || {
+        Pipeline::new(h.store.clone(), Arc::clone(&dispatcher))
+            .workers(1)
+            .worker_config(WorkerConfig {
+                batch_size: 10,
+                wait: Duration::from_millis(50),
+                retention: None,
+                ..WorkerConfig::default()
+            })
+    };
+
+    let first = pipeline().start();
+    first.waker().wake();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while first.metrics().snapshot().handled < 10 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the first process handles some messages");
+    let report = first.shutdown().await;
+    let handled_first = h.store.effects().await.len();
+    assert!(
+        handled_first < total,
+        "the shutdown came before the end of the drain"
+    );
+    assert!(!report.timed_out, "{report:?}");
+    assert!(
+        report.released > 0,
+        "relayed rows were handed back: {report:?}"
+    );
+    assert_eq!(
+        h.store.stats().await.expect("stats").pending,
+        (total - handled_first) as u64,
+        "nothing lost, nothing handled after the shutdown"
+    );
+
+    let second = pipeline().start();
+    second.waker().wake();
+    second
+        .wait_idle(Duration::from_secs(20))
+        .await
+        .expect("the next process handles the rest without waiting out relayed_for");
+    second.shutdown().await;
+
+    let effects = h.store.effects().await;
+    let ids: HashSet<_> = effects.iter().map(|e| e.message_id.as_str()).collect();
+    assert_eq!(ids.len(), total, "each message handled");
+    assert_eq!(effects.len(), total, "each message handled once");
+    let mut order_violations = 0;
+    for (group, ns) in by_group(&effects, "step") {
+        if ns != (0..PER_GROUP).collect::<Vec<_>>() {
+            order_violations += 1;
+            eprintln!("group {group} out of order: {ns:?}");
+        }
+    }
+    assert_eq!(order_violations, 0, "every group in order");
+    crate::fault_report::report(&crate::fault_report::FaultRecord {
+        scenario: "a shutdown in the middle of a drain, then the next process",
+        injection: &format!(
+            "Running::shutdown after the first 10 of {total} messages, then a new pipeline ({})",
+            S::KIND
+        ),
+        runs: 1,
+        sent: total as u64,
+        handled: ids.len() as u64,
+        lost: (total - ids.len()) as u64,
+        duplicate_effects: (effects.len() - ids.len()) as u64,
+        duplicates_suppressed: None,
+        order_violations: Some(order_violations),
+        stuck_groups: None,
+        attempt_mismatches: None,
+        harness_problems: None,
+    });
+}
