@@ -32,6 +32,7 @@ LAYERS = [
     ["consume"],  # transport -> dispatch, inside the store's transaction
     ["lambda", "aws", "admin", "schema"],  # edges: AWS, operators, contracts
     ["local"],  # the whole pipeline in one process
+    ["testing"],  # the harness, over the local pipeline
 ]
 
 SRC = Path(__file__).resolve().parent.parent / "outbox-runtime" / "src"

@@ -72,6 +72,8 @@ pub mod registry;
 pub mod relay;
 pub mod schema;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod transport;
 
 pub use crate::consume::{Consumer, Worker};

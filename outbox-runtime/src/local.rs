@@ -33,6 +33,9 @@ pub struct Pipeline<S> {
     queue: InProcessConfig,
     metrics: Arc<Metrics>,
     shutdown_timeout: Duration,
+    /// Stops every worker where it is, and starts it again (a test's
+    /// crash: `testing::Faults::kill_workers_during`).
+    kill: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl<S> std::fmt::Debug for Pipeline<S> {
@@ -65,7 +68,16 @@ impl<S: Store> Pipeline<S> {
             queue: InProcessConfig::default(),
             metrics: Arc::default(),
             shutdown_timeout: Duration::from_secs(30),
+            kill: None,
         }
+    }
+
+    /// Workers stopped where they are and started again whenever `kill`
+    /// is notified.
+    #[cfg(feature = "testing")]
+    pub(crate) fn kill_switch(mut self, kill: Arc<tokio::sync::Notify>) -> Self {
+        self.kill = Some(kill);
+        self
     }
 
     /// How many workers handle messages at once (at least one). Default: 2.
@@ -172,8 +184,23 @@ impl<S: Store> Pipeline<S> {
             tasks.spawn(async move { relay.run(waker, shutdown).await });
         }
         for _ in 0..self.workers {
-            let (worker, shutdown) = (worker.clone(), shutdown());
-            tasks.spawn(async move { worker.run(shutdown).await });
+            let (worker, shutdown, kill) = (worker.clone(), shutdown.clone(), self.kill.clone());
+            tasks.spawn(async move {
+                let Some(kill) = kill else {
+                    return worker.run(shutdown()).await;
+                };
+                loop {
+                    let killed = kill.notified();
+                    tokio::pin!(killed);
+                    // Registered before the worker runs, so a kill from
+                    // inside its batch is not missed.
+                    killed.as_mut().enable();
+                    tokio::select! {
+                        () = worker.run(shutdown()) => return,
+                        () = killed => tracing::info!("worker killed mid-batch by a test fault; starting again"),
+                    }
+                }
+            });
         }
         Running {
             store: self.store,

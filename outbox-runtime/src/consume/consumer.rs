@@ -945,6 +945,13 @@ impl<S: Store> Consumer<S> {
                 .for_handler(handler.name, attempt)
                 .with_max_message_bytes(self.store.max_message_bytes())
                 .with_transaction(tx);
+            #[cfg(feature = "testing")]
+            let result = match self.dispatcher.injected(handler.name, envelope, attempt) {
+                crate::dispatch::Injected::Run => run_handler(handler, envelope, &mut ctx).await,
+                crate::dispatch::Injected::Fail(error) => Err(HandlerError::Failed(error.into())),
+                crate::dispatch::Injected::Hang => std::future::pending().await,
+            };
+            #[cfg(not(feature = "testing"))]
             let result = run_handler(handler, envelope, &mut ctx).await;
             (result, ctx.take_published())
         };

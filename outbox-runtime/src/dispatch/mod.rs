@@ -52,6 +52,36 @@ pub use table::{DispatchTable, MessageEntry, TableError, TableProblem};
 pub struct Dispatcher {
     table: DispatchTable,
     state: State,
+    /// The test harness's faults, asked before each handler run.
+    #[cfg(feature = "testing")]
+    hook: Option<RunHook>,
+}
+
+/// What a test's [`RunHook`] makes of one handler run.
+#[cfg(feature = "testing")]
+pub(crate) enum Injected {
+    /// Run the handler.
+    Run,
+    /// Fail the run with this error, as the handler would.
+    Fail(String),
+    /// Never finish: the worker running it is being stopped.
+    Hang,
+}
+
+/// Asked before each handler run with the handler's name, the envelope and
+/// the attempt (`testing::Faults`).
+#[cfg(feature = "testing")]
+#[derive(Clone)]
+pub(crate) struct RunHook(pub(crate) std::sync::Arc<HookFn>);
+
+#[cfg(feature = "testing")]
+type HookFn = dyn Fn(&str, &Envelope, u32) -> Injected + Send + Sync;
+
+#[cfg(feature = "testing")]
+impl fmt::Debug for RunHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RunHook")
+    }
 }
 
 impl Dispatcher {
@@ -60,7 +90,24 @@ impl Dispatcher {
         Dispatcher {
             table,
             state: State::new(),
+            #[cfg(feature = "testing")]
+            hook: None,
         }
+    }
+
+    /// Asks `hook` before each handler run of a consumer.
+    #[cfg(feature = "testing")]
+    pub(crate) fn with_hook(mut self, hook: RunHook) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    /// What the test's hook makes of this run.
+    #[cfg(feature = "testing")]
+    pub(crate) fn injected(&self, handler: &str, envelope: &Envelope, attempt: u32) -> Injected {
+        self.hook
+            .as_ref()
+            .map_or(Injected::Run, |hook| (hook.0)(handler, envelope, attempt))
     }
 
     /// A dispatcher over every registration linked into this binary; see
