@@ -258,6 +258,13 @@ impl TestHarness {
         &self.store
     }
 
+    /// The relay's pump: give it to code that commits with
+    /// [`commit_and_pump`](crate::commit_and_pump), as the app's own
+    /// functions do. ([`send`](Self::send) pumps by itself.)
+    pub fn waker(&self) -> &crate::pump::RelayWaker {
+        self.running.waker()
+    }
+
     /// The faults to inject from now on.
     pub fn faults(&self) -> &Faults {
         &self.faults

@@ -73,3 +73,76 @@ fn observe(ctx: &HandlerContext<'_>) {
         probe.observe(ctx.envelope().created_at);
     }
 }
+
+/// The handlers under the runtime's test harness: the app's own functions
+/// commit and pump, the real relay and consumer deliver, on SQLite.
+#[cfg(test)]
+mod tests {
+    use outbox_runtime::testing::TestHarness;
+
+    use crate::db::{AppDb, Table};
+    use crate::domain::CustomerId;
+    use crate::messages::{OrderStatusChanged, OrderSubmitted};
+
+    async fn harness() -> TestHarness {
+        let harness = TestHarness::start().await.expect("harness");
+        harness.store().migrate_app().await.expect("app tables");
+        harness
+    }
+
+    #[tokio::test]
+    async fn a_submitted_order_is_recorded_twice_and_confirmed_once() {
+        let harness = harness().await;
+        let (store, pump) = (harness.store(), harness.waker());
+        let order = crate::orders::create(store, pump, &CustomerId::numbered(1))
+            .await
+            .expect("created");
+        crate::orders::submit(store, pump, order)
+            .await
+            .expect("submitted");
+
+        let settled = harness.settle().await.expect("settled");
+        let statuses: Vec<&str> = settled
+            .handled::<OrderStatusChanged>()
+            .iter()
+            .map(|m| m.status.as_str())
+            .collect();
+        assert_eq!(statuses, ["created", "submitted"]);
+        let confirmed: Vec<i64> = settled
+            .handled::<OrderSubmitted>()
+            .iter()
+            .map(|m| m.order_id)
+            .collect();
+        assert_eq!(confirmed, [order]);
+        assert_eq!(store.count(Table::History).await.expect("count"), 2);
+        assert_eq!(store.count(Table::Notifications).await.expect("count"), 1);
+        harness.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_confirmation_failing_every_attempt_is_dead_lettered_and_the_history_stays() {
+        let harness = harness().await;
+        harness
+            .faults()
+            .fail_handler_first_attempts("notifications.order_confirmation", 5);
+        let (store, pump) = (harness.store(), harness.waker());
+        let order = crate::orders::create(store, pump, &CustomerId::numbered(2))
+            .await
+            .expect("created");
+        crate::orders::submit(store, pump, order)
+            .await
+            .expect("submitted");
+
+        let settled = harness.settle().await.expect("settled");
+        let dead: Vec<i64> = settled
+            .dead_lettered::<OrderSubmitted>()
+            .iter()
+            .map(|m| m.order_id)
+            .collect();
+        assert_eq!(dead, [order]);
+        assert_eq!(settled.dead_letters()[0].letter.attempts, 5);
+        assert_eq!(store.count(Table::History).await.expect("count"), 2);
+        assert_eq!(store.count(Table::Notifications).await.expect("count"), 0);
+        harness.shutdown().await;
+    }
+}
