@@ -20,13 +20,14 @@ use std::time::Duration;
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Backoff {
-    /// The delay ceiling of the first retry.
+    /// The delay ceiling of the first retry. Default: 1 s.
     pub initial: Duration,
-    /// The largest delay.
+    /// The largest delay. Default: 300 s.
     pub max: Duration,
-    /// How much the ceiling grows per attempt.
+    /// How much the ceiling grows per attempt. Default: 2.
     pub multiplier: f64,
     /// Whether to pick a random delay up to the ceiling (full jitter).
+    /// Default: true.
     pub jitter: bool,
 }
 

@@ -39,7 +39,10 @@ pub struct WorkerConfig {
     pub wait: Duration,
     /// Retention, run by [`Worker::run`] every `interval` between batches;
     /// `None` to run it elsewhere (a scheduled job, [`Store::cleanup`]).
-    /// Default: [`RetentionPolicy::default`] every 60 s.
+    /// Default: on, [`RetentionPolicy::default`] every 60 s, which deletes
+    /// published outbox rows 24 hours after they were published, and inbox
+    /// rows and handlers' failed-attempt counts after 15 days. It never
+    /// deletes undelivered rows, dead rows or dead letters.
     pub retention: Option<(RetentionPolicy, Duration)>,
     /// With retention's timer, warn (and count in `stuck_alerts`) when the
     /// oldest undelivered row is older than this: something is stuck.
