@@ -10,6 +10,13 @@
 //! records of their groups, which are not run. Poison records are
 //! dead-lettered in the store and acknowledged.
 //!
+//! With the environment variable `OUTBOX_EMF_NAMESPACE` set (off unless
+//! set), [`run`] installs a [`metrics`](crate::metrics) recorder that writes
+//! the toolkit's metrics to stdout after each invocation in CloudWatch's
+//! Embedded Metric Format, under that namespace: CloudWatch turns the log
+//! lines into metrics, with no agent and no API call. Each line carries
+//! the invocation's `RequestId`.
+//!
 //! ```no_run
 //! # #[cfg(feature = "sqlite")]
 //! # async fn example() -> Result<(), lambda_runtime::Error> {
@@ -34,6 +41,30 @@ use crate::consume::{Consumer, DeliveryOutcome};
 use crate::store::Store;
 use crate::transport::sqs::SqsReceiver;
 use crate::transport::{Delivery, Receipt};
+
+/// The environment variable that turns on CloudWatch Embedded Metric Format
+/// lines, and names their namespace.
+pub const EMF_NAMESPACE_ENV: &str = "OUTBOX_EMF_NAMESPACE";
+
+/// The EMF recorder, when [`EMF_NAMESPACE_ENV`] asks for one.
+fn emf_from_env() -> Option<&'static metrics_cloudwatch_embedded::Collector> {
+    let namespace = std::env::var(EMF_NAMESPACE_ENV)
+        .ok()
+        .filter(|namespace| !namespace.is_empty())?;
+    match metrics_cloudwatch_embedded::Builder::new()
+        .cloudwatch_namespace(namespace)
+        .init()
+    {
+        Ok(collector) => {
+            crate::metrics::describe();
+            Some(collector)
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "{EMF_NAMESPACE_ENV} is set, but EMF metrics could not be installed (another metrics recorder is)");
+            None
+        }
+    }
+}
 
 /// Time kept back from the invocation's deadline for answering the runtime:
 /// a tenth of the time left, at most two seconds.
@@ -65,13 +96,21 @@ async fn serve<S: Store>(
     consumer: Consumer<S>,
     visibility: Option<RetryVisibility>,
 ) -> Result<(), lambda_runtime::Error> {
+    let emf = emf_from_env();
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let consumer = consumer.clone();
         let visibility = visibility.clone();
         async move {
-            Ok::<_, std::convert::Infallible>(
-                handle_event_with(&consumer, event, visibility.as_ref()).await,
-            )
+            let request_id = event.context.request_id.clone();
+            let response = handle_event_with(&consumer, event, visibility.as_ref()).await;
+            if let Some(emf) = emf
+                && let Err(err) = emf
+                    .set_property("RequestId", request_id)
+                    .flush(std::io::stdout().lock())
+            {
+                tracing::warn!(error = %err, "could not write the EMF metrics");
+            }
+            Ok::<_, std::convert::Infallible>(response)
         }
     }))
     .await
@@ -263,12 +302,17 @@ fn delivery(record: SqsMessage) -> (Option<String>, Delivery) {
         .get("ApproximateReceiveCount")
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
+    let sent_at = record
+        .attributes
+        .get("SentTimestamp")
+        .and_then(|ms| crate::transport::millis_timestamp(ms));
     let delivery = Delivery {
         body: record.body.unwrap_or_default(),
         group,
         receive_count,
         receipt: Receipt(record.receipt_handle.unwrap_or_default()),
         message_id: None,
+        sent_at,
     };
     (record.message_id, delivery)
 }

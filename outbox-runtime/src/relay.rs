@@ -405,6 +405,7 @@ impl<S: Store, T: Transport> Relay<S, T> {
             relayed.leases.insert(lease);
         }
 
+        record_time_in_outbox(&batch, &published);
         let dead = failures.iter().filter(|f| f.retry_after.is_none()).count() as u64;
         report.published += published.len() as u64;
         report.dead += dead;
@@ -533,6 +534,21 @@ impl LaneResults {
                 .into_inner()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
         )
+    }
+}
+
+/// Records, for each published row, how long it waited in the outbox.
+fn record_time_in_outbox(batch: &[ClaimedMessage], published: &[i64]) {
+    if published.is_empty() {
+        return;
+    }
+    let mut seqs = published.to_vec();
+    seqs.sort_unstable();
+    let histogram = ::metrics::histogram!(crate::metrics::COMMIT_TO_PUBLISH_SECONDS);
+    for message in batch {
+        if seqs.binary_search(&message.seq).is_ok() {
+            histogram.record(crate::metrics::seconds_since(message.envelope.created_at));
+        }
     }
 }
 

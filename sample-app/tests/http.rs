@@ -239,3 +239,106 @@ fn a_database_outage_is_a_503_or_500_problem_and_the_server_keeps_running() {
     // A client mistake is still a client mistake, database or not.
     assert_problem(&post_json(port, "/orders", "{"), 400, "EOF");
 }
+
+/// The value of the Prometheus sample `series` (name and labels, exactly as
+/// rendered) in a `/metrics` scrape, or 0 when absent.
+fn sample(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Creates and submits `n` orders and waits until each is confirmed.
+fn place_orders(port: u16, n: usize) {
+    for i in 0..n {
+        let created = post_json(port, "/orders", &format!(r#"{{"customer_id": "c-{i}"}}"#));
+        assert_eq!(created.status, 201, "{created:?}");
+        let id = created.json()["id"].as_i64().expect("an id");
+        let submitted = post_json(port, &format!("/orders/{id}/submit"), "");
+        assert_eq!(submitted.status, 200, "{submitted:?}");
+        wait_for_history(port, id, 2);
+    }
+}
+
+#[test]
+fn metrics_are_scraped_in_prometheus_format_and_move_with_the_traffic() {
+    let dir = support::TempDir::new();
+    let (_server, port) = serve(&dir.sqlite_url("orders.db"));
+
+    place_orders(port, 2);
+    let scrape = get(port, "/metrics");
+    assert_eq!(scrape.status, 200, "{scrape:?}");
+    let first = scrape.body;
+    assert!(
+        first.contains("# HELP outbox_handler_duration_seconds One handler run"),
+        "{first}"
+    );
+    assert!(
+        first.contains("# TYPE outbox_commit_to_publish_seconds histogram"),
+        "{first}"
+    );
+    let status_runs = r#"outbox_handler_duration_seconds_count{handler="orders.record_status"}"#;
+    assert_eq!(sample(&first, status_runs), 4.0, "{first}");
+    assert!(sample(&first, "outbox_published_total") >= 4.0, "{first}");
+    assert!(
+        sample(&first, "outbox_commit_to_publish_seconds_count") >= 4.0,
+        "{first}"
+    );
+    assert!(
+        sample(&first, "outbox_publish_to_handle_seconds_count") >= 4.0,
+        "{first}"
+    );
+
+    place_orders(port, 3);
+    let second = get(port, "/metrics").body;
+    assert_eq!(sample(&second, status_runs), 10.0, "{second}");
+    for histogram in [
+        "outbox_commit_to_publish_seconds_count",
+        "outbox_publish_to_handle_seconds_count",
+        "outbox_commit_to_publish_seconds_sum",
+    ] {
+        assert!(
+            sample(&second, histogram) > sample(&first, histogram),
+            "{histogram} did not move: {second}"
+        );
+    }
+    assert!(
+        sample(&second, "outbox_handled_total") > sample(&first, "outbox_handled_total"),
+        "{second}"
+    );
+    // The workers read the outbox's stats as soon as they start.
+    assert!(
+        second.contains(r#"outbox_pending{store="SQLite"} "#),
+        "{second}"
+    );
+}
+
+#[test]
+fn sigterm_stops_serve_cleanly() {
+    let dir = support::TempDir::new();
+    let (mut server, port) = serve(&dir.sqlite_url("orders.db"));
+    place_orders(port, 1);
+    let pid = server.0.id().to_string();
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = server.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve still running 30 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "serve exited with {status}");
+}

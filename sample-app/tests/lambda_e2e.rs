@@ -52,10 +52,19 @@ fn emulator(cargo_lambda: &str) -> (Process, u16) {
 }
 
 /// The sample's binary as the Lambda function `role`, polling the emulator
-/// on `port`.
-fn function(port: u16, role: &str, database_url: &str, queue_url: &str) -> Process {
+/// on `port`, with `env` added and its stdout to `stdout`.
+fn function(
+    port: u16,
+    role: &str,
+    database_url: &str,
+    queue_url: &str,
+    env: &[(&str, &str)],
+    stdout: Stdio,
+) -> Process {
     Process(
         Command::new(env!("CARGO_BIN_EXE_sample-app"))
+            .envs(env.iter().copied())
+            .stdout(stdout)
             .env(
                 "AWS_LAMBDA_RUNTIME_API",
                 format!("http://127.0.0.1:{port}/.rt"),
@@ -73,6 +82,41 @@ fn function(port: u16, role: &str, database_url: &str, queue_url: &str) -> Proce
             .spawn()
             .expect("the function starts"),
     )
+}
+
+/// Checks the consumer's CloudWatch Embedded Metric Format lines: one
+/// document per invocation, in namespace `outbox-e2e`, whose handled
+/// counts add up to `handled` and which time the handlers.
+fn assert_emf_lines(path: &std::path::Path, handled: i64) {
+    let text = std::fs::read_to_string(path).expect("the consumer's stdout");
+    let documents: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|doc| doc.get("_aws").is_some())
+        .collect();
+    assert!(
+        !documents.is_empty(),
+        "no EMF line in the consumer's stdout:\n{text}"
+    );
+    let mut handled_total = 0.0;
+    let mut handler_timings = 0;
+    for doc in &documents {
+        let directive = &doc["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "outbox-e2e", "{doc}");
+        assert!(doc["RequestId"].is_string(), "{doc}");
+        handled_total += doc["outbox_handled_total"].as_f64().unwrap_or(0.0);
+        if doc.get("outbox_handler_duration_seconds").is_some() {
+            handler_timings += 1;
+        }
+    }
+    assert!(
+        handled_total >= handled as f64,
+        "EMF counted {handled_total} handled runs, expected at least {handled}:\n{text}"
+    );
+    assert!(
+        handler_timings > 0,
+        "no handler timing in the EMF lines:\n{text}"
+    );
 }
 
 /// Invokes the function on `port` with `event`; returns its response.
@@ -163,9 +207,19 @@ fn orders_flow_from_the_api_function_through_sqs_to_the_consumer_function_exactl
     // Two functions, each under its own runtime API: the HTTP API behind a
     // function URL, and the queue's consumer.
     let (_api_emulator, api) = emulator(&cargo_lambda);
-    let _api = function(api, "api", &db.url, &queue_url);
+    let _api = function(api, "api", &db.url, &queue_url, &[], Stdio::inherit());
     let (_consumer_emulator, port) = emulator(&cargo_lambda);
-    let _consumer = function(port, "consumer", &db.url, &queue_url);
+    // The consumer writes CloudWatch EMF lines to stdout, kept here.
+    let emf_log = support::TempDir::new();
+    let emf_path = emf_log.0.join("consumer.stdout");
+    let _consumer = function(
+        port,
+        "consumer",
+        &db.url,
+        &queue_url,
+        &[("OUTBOX_EMF_NAMESPACE", "outbox-e2e")],
+        Stdio::from(std::fs::File::create(&emf_path).expect("stdout file")),
+    );
 
     // The app, through its API: each call commits and pumps the queue.
     const ORDERS: i64 = 12;
@@ -313,6 +367,7 @@ fn orders_flow_from_the_api_function_through_sqs_to_the_consumer_function_exactl
         "status changes and the confirmations they cascaded into"
     );
     assert!(invocations > 0);
+    assert_emf_lines(&emf_path, 3 * ORDERS);
 
     // Wrong event shapes: the runtime refuses the invocation (the emulator
     // answers 500, AWS a function error) and the function keeps serving.

@@ -430,6 +430,14 @@ impl<S: Store> Consumer<S> {
         confirm: bool,
     ) -> Vec<DeliveryOutcome> {
         let mut outcomes = vec![DeliveryOutcome::Done; deliveries.len()];
+        let waited = ::metrics::histogram!(crate::metrics::PUBLISH_TO_HANDLE_SECONDS);
+        for sent_at in deliveries
+            .iter()
+            .filter(|d| !is_pump(&d.body))
+            .filter_map(|d| d.sent_at)
+        {
+            waited.record(crate::metrics::seconds_since(sent_at));
+        }
         let mut pumps = Vec::new();
         let mut batch = Vec::with_capacity(deliveries.len());
         for (at, delivery) in deliveries.iter().enumerate() {
@@ -945,6 +953,7 @@ impl<S: Store> Consumer<S> {
                 .for_handler(handler.name, attempt)
                 .with_max_message_bytes(self.store.max_message_bytes())
                 .with_transaction(tx);
+            let started = std::time::Instant::now();
             #[cfg(feature = "testing")]
             let result = match self.dispatcher.injected(handler.name, envelope, attempt) {
                 crate::dispatch::Injected::Run => run_handler(handler, envelope, &mut ctx).await,
@@ -953,6 +962,7 @@ impl<S: Store> Consumer<S> {
             };
             #[cfg(not(feature = "testing"))]
             let result = run_handler(handler, envelope, &mut ctx).await;
+            crate::metrics::handler_ran(handler.name, started.elapsed());
             (result, ctx.take_published())
         };
         if let Err(error) = result {

@@ -44,10 +44,15 @@ pub struct WorkerConfig {
     /// rows and handlers' failed-attempt counts after 15 days. It never
     /// deletes undelivered rows, dead rows or dead letters.
     pub retention: Option<(RetentionPolicy, Duration)>,
-    /// With retention's timer, warn (and count in `stuck_alerts`) when the
+    /// At each stats check, warn (and count in `stuck_alerts`) when the
     /// oldest undelivered row is older than this: something is stuck.
     /// Default: 300 s.
     pub stuck_after: Option<Duration>,
+    /// How often [`Worker::run`] reads the outbox's stats between batches:
+    /// it sets the `outbox_pending` and `outbox_oldest_pending_seconds`
+    /// gauges ([`metrics`](crate::metrics)) and checks `stuck_after`.
+    /// `None` for never. Default: 15 s.
+    pub stats_interval: Option<Duration>,
     /// While a batch is being handled, extend its messages' visibility every
     /// this often (by twice as much), so slow handlers do not see their
     /// messages delivered again. Set it below the queue's visibility timeout.
@@ -75,6 +80,7 @@ impl Default for WorkerConfig {
             retention: Some((RetentionPolicy::default(), Duration::from_secs(60))),
             heartbeat: Some(Duration::from_secs(10)),
             stuck_after: Some(Duration::from_secs(300)),
+            stats_interval: Some(Duration::from_secs(15)),
             drain_budget: Duration::from_secs(1),
         }
     }
@@ -205,6 +211,7 @@ impl<S: Store, R: Receiver> Worker<S, R> {
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut last_cleanup = tokio::time::Instant::now();
+        let mut last_stats: Option<tokio::time::Instant> = None;
         loop {
             // Shutdown stops a wait for the first message, never a batch
             // being filled or handled; once resolved, it wins over messages
@@ -237,6 +244,11 @@ impl<S: Store, R: Receiver> Worker<S, R> {
                     Ok(report) => tracing::debug!(?report, "retention ran"),
                     Err(err) => tracing::warn!(error = %err, "retention failed"),
                 }
+            }
+            if let Some(every) = self.config.stats_interval
+                && last_stats.is_none_or(|at| at.elapsed() >= every)
+            {
+                last_stats = Some(tokio::time::Instant::now());
                 self.check_stuck().await;
             }
         }
@@ -306,13 +318,22 @@ impl<S: Store, R: Receiver> Worker<S, R> {
         }
     }
 
-    /// Warns when the oldest undelivered row is older than `stuck_after`.
-    /// Returns whether it is.
+    /// Reads the outbox's stats into the `outbox_pending` gauges, and warns
+    /// when the oldest undelivered row is older than `stuck_after`. Returns
+    /// whether it is.
     pub async fn check_stuck(&self) -> bool {
+        let stats = self.consumer_store().stats().await;
+        if let Ok(stats) = &stats {
+            crate::metrics::pending(
+                <S::Database as sqlx::Database>::NAME,
+                stats.pending,
+                stats.oldest_pending_age,
+            );
+        }
         let Some(limit) = self.config.stuck_after else {
             return false;
         };
-        match self.consumer_store().stats().await {
+        match stats {
             Ok(stats) if stats.oldest_pending_age.is_some_and(|age| age > limit) => {
                 self.consumer.metrics().add_stuck_alerts(1);
                 let groups = self

@@ -110,6 +110,8 @@ struct Queued {
     receive_count: u32,
     /// When it may be delivered (a release delay or a visibility timeout).
     visible_at: Instant,
+    /// When it was published.
+    sent_at: chrono::DateTime<chrono::Utc>,
     /// The receipt number of the current delivery, while in flight.
     receipt: Option<u64>,
 }
@@ -226,6 +228,7 @@ impl InProcessQueue {
                     receive_count: message.receive_count,
                     receipt: Receipt(receipt.to_string()),
                     message_id: Some(message.id),
+                    sent_at: Some(message.sent_at),
                 });
             }
         }
@@ -343,6 +346,7 @@ impl Transport for InProcessQueue {
                         body: entry.body.clone(),
                         receive_count: 0,
                         visible_at: now,
+                        sent_at: chrono::Utc::now(),
                         receipt: None,
                     });
                 state.stats.sent += 1;

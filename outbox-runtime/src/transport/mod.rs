@@ -137,6 +137,16 @@ pub struct Delivery {
     /// The envelope id, when the transport knows it without parsing the
     /// body (the in-process queue does; it is used to confirm delivery).
     pub message_id: Option<uuid::Uuid>,
+    /// When the queue accepted the message, when it says (SQS's
+    /// `SentTimestamp`; the in-process queue's clock): the start of the
+    /// publish-to-handler latency.
+    pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A time in milliseconds since the epoch, as SQS writes `SentTimestamp`.
+#[cfg(feature = "sqs")]
+pub(crate) fn millis_timestamp(ms: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp_millis(ms.parse().ok()?)
 }
 
 /// An opaque handle to acknowledge or release one delivery.

@@ -435,6 +435,7 @@ impl Receiver for SqsReceiver {
             .wait_time_seconds(wait)
             .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .send()
             .await
             .map_err(|err| TransportError::Unavailable(sdk_error(err)))?;
@@ -459,6 +460,8 @@ impl Receiver for SqsReceiver {
                     .unwrap_or(1),
                 receipt: Receipt(receipt.to_owned()),
                 message_id: None,
+                sent_at: attribute(&MessageSystemAttributeName::SentTimestamp)
+                    .and_then(crate::transport::millis_timestamp),
             });
         }
         Ok(deliveries)

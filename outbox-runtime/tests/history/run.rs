@@ -353,6 +353,7 @@ fn worker<S: HistoryStore, R: Receiver>(
         wait: Duration::from_millis(20),
         retention: None,
         stuck_after: None,
+        stats_interval: None,
         heartbeat: Some(heartbeat),
         drain_budget: shape.drain_budget,
     })

@@ -1384,6 +1384,7 @@ fn delivery(envelope: &Envelope) -> Delivery {
         receive_count: 1,
         receipt: Receipt(envelope.id.to_string()),
         message_id: Some(envelope.id),
+        sent_at: None,
     }
 }
 
