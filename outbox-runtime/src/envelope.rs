@@ -70,12 +70,90 @@ pub struct Headers {
     /// The id of the message whose handler published this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub causation_id: Option<Uuid>,
-    /// W3C trace context of the producer.
+    /// W3C trace context of the producer: its trace and span.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// W3C trace context of the producer: vendor-specific state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
+    /// W3C baggage of the producer: its key-value pairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baggage: Option<String>,
     /// Other headers.
     #[serde(flatten)]
     pub extra: BTreeMap<String, String>,
+}
+
+impl Headers {
+    /// With feature `otel`: the current `tracing` span's OpenTelemetry
+    /// context (and baggage), written by the global propagator
+    /// (`opentelemetry::global::set_text_map_propagator`; the W3C
+    /// `TraceContextPropagator` and `BaggagePropagator` write `traceparent`,
+    /// `tracestate` and `baggage`). Without the feature, or outside a span
+    /// an OpenTelemetry layer records, nothing.
+    #[must_use]
+    pub fn with_current_trace(self) -> Self {
+        #[cfg(feature = "otel")]
+        {
+            use tracing_opentelemetry::OpenTelemetrySpanExt;
+            let mut headers = self;
+            let context = tracing::Span::current().context();
+            opentelemetry::global::get_text_map_propagator(|propagator| {
+                propagator.inject_context(&context, &mut headers);
+            });
+            headers
+        }
+        #[cfg(not(feature = "otel"))]
+        self
+    }
+
+    /// With feature `otel`: the producer's OpenTelemetry context, read from
+    /// these headers by the global propagator.
+    #[cfg(feature = "otel")]
+    pub fn trace_context(&self) -> opentelemetry::Context {
+        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(self))
+    }
+}
+
+/// The propagator writes the trace fields, and any other key into `extra`.
+#[cfg(feature = "otel")]
+impl opentelemetry::propagation::Injector for Headers {
+    fn set(&mut self, key: &str, value: String) {
+        match key {
+            "traceparent" => self.traceparent = Some(value),
+            "tracestate" => self.tracestate = Some(value),
+            "baggage" => self.baggage = Some(value),
+            other => {
+                self.extra.insert(other.to_owned(), value);
+            }
+        }
+    }
+}
+
+#[cfg(feature = "otel")]
+impl opentelemetry::propagation::Extractor for Headers {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            "traceparent" => self.traceparent.as_deref(),
+            "tracestate" => self.tracestate.as_deref(),
+            "baggage" => self.baggage.as_deref(),
+            other => self.extra.get(other).map(String::as_str),
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        let trace = [
+            ("traceparent", &self.traceparent),
+            ("tracestate", &self.tracestate),
+            ("baggage", &self.baggage),
+        ];
+        trace
+            .into_iter()
+            .filter(|(_, value)| value.is_some())
+            .map(|(key, _)| key)
+            .chain(self.extra.keys().map(String::as_str))
+            .collect()
+    }
 }
 
 impl Envelope {
@@ -117,7 +195,8 @@ impl Envelope {
             headers: Headers {
                 correlation_id: Some(id),
                 ..Headers::default()
-            },
+            }
+            .with_current_trace(),
         })
     }
 
@@ -132,6 +211,10 @@ impl Envelope {
             self.headers
                 .traceparent
                 .clone_from(&parent.headers.traceparent);
+            self.headers
+                .tracestate
+                .clone_from(&parent.headers.tracestate);
+            self.headers.baggage.clone_from(&parent.headers.baggage);
         }
         self
     }

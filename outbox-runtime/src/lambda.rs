@@ -93,9 +93,10 @@ pub async fn run_with_backoff<S: Store>(
 }
 
 async fn serve<S: Store>(
-    consumer: Consumer<S>,
+    mut consumer: Consumer<S>,
     visibility: Option<RetryVisibility>,
 ) -> Result<(), lambda_runtime::Error> {
+    consumer.messaging_system = crate::transport::sqs::SQS_SYSTEM;
     let emf = emf_from_env();
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let consumer = consumer.clone();

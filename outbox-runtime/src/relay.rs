@@ -223,7 +223,16 @@ impl<S: Store, T: Transport> Relay<S, T> {
                 return Ok(report);
             }
             report.batches += 1;
-            let span = tracing::info_span!("outbox.relay.batch", rows = batch.len());
+            let span = tracing::info_span!(
+                "outbox.relay.batch",
+                rows = batch.len(),
+                otel.name = "publish",
+                otel.kind = "producer",
+                messaging.system = self.transport.messaging_system(),
+                messaging.operation.type = "send",
+                messaging.batch.message_count = batch.len(),
+            );
+            continue_traces(&span, &batch);
             self.publish_batch(batch, &mut report)
                 .instrument(span)
                 .await?;
@@ -535,6 +544,46 @@ impl LaneResults {
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
         )
     }
+}
+
+/// With feature `otel`, ties the batch's span to the traces of its
+/// messages' producers: their child when they are all of one trace, or
+/// linked to each otherwise (a batch joins several traces).
+fn continue_traces(span: &tracing::Span, batch: &[ClaimedMessage]) {
+    #[cfg(feature = "otel")]
+    {
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        if span.is_disabled() {
+            return;
+        }
+        let contexts: Vec<opentelemetry::trace::SpanContext> = batch
+            .iter()
+            .filter(|m| m.envelope.headers.traceparent.is_some())
+            .map(|m| {
+                m.envelope
+                    .headers
+                    .trace_context()
+                    .span()
+                    .span_context()
+                    .clone()
+            })
+            .filter(opentelemetry::trace::SpanContext::is_valid)
+            .collect();
+        let Some(first) = contexts.first() else {
+            return;
+        };
+        if contexts.iter().all(|c| c.trace_id() == first.trace_id()) {
+            let parent = opentelemetry::Context::new().with_remote_span_context(first.clone());
+            let _ = span.set_parent(parent);
+        } else {
+            for context in contexts {
+                span.add_link(context);
+            }
+        }
+    }
+    #[cfg(not(feature = "otel"))]
+    let _ = (span, batch);
 }
 
 /// Records, for each published row, how long it waited in the outbox.

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::backoff::Backoff;
-use crate::dispatch::{Dispatcher, in_span, run_handler, span_if_wanted};
+use crate::dispatch::{Dispatcher, continue_trace, in_span, run_handler, span_if_wanted};
 use crate::envelope::{Envelope, ONLY_HANDLER_HEADER};
 use crate::handler::HandlerContext;
 use crate::handler::HandlerError;
@@ -286,6 +286,9 @@ pub struct Consumer<S> {
     metrics: Arc<Metrics>,
     pump: Option<Arc<dyn Pump>>,
     relay: Option<Arc<dyn OutboxDrain>>,
+    /// The queue's OpenTelemetry `messaging.system`, for the spans: set by
+    /// the loop that receives (`Worker`, `lambda::run`).
+    pub(crate) messaging_system: &'static str,
 }
 
 impl<S: Clone> Clone for Consumer<S> {
@@ -297,6 +300,7 @@ impl<S: Clone> Clone for Consumer<S> {
             metrics: Arc::clone(&self.metrics),
             pump: self.pump.clone(),
             relay: self.relay.clone(),
+            messaging_system: self.messaging_system,
         }
     }
 }
@@ -320,6 +324,7 @@ impl<S: Store> Consumer<S> {
             metrics: Arc::default(),
             pump: None,
             relay: None,
+            messaging_system: "unknown",
         }
     }
 
@@ -723,11 +728,17 @@ impl<S: Store> Consumer<S> {
                         let span = span_if_wanted!(
                             INFO,
                             "outbox.consume",
-                            message.id = %envelope.id,
+                            otel.name = %format_args!("process {}", envelope.message_type),
+                            otel.kind = "consumer",
+                            messaging.system = self.messaging_system,
+                            messaging.operation.type = "process",
+                            messaging.destination.name = self.dispatcher.queue_of(envelope),
+                            messaging.message.id = %envelope.id,
                             message.type = %envelope.message_type,
                             message.group = %envelope.group,
                             receive_count = item.delivery.receive_count,
                         );
+                        continue_trace(&span, envelope);
                         let run = self.run_message(tx, item, &mut pass, shared);
                         in_span(span, run).await?
                     }

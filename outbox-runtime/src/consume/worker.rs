@@ -132,7 +132,8 @@ impl<S, R> std::fmt::Debug for Worker<S, R> {
 impl<S: Store, R: Receiver> Worker<S, R> {
     /// A worker that receives from `receiver` and hands each batch to
     /// `consumer`, with the default [`WorkerConfig`].
-    pub fn new(consumer: Consumer<S>, receiver: Arc<R>) -> Self {
+    pub fn new(mut consumer: Consumer<S>, receiver: Arc<R>) -> Self {
+        consumer.messaging_system = receiver.messaging_system();
         Worker {
             consumer,
             receiver,

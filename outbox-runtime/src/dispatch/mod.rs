@@ -141,6 +141,15 @@ impl Dispatcher {
         &self.state
     }
 
+    /// The logical queue of the envelope's message type (`"default"` for the
+    /// default queue or a type the table does not know), for spans.
+    pub(crate) fn queue_of(&self, envelope: &Envelope) -> &'static str {
+        self.route(envelope)
+            .ok()
+            .and_then(|entry| entry.registration().queue)
+            .unwrap_or("default")
+    }
+
     /// Finds the table entry for an envelope.
     ///
     /// Unknown types and unsupported versions are poison
@@ -177,6 +186,7 @@ impl Dispatcher {
             message.version = envelope.version,
             message.group = %envelope.group,
         );
+        continue_trace(&span, envelope);
         let run = async {
             let mut outcomes = Outcomes::default();
             for &handler in entry.handlers() {
@@ -211,6 +221,20 @@ macro_rules! span_if_wanted {
     };
 }
 pub(crate) use span_if_wanted;
+
+/// With feature `otel`, makes `span` a child of the trace the envelope's
+/// producer was in (its `traceparent` header); otherwise nothing.
+pub(crate) fn continue_trace(span: &tracing::Span, envelope: &Envelope) {
+    #[cfg(feature = "otel")]
+    if envelope.headers.traceparent.is_some() && !span.is_disabled() {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        if let Err(err) = span.set_parent(envelope.headers.trace_context()) {
+            tracing::debug!(error = %err, "the trace of message {} is not continued", envelope.id);
+        }
+    }
+    #[cfg(not(feature = "otel"))]
+    let _ = (span, envelope);
+}
 
 /// Whether a span at `level` would be recorded: by the `tracing` subscriber
 /// (its maximum level), or, while no subscriber is set, by a `log` logger.

@@ -44,6 +44,9 @@ impl Default for InProcessConfig {
     }
 }
 
+/// The in-process queue's OpenTelemetry `messaging.system`.
+const IN_PROCESS_SYSTEM: &str = "outbox_in_process";
+
 /// Counters of an [`InProcessQueue`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct InProcessStats {
@@ -275,6 +278,10 @@ impl fmt::Debug for InProcessQueue {
 }
 
 impl Transport for InProcessQueue {
+    fn messaging_system(&self) -> &'static str {
+        IN_PROCESS_SYSTEM
+    }
+
     fn max_batch(&self) -> usize {
         self.inner.config.max_batch
     }
@@ -361,6 +368,10 @@ impl Transport for InProcessQueue {
 }
 
 impl Receiver for InProcessQueue {
+    fn messaging_system(&self) -> &'static str {
+        IN_PROCESS_SYSTEM
+    }
+
     fn durable(&self) -> bool {
         false
     }

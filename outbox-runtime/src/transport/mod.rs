@@ -113,6 +113,12 @@ pub trait Transport: Send + Sync + 'static {
         true
     }
 
+    /// The OpenTelemetry `messaging.system` of the queue, for the relay's
+    /// spans. Default: `"unknown"`.
+    fn messaging_system(&self) -> &'static str {
+        "unknown"
+    }
+
     /// Publishes a batch of at most [`max_batch`](Self::max_batch) entries.
     ///
     /// `Ok` carries one result per entry, in order. `Err` means the whole
@@ -164,6 +170,12 @@ pub trait Receiver: Send + Sync + 'static {
     /// handled messages in the store.
     fn durable(&self) -> bool {
         true
+    }
+
+    /// The OpenTelemetry `messaging.system` of the queue, for the
+    /// consumer's spans. Default: `"unknown"`.
+    fn messaging_system(&self) -> &'static str {
+        "unknown"
     }
 
     /// The most messages one [`receive`](Self::receive) returns (SQS: 10).

@@ -33,6 +33,9 @@ pub const SQS_MAX_BODY_BYTES: usize = 256 * 1024;
 /// Entries per `SendMessageBatch` call, an SQS limit.
 const SQS_BATCH: usize = 10;
 
+/// SQS's OpenTelemetry `messaging.system`.
+pub(crate) const SQS_SYSTEM: &str = "aws_sqs";
+
 /// The bodies of one `SendMessageBatch` call together, an SQS limit (1 MiB).
 pub const SQS_MAX_BATCH_BYTES: usize = 1024 * 1024;
 
@@ -149,6 +152,10 @@ fn sdk_error(err: impl std::error::Error) -> String {
 }
 
 impl Transport for SqsTransport {
+    fn messaging_system(&self) -> &'static str {
+        SQS_SYSTEM
+    }
+
     fn max_batch(&self) -> usize {
         SQS_BATCH
     }
@@ -420,6 +427,10 @@ fn visibility_seconds(duration: Duration) -> i32 {
 }
 
 impl Receiver for SqsReceiver {
+    fn messaging_system(&self) -> &'static str {
+        SQS_SYSTEM
+    }
+
     fn max_receive(&self) -> usize {
         SQS_BATCH
     }

@@ -16,4 +16,5 @@
 #[cfg(feature = "postgres")]
 pub mod database;
 pub mod fault_report;
+pub mod http;
 pub mod process;

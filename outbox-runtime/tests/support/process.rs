@@ -1,10 +1,11 @@
 //! Child processes for tests: a free port to give one, waiting until it
 //! listens (or reading the port it announces), and killing it when the test
-//! is done with it, however the test ends. The one copy for every test
+//! is done with it, however the test ends; whether the local AWS stand-ins
+//! run (`stand_in`). The one copy for every test
 //! binary of the workspace: `outbox-runtime`'s through `support/mod.rs`,
 //! `sample-app`'s through its `tests/support/mod.rs`.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, ChildStdout};
 use std::time::{Duration, Instant};
@@ -61,4 +62,25 @@ pub fn read_line_starting(stdout: &mut BufReader<ChildStdout>, prefix: &str) -> 
             return rest.to_owned();
         }
     }
+}
+
+/// A variable that `scripts/services.sh` exports for the local AWS
+/// stand-ins (`AWS_ENDPOINT_URL`, `OUTBOX_CARGO_LAMBDA`), or `None` after
+/// saying on the terminal why the test skips: a plain `cargo test` has no
+/// stand-ins. Under `scripts/test` (`OUTBOX_SERVICES=required`) a missing
+/// variable fails the test instead.
+pub fn stand_in(var: &str) -> Option<String> {
+    if let Ok(value) = std::env::var(var) {
+        return Some(value);
+    }
+    assert!(
+        std::env::var_os("OUTBOX_SERVICES").is_none_or(|v| v != "required"),
+        "{var} is not set, though scripts/services.sh started the stand-ins"
+    );
+    // Written to the process's stderr, past the test harness's capture.
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: {var} is not set; scripts/test installs and starts the local AWS stand-ins"
+    );
+    None
 }
