@@ -277,6 +277,9 @@ SCENARIOS = {
     "four relays and four workers at once": [
         "four_relays_and_four_workers_publish_once_in_group_order"
     ],
+    "work stopped by SIGTERM mid-drain, then the next worker": [
+        "sigterm_mid_drain_then_the_next_worker_handles_the_rest_at_once"
+    ],
     "a shutdown in the middle of a drain, then the next process": [
         "a_shutdown_mid_drain_loses_nothing_and_the_next_process_handles_the_rest_at_once"
     ],

@@ -86,7 +86,9 @@ impl Default for WorkTiming {
     }
 }
 
-/// Relays and handles with the in-process queue until nothing is pending.
+/// Relays and handles with the in-process queue until nothing is pending,
+/// or until Ctrl-C or SIGTERM, then shuts down cleanly (rows relayed and
+/// not handled are pending again for the next process).
 pub(crate) async fn work<S: AppDb>(
     store: S,
     timing: WorkTiming,
@@ -96,9 +98,13 @@ pub(crate) async fn work<S: AppDb>(
     let table = checked_table()?;
     let running = local_pipeline(store, table, timing);
     running.waker().wake();
-    running.wait_idle(Duration::MAX).await?;
+    tokio::select! {
+        idle = running.wait_idle(Duration::MAX) => idle?,
+        () = crate::serve::shutdown_signal() => tracing::info!("signalled: stopping"),
+    }
     let metrics = running.metrics().snapshot();
-    running.shutdown().await;
+    let report = running.shutdown().await;
+    tracing::info!(?report, "stopped");
     Ok(metrics)
 }
 

@@ -57,7 +57,7 @@ fn prometheus() -> anyhow::Result<PrometheusHandle> {
 }
 
 /// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("a SIGTERM handler installs");
     tokio::select! {

@@ -139,3 +139,117 @@ fn killing_the_worker_process_twenty_times_loses_and_duplicates_nothing() {
     assert_eq!(rows, distinct, "a handler's effect was committed twice");
     assert_eq!(not_published, 0);
 }
+
+/// `work` stopped by SIGTERM in the middle of a drain hands back what its
+/// relay published and no worker handled, so the next `work` (with the
+/// default `relayed_for` of 60 s) handles the rest at once; every message
+/// once, each customer's in order.
+#[test]
+fn sigterm_mid_drain_then_the_next_worker_handles_the_rest_at_once() {
+    const TERM_ORDERS: usize = 1_000;
+    let dir = std::env::temp_dir().join(format!("outbox-sigterm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}", dir.join("orders.db").display());
+    let status = sample_app()
+        .args([
+            "enqueue",
+            "--orders",
+            &TERM_ORDERS.to_string(),
+            "--database-url",
+            &url,
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pool = rt.block_on(sqlx::SqlitePool::connect(&url)).unwrap();
+    let handled = || -> i64 {
+        rt.block_on(
+            sqlx::query_scalar("SELECT count(*) FROM order_status_history").fetch_one(&pool),
+        )
+        .unwrap()
+    };
+
+    let mut first = sample_app()
+        .args(["work", "--database-url", &url])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while handled() < 50 {
+        assert!(
+            Instant::now() < deadline,
+            "the first worker handled nothing"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let term = Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = first.wait().unwrap();
+    assert!(status.success(), "work exited with {status} on SIGTERM");
+    let after_first = handled();
+    assert!(
+        (after_first as usize) < TERM_ORDERS,
+        "the drain was over before the signal"
+    );
+
+    let started = Instant::now();
+    let output = sample_app()
+        .args(["work", "--database-url", &url])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (rows, distinct, out_of_order): (i64, i64, i64) = rt.block_on(async {
+        sqlx::query_as(
+            "SELECT (SELECT count(*) FROM order_status_history),
+                    (SELECT count(DISTINCT message_id) FROM order_status_history),
+                    (SELECT count(*) FROM (
+                        SELECT o.seq, lag(o.seq) OVER (PARTITION BY r.customer_id ORDER BY h.id) AS previous
+                        FROM order_status_history h
+                        JOIN outbox o ON o.id = h.message_id
+                        JOIN orders r ON r.id = h.order_id)
+                     WHERE previous > seq)",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    });
+    rt.block_on(pool.close());
+    let _ = std::fs::remove_dir_all(&dir);
+    fault_report::report(&fault_report::FaultRecord {
+        scenario: "work stopped by SIGTERM mid-drain, then the next worker",
+        injection: "SIGTERM once 50 of 1,000 messages were handled, then a second `work` with the default relayed_for (SQLite, in-process queue)",
+        runs: 1,
+        sent: TERM_ORDERS as u64,
+        handled: distinct.unsigned_abs(),
+        lost: (TERM_ORDERS as i64 - distinct).unsigned_abs(),
+        duplicate_effects: (rows - distinct).unsigned_abs(),
+        duplicates_suppressed: None,
+        order_violations: Some(out_of_order.unsigned_abs()),
+        stuck_groups: None,
+        attempt_mismatches: None,
+        harness_problems: None,
+    });
+    assert_eq!(distinct, TERM_ORDERS as i64, "messages lost");
+    assert_eq!(rows, distinct, "a handler's effect was committed twice");
+    assert_eq!(
+        out_of_order, 0,
+        "a customer's messages handled out of order"
+    );
+    // Rows still relayed would wait out relayed_for (60 s) first.
+    assert!(
+        took < Duration::from_secs(45),
+        "the second worker took {took:?}: it waited for rows the first one held"
+    );
+}
