@@ -16,11 +16,12 @@ pub(crate) fn start(
     batch_size: usize,
 ) -> Running<PgStore> {
     Pipeline::new(store.clone(), dispatcher)
-        .workers(workers)
-        .worker_config(WorkerConfig {
+        .with_workers(workers)
+        .with_worker_config(WorkerConfig {
             batch_size,
             wait: Duration::from_millis(100),
             retention: None,
+            stats_interval: None,
             ..WorkerConfig::default()
         })
         .start()

@@ -113,6 +113,18 @@ impl Headers {
     pub fn trace_context(&self) -> opentelemetry::Context {
         opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(self))
     }
+
+    /// The producer's context when it names a valid span; `None` without
+    /// any header a propagator could have written (no parsing then).
+    #[cfg(feature = "otel")]
+    pub(crate) fn producer_trace(&self) -> Option<opentelemetry::Context> {
+        use opentelemetry::trace::TraceContextExt;
+        if self.traceparent.is_none() && self.extra.is_empty() {
+            return None;
+        }
+        let context = self.trace_context();
+        context.span().span_context().is_valid().then_some(context)
+    }
 }
 
 /// The propagator writes the trace fields, and any other key into `extra`.

@@ -41,9 +41,11 @@
 //!     commit_and_pump(tx, running.waker()).await?;
 //!
 //!     running.wait_idle(Duration::from_secs(10)).await?;
-//!     assert_eq!(running.metrics().snapshot().handled, 1);
+//!     let metrics = std::sync::Arc::clone(running.metrics());
 //!     let report = running.shutdown().await;
 //!     assert!(!report.timed_out);
+//!     // Final once the pipeline has stopped.
+//!     assert_eq!(metrics.snapshot().handled, 1);
 //!     Ok(())
 //! }
 //! ```

@@ -75,35 +75,35 @@ impl<S: Store> Pipeline<S> {
     /// Workers stopped where they are and started again whenever `kill`
     /// is notified.
     #[cfg(feature = "testing")]
-    pub(crate) fn kill_switch(mut self, kill: Arc<tokio::sync::Notify>) -> Self {
+    pub(crate) fn with_kill_switch(mut self, kill: Arc<tokio::sync::Notify>) -> Self {
         self.kill = Some(kill);
         self
     }
 
     /// How many workers handle messages at once (at least one). Default: 2.
     #[must_use]
-    pub fn workers(mut self, workers: usize) -> Self {
+    pub fn with_workers(mut self, workers: usize) -> Self {
         self.workers = workers.max(1);
         self
     }
 
     /// The relay's settings.
     #[must_use]
-    pub fn relay_config(mut self, config: RelayConfig) -> Self {
+    pub fn with_relay_config(mut self, config: RelayConfig) -> Self {
         self.relay = config;
         self
     }
 
     /// The consumer's settings (attempts, retry delays, transactions).
     #[must_use]
-    pub fn consumer_config(mut self, config: ConsumerConfig) -> Self {
+    pub fn with_consumer_config(mut self, config: ConsumerConfig) -> Self {
         self.consumer = config;
         self
     }
 
     /// The workers' loop settings (batch size, retention, heartbeat).
     #[must_use]
-    pub fn worker_config(mut self, config: WorkerConfig) -> Self {
+    pub fn with_worker_config(mut self, config: WorkerConfig) -> Self {
         self.worker = config;
         self
     }
@@ -111,7 +111,7 @@ impl<S: Store> Pipeline<S> {
     /// The in-process queue's settings (ignored by
     /// [`start_on`](Self::start_on)).
     #[must_use]
-    pub fn queue_config(mut self, config: InProcessConfig) -> Self {
+    pub fn with_queue_config(mut self, config: InProcessConfig) -> Self {
         self.queue = config;
         self
     }
@@ -119,7 +119,7 @@ impl<S: Store> Pipeline<S> {
     /// Counters to share with other code (the default is a new one, read
     /// through [`Running::metrics`]).
     #[must_use]
-    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;
         self
     }
@@ -128,7 +128,7 @@ impl<S: Store> Pipeline<S> {
     /// batches before it stops them where they are (their transactions roll
     /// back; the messages are delivered again). Default: 30 s.
     #[must_use]
-    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+    pub fn with_shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
         self
     }
@@ -247,6 +247,8 @@ pub struct ShutdownReport {
     /// handled, made pending again so that the next process relays them at
     /// once.
     pub released: u64,
+    /// Relay or worker tasks that had panicked (each logged).
+    pub panicked: usize,
 }
 
 /// [`Running::wait_idle`] gave up.
@@ -298,6 +300,11 @@ impl<S: Store, T: Transport> Running<S, T> {
     /// queue ([`start_on`](Pipeline::start_on) with SQS), a row is delivered
     /// once published: messages may still wait in the queue.
     ///
+    /// It reads the store ([`Store::has_undelivered`]) every 5 ms. The
+    /// counters of [`metrics`](Self::metrics) are updated just after the
+    /// commits they count, so they may lag by a batch when this returns:
+    /// read them after [`shutdown`](Self::shutdown) for final numbers.
+    ///
     /// # Errors
     ///
     /// [`IdleError::Timeout`] with the outbox's state when `timeout` runs
@@ -305,38 +312,54 @@ impl<S: Store, T: Transport> Running<S, T> {
     pub async fn wait_idle(&self, timeout: Duration) -> Result<(), IdleError> {
         let started = tokio::time::Instant::now();
         loop {
-            let stats = self.store.stats().await?;
-            if stats.pending == 0 {
-                return Ok(());
+            match self.store.has_undelivered().await {
+                Ok(false) => return Ok(()),
+                Ok(true) => {}
+                // A lost connection is worth waiting out.
+                Err(err) if err.is_transient() => {
+                    tracing::debug!(error = %err, "waiting for the outbox to be idle");
+                }
+                Err(err) => return Err(err.into()),
             }
             if started.elapsed() >= timeout {
                 return Err(IdleError::Timeout {
                     waited: started.elapsed(),
-                    stats,
+                    stats: self.store.stats().await?,
                 });
             }
             tokio::time::sleep(IDLE_POLL).await;
         }
     }
 
-    /// Stops cleanly: the relay claims nothing more, each worker finishes
-    /// the batch in its hands (for at most the shutdown timeout, then it
-    /// is stopped where it is and its transaction rolls back), and the
-    /// rows relayed to the in-process queue that no worker handled are
-    /// made pending again, so that the next process relays them at once
-    /// instead of waiting out [`RelayConfig::relayed_for`].
+    /// Stops cleanly: the relay settles the batch it is publishing and
+    /// claims no more, each worker finishes the batch in its hands (all
+    /// within the shutdown timeout; past it they are stopped where they
+    /// are, and their transactions roll back), and then the rows relayed
+    /// to the in-process queue that no worker handled are made pending
+    /// again, so that the next process relays them at once instead of
+    /// waiting out [`RelayConfig::relayed_for`].
     pub async fn shutdown(mut self) -> ShutdownReport {
         let _ = self.stop.send(true);
         let mut report = ShutdownReport::default();
+        let mut panicked = 0;
         let joined = tokio::time::timeout(self.shutdown_timeout, async {
-            while self.tasks.join_next().await.is_some() {}
+            while let Some(joined) = self.tasks.join_next().await {
+                if let Err(err) = joined
+                    && err.is_panic()
+                {
+                    panicked += 1;
+                    tracing::error!(error = %err, "a relay or worker task panicked");
+                }
+            }
         })
         .await;
+        report.panicked = panicked;
         if joined.is_err() {
             report.timed_out = true;
             tracing::warn!(
                 timeout = ?self.shutdown_timeout,
-                "workers still busy at shutdown: stopped mid-batch (their transactions roll back)"
+                tasks = self.tasks.len(),
+                "the relay or workers still busy at shutdown: stopped mid-batch (their transactions roll back)"
             );
             self.tasks.shutdown().await;
         }

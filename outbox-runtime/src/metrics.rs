@@ -1,10 +1,12 @@
 //! What the relay and the consumers count and time, in two views of one
-//! source: [`Metrics`], counters readable at any time, and the [`metrics`]
-//! facade (counters, gauges and histograms under the names below), which a
-//! recorder you install exports: Prometheus (`metrics-exporter-prometheus`),
-//! CloudWatch's Embedded Metric Format (on Lambda, [`lambda`](crate)), or
-//! anything else the facade supports. With no recorder installed the facade
-//! costs an atomic load per update.
+//! source: [`Metrics`], counters readable at any time, and the
+//! [`metrics`](https://docs.rs/metrics) facade (counters, gauges and
+//! histograms under the names below), which a recorder you install
+//! exports: Prometheus (`metrics-exporter-prometheus`), CloudWatch's
+//! Embedded Metric Format (on Lambda, `lambda::run` with
+//! `OUTBOX_EMF_NAMESPACE` set), or anything else the facade supports. With no recorder installed an update
+//! costs little: a check of the global recorder (and, for the per-handler
+//! histogram, building its label).
 //!
 //! | name | kind | what |
 //! |---|---|---|
@@ -16,10 +18,10 @@
 //! | `outbox_duplicates_suppressed_total` | counter | redeliveries of handled messages, not run again |
 //! | `outbox_dead_lettered_total` | counter | messages consumers dead-lettered |
 //! | `outbox_stuck_alerts_total` | counter | checks that found the oldest undelivered row older than `stuck_after` |
-//! | `outbox_pending` | gauge, label `store` | undelivered rows, at the worker's last stats check |
+//! | `outbox_pending` | gauge, label `store` (`PostgreSQL`, `SQLite`) | undelivered rows, at a worker's last stats check (`WorkerConfig::stats_interval`) |
 //! | `outbox_oldest_pending_seconds` | gauge, label `store` | the oldest undelivered row's age, then |
-//! | `outbox_commit_to_publish_seconds` | histogram | from a message's enqueue to its publish (the time in the outbox) |
-//! | `outbox_publish_to_handle_seconds` | histogram | from the queue accepting a message to a consumer starting on it |
+//! | `outbox_commit_to_publish_seconds` | histogram | from a message's envelope being made (`Envelope::from_message`, at enqueue) to its publish: the time in the outbox |
+//! | `outbox_publish_to_handle_seconds` | histogram | from the queue accepting a message to a consumer starting on it, first deliveries only |
 //! | `outbox_handler_duration_seconds` | histogram, label `handler` | one handler run |
 //!
 //! Database-side numbers can also be read directly with
@@ -91,10 +93,13 @@ pub fn describe() {
 }
 
 /// Counters shared by a relay and its workers: make one with
-/// `Arc::new(Metrics::default())` and give it to each (`with_metrics`);
-/// read them with [`snapshot`](Metrics::snapshot). Every update also goes
-/// to the [`metrics`] facade under the names of this module. Updates are
-/// relaxed atomics.
+/// `Arc::new(Metrics::default())` and give it to each
+/// ([`Relay::with_metrics`](crate::Relay::with_metrics),
+/// [`Consumer::with_metrics`](crate::Consumer::with_metrics),
+/// [`Pipeline::with_metrics`](crate::local::Pipeline::with_metrics), which
+/// gives one to its relay and workers); read them with
+/// [`snapshot`](Metrics::snapshot). Every update also goes to the
+/// facade under the names of this module. Updates are relaxed atomics.
 #[derive(Debug, Default)]
 pub struct Metrics {
     published: AtomicU64,

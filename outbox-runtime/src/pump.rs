@@ -107,11 +107,11 @@ impl Pump for RelayWaker {
 ///
 /// ```no_run
 /// # #[cfg(feature = "sqlite")]
-/// # async fn example(pool: sqlx::SqlitePool, store: outbox_runtime::SqliteStore, waker: outbox_runtime::pump::RelayWaker) -> anyhow::Result<()> {
-/// # use outbox_runtime::{OutboxMessage, StoreExt};
+/// # async fn example(store: outbox_runtime::SqliteStore, waker: outbox_runtime::pump::RelayWaker) -> anyhow::Result<()> {
+/// # use outbox_runtime::{OutboxMessage, Store, StoreExt};
 /// # #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
 /// # struct OrderPlaced { order_id: i64 }
-/// let mut tx = pool.begin().await?;
+/// let mut tx = store.begin().await?;
 /// store.enqueue(&mut tx, &OrderPlaced { order_id: 7 }).await?;
 /// outbox_runtime::commit_and_pump(tx, &waker).await?;
 /// # Ok(()) }

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -204,8 +205,21 @@ impl<S: Store, T: Transport> Relay<S, T> {
         &self,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<DrainReport, RelayError> {
+        self.drain_while(deadline, None).await
+    }
+
+    /// [`drain_until`](Self::drain_until), claiming nothing more once
+    /// `stop` is set.
+    async fn drain_while(
+        &self,
+        deadline: Option<tokio::time::Instant>,
+        stop: Option<&AtomicBool>,
+    ) -> Result<DrainReport, RelayError> {
         let mut report = DrainReport::default();
         loop {
+            if stop.is_some_and(|stop| stop.load(Ordering::Relaxed)) {
+                return Ok(report);
+            }
             // Before each claim: a long drain renews its early rows too.
             self.renew_relayed().await;
             // The first batch is claimed whatever the deadline says, so that
@@ -246,8 +260,9 @@ impl<S: Store, T: Transport> Relay<S, T> {
     }
 
     /// Drains whenever `waker` wakes it and every `sweep_interval`, until
-    /// `shutdown` resolves. Store errors are logged and retried at the next
-    /// sweep.
+    /// `shutdown` resolves: then it claims no further batch, settles the
+    /// one it is publishing, and returns. Store errors are logged and
+    /// retried at the next sweep.
     ///
     /// While the transport is down, it pauses between drains for the
     /// backoff's growing delays (at most 30 s, at least `sweep_interval`),
@@ -257,8 +272,19 @@ impl<S: Store, T: Transport> Relay<S, T> {
         tokio::pin!(shutdown);
         // Drains in a row that found the transport down.
         let mut outage: u32 = 0;
+        let stop = AtomicBool::new(false);
         loop {
-            match self.drain().await {
+            let drain = self.drain_while(None, Some(&stop));
+            tokio::pin!(drain);
+            let (drained, stopped) = tokio::select! {
+                biased;
+                drained = &mut drain => (drained, false),
+                () = &mut shutdown => {
+                    stop.store(true, Ordering::Relaxed);
+                    (drain.await, true)
+                }
+            };
+            match drained {
                 Ok(report) => {
                     if report.published + report.retried + report.dead > 0 {
                         tracing::debug!(?report, "relay drained");
@@ -272,6 +298,9 @@ impl<S: Store, T: Transport> Relay<S, T> {
                 Err(err) => {
                     tracing::warn!(error = %err, "relay drain failed; retrying at the next sweep")
                 }
+            }
+            if stopped {
+                return;
             }
             if outage > 0 {
                 let pause = self
@@ -331,9 +360,11 @@ impl<S: Store, T: Transport> Relay<S, T> {
     /// Makes the rows this relay handed to its non-durable queue and no
     /// consumer confirmed pending again, so that the next claim (this
     /// process's or another's) relays them at once instead of after
-    /// `relayed_for`. For a shutdown, once the workers have stopped: rows
-    /// released under a live worker may be handled twice (the inbox keeps
-    /// the handlers from running twice). Returns how many rows it released.
+    /// `relayed_for`. For a shutdown, once this relay's [`run`](Self::run)
+    /// has returned (a drain running beside it would renew and hold them
+    /// again) and the workers have stopped (rows released under a live
+    /// worker are delivered twice; the inbox keeps the handlers from
+    /// running twice). Returns how many rows it released.
     ///
     /// # Errors
     ///
@@ -557,19 +588,15 @@ fn continue_traces(span: &tracing::Span, batch: &[ClaimedMessage]) {
         if span.is_disabled() {
             return;
         }
-        let contexts: Vec<opentelemetry::trace::SpanContext> = batch
-            .iter()
-            .filter(|m| m.envelope.headers.traceparent.is_some())
-            .map(|m| {
-                m.envelope
-                    .headers
-                    .trace_context()
-                    .span()
-                    .span_context()
-                    .clone()
-            })
-            .filter(opentelemetry::trace::SpanContext::is_valid)
-            .collect();
+        let mut contexts: Vec<opentelemetry::trace::SpanContext> = Vec::new();
+        for message in batch {
+            if let Some(context) = message.envelope.headers.producer_trace() {
+                let context = context.span().span_context().clone();
+                if !contexts.contains(&context) {
+                    contexts.push(context);
+                }
+            }
+        }
         let Some(first) = contexts.first() else {
             return;
         };

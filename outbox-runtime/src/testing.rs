@@ -192,7 +192,7 @@ impl TestHarness {
     ///
     /// The dispatch table is invalid, or the temporary database failed.
     pub async fn start() -> Result<Self, HarnessError> {
-        Self::with_dispatcher(Dispatcher::from_registry()?).await
+        Self::start_with(Dispatcher::from_registry()?).await
     }
 
     /// A harness over `dispatcher`: give it the state your handlers read
@@ -201,7 +201,7 @@ impl TestHarness {
     /// # Errors
     ///
     /// The temporary database failed.
-    pub async fn with_dispatcher(dispatcher: Dispatcher) -> Result<Self, HarnessError> {
+    pub async fn start_with(dispatcher: Dispatcher) -> Result<Self, HarnessError> {
         let dir = TempDir::new()?;
         let url = format!("sqlite://{}", dir.0.join("outbox.db").display());
         let store = SqliteStore::open(&url).await?;
@@ -226,23 +226,23 @@ impl TestHarness {
             jitter: false,
         };
         let running = Pipeline::new(store.clone(), dispatcher)
-            .relay_config(RelayConfig {
+            .with_relay_config(RelayConfig {
                 backoff: quick,
                 sweep_interval: Duration::from_millis(50),
                 ..RelayConfig::default()
             })
-            .consumer_config(ConsumerConfig {
+            .with_consumer_config(ConsumerConfig {
                 retry_backoff: quick,
                 ..ConsumerConfig::default()
             })
-            .worker_config(WorkerConfig {
+            .with_worker_config(WorkerConfig {
                 wait: Duration::from_millis(50),
                 heartbeat: Some(VISIBILITY_TIMEOUT / 4),
                 retention: None,
                 stuck_after: None,
                 ..WorkerConfig::default()
             })
-            .kill_switch(Arc::clone(&faults.plan.kill))
+            .with_kill_switch(Arc::clone(&faults.plan.kill))
             .start_on(queue, receiver);
         Ok(TestHarness {
             store,
@@ -433,17 +433,19 @@ impl Settled {
     /// The messages of type `M` that at least one handler handled (its
     /// transaction committed), each once, in outbox order.
     pub fn handled<M: OutboxMessage>(&self) -> Vec<M> {
+        let handled: std::collections::HashSet<Uuid> =
+            self.handled.iter().map(|(id, _)| *id).collect();
         self.published
             .iter()
-            .filter(|envelope| is::<M>(envelope))
-            .filter(|envelope| self.handled.iter().any(|(id, _)| *id == envelope.id))
+            .filter(|envelope| is::<M>(envelope) && handled.contains(&envelope.id))
             .filter_map(|envelope| M::decode(&envelope.payload).ok())
             .collect()
     }
 
     /// The envelopes `handler` handled (by its `#[handler(name = ...)]`,
-    /// or its path `crate::module::function`), in the order its runs
-    /// committed.
+    /// or its path `crate::module::function`), each once (the inbox holds
+    /// one row per message and handler), in the order of the inbox's
+    /// `handled_at` (milliseconds; a batch's runs share one).
     pub fn handled_by(&self, handler: &str) -> Vec<&Envelope> {
         self.handled
             .iter()
@@ -474,8 +476,9 @@ fn is<M: OutboxMessage>(envelope: &Envelope) -> bool {
     envelope.message_type == M::NAME && envelope.version == M::VERSION
 }
 
-/// Faults injected into a [`TestHarness`]'s pipeline. Each call adds one;
-/// they apply to messages sent before or after.
+/// Faults injected into a [`TestHarness`]'s pipeline. Each call adds a
+/// rule, which applies from then on to every message it matches, whether
+/// sent before or after it, until [`clear`](Self::clear).
 #[derive(Debug, Default)]
 pub struct Faults {
     plan: Arc<Plan>,
@@ -526,6 +529,20 @@ impl Faults {
         })
     }
 
+    /// Removes every fault added so far.
+    pub fn clear(&self) -> &Self {
+        self.plan.lock().clear();
+        self
+    }
+
+    /// How many faults were injected so far: failed runs, lost deliveries
+    /// and kills, each counted once.
+    pub fn injected(&self) -> u64 {
+        self.plan
+            .injected
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn add(&self, rule: Rule) -> &Self {
         self.plan.lock().push(rule);
         self
@@ -572,6 +589,7 @@ enum Rule {
 struct Plan {
     rules: Mutex<Vec<Rule>>,
     kill: Arc<Notify>,
+    injected: std::sync::atomic::AtomicU64,
 }
 
 impl Plan {
@@ -582,6 +600,19 @@ impl Plan {
     }
 
     fn on_run(&self, handler_name: &str, envelope: &Envelope, attempt: u32) -> Injected {
+        let injected = self.decide(handler_name, envelope, attempt);
+        if !matches!(injected, Injected::Run) {
+            self.count();
+        }
+        injected
+    }
+
+    fn count(&self) {
+        self.injected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn decide(&self, handler_name: &str, envelope: &Envelope, attempt: u32) -> Injected {
         let mut rules = self.lock();
         for rule in rules.iter_mut() {
             match rule {
@@ -620,6 +651,7 @@ impl Plan {
                 && message.matches(&envelope)
             {
                 *done = true;
+                self.count();
                 return true;
             }
         }
@@ -642,9 +674,22 @@ impl Receiver for FaultyReceiver {
         self.queue.max_receive()
     }
 
+    fn messaging_system(&self) -> &'static str {
+        self.queue.messaging_system()
+    }
+
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, TransportError> {
         let mut deliveries = self.queue.receive(max, wait).await?;
-        deliveries.retain(|delivery| !self.plan.drops(delivery));
+        // A lost delivery takes the later ones of its group in this receive
+        // with it, as a lost batch would: none is handled before it.
+        let mut lost: Vec<String> = Vec::new();
+        deliveries.retain(|delivery| {
+            if lost.contains(&delivery.group) || self.plan.drops(delivery) {
+                lost.push(delivery.group.clone());
+                return false;
+            }
+            true
+        });
         Ok(deliveries)
     }
 

@@ -256,3 +256,40 @@ async fn a_harness_that_cannot_settle_says_what_is_stuck() {
     assert!(text.contains("injected failure"), "{text}");
     harness.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_lost_delivery_keeps_its_group_in_order() {
+    let harness = harness().await;
+    harness.faults().drop_next_delivery::<Placed>();
+    // One group (the order), two messages: the first is lost.
+    let sent = harness
+        .send_all(&[Placed { order: 9 }, Placed { order: 9 }])
+        .await
+        .expect("sent");
+    harness.settle().await.expect("settles");
+    assert_eq!(harness.faults().injected(), 1);
+    let order: Vec<Uuid> = CONFIRM_RUNS
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| sent.iter().any(|e| e.id == *id))
+        .collect();
+    assert_eq!(
+        order,
+        [sent[0].id, sent[1].id],
+        "handled in group order, once each"
+    );
+    harness.shutdown().await;
+}
+
+#[tokio::test]
+async fn cleared_faults_inject_nothing() {
+    let harness = harness().await;
+    harness.faults().fail_first_attempts::<Placed>(3).clear();
+    let sent = harness.send(&Placed { order: 10 }).await.expect("sent");
+    harness.settle().await.expect("settles");
+    assert_eq!(runs_of(sent.id), [1]);
+    assert_eq!(harness.faults().injected(), 0);
+    harness.shutdown().await;
+}

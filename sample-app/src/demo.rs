@@ -172,8 +172,8 @@ async fn run_on<S: AppDb, T: Transport, R: Receiver>(
 
     let dispatcher = Arc::new(Dispatcher::from_registry()?.with_state(Probe::default()));
     let running = Pipeline::new(store.clone(), Arc::clone(&dispatcher))
-        .workers(workers)
-        .worker_config(WorkerConfig {
+        .with_workers(workers)
+        .with_worker_config(WorkerConfig {
             wait: Duration::from_millis(200),
             ..WorkerConfig::default()
         })

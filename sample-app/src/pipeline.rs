@@ -2,6 +2,7 @@
 //! with the sample's timing (what `serve` and `work` run), and the producer
 //! (`enqueue`) and consumer (`work`) of fault-injection runs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use outbox_runtime::{
@@ -96,16 +97,21 @@ pub(crate) async fn work<S: AppDb>(
     store.migrate().await?;
     store.migrate_app().await?;
     let table = checked_table()?;
+    let stop = crate::serve::shutdown_signal()?;
     let running = local_pipeline(store, table, timing);
     running.waker().wake();
-    tokio::select! {
-        idle = running.wait_idle(Duration::MAX) => idle?,
-        () = crate::serve::shutdown_signal() => tracing::info!("signalled: stopping"),
-    }
-    let metrics = running.metrics().snapshot();
+    let idle = tokio::select! {
+        idle = running.wait_idle(Duration::MAX) => idle,
+        () = stop => {
+            tracing::info!("signalled: stopping");
+            Ok(())
+        }
+    };
+    let metrics = Arc::clone(running.metrics());
     let report = running.shutdown().await;
     tracing::info!(?report, "stopped");
-    Ok(metrics)
+    idle?;
+    Ok(metrics.snapshot())
 }
 
 /// A relay and two workers on an in-process queue, running in the
@@ -116,19 +122,19 @@ pub(crate) fn local_pipeline<S: Store>(
     timing: WorkTiming,
 ) -> Running<S> {
     Pipeline::new(store, Dispatcher::new(table))
-        .relay_config(RelayConfig {
+        .with_relay_config(RelayConfig {
             relayed_for: timing.relayed_for,
             sweep_interval: Duration::from_millis(100),
             ..RelayConfig::default()
         })
-        .consumer_config(ConsumerConfig {
+        .with_consumer_config(ConsumerConfig {
             retry_backoff: Backoff {
                 initial: timing.retry_initial,
                 ..Backoff::default()
             },
             ..ConsumerConfig::default()
         })
-        .worker_config(WorkerConfig {
+        .with_worker_config(WorkerConfig {
             wait: Duration::from_millis(100),
             retention: None,
             ..WorkerConfig::default()

@@ -16,18 +16,20 @@ pub(crate) async fn serve<S: AppDb>(store: S, addr: SocketAddr) -> anyhow::Resul
     let table = checked_table()?;
     store.migrate().await?;
     store.migrate_app().await?;
+    let stop = shutdown_signal()?;
+    // Before the pipeline starts, so that its first updates are recorded.
+    let prometheus = prometheus()?;
     let running = local_pipeline(store.clone(), table, WorkTiming::default());
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|err| anyhow::anyhow!("cannot listen on {addr}: {err}"))?;
     println!("listening on http://{}", listener.local_addr()?);
-    let prometheus = prometheus()?;
     let app = crate::api::router(store, Arc::new(running.waker().clone())).route(
         "/metrics",
         axum::routing::get(move || std::future::ready(prometheus.render())),
     );
     let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(stop)
         .await;
     let report = running.shutdown().await;
     tracing::info!(?report, "stopped");
@@ -57,11 +59,16 @@ fn prometheus() -> anyhow::Result<PrometheusHandle> {
 }
 
 /// Ctrl-C or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("a SIGTERM handler installs");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+/// The handlers are installed when this is called, so a signal that comes
+/// before the future is first polled is not missed.
+pub(crate) fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }

@@ -436,9 +436,11 @@ impl<S: Store> Consumer<S> {
     ) -> Vec<DeliveryOutcome> {
         let mut outcomes = vec![DeliveryOutcome::Done; deliveries.len()];
         let waited = ::metrics::histogram!(crate::metrics::PUBLISH_TO_HANDLE_SECONDS);
+        // First deliveries only: a redelivery's wait includes its retry
+        // delay or visibility timeout.
         for sent_at in deliveries
             .iter()
-            .filter(|d| !is_pump(&d.body))
+            .filter(|d| d.receive_count <= 1 && !is_pump(&d.body))
             .filter_map(|d| d.sent_at)
         {
             waited.record(crate::metrics::seconds_since(sent_at));

@@ -51,7 +51,8 @@ pub struct WorkerConfig {
     /// How often [`Worker::run`] reads the outbox's stats between batches:
     /// it sets the `outbox_pending` and `outbox_oldest_pending_seconds`
     /// gauges ([`metrics`](crate::metrics)) and checks `stuck_after`.
-    /// `None` for never. Default: 15 s.
+    /// Each worker reads them; on PostgreSQL `stats` counts the archive
+    /// too, so keep it long. `None` for never. Default: 60 s.
     pub stats_interval: Option<Duration>,
     /// While a batch is being handled, extend its messages' visibility every
     /// this often (by twice as much), so slow handlers do not see their
@@ -80,7 +81,7 @@ impl Default for WorkerConfig {
             retention: Some((RetentionPolicy::default(), Duration::from_secs(60))),
             heartbeat: Some(Duration::from_secs(10)),
             stuck_after: Some(Duration::from_secs(300)),
-            stats_interval: Some(Duration::from_secs(15)),
+            stats_interval: Some(Duration::from_secs(60)),
             drain_budget: Duration::from_secs(1),
         }
     }

@@ -223,12 +223,14 @@ macro_rules! span_if_wanted {
 pub(crate) use span_if_wanted;
 
 /// With feature `otel`, makes `span` a child of the trace the envelope's
-/// producer was in (its `traceparent` header); otherwise nothing.
+/// producer was in (read by the global propagator); otherwise nothing.
 pub(crate) fn continue_trace(span: &tracing::Span, envelope: &Envelope) {
     #[cfg(feature = "otel")]
-    if envelope.headers.traceparent.is_some() && !span.is_disabled() {
+    if !span.is_disabled()
+        && let Some(context) = envelope.headers.producer_trace()
+    {
         use tracing_opentelemetry::OpenTelemetrySpanExt;
-        if let Err(err) = span.set_parent(envelope.headers.trace_context()) {
+        if let Err(err) = span.set_parent(context) {
             tracing::debug!(error = %err, "the trace of message {} is not continued", envelope.id);
         }
     }

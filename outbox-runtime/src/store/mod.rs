@@ -548,8 +548,8 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Uuid>, StoreError>> + Send;
 
     /// Makes the rows still `relayed` under the claims `leases` pending
-    /// again, claimable at once: their relay is shutting down and no
-    /// consumer will confirm them. Returns how many rows it released.
+    /// again, claimable at once: their relay has stopped and no consumer
+    /// will confirm them. Returns how many rows it released.
     fn release_relayed(
         &self,
         leases: &[Uuid],
@@ -684,6 +684,13 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// Counts for dashboards and alarms.
     fn stats(&self) -> impl Future<Output = Result<OutboxStats, StoreError>> + Send;
+
+    /// Whether any row is undelivered (`stats().pending > 0`), cheaply:
+    /// what `local::Running::wait_idle` polls. The default reads
+    /// [`stats`](Self::stats); the stores ask for one row.
+    fn has_undelivered(&self) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        async { Ok(self.stats().await?.pending > 0) }
+    }
 
     /// Per message group: rows not yet delivered, the oldest one's age, and
     /// dead rows; the `limit` groups waiting longest first. Where a stuck

@@ -687,15 +687,19 @@ impl Store for PgStore {
         if leases.is_empty() {
             return Ok(0);
         }
-        // The group's relayed range is what the claim checks: no deadline
-        // is no hold.
+        // The group's relayed range is what the claim checks: without it,
+        // no hold (and a late renewal of the same token finds nothing).
         Ok(sqlx::query_scalar(
-            "WITH released AS (
-                 UPDATE outbox_groups g SET relayed_until = NULL
+            "WITH held AS (
+                 SELECT g.group_key, g.head_seq, g.relayed_through FROM outbox_groups g
                  WHERE g.relayed_token = ANY($1)
-                 RETURNING g.group_key, g.head_seq, g.relayed_through)
-             SELECT count(*) FROM released r JOIN outbox o
-                 ON o.group_key = r.group_key AND o.seq >= r.head_seq AND o.seq <= r.relayed_through",
+                 FOR UPDATE),
+             released AS (
+                 UPDATE outbox_groups g
+                 SET relayed_until = NULL, relayed_token = NULL, relayed_through = NULL
+                 FROM held h WHERE g.group_key = h.group_key)
+             SELECT count(*) FROM held h JOIN outbox o
+                 ON o.group_key = h.group_key AND o.seq >= h.head_seq AND o.seq <= h.relayed_through",
         )
         .bind(leases)
         .fetch_one(&self.pool)
@@ -948,6 +952,13 @@ impl Store for PgStore {
         .fetch_one(&self.pool)
         .await?;
         outbox_stats(&row)
+    }
+
+    async fn has_undelivered(&self) -> Result<bool, StoreError> {
+        // Delivered and dead rows live in `outbox_archive`.
+        Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox)")
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     async fn group_stats(&self, limit: u32) -> Result<Vec<GroupStats>, StoreError> {

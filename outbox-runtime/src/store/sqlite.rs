@@ -545,6 +545,14 @@ impl Store for SqliteStore {
             .rows_affected())
     }
 
+    async fn has_undelivered(&self) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE status IN ('pending', 'relayed'))",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     async fn stats(&self) -> Result<OutboxStats, StoreError> {
         let row = sqlx::query(
             "SELECT

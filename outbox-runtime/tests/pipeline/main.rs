@@ -510,3 +510,8 @@ mod faults {
         }
     }
 }
+
+/// A relay told to stop.
+mod stopping {
+    on_both_stores!(a_relay_told_to_stop_finishes_its_batch_and_claims_no_more);
+}

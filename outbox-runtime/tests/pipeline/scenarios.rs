@@ -1940,8 +1940,8 @@ pub(crate) async fn a_shutdown_mid_drain_loses_nothing_and_the_next_process_hand
     let dispatcher = Arc::new(Dispatcher::from_registry().expect("dispatch table"));
     let pipeline = || {
         Pipeline::new(h.store.clone(), Arc::clone(&dispatcher))
-            .workers(1)
-            .worker_config(WorkerConfig {
+            .with_workers(1)
+            .with_worker_config(WorkerConfig {
                 batch_size: 10,
                 wait: Duration::from_millis(50),
                 retention: None,
@@ -2012,4 +2012,91 @@ pub(crate) async fn a_shutdown_mid_drain_loses_nothing_and_the_next_process_hand
         attempt_mismatches: None,
         harness_problems: None,
     });
+}
+
+/// A transport that holds every publish until the test opens its gate.
+struct Gated {
+    queue: InProcessQueueHandle,
+    gate: tokio::sync::Semaphore,
+    entered: tokio::sync::Notify,
+}
+
+type InProcessQueueHandle = Arc<outbox_runtime::InProcessQueue>;
+
+impl Transport for Gated {
+    fn max_batch(&self) -> usize {
+        self.queue.max_batch()
+    }
+
+    fn durable(&self) -> bool {
+        false
+    }
+
+    async fn publish(
+        &self,
+        entries: &[PublishEntry<'_>],
+    ) -> Result<
+        Vec<Result<(), outbox_runtime::transport::EntryError>>,
+        outbox_runtime::transport::TransportError,
+    > {
+        self.entered.notify_one();
+        let _open = self.gate.acquire().await.expect("gate open");
+        self.queue.publish(entries).await
+    }
+}
+
+/// A relay whose shutdown comes while it publishes a batch settles that
+/// batch and claims no other, though more rows wait.
+pub(crate) async fn a_relay_told_to_stop_finishes_its_batch_and_claims_no_more<S: TestDb>(
+    store: S,
+) {
+    let h = Harness::new(store).await;
+    // More groups than a batch takes, so that either store's next claim
+    // would find rows.
+    for i in 0..5 {
+        let steps: Vec<Step> = (0..20).map(|g| step(&format!("g{g}"), i)).collect();
+        commit_steps(&h.store, i, &steps).await;
+    }
+    let gated = Arc::new(Gated {
+        queue: Arc::clone(&h.queue),
+        gate: tokio::sync::Semaphore::new(0),
+        entered: tokio::sync::Notify::new(),
+    });
+    let relay = Relay::new(h.store.clone(), Arc::clone(&gated)).with_config(RelayConfig {
+        batch_size: 10,
+        ..RelayConfig::default()
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let waker = outbox_runtime::RelayWaker::new();
+    let running = tokio::spawn(async move {
+        relay
+            .run(waker, async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    // The first batch is being published: stop, then let it through.
+    gated.entered.notified().await;
+    stop.send(()).expect("the relay runs");
+    gated.gate.add_permits(1_000);
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the relay returns")
+        .expect("no panic");
+    assert_eq!(h.queue.stats().sent, 10, "one batch published, no more");
+    assert_eq!(
+        h.store.stats().await.expect("stats").pending,
+        100,
+        "the batch's rows relayed and unconfirmed, the others untouched"
+    );
+    assert!(
+        h.store
+            .outbox_rows()
+            .await
+            .iter()
+            .filter(|r| r.status == "relayed")
+            .count()
+            == 10,
+        "the batch settled"
+    );
 }

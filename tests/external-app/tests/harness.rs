@@ -10,7 +10,7 @@ async fn harness() -> TestHarness {
     let dispatcher = Dispatcher::from_registry()
         .expect("table")
         .with_state(Journal::default());
-    TestHarness::with_dispatcher(dispatcher)
+    TestHarness::start_with(dispatcher)
         .await
         .expect("harness")
 }
