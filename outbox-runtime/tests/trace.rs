@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::QueueAttributeName;
 use opentelemetry::trace::{SpanId, SpanKind, TraceContextExt, TraceId, TracerProvider};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
@@ -35,7 +35,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::{Layer, filter::Targets};
 
-use support::process::{Process, free_port, stand_in, wait_for_port};
+use support::process::stand_in;
 
 #[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
 #[outbox(name = "trace.order_placed", group = customer)]
@@ -69,32 +69,6 @@ async fn notify(_msg: OrderConfirmed) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// cargo-lambda's runtime API on a free port (it serves one function
-/// under the name `_`).
-fn emulator(cargo_lambda: &str) -> (Process, u16) {
-    let port = free_port();
-    let process = Process(
-        std::process::Command::new(cargo_lambda)
-            .args([
-                "lambda",
-                "watch",
-                "--only-lambda-apis",
-                "-A",
-                "127.0.0.1",
-                "-P",
-                &port.to_string(),
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("cargo-lambda starts"),
-    );
-    wait_for_port(port, "cargo lambda watch");
-    (process, port)
-}
-
 /// This test's name, to run it again in a child process.
 const TEST: &str =
     "one_trace_runs_from_the_request_through_sqs_and_lambda_to_the_handler_two_hops_later";
@@ -110,7 +84,8 @@ fn one_trace_runs_from_the_request_through_sqs_and_lambda_to_the_handler_two_hop
     // The Lambda runtime reads its API's address from the environment: the
     // test runs again in a child process that has it.
     let Ok(runtime_api) = std::env::var("AWS_LAMBDA_RUNTIME_API") else {
-        let (_emulator, port) = emulator(&cargo_lambda);
+        let (_emulator, port) =
+            support::lambda::emulator(&cargo_lambda, env!("CARGO_MANIFEST_DIR"));
         let status = std::process::Command::new(std::env::current_exe().expect("the test binary"))
             .args([TEST, "--exact", "--nocapture"])
             .env(
@@ -196,76 +171,22 @@ fn one_trace_runs_from_the_request_through_sqs_and_lambda_to_the_handler_two_hop
                 .block_on(outbox_runtime::lambda::run(consumer))
         });
 
-        // Two requests, two traces; the second's commit pumps, so one
-        // relay batch publishes both orders.
+        // Two requests, two traces, one relay batch for both orders.
         let mut requests = Vec::new();
         let mut published_ids = Vec::new();
         for order in [1_i64, 2] {
-            let request = tracing::info_span!(
-                "request",
-                otel.name = "POST /orders",
-                otel.kind = "server",
-                http.request.method = "POST",
-                http.route = "/orders",
-            );
-            requests.push(request.context().span().span_context().trace_id());
-            let (store, pump) = (store.clone(), pump.clone());
-            let envelope = async move {
-                let mut tx = store.begin().await.expect("begins");
-                let envelope = store
-                    .enqueue(
-                        &mut tx,
-                        &OrderPlaced {
-                            order,
-                            customer: format!("c-{order}"),
-                        },
-                    )
-                    .await
-                    .expect("enqueues");
-                if order == 1 {
-                    tx.commit().await.expect("commits");
-                } else {
-                    commit_and_pump(tx, &pump).await.expect("commits and pumps");
-                }
-                envelope
-            }
-            .instrument(request)
-            .await;
-            published_ids.push(envelope.id);
+            // The first commit does not pump: the second's pump drains both.
+            let (trace, id) = request(&store, &pump, order, order == 2).await;
+            requests.push(trace);
+            published_ids.push(id);
         }
 
         play(&client, &url, port, 2).await;
 
         // A third, alone: its batch is of one trace.
-        let request = tracing::info_span!(
-            "request",
-            otel.name = "POST /orders",
-            otel.kind = "server",
-            http.request.method = "POST",
-            http.route = "/orders",
-        );
-        requests.push(request.context().span().span_context().trace_id());
-        let (store3, pump3) = (store.clone(), pump.clone());
-        let envelope = async move {
-            let mut tx = store3.begin().await.expect("begins");
-            let envelope = store3
-                .enqueue(
-                    &mut tx,
-                    &OrderPlaced {
-                        order: 3,
-                        customer: "c-3".into(),
-                    },
-                )
-                .await
-                .expect("enqueues");
-            commit_and_pump(tx, &pump3)
-                .await
-                .expect("commits and pumps");
-            envelope
-        }
-        .instrument(request)
-        .await;
-        published_ids.push(envelope.id);
+        let (trace, id) = request(&store, &pump, 3, true).await;
+        requests.push(trace);
+        published_ids.push(id);
         play(&client, &url, port, 3).await;
         pool.close().await;
         (requests, published_ids)
@@ -393,9 +314,44 @@ fn one_trace_runs_from_the_request_through_sqs_and_lambda_to_the_handler_two_hop
     eprintln!("{}", tree(&spans, requests[2]));
 }
 
+/// A span standing for the HTTP request `POST /orders` that commits order
+/// `order` (and pumps, with `pump_it`). Returns its trace and the
+/// message's id.
+async fn request(
+    store: &PgStore,
+    pump: &SqsPump,
+    order: i64,
+    pump_it: bool,
+) -> (TraceId, uuid::Uuid) {
+    let span = tracing::info_span!(
+        "request",
+        otel.name = "POST /orders",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/orders",
+    );
+    let trace = span.context().span().span_context().trace_id();
+    let placed = OrderPlaced {
+        order,
+        customer: format!("c-{order}"),
+    };
+    let id = async {
+        let mut tx = store.begin().await.expect("begins");
+        let envelope = store.enqueue(&mut tx, &placed).await.expect("enqueues");
+        if pump_it {
+            commit_and_pump(tx, pump).await.expect("commits and pumps");
+        } else {
+            tx.commit().await.expect("commits");
+        }
+        envelope.id
+    }
+    .instrument(span)
+    .await;
+    (trace, id)
+}
+
 /// Plays the SQS event source mapping until `until` confirmations were
-/// handled: receive, invoke the function through the emulator, delete what
-/// the response does not list as failed.
+/// handled.
 async fn play(client: &Client, url: &str, port: u16, until: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while NOTIFIED.load(Ordering::SeqCst) < until {
@@ -403,66 +359,7 @@ async fn play(client: &Client, url: &str, port: u16, until: usize) {
             Instant::now() < deadline,
             "{until} confirmations were not handled in 60 s"
         );
-        let messages = client
-            .receive_message()
-            .queue_url(url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .message_system_attribute_names(MessageSystemAttributeName::All)
-            .send()
-            .await
-            .expect("receives")
-            .messages
-            .unwrap_or_default();
-        if messages.is_empty() {
-            continue;
-        }
-        let records: Vec<serde_json::Value> = messages
-            .iter()
-            .map(|m| {
-                let attributes: serde_json::Map<String, serde_json::Value> = m
-                    .attributes()
-                    .into_iter()
-                    .flatten()
-                    .map(|(k, v)| (k.as_str().to_owned(), v.clone().into()))
-                    .collect();
-                serde_json::json!({
-                    "messageId": m.message_id(),
-                    "receiptHandle": m.receipt_handle(),
-                    "body": m.body(),
-                    "attributes": attributes,
-                    "messageAttributes": {},
-                    "eventSource": "aws:sqs",
-                    "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:trace.fifo",
-                    "awsRegion": "us-east-1",
-                })
-            })
-            .collect();
-        let event = serde_json::json!({ "Records": records }).to_string();
-        let response = tokio::task::spawn_blocking(move || {
-            support::http::post_json(port, "/2015-03-31/functions/_/invocations", &event)
-        })
-        .await
-        .expect("invokes");
-        assert_eq!(response.status, 200, "{response:?}");
-        let response = response.json();
-        let failed: Vec<&str> = response["batchItemFailures"]
-            .as_array()
-            .expect("a partial batch response")
-            .iter()
-            .filter_map(|f| f["itemIdentifier"].as_str())
-            .collect();
-        for m in &messages {
-            if !failed.contains(&m.message_id().unwrap_or_default()) {
-                client
-                    .delete_message()
-                    .queue_url(url)
-                    .receipt_handle(m.receipt_handle().expect("a receipt"))
-                    .send()
-                    .await
-                    .expect("deletes");
-            }
-        }
+        support::lambda::play_once(client, url, port).await;
     }
 }
 

@@ -90,16 +90,23 @@ mod tests {
         harness
     }
 
-    #[tokio::test]
-    async fn a_submitted_order_is_recorded_twice_and_confirmed_once() {
-        let harness = harness().await;
+    /// Creates and submits an order through the app's own functions.
+    async fn submitted_order(harness: &TestHarness, customer: usize) -> i64 {
         let (store, pump) = (harness.store(), harness.waker());
-        let order = crate::orders::create(store, pump, &CustomerId::numbered(1))
+        let order = crate::orders::create(store, pump, &CustomerId::numbered(customer))
             .await
             .expect("created");
         crate::orders::submit(store, pump, order)
             .await
             .expect("submitted");
+        order
+    }
+
+    #[tokio::test]
+    async fn a_submitted_order_is_recorded_twice_and_confirmed_once() {
+        let harness = harness().await;
+        let order = submitted_order(&harness, 1).await;
+        let store = harness.store();
 
         let settled = harness.settle().await.expect("settled");
         let statuses: Vec<&str> = settled
@@ -125,13 +132,8 @@ mod tests {
         harness
             .faults()
             .fail_handler_first_attempts("notifications.order_confirmation", 5);
-        let (store, pump) = (harness.store(), harness.waker());
-        let order = crate::orders::create(store, pump, &CustomerId::numbered(2))
-            .await
-            .expect("created");
-        crate::orders::submit(store, pump, order)
-            .await
-            .expect("submitted");
+        let order = submitted_order(&harness, 2).await;
+        let store = harness.store();
 
         let settled = harness.settle().await.expect("settled");
         let dead: Vec<i64> = settled

@@ -39,6 +39,28 @@ impl Lcg {
     }
 }
 
+/// The status history against the outbox: (history rows, distinct messages
+/// handled, outbox rows not published, order violations). A violation is a
+/// customer's status row (in the order the handler committed them; SQLite
+/// has one writer) whose message comes before the previous row's in the
+/// outbox (its commit order).
+async fn history_check(pool: &sqlx::SqlitePool) -> (i64, i64, i64, i64) {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM order_status_history),
+                (SELECT count(DISTINCT message_id) FROM order_status_history),
+                (SELECT count(*) FROM outbox WHERE status <> 'published'),
+                (SELECT count(*) FROM (
+                    SELECT o.seq, lag(o.seq) OVER (PARTITION BY r.customer_id ORDER BY h.id) AS previous
+                    FROM order_status_history h
+                    JOIN outbox o ON o.id = h.message_id
+                    JOIN orders r ON r.id = h.order_id)
+                 WHERE previous > seq)",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
 #[test]
 fn killing_the_worker_process_twenty_times_loses_and_duplicates_nothing() {
     let dir = std::env::temp_dir().join(format!("outbox-faults-{}", std::process::id()));
@@ -96,25 +118,9 @@ fn killing_the_worker_process_twenty_times_loses_and_duplicates_nothing() {
         .enable_all()
         .build()
         .unwrap();
-    let (rows, distinct, not_published, out_of_order): (i64, i64, i64, i64) = rt.block_on(async {
+    let (rows, distinct, not_published, out_of_order) = rt.block_on(async {
         let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-        // Out of order: a customer's status rows (in the order the handler
-        // committed them; SQLite has one writer) whose messages come before
-        // the previous row's in the outbox (its commit order).
-        sqlx::query_as(
-            "SELECT (SELECT count(*) FROM order_status_history),
-                    (SELECT count(DISTINCT message_id) FROM order_status_history),
-                    (SELECT count(*) FROM outbox WHERE status <> 'published'),
-                    (SELECT count(*) FROM (
-                        SELECT o.seq, lag(o.seq) OVER (PARTITION BY r.customer_id ORDER BY h.id) AS previous
-                        FROM order_status_history h
-                        JOIN outbox o ON o.id = h.message_id
-                        JOIN orders r ON r.id = h.order_id)
-                     WHERE previous > seq)",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap()
+        history_check(&pool).await
     });
     let _ = std::fs::remove_dir_all(&dir);
     fault_report::report(&fault_report::FaultRecord {
@@ -210,21 +216,7 @@ fn sigterm_mid_drain_then_the_next_worker_handles_the_rest_at_once() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let (rows, distinct, out_of_order): (i64, i64, i64) = rt.block_on(async {
-        sqlx::query_as(
-            "SELECT (SELECT count(*) FROM order_status_history),
-                    (SELECT count(DISTINCT message_id) FROM order_status_history),
-                    (SELECT count(*) FROM (
-                        SELECT o.seq, lag(o.seq) OVER (PARTITION BY r.customer_id ORDER BY h.id) AS previous
-                        FROM order_status_history h
-                        JOIN outbox o ON o.id = h.message_id
-                        JOIN orders r ON r.id = h.order_id)
-                     WHERE previous > seq)",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-    });
+    let (rows, distinct, _, out_of_order) = rt.block_on(history_check(&pool));
     rt.block_on(pool.close());
     let _ = std::fs::remove_dir_all(&dir);
     fault_report::report(&fault_report::FaultRecord {

@@ -18,38 +18,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::QueueAttributeName;
 use outbox_runtime::{PgStore, Store};
 use sqlx::PgPool;
 
-use support::{Process, TempDatabase, free_port, post_json, wait_for_port};
-
-/// cargo-lambda's Lambda runtime API on a free port, for one function
-/// process, which it serves under the name `_`. Returns it and the port.
-fn emulator(cargo_lambda: &str) -> (Process, u16) {
-    let port = free_port();
-    let process = Process(
-        Command::new(cargo_lambda)
-            .args([
-                "lambda",
-                "watch",
-                "--only-lambda-apis",
-                "-A",
-                "127.0.0.1",
-                "-P",
-                &port.to_string(),
-            ])
-            // It reads the Cargo project it runs in.
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cargo-lambda starts"),
-    );
-    wait_for_port(port, "cargo lambda watch");
-    (process, port)
-}
+use support::{Process, TempDatabase, post_json};
 
 /// The sample's binary as the Lambda function `role`, polling the emulator
 /// on `port`, with `env` added and its stdout to `stdout`.
@@ -206,9 +179,9 @@ fn orders_flow_from_the_api_function_through_sqs_to_the_consumer_function_exactl
 
     // Two functions, each under its own runtime API: the HTTP API behind a
     // function URL, and the queue's consumer.
-    let (_api_emulator, api) = emulator(&cargo_lambda);
+    let (_api_emulator, api) = support::emulator(&cargo_lambda, env!("CARGO_MANIFEST_DIR"));
     let _api = function(api, "api", &db.url, &queue_url, &[], Stdio::inherit());
-    let (_consumer_emulator, port) = emulator(&cargo_lambda);
+    let (_consumer_emulator, port) = support::emulator(&cargo_lambda, env!("CARGO_MANIFEST_DIR"));
     // The consumer writes CloudWatch EMF lines to stdout, kept here.
     let emf_log = support::TempDir::new();
     let emf_path = emf_log.0.join("consumer.stdout");
@@ -267,66 +240,7 @@ fn orders_flow_from_the_api_function_through_sqs_to_the_consumer_function_exactl
             Instant::now() < deadline,
             "not delivered: {history} history rows, {notifications} notifications"
         );
-        let messages = rt.block_on(async {
-            client
-                .receive_message()
-                .queue_url(&queue_url)
-                .max_number_of_messages(10)
-                .wait_time_seconds(1)
-                .message_system_attribute_names(MessageSystemAttributeName::All)
-                .send()
-                .await
-                .unwrap()
-                .messages
-                .unwrap_or_default()
-        });
-        if messages.is_empty() {
-            continue;
-        }
-        let records: Vec<serde_json::Value> = messages
-            .iter()
-            .map(|m| {
-                let attributes: serde_json::Map<String, serde_json::Value> = m
-                    .attributes()
-                    .into_iter()
-                    .flatten()
-                    .map(|(k, v)| (k.as_str().to_owned(), v.clone().into()))
-                    .collect();
-                serde_json::json!({
-                    "messageId": m.message_id(),
-                    "receiptHandle": m.receipt_handle(),
-                    "body": m.body(),
-                    "attributes": attributes,
-                    "messageAttributes": {},
-                    "md5OfBody": m.md5_of_body(),
-                    "eventSource": "aws:sqs",
-                    "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:orders.fifo",
-                    "awsRegion": "us-east-1",
-                })
-            })
-            .collect();
-        let event = serde_json::json!({ "Records": records });
-        let response = invoke(port, &event);
-        invocations += 1;
-        let failed: Vec<&str> = response["batchItemFailures"]
-            .as_array()
-            .expect("a partial batch response")
-            .iter()
-            .filter_map(|f| f["itemIdentifier"].as_str())
-            .collect();
-        rt.block_on(async {
-            for m in &messages {
-                if !failed.contains(&m.message_id().unwrap_or_default()) {
-                    client
-                        .delete_message()
-                        .queue_url(&queue_url)
-                        .receipt_handle(m.receipt_handle().unwrap())
-                        .send()
-                        .await
-                        .unwrap();
-                }
-            }
-        });
+        invocations += usize::from(rt.block_on(support::play_once(&client, &queue_url, port)) > 0);
     }
 
     let (history, stats) = rt.block_on(async {

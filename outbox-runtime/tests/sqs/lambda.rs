@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::QueueAttributeName;
 use outbox_runtime::{
     Dispatcher, Envelope, OutboxMessage, PgStore, Relay, Store,
     consume::Consumer,
@@ -51,37 +51,12 @@ pub(crate) async fn deliver_as_lambda_with(
         .unwrap()
         .remove(&QueueAttributeName::QueueArn)
         .unwrap();
-    let received = client
-        .receive_message()
-        .queue_url(url)
-        .max_number_of_messages(10)
-        .wait_time_seconds(1)
-        .message_system_attribute_names(MessageSystemAttributeName::All)
-        .send()
-        .await
-        .unwrap();
-    let messages = received.messages.unwrap_or_default();
-    let records: Vec<aws_lambda_events::event::sqs::SqsMessage> = messages
-        .iter()
-        .map(|m| {
-            let attributes: serde_json::Map<String, serde_json::Value> = m
-                .attributes()
-                .into_iter()
-                .flatten()
-                .map(|(k, v)| (k.as_str().to_owned(), serde_json::Value::String(v.clone())))
-                .collect();
-            serde_json::from_value(serde_json::json!({
-                "messageId": m.message_id(),
-                "receiptHandle": m.receipt_handle(),
-                "body": m.body(),
-                "attributes": attributes,
-                "messageAttributes": {},
-                "eventSource": "aws:sqs",
-                "eventSourceARN": arn,
-            }))
-            .unwrap()
-        })
-        .collect();
+    let messages = crate::support::lambda::receive(client, url).await;
+    let records: Vec<aws_lambda_events::event::sqs::SqsMessage> =
+        crate::support::lambda::records(&messages, &arn)
+            .into_iter()
+            .map(|record| serde_json::from_value(record).expect("an SQS record"))
+            .collect();
     let response =
         outbox_runtime::lambda::handle_records_with(consumer, records, None, visibility).await;
     let failed: Vec<String> = response

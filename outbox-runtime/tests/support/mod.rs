@@ -17,4 +17,6 @@
 pub mod database;
 pub mod fault_report;
 pub mod http;
+#[cfg(feature = "sqs")]
+pub mod lambda;
 pub mod process;

@@ -10,6 +10,8 @@
 mod database;
 #[path = "../../../outbox-runtime/tests/support/http.rs"]
 mod http;
+#[path = "../../../outbox-runtime/tests/support/lambda.rs"]
+mod lambda;
 #[path = "../../../outbox-runtime/tests/support/process.rs"]
 mod process;
 
@@ -17,6 +19,8 @@ mod process;
 pub use database::{TempDatabase, postgres_server};
 #[allow(unused_imports)]
 pub use http::{Response, get, post_json, request};
+#[allow(unused_imports)]
+pub use lambda::{emulator, play_once};
 #[allow(unused_imports)]
 pub use process::{Process, free_port, read_line_starting, stand_in, wait_for_port};
 
