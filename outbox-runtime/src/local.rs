@@ -124,9 +124,13 @@ impl<S: Store> Pipeline<S> {
         self
     }
 
-    /// How long [`Running::shutdown`] waits for the workers to finish their
-    /// batches before it stops them where they are (their transactions roll
-    /// back; the messages are delivered again). Default: 30 s.
+    /// How long [`Running::shutdown`] waits for the relay and the workers
+    /// to finish their batches before it stops them where they are: a
+    /// worker's transaction rolls back (its messages are delivered again);
+    /// a relay stopped between publishing and settling leaves its claim to
+    /// run out ([`RelayConfig::lease`]), and one stopped just after
+    /// settling leaves its rows relayed until
+    /// [`RelayConfig::relayed_for`]. Default: 30 s.
     #[must_use]
     pub fn with_shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
@@ -239,9 +243,9 @@ impl<S, T> std::fmt::Debug for Running<S, T> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ShutdownReport {
-    /// Whether the workers were still busy when the shutdown timeout ran
-    /// out, and were stopped mid-batch (nothing is lost: their
-    /// transactions rolled back).
+    /// Whether the relay or workers were still busy when the shutdown
+    /// timeout ran out, and were stopped mid-batch (nothing is lost; see
+    /// [`Pipeline::with_shutdown_timeout`]).
     pub timed_out: bool,
     /// Rows the relay had handed to the in-process queue and no worker
     /// handled, made pending again so that the next process relays them at
@@ -315,7 +319,11 @@ impl<S: Store, T: Transport> Running<S, T> {
             match self.store.has_undelivered().await {
                 Ok(false) => return Ok(()),
                 Ok(true) => {}
-                // A lost connection is worth waiting out.
+                // A lost connection is worth waiting out; a closed pool
+                // is not coming back.
+                Err(StoreError::Database(sqlx::Error::PoolClosed)) => {
+                    return Err(StoreError::Database(sqlx::Error::PoolClosed).into());
+                }
                 Err(err) if err.is_transient() => {
                     tracing::debug!(error = %err, "waiting for the outbox to be idle");
                 }
@@ -334,7 +342,7 @@ impl<S: Store, T: Transport> Running<S, T> {
     /// Stops cleanly: the relay settles the batch it is publishing and
     /// claims no more, each worker finishes the batch in its hands (all
     /// within the shutdown timeout; past it they are stopped where they
-    /// are, and their transactions roll back), and then the rows relayed
+    /// are, see [`Pipeline::with_shutdown_timeout`]), and then the rows relayed
     /// to the in-process queue that no worker handled are made pending
     /// again, so that the next process relays them at once instead of
     /// waiting out [`RelayConfig::relayed_for`].

@@ -217,15 +217,17 @@ impl<S: Store, T: Transport> Relay<S, T> {
     ) -> Result<DrainReport, RelayError> {
         let mut report = DrainReport::default();
         loop {
-            if stop.is_some_and(|stop| stop.load(Ordering::Relaxed)) {
-                return Ok(report);
-            }
             // Before each claim: a long drain renews its early rows too.
             self.renew_relayed().await;
             // The first batch is claimed whatever the deadline says, so that
             // every drain makes progress (a pump that re-pumps without
             // draining would loop forever).
             if report.batches > 0 && deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                return Ok(report);
+            }
+            // Checked last before the claim: a stop that came during the
+            // renewal claims nothing.
+            if stop.is_some_and(|stop| stop.load(Ordering::Relaxed)) {
                 return Ok(report);
             }
             let batch = self
@@ -276,13 +278,15 @@ impl<S: Store, T: Transport> Relay<S, T> {
         loop {
             let drain = self.drain_while(None, Some(&stop));
             tokio::pin!(drain);
+            // Shutdown first: once it has come, the drain (even one not
+            // started yet) claims nothing more and only settles its batch.
             let (drained, stopped) = tokio::select! {
                 biased;
-                drained = &mut drain => (drained, false),
                 () = &mut shutdown => {
                     stop.store(true, Ordering::Relaxed);
                     (drain.await, true)
                 }
+                drained = &mut drain => (drained, false),
             };
             match drained {
                 Ok(report) => {
@@ -310,12 +314,14 @@ impl<S: Store, T: Transport> Relay<S, T> {
                     .min(MAX_OUTAGE_PAUSE)
                     .max(self.config.sweep_interval);
                 tokio::select! {
+                    biased;
                     () = &mut shutdown => return,
                     () = tokio::time::sleep(pause) => {}
                 }
                 continue;
             }
             tokio::select! {
+                biased;
                 () = &mut shutdown => return,
                 () = waker.woken() => {}
                 () = tokio::time::sleep(self.config.sweep_interval) => {}

@@ -60,7 +60,8 @@ fn prometheus() -> anyhow::Result<PrometheusHandle> {
 
 /// Ctrl-C or SIGTERM.
 /// The handlers are installed when this is called, so a signal that comes
-/// before the future is first polled is not missed.
+/// before the future is first polled is not missed. A second signal, while
+/// the first one's clean shutdown runs, ends the process at once.
 pub(crate) fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
@@ -70,5 +71,13 @@ pub(crate) fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
             _ = interrupt.recv() => {}
             _ = term.recv() => {}
         }
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("second signal: exiting without a clean shutdown");
+            std::process::exit(130);
+        });
     })
 }

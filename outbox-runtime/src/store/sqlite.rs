@@ -547,7 +547,9 @@ impl Store for SqliteStore {
 
     async fn has_undelivered(&self) -> Result<bool, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM outbox WHERE status IN ('pending', 'relayed'))",
+            // One EXISTS per status, so that each uses its partial index.
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE status = 'pending')
+                 OR EXISTS (SELECT 1 FROM outbox WHERE status = 'relayed')",
         )
         .fetch_one(&self.pool)
         .await?)

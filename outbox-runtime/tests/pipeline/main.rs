@@ -513,5 +513,8 @@ mod faults {
 
 /// A relay told to stop.
 mod stopping {
-    on_both_stores!(a_relay_told_to_stop_finishes_its_batch_and_claims_no_more);
+    on_both_stores!(
+        a_relay_told_to_stop_finishes_its_batch_and_claims_no_more,
+        a_relay_stopped_before_it_starts_claims_nothing,
+    );
 }

@@ -2100,3 +2100,26 @@ pub(crate) async fn a_relay_told_to_stop_finishes_its_batch_and_claims_no_more<S
         "the batch settled"
     );
 }
+
+/// A relay whose shutdown has come before it starts claims nothing, though
+/// rows wait.
+pub(crate) async fn a_relay_stopped_before_it_starts_claims_nothing<S: TestDb>(store: S) {
+    let h = Harness::new(store).await;
+    commit_steps(&h.store, 0, &[step("g", 0), step("h", 0)]).await;
+    let relay = Relay::new(h.store.clone(), Arc::clone(&h.queue));
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        relay.run(outbox_runtime::RelayWaker::new(), std::future::ready(())),
+    )
+    .await
+    .expect("the relay returns");
+    assert_eq!(h.queue.stats().sent, 0, "nothing published after the stop");
+    assert!(
+        h.store
+            .outbox_rows()
+            .await
+            .iter()
+            .all(|r| r.status == "pending"),
+        "nothing claimed"
+    );
+}
