@@ -10,9 +10,7 @@ async fn harness() -> TestHarness {
     let dispatcher = Dispatcher::from_registry()
         .expect("table")
         .with_state(Journal::default());
-    TestHarness::start_with(dispatcher)
-        .await
-        .expect("harness")
+    TestHarness::start_with(dispatcher).await.expect("harness")
 }
 
 fn placed(order: u64) -> OrderPlaced {
