@@ -86,7 +86,7 @@ fn one_trace_runs_from_the_request_through_sqs_and_lambda_to_the_handler_two_hop
     let Ok(runtime_api) = std::env::var("AWS_LAMBDA_RUNTIME_API") else {
         let (_emulator, port) =
             support::lambda::emulator(&cargo_lambda, env!("CARGO_MANIFEST_DIR"));
-        let status = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        let child = std::process::Command::new(std::env::current_exe().expect("the test binary"))
             .args([TEST, "--exact", "--nocapture"])
             .env(
                 "AWS_LAMBDA_RUNTIME_API",
@@ -95,11 +95,19 @@ fn one_trace_runs_from_the_request_through_sqs_and_lambda_to_the_handler_two_hop
             .env("AWS_LAMBDA_FUNCTION_NAME", "trace-consumer")
             .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-            .status()
+            .output()
             .expect("the test runs again");
+        let stdout = String::from_utf8_lossy(&child.stdout);
+        eprint!("{}", String::from_utf8_lossy(&child.stderr));
         assert!(
-            status.success(),
-            "the test in the child process failed: {status}"
+            child.status.success(),
+            "the test in the child process failed ({}):\n{stdout}",
+            child.status
+        );
+        // A renamed test would run nothing there, and pass.
+        assert!(
+            stdout.contains("test result: ok. 1 passed"),
+            "the child process did not run this test:\n{stdout}"
         );
         return;
     };
