@@ -64,6 +64,7 @@ use crate::dispatch::{Dispatcher, Injected, RunHook, TableError};
 use crate::envelope::{Envelope, OutgoingEnvelope};
 use crate::local::{IdleError, Pipeline, Running};
 use crate::message::{EncodeError, OutboxMessage};
+use crate::pump::commit_and_pump;
 use crate::relay::RelayConfig;
 use crate::store::{
     AdminStore, Columns, GroupStats, OutboxStats, SqliteStore, Store, StoreError, StoredDeadLetter,
@@ -83,7 +84,6 @@ const VISIBILITY_TIMEOUT: Duration = Duration::from_millis(200);
 /// A pipeline on a temporary SQLite database, for tests. See the
 /// [module documentation](self).
 pub struct TestHarness {
-    store: SqliteStore,
     running: Running<SqliteStore>,
     faults: Faults,
     _dir: TempDir,
@@ -225,7 +225,7 @@ impl TestHarness {
             multiplier: 2.0,
             jitter: false,
         };
-        let running = Pipeline::new(store.clone(), dispatcher)
+        let running = Pipeline::new(store, dispatcher)
             .with_relay_config(RelayConfig {
                 backoff: quick,
                 sweep_interval: Duration::from_millis(50),
@@ -245,7 +245,6 @@ impl TestHarness {
             .with_kill_switch(Arc::clone(&faults.plan.kill))
             .start_on(queue, receiver);
         Ok(TestHarness {
-            store,
             running,
             faults,
             _dir: dir,
@@ -255,7 +254,7 @@ impl TestHarness {
     /// The store: create your handlers' tables in its pool, or write
     /// outbox rows in your own transactions.
     pub fn store(&self) -> &SqliteStore {
-        &self.store
+        self.running.store()
     }
 
     /// The relay's pump: give it to code that commits with
@@ -297,10 +296,10 @@ impl TestHarness {
             .iter()
             .map(OutgoingEnvelope::new)
             .collect::<Result<Vec<_>, _>>()?;
-        let mut tx = self.store.begin().await?;
-        self.store.enqueue_all(&mut tx, &outgoing).await?;
-        tx.commit().await?;
-        self.running.waker().wake();
+        let store = self.store();
+        let mut tx = store.begin().await?;
+        store.enqueue_all(&mut tx, &outgoing).await?;
+        commit_and_pump(tx, self.waker()).await?;
         Ok(outgoing.into_iter().map(|o| o.envelope).collect())
     }
 
@@ -328,7 +327,7 @@ impl TestHarness {
             Err(IdleError::Timeout { waited, stats }) => Err(Box::new(NotSettled {
                 waited,
                 stats,
-                groups: self.store.group_stats(10).await?,
+                groups: self.store().group_stats(10).await?,
                 failing: self.failing().await?,
             })
             .into()),
@@ -348,7 +347,7 @@ impl TestHarness {
                     queue, attempts
              FROM outbox WHERE status = 'published' ORDER BY seq",
         )
-        .fetch_all(self.store.pool())
+        .fetch_all(self.store().pool())
         .await?;
         let published = rows
             .iter()
@@ -363,7 +362,7 @@ impl TestHarness {
                  WHERE d.message_id = i.message_id AND d.handler = i.handler)
              ORDER BY i.handled_at",
         )
-        .fetch_all(self.store.pool())
+        .fetch_all(self.store().pool())
         .await?
         .iter()
         .map(|row| {
@@ -373,7 +372,7 @@ impl TestHarness {
             ))
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
-        let mut dead_letters = self.store.dead_letters(u32::MAX).await?;
+        let mut dead_letters = self.store().dead_letters(u32::MAX).await?;
         dead_letters.reverse();
         Ok(Settled {
             published,
@@ -388,7 +387,7 @@ impl TestHarness {
              WHERE NOT EXISTS (SELECT 1 FROM outbox_inbox i
                                WHERE i.message_id = a.message_id AND i.handler = a.handler)",
         )
-        .fetch_all(self.store.pool())
+        .fetch_all(self.store().pool())
         .await?
         .iter()
         .map(|row| {
