@@ -277,6 +277,16 @@ def breakages():
     )
 
 
+def refused(what, read, text):
+    """Self-test: `read` must refuse `text`, a source with what it reads broken."""
+    try:
+        read(text)
+    except SystemExit as err:
+        print(f"caught: {what}: {err}")
+    else:
+        raise SystemExit(f"self-test: a {what} was read")
+
+
 def self_test():
     table = sample_table()
     default = default_max_attempts(CONSUMER_RS.read_text())
@@ -312,20 +322,18 @@ def self_test():
         print(f"caught: {what}: {caught[0]}")
     source = CONSUMER_RS.read_text()
     assert default_max_attempts(source) == default
-    try:
-        default_max_attempts(source.replace("default_max_attempts: ", "max_attempts_default: "))
-    except SystemExit as err:
-        print(f"caught: consumer.rs without the default: {err}")
-    else:
-        raise SystemExit("self-test: a consumer.rs without the default was read")
+    refused(
+        "consumer.rs without the default",
+        default_max_attempts,
+        source.replace("default_max_attempts: ", "max_attempts_default: "),
+    )
     pump_rs = PUMP_RS.read_text()
     assert pump_group(pump_rs) == PUMP_GROUP
-    try:
-        pump_group(pump_rs.replace("pub const PUMP_GROUP", "pub const PUMP_QUEUE_GROUP"))
-    except SystemExit as err:
-        print(f"caught: pump.rs without the pump group: {err}")
-    else:
-        raise SystemExit("self-test: a pump.rs without the pump group was read")
+    refused(
+        "pump.rs without the pump group",
+        pump_group,
+        pump_rs.replace("pub const PUMP_GROUP", "pub const PUMP_QUEUE_GROUP"),
+    )
     cargo_toml = CARGO_TOML.read_text()
     if build_problems(cargo_toml):
         raise SystemExit(f"the workspace itself fails: {build_problems(cargo_toml)}")

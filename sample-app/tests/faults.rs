@@ -61,23 +61,29 @@ async fn history_check(pool: &sqlx::SqlitePool) -> (i64, i64, i64, i64) {
     .unwrap()
 }
 
-#[test]
-fn killing_the_worker_process_twenty_times_loses_and_duplicates_nothing() {
-    let dir = std::env::temp_dir().join(format!("outbox-faults-{}", std::process::id()));
+/// A fresh SQLite database in a directory named after `prefix`, with
+/// `orders` orders enqueued by `sample-app enqueue`: (directory, URL).
+fn enqueued(prefix: &str, orders: usize) -> (std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let url = format!("sqlite://{}", dir.join("orders.db").display());
-
     let status = sample_app()
         .args([
             "enqueue",
             "--orders",
-            &ORDERS.to_string(),
+            &orders.to_string(),
             "--database-url",
             &url,
         ])
         .status()
         .unwrap();
     assert!(status.success());
+    (dir, url)
+}
+
+#[test]
+fn killing_the_worker_process_twenty_times_loses_and_duplicates_nothing() {
+    let (dir, url) = enqueued("outbox-faults", ORDERS);
 
     let seed = std::env::var("OUTBOX_FAULT_SEED")
         .ok()
@@ -153,20 +159,7 @@ fn killing_the_worker_process_twenty_times_loses_and_duplicates_nothing() {
 #[test]
 fn sigterm_mid_drain_then_the_next_worker_handles_the_rest_at_once() {
     const TERM_ORDERS: usize = 1_000;
-    let dir = std::env::temp_dir().join(format!("outbox-sigterm-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let url = format!("sqlite://{}", dir.join("orders.db").display());
-    let status = sample_app()
-        .args([
-            "enqueue",
-            "--orders",
-            &TERM_ORDERS.to_string(),
-            "--database-url",
-            &url,
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let (dir, url) = enqueued("outbox-sigterm", TERM_ORDERS);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
