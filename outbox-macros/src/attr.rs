@@ -5,7 +5,8 @@
 use proc_macro2::TokenStream;
 use syn::meta::ParseNestedMeta;
 use syn::parse::Parser;
-use syn::{Attribute, Ident, LitInt, LitStr, Path};
+use syn::punctuated::Punctuated;
+use syn::{Attribute, Ident, LitInt, LitStr, Path, Token, Type};
 
 use crate::ctxt::Ctxt;
 
@@ -16,6 +17,7 @@ pub(crate) struct MessageAttrs {
     pub(crate) version: Option<u32>,
     pub(crate) group: Option<GroupAttr>,
     pub(crate) queue: Option<LitStr>,
+    pub(crate) upcast_from: Option<Type>,
     pub(crate) krate: Option<Path>,
 }
 
@@ -36,11 +38,12 @@ pub(crate) enum GroupAttr {
 pub(crate) struct HandlerAttrs {
     pub(crate) name: Option<LitStr>,
     pub(crate) max_attempts: Option<u32>,
+    pub(crate) publishes: Option<Vec<Type>>,
     pub(crate) krate: Option<Path>,
 }
 
-const MESSAGE_KEYS: &str = "`name`, `version`, `group`, `queue`, `crate`";
-const HANDLER_KEYS: &str = "`name`, `max_attempts`, `crate`";
+const MESSAGE_KEYS: &str = "`name`, `version`, `group`, `queue`, `upcast_from`, `crate`";
+const HANDLER_KEYS: &str = "`name`, `max_attempts`, `publishes`, `crate`";
 
 pub(crate) fn message_attrs(attrs: &[Attribute], cx: &mut Ctxt) -> MessageAttrs {
     let mut out = MessageAttrs::default();
@@ -58,6 +61,8 @@ pub(crate) fn message_attrs(attrs: &[Attribute], cx: &mut Ctxt) -> MessageAttrs 
                 meta.value()?
                     .parse()
                     .map(|lit| set_once(&meta, &mut out.queue, lit))
+            } else if meta.path.is_ident("upcast_from") {
+                upcast_value(&meta).map(|t| set_once(&meta, &mut out.upcast_from, t))
             } else if meta.path.is_ident("crate") {
                 crate_path(&meta).map(|p| set_once(&meta, &mut out.krate, p))
             } else {
@@ -82,6 +87,8 @@ pub(crate) fn handler_attrs(args: TokenStream, cx: &mut Ctxt) -> HandlerAttrs {
                 .map(|lit| set_once(&meta, &mut out.name, lit))
         } else if meta.path.is_ident("max_attempts") {
             positive_u32(&meta).map(|n| set_once(&meta, &mut out.max_attempts, n))
+        } else if meta.path.is_ident("publishes") {
+            publishes_value(&meta).map(|t| set_once(&meta, &mut out.publishes, t))
         } else if meta.path.is_ident("crate") {
             crate_path(&meta).map(|p| set_once(&meta, &mut out.krate, p))
         } else {
@@ -181,6 +188,50 @@ fn group_value(meta: &ParseNestedMeta<'_>) -> syn::Result<GroupAttr> {
         Some(ident) => Ok(GroupAttr::Ident(ident.clone())),
         None => Ok(GroupAttr::Function(path)),
     }
+}
+
+fn upcast_value(meta: &ParseNestedMeta<'_>) -> syn::Result<Type> {
+    const USAGE: &str = "`upcast_from` takes the message type this version replaces, such as `upcast_from = OrderPlacedV1`";
+    let value = meta.value()?;
+    if value.peek(LitStr) {
+        let lit: LitStr = value.parse()?;
+        return Err(syn::Error::new(lit.span(), USAGE));
+    }
+    value
+        .parse::<Type>()
+        .map_err(|err| syn::Error::new(err.span(), USAGE))
+}
+
+/// `publishes = [A, B]`: a bracketed list of message types, none twice.
+fn publishes_value(meta: &ParseNestedMeta<'_>) -> syn::Result<Vec<Type>> {
+    const USAGE: &str = "`publishes` takes a list of message types, such as `publishes = [OrderConfirmed, OrderShipped]` (`[]` for none)";
+    let value = meta.value()?;
+    if !value.peek(syn::token::Bracket) {
+        let bad: syn::Expr = value.parse()?;
+        return Err(syn::Error::new_spanned(bad, USAGE));
+    }
+    let content;
+    syn::bracketed!(content in value);
+    let types = Punctuated::<Type, Token![,]>::parse_terminated(&content)
+        .map_err(|err| syn::Error::new(err.span(), USAGE))?;
+    let mut out: Vec<Type> = Vec::with_capacity(types.len());
+    for ty in types {
+        let shown = quote::ToTokens::to_token_stream(&ty).to_string();
+        if out
+            .iter()
+            .any(|t| quote::ToTokens::to_token_stream(t).to_string() == shown)
+        {
+            return Err(syn::Error::new_spanned(
+                &ty,
+                format_args!(
+                    "`{}` is listed twice in `publishes`",
+                    shown.replace(' ', "")
+                ),
+            ));
+        }
+        out.push(ty);
+    }
+    Ok(out)
 }
 
 fn crate_path(meta: &ParseNestedMeta<'_>) -> syn::Result<Path> {

@@ -67,6 +67,17 @@ fn message_impl(message: &Message<'_>) -> TokenStream {
         ),
     };
 
+    // A missing `From<Previous>` or a `Previous` that is not a message is
+    // reported at the user's `upcast_from = Previous`.
+    let upcast = message.upcast_from.as_ref().map(|from| {
+        // The type's name again, spanned at `upcast_from`: the error for a
+        // missing `From` names both types there.
+        let this = syn::Ident::new(&ident.to_string(), from.span());
+        quote_spanned! {from.span()=>
+            .upcasting(#private::Upcast::of::<#this, #from>())
+        }
+    });
+
     quote! {
         #[doc(hidden)]
         const _: () = {
@@ -85,7 +96,7 @@ fn message_impl(message: &Message<'_>) -> TokenStream {
             #[#private::linkme::distributed_slice(#private::MESSAGES)]
             #[linkme(crate = #private::linkme)]
             static __OUTBOX_MESSAGE: #private::MessageRegistration =
-                #private::MessageRegistration::of::<#ident>(#group_spec);
+                #private::MessageRegistration::of::<#ident>(#group_spec)#upcast;
         };
     }
 }
@@ -158,13 +169,32 @@ fn handler_registration(handler: &Handler<'_>) -> TokenStream {
         <#private::Box<_>>::pin(async move { #body })
     };
 
+    // `publishes = [A, B]`: a static list the registration points at; a type
+    // that is not a message is reported at its place in the list.
+    let (publishing, publishes) = match &handler.publishes {
+        None => (None, None),
+        Some(types) => {
+            let len = proc_macro2::Literal::usize_unsuffixed(types.len());
+            let items = types.iter().map(|ty| {
+                quote_spanned! {ty.span()=> #private::MessageType::of::<#ty>() }
+            });
+            (
+                Some(quote!(.publishing(&__OUTBOX_PUBLISHES))),
+                Some(quote! {
+                    static __OUTBOX_PUBLISHES: [#private::MessageType; #len] = [#(#items),*];
+                }),
+            )
+        }
+    };
+
     quote! {
         #[doc(hidden)]
         const _: () = {
             #[#private::linkme::distributed_slice(#private::HANDLERS)]
             #[linkme(crate = #private::linkme)]
             static __OUTBOX_HANDLER: #private::HandlerRegistration =
-                #private::HandlerRegistration::of::<#message_ty>(#name, #max_attempts, __outbox_handler);
+                #private::HandlerRegistration::of::<#message_ty>(#name, #max_attempts, __outbox_handler)#publishing;
+            #publishes
 
             fn __outbox_handler<'a, 'c>(
                 payload: &'a #private::RawValue,

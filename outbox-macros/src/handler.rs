@@ -14,6 +14,8 @@ pub(crate) struct Handler<'a> {
     /// The handler's name, as a suffix of `module_path!()` or in full.
     pub(crate) name: HandlerName,
     pub(crate) max_attempts: Option<u32>,
+    /// `publishes = [...]`: the types it may publish.
+    pub(crate) publishes: Option<Vec<Type>>,
     pub(crate) message_ty: &'a Type,
     /// The type of the context parameter, if the handler takes one.
     pub(crate) context_ty: Option<&'a Type>,
@@ -34,6 +36,7 @@ impl<'a> Handler<'a> {
         let HandlerAttrs {
             name,
             max_attempts,
+            publishes,
             krate,
         } = attr::handler_attrs(args, &mut cx);
         if let Some(name) = &name
@@ -128,6 +131,7 @@ impl<'a> Handler<'a> {
                 None => HandlerName::Path(format!("::{}", sig.ident.unraw())),
             },
             max_attempts,
+            publishes,
             message_ty,
             context_ty,
             output_ty,

@@ -13,6 +13,7 @@ pub(crate) struct Message<'a> {
     pub(crate) version: u32,
     pub(crate) group: Group<'a>,
     pub(crate) queue: Option<LitStr>,
+    pub(crate) upcast_from: Option<Type>,
     pub(crate) krate: Path,
 }
 
@@ -57,8 +58,12 @@ impl<'a> Message<'a> {
             version,
             group,
             queue,
+            upcast_from,
             krate,
         } = attrs;
+        if let Some(from) = &upcast_from {
+            check_upcast_source(input, from, &mut cx);
+        }
 
         let name = name
             .unwrap_or_else(|| LitStr::new(&input.ident.unraw().to_string(), input.ident.span()));
@@ -81,8 +86,25 @@ impl<'a> Message<'a> {
             version: version.unwrap_or(1),
             group,
             queue,
+            upcast_from,
             krate,
         })
+    }
+}
+
+/// A type cannot replace itself.
+fn check_upcast_source(input: &DeriveInput, from: &Type, cx: &mut Ctxt) {
+    if let Type::Path(path) = from
+        && path.qself.is_none()
+        && (path.path.is_ident("Self") || path.path.is_ident(&input.ident))
+    {
+        cx.error_spanned_by(
+            from,
+            format_args!(
+                "`{}` cannot upcast from itself; name the type of the version it replaces, such as `upcast_from = {}V1`",
+                input.ident, input.ident
+            ),
+        );
     }
 }
 

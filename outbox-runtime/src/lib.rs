@@ -104,6 +104,7 @@ pub use crate::transport::InProcessQueue;
 /// | `group = self::group_of` | ... or a function `fn(&Self) -> impl Into<String>` (a path with `::`) | |
 /// | `group = "all"` | ... or a constant | |
 /// | `queue = "billing"` | the logical queue it is published to | the default queue |
+/// | `upcast_from = OrderPlacedV1` | the message type this version replaces; the type implements `From<OrderPlacedV1>` | none |
 /// | `crate = my::reexport` | where `outbox_runtime` is, if renamed | `::outbox_runtime` |
 ///
 /// The type must also implement `serde::Serialize`, `serde::Deserialize` and
@@ -135,6 +136,60 @@ pub use crate::transport::InProcessQueue;
 /// # Ok::<(), outbox_runtime::message::EncodeError>(())
 /// ```
 ///
+/// # Upcasting
+///
+/// Messages outlive deploys: a queue or an outbox can still hold messages of
+/// a version the running build no longer handles. Keep the old type and let
+/// the new version declare it replaces it. A message of a version with no
+/// handler of its own is converted, one `From` at a time along the
+/// `upcast_from` chain, to the nearest later version with handlers, and
+/// handled there; the handler's context sees the converted envelope (same
+/// id and group, the handling version's type and version). A version that
+/// has handlers runs them and is not converted. Two types replacing one
+/// version, a cycle, or a source that is not a registered message make
+/// [`DispatchTable::from_registry`](dispatch::DispatchTable::from_registry)
+/// fail, naming the types; a conversion that fails (the old payload does not
+/// decode) is poison.
+///
+/// ```standalone_crate
+/// use outbox_runtime::{handler, Dispatcher, Envelope, OutboxMessage};
+///
+/// #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+/// #[outbox(name = "orders.placed", group = customer)]
+/// struct OrderPlacedV1 { order_id: i64, customer: String }
+///
+/// #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+/// #[outbox(name = "orders.placed", version = 2, group = customer, upcast_from = OrderPlacedV1)]
+/// struct OrderPlaced { order_id: i64, customer: String, total_cents: u64 }
+///
+/// impl From<OrderPlacedV1> for OrderPlaced {
+///     fn from(v1: OrderPlacedV1) -> Self {
+///         OrderPlaced { order_id: v1.order_id, customer: v1.customer, total_cents: 0 }
+///     }
+/// }
+///
+/// #[handler]
+/// async fn on_placed(msg: OrderPlaced) -> anyhow::Result<()> {
+///     println!("order {} of {} cents", msg.order_id, msg.total_cents);
+///     Ok(())
+/// }
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let dispatcher = Dispatcher::from_registry()?;
+/// // A v1 message, enqueued by the build before this one.
+/// let v1 = Envelope::from_message(&OrderPlacedV1 { order_id: 1, customer: "c-1".into() })?;
+/// let report = dispatcher.dispatch(&v1).await?;
+/// assert!(report.succeeded());
+/// assert_eq!(report.outcomes()[0].handler, "rust_out::on_placed");
+/// # Ok::<(), anyhow::Error>(())
+/// # }).unwrap();
+/// ```
+///
+/// `sample-app schemas --check` ([`schema::check`]) fails when a version
+/// whose schema is checked in is gone from the code, or when a version has
+/// neither a handler nor an upcast path while other versions of its name
+/// have handlers: in both cases its messages would reach no handler.
+///
 /// A group field must exist:
 ///
 /// ```compile_fail
@@ -160,9 +215,35 @@ pub use outbox_macros::OutboxMessage;
 /// |---|---|---|
 /// | `name = "billing.charge"` | the handler's stable name: its inbox key | the function's path, `crate::module::function` |
 /// | `max_attempts = 5` | how many times a failing message is tried before it is dead-lettered | the consumer's default |
+/// | `publishes = [OrderConfirmed, OrderShipped]` | the only message types it may publish through its context (`[]`: none) | any type |
 /// | `crate = my::reexport` | where `outbox_runtime` is, if renamed | `::outbox_runtime` |
 ///
 /// Several handlers may handle one message type; each is tracked on its own.
+///
+/// With `publishes`, the message flow is known at compile time: the
+/// dispatch table lists each handler's edges
+/// ([`DispatchTable::publish_edges`](dispatch::DispatchTable::publish_edges)).
+/// Publishing a type the list does not name returns
+/// [`PublishError::Undeclared`](handler::PublishError::Undeclared), and the
+/// run fails even if the handler ignores that error: it is dead-lettered at
+/// once (the same code would fail the same way), its writes and publishes
+/// rolled back.
+///
+/// ```
+/// use outbox_runtime::{handler, HandlerContext, OutboxMessage};
+///
+/// #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+/// struct OrderPlaced { order_id: i64 }
+///
+/// #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+/// struct OrderConfirmed { order_id: i64 }
+///
+/// #[handler(publishes = [OrderConfirmed])]
+/// async fn confirm(msg: OrderPlaced, ctx: &mut HandlerContext<'_>) -> anyhow::Result<()> {
+///     ctx.publish(&OrderConfirmed { order_id: msg.order_id })?;
+///     Ok(())
+/// }
+/// ```
 ///
 /// ```
 /// use outbox_runtime::{handler, HandlerContext, OutboxMessage};
@@ -208,9 +289,9 @@ pub mod __private {
     pub use ::std::string::String;
 
     pub use crate::handler::{HandlerContext, IntoHandlerResult};
-    pub use crate::message::{GroupKey, GroupSpec, OutboxMessage};
+    pub use crate::message::{GroupKey, GroupSpec, MessageType, OutboxMessage};
     pub use crate::registry::{
-        HANDLERS, HandlerFuture, HandlerRegistration, MESSAGES, MessageRegistration,
+        HANDLERS, HandlerFuture, HandlerRegistration, MESSAGES, MessageRegistration, Upcast,
     };
     pub use serde_json::value::RawValue;
 }

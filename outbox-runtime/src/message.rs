@@ -103,6 +103,70 @@ fn decode_payload<T: DeserializeOwned>(
     })
 }
 
+/// A message type named at compile time, as `#[handler(publishes = [...])]`
+/// and `#[outbox(upcast_from = ...)]` name them.
+#[derive(Clone, Copy, Debug)]
+pub struct MessageType {
+    /// `OutboxMessage::NAME`.
+    pub name: &'static str,
+    /// `OutboxMessage::VERSION`.
+    pub version: u32,
+    /// The Rust type, with its module path.
+    pub rust_type: fn() -> &'static str,
+    /// The Rust type's id.
+    pub type_id: fn() -> std::any::TypeId,
+}
+
+impl MessageType {
+    /// The message type `M`.
+    pub const fn of<M: OutboxMessage>() -> Self {
+        MessageType {
+            name: M::NAME,
+            version: M::VERSION,
+            rust_type: std::any::type_name::<M>,
+            type_id: std::any::TypeId::of::<M>,
+        }
+    }
+
+    /// Whether this is `M`.
+    pub fn is<M: OutboxMessage>(&self) -> bool {
+        (self.type_id)() == std::any::TypeId::of::<M>()
+    }
+}
+
+impl fmt::Display for MessageType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "`{}` v{} (`{}`)",
+            self.name,
+            self.version,
+            (self.rust_type)()
+        )
+    }
+}
+
+/// Decodes a payload of `P`, converts it into `M` with `From`, and encodes
+/// the result: one step of an upcast (`#[outbox(upcast_from = P)]` on `M`).
+pub fn upcast<P: OutboxMessage, M: OutboxMessage + From<P>>(
+    payload: &RawValue,
+) -> Result<Box<RawValue>, UpcastError> {
+    let previous = P::decode(payload)?;
+    Ok(M::from(previous).encode()?)
+}
+
+/// One step of an upcast failed. The message is poison.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpcastError {
+    /// The payload does not decode into the version it claims.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The converted message does not encode.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+}
+
 /// A payload did not decode into its message type. The message is poison: it
 /// will never decode, so retrying it is pointless.
 #[derive(Debug, thiserror::Error)]

@@ -25,7 +25,7 @@ use serde_json::value::RawValue;
 
 use crate::handler::HandlerContext;
 use crate::handler::HandlerError;
-use crate::message::{GroupSpec, OutboxMessage};
+use crate::message::{GroupSpec, MessageType, OutboxMessage, UpcastError};
 
 /// Every message type registered by `#[derive(OutboxMessage)]` in this binary.
 #[linkme::distributed_slice]
@@ -59,6 +59,30 @@ pub struct MessageRegistration {
     pub type_id: fn() -> TypeId,
     /// The JSON Schema of the payload.
     pub schema: fn() -> schemars::Schema,
+    /// `#[outbox(upcast_from = ...)]`: the version this one replaces, and
+    /// how a message of it becomes one of this.
+    pub upcast_from: Option<Upcast>,
+}
+
+/// How a message version is made from the one it replaces: declared with
+/// `#[outbox(upcast_from = Previous)]`, converted with `From<Previous>`.
+#[derive(Clone, Copy, Debug)]
+pub struct Upcast {
+    /// The replaced version.
+    pub from: MessageType,
+    /// Decodes a payload of the replaced version, converts and encodes it
+    /// ([`message::upcast`](crate::message::upcast)).
+    pub convert: fn(&RawValue) -> Result<Box<RawValue>, UpcastError>,
+}
+
+impl Upcast {
+    /// `M` made from `P` with `From<P>`. Used by the derive.
+    pub const fn of<M: OutboxMessage + From<P>, P: OutboxMessage>() -> Self {
+        Upcast {
+            from: MessageType::of::<P>(),
+            convert: crate::message::upcast::<P, M>,
+        }
+    }
 }
 
 impl MessageRegistration {
@@ -72,7 +96,16 @@ impl MessageRegistration {
             rust_type: std::any::type_name::<M>,
             type_id: TypeId::of::<M>,
             schema: M::payload_schema,
+            upcast_from: None,
         }
+    }
+
+    /// This registration, made from another version with `upcast`. Used by
+    /// the derive.
+    #[must_use]
+    pub const fn upcasting(mut self, upcast: Upcast) -> Self {
+        self.upcast_from = Some(upcast);
+        self
     }
 }
 
@@ -91,6 +124,9 @@ pub struct HandlerRegistration {
     pub message_type_id: fn() -> TypeId,
     /// `#[handler(max_attempts = N)]`, if given.
     pub max_attempts: Option<u32>,
+    /// `#[handler(publishes = [...])]`, if given: the only message types it
+    /// may publish. `None` allows any.
+    pub publishes: Option<&'static [MessageType]>,
     /// The type-erased handler.
     pub call: HandlerFn,
 }
@@ -109,7 +145,16 @@ impl HandlerRegistration {
             message_type: std::any::type_name::<M>,
             message_type_id: TypeId::of::<M>,
             max_attempts,
+            publishes: None,
             call,
         }
+    }
+
+    /// This registration, allowed to publish only `types`. Used by
+    /// `#[handler(publishes = [...])]`.
+    #[must_use]
+    pub const fn publishing(mut self, types: &'static [MessageType]) -> Self {
+        self.publishes = Some(types);
+        self
     }
 }

@@ -57,7 +57,10 @@ pub fn write(table: &DispatchTable, dir: &Path) -> std::io::Result<Vec<PathBuf>>
 ///
 /// A message schema that changed compatibly is drift (regenerate and commit
 /// it); one that changed incompatibly at the same version is an error that
-/// asks for a version bump.
+/// asks for a version bump. A version whose messages would no longer reach
+/// a handler is an error too: one checked in that the code no longer has,
+/// or one with neither a handler nor an upcast path while other versions
+/// of its name have handlers.
 pub fn check(table: &DispatchTable, dir: &Path) -> Result<(), SchemaCheckError> {
     let mut problems = Vec::new();
     for (name, generated) in generate(table) {
@@ -90,11 +93,60 @@ pub fn check(table: &DispatchTable, dir: &Path) -> Result<(), SchemaCheckError> 
             ));
         }
     }
+    problems.extend(lost_versions(table, dir));
     if problems.is_empty() {
         Ok(())
     } else {
         Err(SchemaCheckError { problems })
     }
+}
+
+/// Versions whose messages would be acknowledged without their handlers
+/// running: a checked-in version the code no longer has, and a version
+/// with neither a handler nor an upcast path while another version of its
+/// name has handlers.
+fn lost_versions(table: &DispatchTable, dir: &Path) -> Vec<String> {
+    let mut problems = Vec::new();
+    let handled = |name: &str| {
+        table
+            .entries()
+            .iter()
+            .any(|e| e.registration().name == name && !table.handled_by(e).handlers().is_empty())
+    };
+    let mut removed: Vec<(String, u32)> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| parse_file_name(&entry.ok()?.file_name().into_string().ok()?))
+        .filter(|(name, version)| table.message(name, *version).is_none())
+        .collect();
+    removed.sort();
+    for (name, version) in removed {
+        problems.push(format!(
+            "{}: `{name}` v{version} is gone from the code, so its messages still in queues or outboxes would be dead-lettered as an unsupported version; keep the type with a handler, or as the `upcast_from` of a later version, until none can be in flight, then delete this file",
+            file_name(&name, version)
+        ));
+    }
+    for entry in table.entries() {
+        let r = entry.registration();
+        if entry.handlers().is_empty() && entry.upcast_path().is_empty() && handled(r.name) {
+            problems.push(format!(
+                "{}: `{}` v{} (`{}`) has no handler and no upcast path while other versions of `{}` have handlers, so its messages would be acknowledged without any handler running; give the next version `#[outbox(upcast_from = ...)]` naming it, with a `From` impl",
+                file_name(r.name, r.version),
+                r.name,
+                r.version,
+                (r.rust_type)(),
+                r.name
+            ));
+        }
+    }
+    problems
+}
+
+/// The message name and version of a schema file's name.
+fn parse_file_name(file: &str) -> Option<(String, u32)> {
+    let stem = file.strip_suffix(".schema.json")?;
+    let (name, version) = stem.rsplit_once(".v")?;
+    Some((name.to_owned(), version.parse().ok()?))
 }
 
 /// The checked-in schemas do not match the code.

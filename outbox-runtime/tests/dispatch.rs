@@ -31,6 +31,23 @@ struct SendReceipt {
     order_id: i64,
 }
 
+/// Replaces [`SendReceipt`]; the only version with a handler.
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+#[outbox(name = "receipts.send", version = 2, group = "receipts", upcast_from = SendReceipt)]
+struct SendReceiptV2 {
+    order_id: i64,
+    copies: u32,
+}
+
+impl From<SendReceipt> for SendReceiptV2 {
+    fn from(v1: SendReceipt) -> Self {
+        SendReceiptV2 {
+            order_id: v1.order_id,
+            copies: 1,
+        }
+    }
+}
+
 /// Records what the handlers saw, reached through the dispatcher's state.
 #[derive(Default)]
 struct Seen(Mutex<Vec<String>>);
@@ -47,7 +64,7 @@ impl Seen {
 mod billing {
     use super::*;
 
-    #[outbox_runtime::handler]
+    #[outbox_runtime::handler(publishes = [SendReceipt])]
     pub(crate) async fn charge(
         msg: OrderPlaced,
         ctx: &mut HandlerContext<'_>,
@@ -90,6 +107,23 @@ mod shipping {
     }
 }
 
+mod mail {
+    use super::*;
+
+    #[outbox_runtime::handler(name = "mail.receipt")]
+    pub(crate) async fn send(
+        msg: SendReceiptV2,
+        ctx: &mut HandlerContext<'_>,
+    ) -> anyhow::Result<()> {
+        let envelope = ctx.envelope();
+        ctx.state::<Seen>()?.push(format!(
+            "receipt {} x{} as {} v{}",
+            msg.order_id, msg.copies, envelope.message_type, envelope.version
+        ));
+        Ok(())
+    }
+}
+
 fn dispatcher() -> Dispatcher {
     Dispatcher::from_registry()
         .unwrap()
@@ -124,6 +158,7 @@ fn the_table_lists_every_message_and_handler() {
             ),
             ("orders.placed", 2, vec!["dispatch::shipping::reserve_v2"]),
             ("receipts.send", 1, vec![]),
+            ("receipts.send", 2, vec!["mail.receipt"]),
         ]
     );
     let entries = table.entries();
@@ -151,17 +186,108 @@ fn the_table_lists_every_message_and_handler() {
             "rust_type": "dispatch::OrderPlaced",
             "group": {"kind": "field", "value": "customer_id"},
             "queue": null,
+            "upcast_from": null,
+            "upcast_path": [],
             "handlers": [
-                {"name": "dispatch::billing::charge", "max_attempts": null},
-                {"name": "shipping.reserve", "max_attempts": 3},
+                {
+                    "name": "dispatch::billing::charge",
+                    "max_attempts": null,
+                    "publishes": [
+                        {"name": "receipts.send", "version": 1, "rust_type": "dispatch::SendReceipt"},
+                    ],
+                },
+                {"name": "shipping.reserve", "max_attempts": 3, "publishes": null},
             ],
         })
     );
+    let receipt_v1 = serde_json::to_value(&entries[2]).unwrap();
+    assert_eq!(
+        receipt_v1["upcast_path"],
+        serde_json::json!([{"name": "receipts.send", "version": 2, "rust_type": "dispatch::SendReceiptV2"}])
+    );
+    let receipt_v2 = serde_json::to_value(&entries[3]).unwrap();
+    assert_eq!(
+        receipt_v2["upcast_from"],
+        serde_json::json!({"name": "receipts.send", "version": 1, "rust_type": "dispatch::SendReceipt"})
+    );
 
     let shown = table.to_string();
-    assert!(shown.starts_with("message  "), "{shown}");
-    assert!(shown.contains("shipping.reserve"), "{shown}");
-    assert!(shown.contains("(none)"), "{shown}");
+    assert_eq!(
+        shown,
+        "\
+message        version  group                queue      handler
+orders.placed  v1       field `customer_id`  default    dispatch::billing::charge
+                                                        shipping.reserve
+orders.placed  v2       field `customer_id`  orders-v2  dispatch::shipping::reserve_v2
+receipts.send  v1       constant \"receipts\"  default    (upcast to v2) mail.receipt
+receipts.send  v2       constant \"receipts\"  default    mail.receipt
+"
+    );
+}
+
+#[test]
+fn the_table_lists_the_declared_publish_edges() {
+    let table = DispatchTable::from_registry().unwrap();
+    let edges: Vec<_> = table
+        .publish_edges()
+        .map(|e| {
+            (
+                e.handler.name,
+                e.from.name,
+                e.from.version,
+                e.to.name,
+                e.to.version,
+            )
+        })
+        .collect();
+    assert_eq!(
+        edges,
+        [(
+            "dispatch::billing::charge",
+            "orders.placed",
+            1,
+            "receipts.send",
+            1
+        )]
+    );
+}
+
+#[tokio::test]
+async fn a_version_without_handlers_reaches_the_next_version_s_handler_converted() {
+    let dispatcher = dispatcher();
+    let v1 = Envelope::from_message(&SendReceipt { order_id: 7 }).unwrap();
+    let report = dispatcher.dispatch(&v1).await.unwrap();
+    assert!(report.succeeded());
+    assert_eq!(seen(&dispatcher), ["receipt 7 x1 as receipts.send v2"]);
+
+    let mut upcast = v1.clone();
+    let entry = dispatcher.resolve(&mut upcast).unwrap();
+    assert_eq!(entry.registration().version, 2);
+    assert_eq!((upcast.id, upcast.version), (v1.id, 2));
+    assert_eq!(upcast.payload.get(), r#"{"order_id":7,"copies":1}"#);
+
+    // A v2 envelope is not converted.
+    let v2 = Envelope::from_message(&SendReceiptV2 {
+        order_id: 8,
+        copies: 3,
+    })
+    .unwrap();
+    dispatcher.dispatch(&v2).await.unwrap();
+    assert_eq!(seen(&dispatcher), ["receipt 8 x3 as receipts.send v2"]);
+}
+
+#[tokio::test]
+async fn an_old_version_that_does_not_decode_is_poison_naming_the_step() {
+    let dispatcher = dispatcher();
+    let bad = envelope_json("receipts.send", 1, r#"{"order_id":"seven"}"#);
+    let err = dispatcher.dispatch(&bad).await.unwrap_err();
+    assert!(err.is_poison());
+    assert!(matches!(err, DispatchError::Upcast { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "cannot upcast receipts.send v1 to receipts.send v2: payload of `receipts.send` v1 does not decode at `order_id`: invalid type: string \"seven\", expected i64 at line 1 column 19"
+    );
+    assert!(seen(&dispatcher).is_empty());
 }
 
 #[tokio::test]

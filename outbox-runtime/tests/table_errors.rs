@@ -77,11 +77,53 @@ async fn second(_: Ping) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[handler(name = "ping.announce", publishes = [Manual])]
+async fn announce(_: Ping) -> anyhow::Result<()> {
+    Ok(())
+}
+
+/// Upcasts that cannot form a path: two types replace `Quote`, `Left` and
+/// `Right` replace each other, `FromManual` replaces an unregistered type.
+mod upcasts {
+    use super::Manual;
+
+    macro_rules! message {
+        ($name:ident, $($outbox:tt)*) => {
+            #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, outbox_runtime::OutboxMessage)]
+            #[outbox($($outbox)*)]
+            pub(crate) struct $name;
+        };
+    }
+    macro_rules! from {
+        ($from:ty => $to:ident) => {
+            impl From<$from> for $to {
+                fn from(_: $from) -> Self {
+                    $to
+                }
+            }
+        };
+    }
+
+    message!(Quote, name = "quote");
+    message!(QuoteV2, name = "quote", version = 2, upcast_from = Quote);
+    message!(QuoteRenamed, name = "quote.renamed", upcast_from = Quote);
+    from!(Quote => QuoteV2);
+    from!(Quote => QuoteRenamed);
+
+    message!(Left, name = "left", upcast_from = Right);
+    message!(Right, name = "right", upcast_from = Left);
+    from!(Right => Left);
+    from!(Left => Right);
+
+    message!(FromManual, name = "from.manual", upcast_from = Manual);
+    from!(Manual => FromManual);
+}
+
 #[test]
 fn every_problem_is_reported_at_once() {
     let err = DispatchTable::from_registry().unwrap_err();
     let problems = err.problems();
-    assert_eq!(problems.len(), 4, "{err}");
+    assert_eq!(problems.len(), 8, "{err}");
     assert!(problems.contains(&TableProblem::DuplicateMessage {
         name: "invoice.issued",
         version: 1,
@@ -104,9 +146,41 @@ fn every_problem_is_reported_at_once() {
         message_type: "table_errors::Ping",
     }));
 
+    assert!(problems.contains(&TableProblem::UnregisteredPublish {
+        handler: "ping.announce",
+        message_type: "table_errors::Manual",
+    }));
+    assert!(problems.contains(&TableProblem::UpcastConflict {
+        replaced: "table_errors::upcasts::Quote",
+        first: "table_errors::upcasts::QuoteV2",
+        second: "table_errors::upcasts::QuoteRenamed",
+    }));
+    assert!(problems.contains(&TableProblem::UpcastCycle {
+        types: vec![
+            "table_errors::upcasts::Left",
+            "table_errors::upcasts::Right"
+        ],
+    }));
+    assert!(problems.contains(&TableProblem::UnregisteredUpcastSource {
+        message_type: "table_errors::upcasts::FromManual",
+        replaced: "table_errors::Manual",
+    }));
+
     let shown = err.to_string();
     assert!(
-        shown.starts_with("invalid dispatch table (4 problems):\n  - "),
+        shown.contains(
+            "the upcasts form a cycle: `table_errors::upcasts::Left` → `table_errors::upcasts::Right` → `table_errors::upcasts::Left`; remove `upcast_from` from one of them"
+        ),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(
+            "`table_errors::upcasts::QuoteV2` and `table_errors::upcasts::QuoteRenamed` both declare `upcast_from = table_errors::upcasts::Quote`"
+        ),
+        "{shown}"
+    );
+    assert!(
+        shown.starts_with("invalid dispatch table (8 problems):\n  - "),
         "{shown}"
     );
     assert!(

@@ -11,7 +11,7 @@ use crate::probe::Probe;
 
 /// Records an order's status history; a submitted order gets a confirmation
 /// through `OrderSubmitted`, published in the same transaction.
-#[handler(name = "orders.record_status")]
+#[handler(name = "orders.record_status", publishes = [OrderSubmitted])]
 pub(crate) async fn record_status(
     msg: OrderStatusChanged,
     ctx: &mut HandlerContext<'_>,

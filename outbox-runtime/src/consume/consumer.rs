@@ -494,11 +494,11 @@ impl<S: Store> Consumer<S> {
             delivery,
             work: Work::Poison { envelope, error },
         };
-        let envelope = match Envelope::from_json(&delivery.body) {
+        let mut envelope = match Envelope::from_json(&delivery.body) {
             Ok(envelope) => envelope,
             Err(err) => return poison(None, err.to_string()),
         };
-        let handlers = match self.dispatcher.route(&envelope) {
+        let handlers = match self.dispatcher.resolve(&mut envelope) {
             Ok(entry) => entry.handlers(),
             Err(err) => return poison(Some(envelope), err.to_string()),
         };

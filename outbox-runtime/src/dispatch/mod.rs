@@ -7,13 +7,13 @@ use tracing::Instrument;
 
 use crate::envelope::{Envelope, OutgoingEnvelope};
 use crate::handler::{CatchPanic, HandlerContext, HandlerError, State};
-use crate::message::DecodeError;
+use crate::message::{DecodeError, UpcastError};
 use crate::registry::HandlerRegistration;
 
 mod table;
 
 use table::Miss;
-pub use table::{DispatchTable, MessageEntry, TableError, TableProblem};
+pub use table::{DispatchTable, MessageEntry, PublishEdge, TableError, TableProblem};
 
 /// Routes envelopes to their handlers.
 ///
@@ -169,6 +169,44 @@ impl Dispatcher {
             })
     }
 
+    /// Routes `envelope` to the entry whose handlers run for it, upcasting it
+    /// first when its version has no handlers of its own and a later version
+    /// with handlers declares it replaces it
+    /// ([`MessageEntry::upcast_path`]): the payload is converted one version
+    /// at a time, and the envelope's type and version become the handling
+    /// version's. Its id, group and headers are kept.
+    ///
+    /// Fails as [`route`](Self::route) does, or when a conversion fails
+    /// ([`DispatchError::Upcast`]); all of them are poison.
+    pub fn resolve(&self, envelope: &mut Envelope) -> Result<&MessageEntry, DispatchError> {
+        let entry = self.route(envelope)?;
+        let target = self.table.handled_by(entry);
+        if std::ptr::eq(target, entry) {
+            return Ok(entry);
+        }
+        let from = (envelope.message_type.clone(), envelope.version);
+        for step in entry.upcast_path() {
+            let Some(upcast) = step.upcast_from else {
+                unreachable!("every version on an upcast path declares upcast_from");
+            };
+            envelope.payload =
+                (upcast.convert)(&envelope.payload).map_err(|source| DispatchError::Upcast {
+                    from: format!("{} v{}", from.0, from.1),
+                    to: format!("{} v{}", step.name, step.version),
+                    source,
+                })?;
+            envelope.message_type = step.name.to_owned();
+            envelope.version = step.version;
+        }
+        tracing::debug!(
+            message.id = %envelope.id,
+            from = %format_args!("{} v{}", from.0, from.1),
+            to = %format_args!("{} v{}", envelope.message_type, envelope.version),
+            "upcast"
+        );
+        Ok(target)
+    }
+
     /// Runs every handler of the envelope's message type, without a store (no
     /// transaction, no inbox), each on its first attempt. A handler's failure
     /// does not stop the others; the report says which failed and what each
@@ -177,7 +215,14 @@ impl Dispatcher {
     /// Fails only when the envelope itself is poison: unknown type, unsupported
     /// version, or a payload that does not decode.
     pub async fn dispatch(&self, envelope: &Envelope) -> Result<DispatchReport, DispatchError> {
-        let entry = self.route(envelope)?;
+        let mut upcast;
+        let mut envelope = envelope;
+        let mut entry = self.route(envelope)?;
+        if !std::ptr::eq(self.table.handled_by(entry), entry) {
+            upcast = envelope.clone();
+            entry = self.resolve(&mut upcast)?;
+            envelope = &upcast;
+        }
         let span = span_if_wanted!(
             INFO,
             "outbox.dispatch",
@@ -277,7 +322,8 @@ pub(crate) fn in_span<F: Future>(
 }
 
 /// Runs one handler on one envelope in `ctx`: decodes the payload, calls the
-/// handler, and turns a panic into [`HandlerError::Panicked`]. Consumers with a
+/// handler, turns a panic into [`HandlerError::Panicked`] and a publish the
+/// handler did not declare into [`HandlerError::Undeclared`]. Consumers with a
 /// store call this once per handler, inside the handler's transaction.
 pub async fn run_handler(
     handler: &'static HandlerRegistration,
@@ -290,7 +336,12 @@ pub async fn run_handler(
         handler = handler.name,
         attempt = ctx.attempt()
     );
-    let result = in_span(span, CatchPanic((handler.call)(&envelope.payload, ctx))).await;
+    ctx.set_publishes(handler.publishes);
+    let mut result = in_span(span, CatchPanic((handler.call)(&envelope.payload, ctx))).await;
+    if let Some(undeclared) = ctx.undeclared_publish() {
+        // Whatever the handler made of `publish`'s error.
+        result = Err(HandlerError::Undeclared(undeclared.clone()));
+    }
     if let Err(err) = &result {
         tracing::warn!(
             handler = handler.name,
@@ -400,6 +451,16 @@ pub enum DispatchError {
     /// The payload does not decode into the registered type.
     #[error(transparent)]
     Decode(DecodeError),
+    /// A step of the envelope's upcast failed.
+    #[error("cannot upcast {from} to {to}: {source}")]
+    Upcast {
+        /// The envelope's type and version.
+        from: String,
+        /// The version the failed step converts into.
+        to: String,
+        /// What failed.
+        source: UpcastError,
+    },
 }
 
 impl DispatchError {
@@ -409,7 +470,8 @@ impl DispatchError {
         match self {
             DispatchError::UnknownType { .. }
             | DispatchError::UnsupportedVersion { .. }
-            | DispatchError::Decode(_) => true,
+            | DispatchError::Decode(_)
+            | DispatchError::Upcast { .. } => true,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
-use crate::message::OutboxMessage;
+use crate::message::{MessageType, OutboxMessage};
 use crate::registry::{HANDLERS, HandlerRegistration, MESSAGES, MessageRegistration};
 use foldhash::fast::RandomState;
 
@@ -44,10 +44,17 @@ pub struct DispatchTable {
     index: HashMap<&'static str, Vec<(u32, usize)>, RandomState>,
 }
 
-/// One message type in the table: its registration and its handlers.
+/// One message type in the table: its registration, its handlers, and, for
+/// a version without handlers that a later version declares it replaces,
+/// the upcast path to the version whose handlers run.
 pub struct MessageEntry {
     registration: &'static MessageRegistration,
     handlers: Vec<&'static HandlerRegistration>,
+    /// The later versions a message of this one is converted through, the
+    /// last being the one whose handlers run; empty when it runs its own.
+    upcast_path: Vec<&'static MessageRegistration>,
+    /// The index of the last of `upcast_path`.
+    upcast_target: Option<usize>,
 }
 
 impl MessageEntry {
@@ -56,10 +63,31 @@ impl MessageEntry {
         self.registration
     }
 
-    /// Its handlers, ordered by name.
+    /// Its own handlers, ordered by name.
     pub fn handlers(&self) -> &[&'static HandlerRegistration] {
         &self.handlers
     }
+
+    /// The later versions a message of this version is converted through
+    /// before it is handled, in order, the last being the version whose
+    /// handlers run. Empty when this version has handlers of its own, or
+    /// when no later version with handlers declares it replaces this one
+    /// (`#[outbox(upcast_from = ...)]`, directly or through a chain).
+    pub fn upcast_path(&self) -> &[&'static MessageRegistration] {
+        &self.upcast_path
+    }
+}
+
+/// A handler, the message it handles, and a message type it declares it
+/// publishes.
+#[derive(Clone, Copy, Debug)]
+pub struct PublishEdge {
+    /// The handler.
+    pub handler: &'static HandlerRegistration,
+    /// The message it handles.
+    pub from: &'static MessageRegistration,
+    /// A type it may publish.
+    pub to: MessageType,
 }
 
 /// How a lookup by name and version failed.
@@ -115,6 +143,8 @@ impl DispatchTable {
                 _ => entries.push(MessageEntry {
                     registration,
                     handlers: Vec::new(),
+                    upcast_path: Vec::new(),
+                    upcast_target: None,
                 }),
             }
         }
@@ -133,6 +163,16 @@ impl DispatchTable {
                 });
                 continue;
             };
+            if let Some(published) = handler.publishes {
+                for declared in published {
+                    if !entries.iter().any(|e| is_type(e, declared)) {
+                        problems.push(TableProblem::UnregisteredPublish {
+                            handler: handler.name,
+                            message_type: (declared.rust_type)(),
+                        });
+                    }
+                }
+            }
             let entry = &mut entries[at];
             if (entry.registration.type_id)() != (handler.message_type_id)() {
                 problems.push(TableProblem::MessageMismatch {
@@ -153,6 +193,7 @@ impl DispatchTable {
             }
             entry.handlers.push(handler);
         }
+        upcast_paths(&mut entries, &mut problems);
 
         if !problems.is_empty() {
             return Err(TableError { problems });
@@ -200,6 +241,31 @@ impl DispatchTable {
         }
     }
 
+    /// The entry whose handlers run for a message of `entry`'s version: the
+    /// last of its [`upcast_path`](MessageEntry::upcast_path), or `entry`.
+    pub fn handled_by<'t>(&'t self, entry: &'t MessageEntry) -> &'t MessageEntry {
+        entry.upcast_target.map_or(entry, |at| &self.entries[at])
+    }
+
+    /// Every declared publish edge: a handler, the message it handles and
+    /// a type it declares with `#[handler(publishes = [...])]`. Handlers
+    /// without the attribute have none (they may publish anything).
+    pub fn publish_edges(&self) -> impl Iterator<Item = PublishEdge> + '_ {
+        self.entries.iter().flat_map(|entry| {
+            entry.handlers.iter().flat_map(move |&handler| {
+                handler
+                    .publishes
+                    .unwrap_or(&[])
+                    .iter()
+                    .map(move |&to| PublishEdge {
+                        handler,
+                        from: entry.registration,
+                        to,
+                    })
+            })
+        })
+    }
+
     /// Every message type, ordered by name then version.
     pub fn entries(&self) -> &[MessageEntry] {
         &self.entries
@@ -216,35 +282,143 @@ impl DispatchTable {
     }
 }
 
+/// Whether `entry` registers the Rust type `declared` names.
+fn is_type(entry: &MessageEntry, declared: &MessageType) -> bool {
+    (entry.registration.type_id)() == (declared.type_id)()
+}
+
+/// Links each version to the one that declares it replaces it, refuses a
+/// version replaced twice, a cycle and an unregistered source, and gives
+/// each version without handlers its path to the nearest later version
+/// with handlers.
+fn upcast_paths(entries: &mut [MessageEntry], problems: &mut Vec<TableProblem>) {
+    // next[i]: the entry that declares it replaces entry i.
+    let mut next: Vec<Option<usize>> = vec![None; entries.len()];
+    for (at, entry) in entries.iter().enumerate() {
+        let Some(upcast) = entry.registration.upcast_from else {
+            continue;
+        };
+        let Some(from) = entries.iter().position(|e| is_type(e, &upcast.from)) else {
+            problems.push(TableProblem::UnregisteredUpcastSource {
+                message_type: (entry.registration.rust_type)(),
+                replaced: (upcast.from.rust_type)(),
+            });
+            continue;
+        };
+        match next[from] {
+            Some(first) => problems.push(TableProblem::UpcastConflict {
+                replaced: (entries[from].registration.rust_type)(),
+                first: (entries[first].registration.rust_type)(),
+                second: (entry.registration.rust_type)(),
+            }),
+            None => next[from] = Some(at),
+        }
+    }
+    let mut cyclic = false;
+    for start in 0..entries.len() {
+        let mut members = vec![start];
+        let mut at = start;
+        while let Some(following) = next[at] {
+            if following == start {
+                // Reported once, from the cycle's lowest entry.
+                if members.iter().min() == Some(&start) {
+                    problems.push(TableProblem::UpcastCycle {
+                        types: members
+                            .iter()
+                            .map(|&i| (entries[i].registration.rust_type)())
+                            .collect(),
+                    });
+                }
+                cyclic = true;
+                break;
+            }
+            if members.contains(&following) {
+                break;
+            }
+            members.push(following);
+            at = following;
+        }
+    }
+    if cyclic {
+        return;
+    }
+    for start in 0..entries.len() {
+        let mut path = Vec::new();
+        let mut at = start;
+        while entries[at].handlers.is_empty()
+            && let Some(following) = next[at]
+        {
+            path.push(entries[following].registration);
+            at = following;
+        }
+        if !path.is_empty() && !entries[at].handlers.is_empty() {
+            entries[start].upcast_path = path;
+            entries[start].upcast_target = Some(at);
+        }
+    }
+}
+
 impl fmt::Debug for DispatchTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(&self.entries).finish()
     }
 }
 
-/// The entry as JSON: `name`, `version`, `rust_type`, `group`, `queue` and
-/// `handlers` (each with `name` and `max_attempts`), as `sample-app table
-/// --json` prints it.
+/// The entry as JSON: `name`, `version`, `rust_type`, `group`, `queue`,
+/// `upcast_from` (the type it replaces, or null), `upcast_path` (the
+/// versions a message of it is converted through before it is handled)
+/// and `handlers` (each with `name`, `max_attempts` and `publishes`, the
+/// declared types or null), as `sample-app table --json` prints it.
 impl Serialize for MessageEntry {
     fn serialize<Ser: Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
+        #[derive(serde::Serialize)]
+        struct Type {
+            name: &'static str,
+            version: u32,
+            rust_type: &'static str,
+        }
+        impl From<MessageType> for Type {
+            fn from(t: MessageType) -> Self {
+                Type {
+                    name: t.name,
+                    version: t.version,
+                    rust_type: (t.rust_type)(),
+                }
+            }
+        }
         #[derive(serde::Serialize)]
         struct Handler {
             name: &'static str,
             max_attempts: Option<u32>,
+            publishes: Option<Vec<Type>>,
         }
         let r = self.registration;
-        let mut entry = serializer.serialize_struct("MessageEntry", 6)?;
+        let mut entry = serializer.serialize_struct("MessageEntry", 8)?;
         entry.serialize_field("name", r.name)?;
         entry.serialize_field("version", &r.version)?;
         entry.serialize_field("rust_type", (r.rust_type)())?;
         entry.serialize_field("group", &r.group)?;
         entry.serialize_field("queue", &r.queue)?;
+        entry.serialize_field("upcast_from", &r.upcast_from.map(|u| Type::from(u.from)))?;
+        let path: Vec<Type> = self
+            .upcast_path
+            .iter()
+            .map(|m| Type {
+                name: m.name,
+                version: m.version,
+                rust_type: (m.rust_type)(),
+            })
+            .collect();
+        entry.serialize_field("upcast_path", &path)?;
         let handlers: Vec<Handler> = self
             .handlers
             .iter()
             .map(|h| Handler {
                 name: h.name,
                 max_attempts: h.max_attempts,
+                publishes: h
+                    .publishes
+                    .map(|types| types.iter().copied().map(Type::from).collect()),
             })
             .collect();
         entry.serialize_field("handlers", &handlers)?;
@@ -263,6 +437,14 @@ impl fmt::Debug for MessageEntry {
             .field("group", &r.group)
             .field("queue", &r.queue)
             .field("handlers", &handlers)
+            .field(
+                "upcast_path",
+                &self
+                    .upcast_path
+                    .iter()
+                    .map(|m| m.version)
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -281,8 +463,21 @@ impl fmt::Display for DispatchTable {
                     m.group.to_string(),
                     m.queue.unwrap_or("default").to_owned(),
                 ];
-                let handlers: Vec<String> = if entry.handlers.is_empty() {
+                let target = self.handled_by(entry);
+                let handlers: Vec<String> = if target.handlers.is_empty() {
                     vec![String::from("(none)")]
+                } else if !std::ptr::eq(target, entry) {
+                    let t = target.registration;
+                    let via = if t.name == m.name {
+                        format!("upcast to v{}", t.version)
+                    } else {
+                        format!("upcast to {} v{}", t.name, t.version)
+                    };
+                    target
+                        .handlers
+                        .iter()
+                        .map(|h| format!("({via}) {}", h.name))
+                        .collect()
                 } else {
                     entry.handlers.iter().map(|h| h.name.to_owned()).collect()
                 };
@@ -318,6 +513,20 @@ impl fmt::Display for DispatchTable {
             line(f, [&row[0], &row[1], &row[2], &row[3], &row[4]])?;
         }
         Ok(())
+    }
+}
+
+struct Cycle<'a>(&'a [&'static str]);
+
+impl fmt::Display for Cycle<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for t in self.0 {
+            write!(f, "`{t}` → ")?;
+        }
+        match self.0.first() {
+            Some(first) => write!(f, "`{first}`"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -416,6 +625,49 @@ pub enum TableProblem {
         name: &'static str,
         /// Its version.
         version: u32,
+    },
+    /// A handler declares it publishes a type that is not registered (a
+    /// hand-written `OutboxMessage` impl).
+    #[error(
+        "handler `{handler}` declares it publishes `{message_type}`, which is not a registered message; derive `OutboxMessage` for it"
+    )]
+    UnregisteredPublish {
+        /// The handler.
+        handler: &'static str,
+        /// The type it declares.
+        message_type: &'static str,
+    },
+    /// A message declares it replaces a type that is not registered.
+    #[error(
+        "`{message_type}` declares `upcast_from = {replaced}`, which is not a registered message; derive `OutboxMessage` for it"
+    )]
+    UnregisteredUpcastSource {
+        /// The message that declares it.
+        message_type: &'static str,
+        /// The type it names.
+        replaced: &'static str,
+    },
+    /// Two messages declare they replace the same version: two paths.
+    #[error(
+        "`{first}` and `{second}` both declare `upcast_from = {replaced}`; a version is replaced by one later version: chain them (`{second}` upcast from `{first}`) instead"
+    )]
+    UpcastConflict {
+        /// The replaced type.
+        replaced: &'static str,
+        /// One type that replaces it.
+        first: &'static str,
+        /// The other.
+        second: &'static str,
+    },
+    /// `upcast_from` declarations form a cycle.
+    #[error(
+        "the upcasts form a cycle: {}; remove `upcast_from` from one of them",
+        Cycle(types)
+    )]
+    UpcastCycle {
+        /// The types in the cycle, each replaced by the next, the last by
+        /// the first.
+        types: Vec<&'static str>,
     },
     /// Nothing is registered.
     #[error(

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::envelope::{Envelope, OutgoingEnvelope};
 use crate::handler::State;
-use crate::message::{EncodeError, OutboxMessage};
+use crate::message::{EncodeError, MessageType, OutboxMessage};
 
 /// The second, optional parameter of a `#[handler]`: the envelope being
 /// handled, application [`State`], the store's transaction, and `publish` for
@@ -65,6 +65,10 @@ pub struct HandlerContext<'c> {
     transaction: Option<Transaction<'c>>,
     published: Vec<OutgoingEnvelope>,
     max_message_bytes: usize,
+    /// `#[handler(publishes = [...])]`: the types it may publish.
+    publishes: Option<&'static [MessageType]>,
+    /// The first publish of a type `publishes` does not list.
+    undeclared: Option<UndeclaredPublish>,
 }
 
 struct Transaction<'c> {
@@ -84,7 +88,31 @@ impl<'c> HandlerContext<'c> {
             transaction: None,
             published: Vec::new(),
             max_message_bytes: crate::envelope::DEFAULT_MAX_MESSAGE_BYTES,
+            publishes: None,
+            undeclared: None,
         }
+    }
+
+    /// Allows [`publish`](Self::publish) only the message types in `types`,
+    /// as `#[handler(publishes = [...])]` declares them (the dispatcher sets
+    /// it from the handler's registration). Use it to check the declaration
+    /// when you call a handler directly in a test.
+    #[must_use]
+    pub fn with_publishes(mut self, types: &'static [MessageType]) -> Self {
+        self.publishes = Some(types);
+        self
+    }
+
+    /// Sets what the handler declares it publishes; `None` allows any type.
+    pub(crate) fn set_publishes(&mut self, types: Option<&'static [MessageType]>) {
+        self.publishes = types;
+    }
+
+    /// The first publish of a type the handler did not declare, if any.
+    /// The dispatcher fails such a run even when the handler ignored the
+    /// error [`publish`](Self::publish) returned.
+    pub fn undeclared_publish(&self) -> Option<&UndeclaredPublish> {
+        self.undeclared.as_ref()
     }
 
     /// Sets the largest envelope [`publish`](Self::publish) accepts: the
@@ -186,9 +214,25 @@ impl<'c> HandlerContext<'c> {
     /// Publishes a follow-up message. It is written to the outbox in this
     /// handler's transaction, so it is sent if and only if the handler commits.
     /// Its causation id is this message's id; correlation id and trace context
-    /// are carried over. Fails, publishing nothing, when the message does not
-    /// encode or is too large for the transport ([`EncodeError::TooLarge`]).
-    pub fn publish<M: OutboxMessage>(&mut self, message: &M) -> Result<(), EncodeError> {
+    /// are carried over.
+    ///
+    /// Fails, publishing nothing, when the message does not encode, is too
+    /// large for the transport ([`EncodeError::TooLarge`]), or is of a type
+    /// the handler's `#[handler(publishes = [...])]` does not list
+    /// ([`PublishError::Undeclared`]; the run then fails whatever the
+    /// handler returns).
+    pub fn publish<M: OutboxMessage>(&mut self, message: &M) -> Result<(), PublishError> {
+        if let Some(declared) = self.publishes
+            && !declared.iter().any(MessageType::is::<M>)
+        {
+            let undeclared = UndeclaredPublish {
+                handler: self.handler,
+                message: MessageType::of::<M>(),
+                declared,
+            };
+            self.undeclared.get_or_insert_with(|| undeclared.clone());
+            return Err(PublishError::Undeclared(undeclared));
+        }
         let mut outgoing = OutgoingEnvelope::new(message)?;
         outgoing.envelope = outgoing.envelope.caused_by(self.envelope);
         outgoing.envelope.check_size(self.max_message_bytes)?;
@@ -220,6 +264,51 @@ impl fmt::Debug for HandlerContext<'_> {
             )
             .field("published", &self.published.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// [`HandlerContext::publish`] refused a message. Nothing was published.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The message cannot be turned into an envelope.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The handler declares what it publishes, and not this type.
+    #[error(transparent)]
+    Undeclared(UndeclaredPublish),
+}
+
+/// A handler published a message type its `#[handler(publishes = [...])]`
+/// does not list.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error(
+    "handler `{handler}` published {message}, which its `#[handler(publishes = [...])]` does not list (it lists {}); add the type to `publishes`",
+    Listed(declared)
+)]
+pub struct UndeclaredPublish {
+    /// The handler.
+    pub handler: &'static str,
+    /// The type it published.
+    pub message: MessageType,
+    /// The types it declares.
+    pub declared: &'static [MessageType],
+}
+
+struct Listed<'a>(&'a [MessageType]);
+
+impl fmt::Display for Listed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        for (i, t) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "`{}`", (t.rust_type)())?;
+        }
+        Ok(())
     }
 }
 
@@ -283,7 +372,7 @@ mod tests {
             })
             .expect_err("too large");
         assert!(
-            matches!(err, EncodeError::TooLarge { limit: 1000, bytes, .. } if bytes > 1000),
+            matches!(err, PublishError::Encode(EncodeError::TooLarge { limit: 1000, bytes, .. }) if bytes > 1000),
             "{err}"
         );
         assert!(ctx.published().is_empty());

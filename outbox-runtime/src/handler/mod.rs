@@ -13,7 +13,7 @@ use crate::message::DecodeError;
 mod context;
 mod state;
 
-pub use context::{ContextError, HandlerContext};
+pub use context::{ContextError, HandlerContext, PublishError, UndeclaredPublish};
 pub use state::State;
 
 /// The error type a handler's error is converted into.
@@ -33,12 +33,17 @@ pub enum HandlerError {
     /// The handler panicked. Counted as a failure of this message only.
     #[error("handler panicked: {0}")]
     Panicked(String),
+    /// The handler published a type its `#[handler(publishes = [...])]`
+    /// does not list. Retrying runs the same code: permanent.
+    #[error(transparent)]
+    Undeclared(#[from] UndeclaredPublish),
 }
 
 impl HandlerError {
-    /// Whether retrying the message can succeed. A decode failure is permanent.
+    /// Whether retrying the message cannot succeed: a payload that does not
+    /// decode, or a publish the handler did not declare.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, HandlerError::Decode(_))
+        matches!(self, HandlerError::Decode(_) | HandlerError::Undeclared(_))
     }
 }
 

@@ -274,6 +274,90 @@ async fn swallow_once(msg: Swallowed, ctx: &mut HandlerContext<'_>) -> anyhow::R
     Ok(())
 }
 
+/// Version 1 of `test.reserved`. This build has no handler for it: a
+/// deploy replaced it with [`ReservedV3`], through [`ReservedV2`].
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+#[outbox(name = "test.reserved", group = group)]
+pub(crate) struct ReservedV1 {
+    pub(crate) group: String,
+    pub(crate) n: i64,
+    pub(crate) sku: String,
+}
+
+/// Version 2: a list of SKUs. No handler either.
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+#[outbox(name = "test.reserved", version = 2, group = group, upcast_from = ReservedV1)]
+pub(crate) struct ReservedV2 {
+    pub(crate) group: String,
+    pub(crate) n: i64,
+    pub(crate) skus: Vec<String>,
+}
+
+impl From<ReservedV1> for ReservedV2 {
+    fn from(v1: ReservedV1) -> Self {
+        ReservedV2 {
+            group: v1.group,
+            n: v1.n,
+            skus: vec![v1.sku],
+        }
+    }
+}
+
+/// Version 3: lines with quantities. The version this build handles.
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+#[outbox(name = "test.reserved", version = 3, group = group, upcast_from = ReservedV2)]
+pub(crate) struct ReservedV3 {
+    pub(crate) group: String,
+    pub(crate) n: i64,
+    pub(crate) lines: Vec<(String, u32)>,
+}
+
+impl From<ReservedV2> for ReservedV3 {
+    fn from(v2: ReservedV2) -> Self {
+        ReservedV3 {
+            group: v2.group,
+            n: v2.n,
+            lines: v2.skus.into_iter().map(|sku| (sku, 1)).collect(),
+        }
+    }
+}
+
+/// Records `reserved:<version seen>:<sku>x<qty>,...` as the effect's kind.
+#[handler(name = "reserved.record")]
+async fn record_reserved(msg: ReservedV3, ctx: &mut HandlerContext<'_>) -> anyhow::Result<()> {
+    let lines: Vec<String> = msg
+        .lines
+        .iter()
+        .map(|(sku, qty)| format!("{sku}x{qty}"))
+        .collect();
+    let kind = format!("reserved:v{}:{}", ctx.envelope().version, lines.join(","));
+    db::record_effect(ctx, &kind, &msg.group, msg.n).await
+}
+
+/// Its handler declares it publishes [`Followup`]; with `stray` it also
+/// publishes a [`Doomed`], ignoring the error.
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+#[outbox(name = "test.announced", group = group)]
+pub(crate) struct Announced {
+    pub(crate) group: String,
+    pub(crate) n: i64,
+    pub(crate) stray: bool,
+}
+
+#[handler(name = "announced.publish", publishes = [Followup])]
+async fn publish_announced(msg: Announced, ctx: &mut HandlerContext<'_>) -> anyhow::Result<()> {
+    ctx.publish(&Followup {
+        group: msg.group.clone(),
+        n: msg.n,
+    })?;
+    if msg.stray {
+        let _ignored = ctx.publish(&Doomed {
+            group: msg.group.clone(),
+        });
+    }
+    db::record_effect(ctx, "announced", &msg.group, msg.n).await
+}
+
 /// Taken by every [`Harness`] for its life: the handlers' statics are
 /// shared by the tests of this binary, so under `cargo test` (threads in one
 /// process, unlike nextest's process per test) harnesses run one at a time,
@@ -444,6 +528,8 @@ on_both_stores!(
     requeued_dead_row_is_published_after_the_fix,
     a_failing_run_sends_its_batch_through_savepoints,
     a_failure_the_second_pass_does_not_reach_still_counts,
+    old_versions_are_upcast_to_the_handled_one_in_group_order,
+    an_undeclared_publish_fails_the_run_and_publishes_nothing,
 );
 
 /// The fault scenarios: `scripts/fault-tests.filter` selects every test

@@ -15,7 +15,10 @@ use outbox_runtime::{
 };
 
 use crate::db::{HandlerRows, TestDb};
-use crate::{CONTEST, CONTEST_RUNS, Contested, Doomed, FIXED, Flaky, Harness, Step};
+use crate::{
+    Announced, CONTEST, CONTEST_RUNS, Contested, Doomed, FIXED, Flaky, Harness, ReservedV1,
+    ReservedV2, ReservedV3, Step,
+};
 
 fn step(group: &str, n: i64) -> Step {
     Step {
@@ -2100,5 +2103,101 @@ pub(crate) async fn a_relay_stopped_before_it_starts_claims_nothing<S: TestDb>(s
             .iter()
             .all(|r| r.status == "pending"),
         "nothing claimed"
+    );
+}
+
+/// Messages of versions 1, 2 and 3 enqueued in one group, as producers of
+/// three deploys would have; this build handles only v3: each old one
+/// reaches v3's handler converted, in the group's order.
+pub(crate) async fn old_versions_are_upcast_to_the_handled_one_in_group_order<S: TestDb>(store: S) {
+    let h = Harness::new(store).await;
+    let group = || String::from("r");
+    let mut tx = h.store.begin().await.expect("begin");
+    let v1 = |n: i64, sku: &str| ReservedV1 {
+        group: group(),
+        n,
+        sku: sku.into(),
+    };
+    h.store
+        .enqueue(&mut tx, &v1(0, "a"))
+        .await
+        .expect("enqueue");
+    let v2 = ReservedV2 {
+        group: group(),
+        n: 1,
+        skus: vec!["b".into(), "c".into()],
+    };
+    h.store.enqueue(&mut tx, &v2).await.expect("enqueue");
+    let v3 = ReservedV3 {
+        group: group(),
+        n: 2,
+        lines: vec![("d".into(), 4)],
+    };
+    h.store.enqueue(&mut tx, &v3).await.expect("enqueue");
+    h.store
+        .enqueue(&mut tx, &v1(3, "e"))
+        .await
+        .expect("enqueue");
+    tx.commit().await.expect("commit");
+
+    h.settle(Duration::from_secs(10)).await;
+    let effects: Vec<(String, i64)> = h
+        .store
+        .effects()
+        .await
+        .into_iter()
+        .map(|e| (e.kind, e.n))
+        .collect();
+    assert_eq!(
+        effects,
+        [
+            ("reserved:v3:ax1".to_owned(), 0),
+            ("reserved:v3:bx1,cx1".to_owned(), 1),
+            ("reserved:v3:dx4".to_owned(), 2),
+            ("reserved:v3:ex1".to_owned(), 3),
+        ],
+        "each version handled once by v3's handler, converted, in order"
+    );
+    assert_eq!(h.store.dead_letter_errors().await, []);
+}
+
+/// A handler that declares `publishes = [Followup]` and publishes a
+/// `Doomed` too (ignoring the error) fails its run: dead-lettered at once
+/// (the same code fails the same way), its writes and its declared
+/// publish rolled back; the same handler without the stray publish works.
+pub(crate) async fn an_undeclared_publish_fails_the_run_and_publishes_nothing<S: TestDb>(store: S) {
+    let h = Harness::new(store).await;
+    let announced = |group: &str, stray: bool| Announced {
+        group: group.into(),
+        n: 1,
+        stray,
+    };
+    commit_message(&h.store, &announced("stray", true)).await;
+    commit_message(&h.store, &announced("fine", false)).await;
+
+    h.settle(Duration::from_secs(10)).await;
+    let effects: Vec<(String, String)> = h
+        .store
+        .effects()
+        .await
+        .into_iter()
+        .map(|e| (e.kind, e.group))
+        .collect();
+    assert_eq!(
+        effects,
+        [
+            ("announced".to_owned(), "fine".to_owned()),
+            ("followup".to_owned(), "fine".to_owned()),
+        ],
+        "the stray run committed nothing and published nothing"
+    );
+    let dead = h.store.dead_letter_errors().await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].0.as_deref(), Some("announced.publish"));
+    assert_eq!(
+        dead[0].1,
+        "handler `announced.publish` published `test.doomed` v1 (`pipeline::Doomed`), which its \
+         `#[handler(publishes = [...])]` does not list (it lists `pipeline::Followup`); add the \
+         type to `publishes`"
     );
 }

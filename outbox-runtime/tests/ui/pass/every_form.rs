@@ -5,10 +5,16 @@ use outbox_runtime as renamed;
 use outbox_runtime::{handler, HandlerContext, OutboxMessage, dispatch::DispatchTable, message::GroupSpec};
 
 #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
-#[outbox(name = "orders.placed", version = 2, group = customer_id, queue = "orders")]
+#[outbox(name = "orders.placed", version = 2, group = customer_id, queue = "orders", upcast_from = OrderPlacedV1)]
 pub struct OrderPlaced {
     pub order_id: i64,
     pub customer_id: String,
+}
+
+impl From<OrderPlacedV1> for OrderPlaced {
+    fn from(v1: OrderPlacedV1) -> Self {
+        OrderPlaced { order_id: v1.order_id, customer_id: v1.customer_id }
+    }
 }
 
 #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
@@ -36,6 +42,39 @@ struct Tick;
 #[outbox(group = r#type, crate = "outbox_runtime")]
 struct RawField {
     r#type: String,
+}
+
+/// The version `OrderPlaced` replaces.
+#[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+#[outbox(name = "orders.placed", group = customer_id)]
+pub struct OrderPlacedV1 {
+    pub order_id: i64,
+    pub customer_id: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+#[outbox(name = "orders.placed", version = 3, group = customer_id, upcast_from = OrderPlaced, crate = renamed)]
+pub struct OrderPlacedV3 {
+    pub order_id: i64,
+    pub customer_id: String,
+}
+
+impl From<OrderPlaced> for OrderPlacedV3 {
+    fn from(v2: OrderPlaced) -> Self {
+        OrderPlacedV3 { order_id: v2.order_id, customer_id: v2.customer_id }
+    }
+}
+
+#[handler(publishes = [Tick, self::Pair])]
+async fn publishing(msg: OrderPlacedV3, ctx: &mut HandlerContext<'_>) -> anyhow::Result<()> {
+    ctx.publish(&Tick)?;
+    ctx.publish(&Pair(1, msg.order_id as u64))?;
+    Ok(())
+}
+
+#[handler(publishes = [])]
+async fn publishing_nothing(_: RawField) -> anyhow::Result<()> {
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,8 +119,17 @@ fn main() {
         .collect();
     assert_eq!(
         names,
-        [("Pair", 1), ("Payment", 1), ("RawField", 1), ("Tick", 1), ("orders.placed", 2)]
+        [("Pair", 1), ("Payment", 1), ("RawField", 1), ("Tick", 1), ("orders.placed", 1), ("orders.placed", 2), ("orders.placed", 3)]
     );
+    // v1 runs v2's handlers, its own being none; v2 has its own.
+    let v1 = table.message("orders.placed", 1).unwrap();
+    let path: Vec<u32> = v1.upcast_path().iter().map(|m| m.version).collect();
+    assert_eq!(path, [2]);
+    assert!(table.message("orders.placed", 2).unwrap().upcast_path().is_empty());
+    let edges: Vec<_> = table.publish_edges().map(|e| (e.from.version, e.to.name)).collect();
+    assert_eq!(edges, [(3, "Tick"), (3, "Pair")], "in declared order");
+    let raw = table.message("RawField", 1).unwrap();
+    assert_eq!(raw.handlers()[0].publishes.map(<[_]>::len), Some(0));
     let placed = table.message("orders.placed", 2).unwrap();
     assert_eq!(placed.registration().group, GroupSpec::Field("customer_id"));
     assert_eq!(placed.registration().queue, Some("orders"));
