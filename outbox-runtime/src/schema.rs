@@ -1,10 +1,12 @@
-//! JSON Schemas of the wire format, checked in and checked for drift and
-//! compatibility.
+//! The contracts: JSON Schemas of the wire format and an AsyncAPI document,
+//! checked in and checked for drift and compatibility, and the message-flow
+//! graph.
 //!
 //! [`write()`] puts one file per registered message name and version
-//! (`<name>.v<version>.schema.json`) and `envelope.schema.json` in a
-//! directory; [`check()`] compares the directory with what the code generates
-//! and reports every file that drifted. [`incompatibilities`] compares two
+//! (`<name>.v<version>.schema.json`), `envelope.schema.json` and
+//! `asyncapi.yaml` ([`asyncapi`]) in a directory; [`check()`] compares the
+//! directory with what the code generates and reports every file that
+//! drifted. [`mermaid`] draws the flow as a Mermaid flowchart. [`incompatibilities`] compares two
 //! schemas of one message version: a removed property, a newly required
 //! property or a changed type breaks consumers of that version, so it needs
 //! a version bump instead.
@@ -16,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::dispatch::DispatchTable;
+use crate::dispatch::{DispatchTable, MessageEntry};
 use crate::envelope::Envelope;
 
 /// The file name of a message's schema.
@@ -24,8 +26,21 @@ pub fn file_name(name: &str, version: u32) -> String {
     format!("{name}.v{version}.schema.json")
 }
 
-/// Every schema the code defines: (file name, pretty JSON with a final newline).
-pub fn generate(table: &DispatchTable) -> Vec<(String, String)> {
+/// The application the AsyncAPI document describes.
+#[derive(Clone, Copy, Debug)]
+pub struct Application<'a> {
+    /// Its name: the document's `info.title`.
+    pub title: &'a str,
+    /// Its version: `info.version`.
+    pub version: &'a str,
+}
+
+/// The name of the AsyncAPI document [`write()`] puts beside the schemas.
+pub const ASYNCAPI_FILE: &str = "asyncapi.yaml";
+
+/// Every file the code defines: (file name, text with a final newline): the
+/// JSON Schemas, pretty-printed, and the AsyncAPI document.
+pub fn generate(table: &DispatchTable, app: &Application<'_>) -> Vec<(String, String)> {
     let mut files = vec![(
         String::from("envelope.schema.json"),
         pretty(&Envelope::json_schema()),
@@ -34,6 +49,7 @@ pub fn generate(table: &DispatchTable) -> Vec<(String, String)> {
         let r = entry.registration();
         files.push((file_name(r.name, r.version), pretty(&(r.schema)())));
     }
+    files.push((ASYNCAPI_FILE.to_owned(), yaml(&asyncapi(table, app))));
     files
 }
 
@@ -42,10 +58,14 @@ fn pretty(schema: &schemars::Schema) -> String {
 }
 
 /// Writes every schema into `dir` (created if missing). Returns the files written.
-pub fn write(table: &DispatchTable, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+pub fn write(
+    table: &DispatchTable,
+    app: &Application<'_>,
+    dir: &Path,
+) -> std::io::Result<Vec<PathBuf>> {
     fs::create_dir_all(dir)?;
     let mut written = Vec::new();
-    for (name, text) in generate(table) {
+    for (name, text) in generate(table, app) {
         let path = dir.join(name);
         fs::write(&path, text)?;
         written.push(path);
@@ -61,9 +81,13 @@ pub fn write(table: &DispatchTable, dir: &Path) -> std::io::Result<Vec<PathBuf>>
 /// a handler is an error too: one checked in that the code no longer has,
 /// or one with neither a handler nor an upcast path while other versions
 /// of its name have handlers.
-pub fn check(table: &DispatchTable, dir: &Path) -> Result<(), SchemaCheckError> {
+pub fn check(
+    table: &DispatchTable,
+    app: &Application<'_>,
+    dir: &Path,
+) -> Result<(), SchemaCheckError> {
     let mut problems = Vec::new();
-    for (name, generated) in generate(table) {
+    for (name, generated) in generate(table, app) {
         let path = dir.join(&name);
         let Ok(checked_in) = fs::read_to_string(&path) else {
             problems.push(format!(
@@ -72,6 +96,10 @@ pub fn check(table: &DispatchTable, dir: &Path) -> Result<(), SchemaCheckError> 
             continue;
         };
         if checked_in == generated {
+            continue;
+        }
+        if name == ASYNCAPI_FILE {
+            problems.push(format!("{name}: out of date; regenerate and commit it"));
             continue;
         }
         let (Ok(old), Ok(new)) = (
@@ -147,6 +175,320 @@ fn parse_file_name(file: &str) -> Option<(String, u32)> {
     let stem = file.strip_suffix(".schema.json")?;
     let (name, version) = stem.rsplit_once(".v")?;
     Some((name.to_owned(), version.parse().ok()?))
+}
+
+/// The AsyncAPI 3.0 document of the table's messages.
+///
+/// - One channel per logical queue (`#[outbox(queue = ...)]`, `default`
+///   otherwise), with the SQS channel binding of a FIFO queue; its URL is
+///   deployment configuration ([`aws::QueueConfig`](crate::aws::QueueConfig)).
+/// - One message per name and version: its payload is a `$ref` to the
+///   JSON Schema file [`write()`] puts beside the document; its group
+///   ([`GroupSpec`](crate::message::GroupSpec)) is the extension
+///   `x-outbox-group`, since the SQS message binding is reserved empty.
+/// - One `send` operation per channel (the relay publishes every message of
+///   the queue), and one `receive` operation per handler, with its name,
+///   attempts and declared publishes as `x-outbox-*` extensions.
+pub fn asyncapi(table: &DispatchTable, app: &Application<'_>) -> Value {
+    use serde_json::{Map, json};
+    let queue_of = |entry: &MessageEntry| entry.registration().queue.unwrap_or("default");
+    let message_ref = |entry: &MessageEntry| json!({"$ref": format!("#/channels/{}/messages/{}", key(queue_of(entry)), message_key(entry))});
+    let mut channels = Map::new();
+    let mut messages = Map::new();
+    let mut operations = Map::new();
+    for entry in table.entries() {
+        let r = entry.registration();
+        let id = message_key(entry);
+        let mut message = json!({
+            "name": r.name,
+            "title": format!("{} v{}", r.name, r.version),
+            "summary": format!("Rust type `{}`", (r.rust_type)()),
+            "contentType": "application/json",
+            "payload": {"$ref": format!("./{}", file_name(r.name, r.version))},
+            "x-outbox-version": r.version,
+            "x-outbox-group": r.group,
+        });
+        if let Some(upcast) = r.upcast_from {
+            message["x-outbox-upcast-from"] =
+                json!(format!("{} v{}", upcast.from.name, upcast.from.version));
+        }
+        messages.insert(id.clone(), message);
+        let channel = channels.entry(key(queue_of(entry))).or_insert_with(|| {
+            let queue = queue_of(entry);
+            json!({
+                "address": queue,
+                "description": format!("The logical queue `{queue}`: an SQS FIFO queue, its URL set at deployment."),
+                "messages": {},
+                "bindings": {"sqs": {"bindingVersion": "0.2.0", "queue": {"name": queue, "fifoQueue": true}}},
+            })
+        });
+        channel["messages"][&id] = json!({"$ref": format!("#/components/messages/{id}")});
+    }
+    for (channel, value) in &channels {
+        let refs: Vec<Value> = value["messages"]
+            .as_object()
+            .into_iter()
+            .flat_map(|m| m.keys())
+            .map(|id| json!({"$ref": format!("#/channels/{channel}/messages/{id}")}))
+            .collect();
+        operations.insert(
+            format!("send.{channel}"),
+            json!({
+                "action": "send",
+                "channel": {"$ref": format!("#/channels/{channel}")},
+                "summary": "The relay publishes the messages committed to the outbox, by the app or by handlers, in group order.",
+                "messages": refs,
+            }),
+        );
+    }
+    for entry in table.entries() {
+        let sources: Vec<&MessageEntry> = table
+            .entries()
+            .iter()
+            .filter(|e| {
+                std::ptr::eq(table.handled_by(e), entry)
+                    && !std::ptr::eq(*e, entry)
+                    && queue_of(e) == queue_of(entry)
+            })
+            .collect();
+        for handler in entry.handlers() {
+            let mut received = vec![message_ref(entry)];
+            received.extend(sources.iter().map(|e| message_ref(e)));
+            let mut operation = json!({
+                "action": "receive",
+                "channel": {"$ref": format!("#/channels/{}", key(queue_of(entry)))},
+                "summary": format!("Handler `{}`", handler.name),
+                "messages": received,
+                "x-outbox-handler": handler.name,
+            });
+            if let Some(max) = handler.max_attempts {
+                operation["x-outbox-max-attempts"] = json!(max);
+            }
+            if let Some(declared) = handler.publishes {
+                let ids: Vec<String> = declared
+                    .iter()
+                    .filter_map(|t| table.message(t.name, t.version))
+                    .map(message_key)
+                    .collect();
+                operation["x-outbox-publishes"] = json!(ids);
+            }
+            operations.insert(format!("receive.{}", key(handler.name)), operation);
+        }
+    }
+    json!({
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": app.title,
+            "version": app.version,
+            "description": "Messages of the transactional outbox: written in the app's transaction, published to SQS FIFO queues in group order, handled once per handler. Generated from the dispatch table by outbox_runtime::schema::asyncapi.",
+        },
+        "defaultContentType": "application/json",
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages},
+    })
+}
+
+/// A message's id in the AsyncAPI document: `<name>.v<version>`.
+fn message_key(entry: &MessageEntry) -> String {
+    let r = entry.registration();
+    key(&format!("{}.v{}", r.name, r.version))
+}
+
+/// A name as an AsyncAPI component key: ASCII letters, digits, `.`, `-`
+/// and `_`; anything else becomes `_`.
+fn key(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// `value` as block YAML: maps and lists indented, every string
+/// double-quoted (YAML reads JSON's string escapes), keys plain when they
+/// are safe.
+fn yaml(value: &Value) -> String {
+    let mut out = String::new();
+    yaml_value(value, 0, &mut out);
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
+fn yaml_value(value: &Value, indent: usize, out: &mut String) {
+    let pad = " ".repeat(indent);
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, v) in map {
+                out.push_str(&pad);
+                out.push_str(&yaml_key(k));
+                out.push(':');
+                yaml_nested(v, indent, out);
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            for item in items {
+                out.push_str(&pad);
+                out.push('-');
+                match item {
+                    Value::Object(map) if !map.is_empty() => {
+                        // The first key on the dash's line, the rest below it.
+                        let mut nested = String::new();
+                        yaml_value(item, indent + 2, &mut nested);
+                        out.push(' ');
+                        out.push_str(&nested[indent + 2..]);
+                    }
+                    _ => yaml_nested(item, indent, out),
+                }
+            }
+        }
+        scalar => {
+            out.push_str(&pad);
+            out.push_str(&scalar.to_string());
+            out.push('\n');
+        }
+    }
+}
+
+/// A value after `key:` or `-`: a scalar or empty collection on the same
+/// line, a collection on the lines below.
+fn yaml_nested(value: &Value, indent: usize, out: &mut String) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            out.push('\n');
+            yaml_value(value, indent + 2, out);
+        }
+        Value::Array(items) if !items.is_empty() => {
+            out.push('\n');
+            yaml_value(value, indent + 2, out);
+        }
+        scalar => {
+            out.push(' ');
+            out.push_str(&scalar.to_string());
+            out.push('\n');
+        }
+    }
+}
+
+fn yaml_key(key: &str) -> String {
+    let plain = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '$' | '/'))
+        && !key.starts_with(['-', '.']);
+    if plain {
+        key.to_owned()
+    } else {
+        Value::String(key.to_owned()).to_string()
+    }
+}
+
+/// The message flow as a Mermaid flowchart: messages (name, version, group)
+/// inside their queue, the handlers each one runs (through its upcast path
+/// for old versions), and the messages each handler declares it publishes
+/// (`#[handler(publishes = [...])]`). Messages no declared edge produces
+/// come from `app`; a handler without `publishes` may publish anything and
+/// has no outgoing edge.
+pub fn mermaid(table: &DispatchTable) -> String {
+    use std::fmt::Write as _;
+    let id = |prefix: &str, name: &str| {
+        let body: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        format!("{prefix}_{body}")
+    };
+    let message_id =
+        |r: &crate::registry::MessageRegistration| id("m", &format!("{}_v{}", r.name, r.version));
+    let label = |text: &str| text.replace('"', "#quot;").replace('`', "");
+    let mut out = String::from("flowchart LR\n");
+    let published: BTreeSet<(&str, u32)> = table
+        .publish_edges()
+        .map(|e| (e.to.name, e.to.version))
+        .collect();
+    if table.entries().iter().any(|e| {
+        let r = e.registration();
+        !published.contains(&(r.name, r.version))
+    }) {
+        out.push_str("    app([app])\n");
+    }
+    let mut queues: Vec<&str> = table
+        .entries()
+        .iter()
+        .map(|e| e.registration().queue.unwrap_or("default"))
+        .collect();
+    queues.dedup();
+    queues.sort_unstable();
+    queues.dedup();
+    for queue in queues {
+        let _ = writeln!(
+            out,
+            "    subgraph {}[\"queue {}\"]",
+            id("q", queue),
+            label(queue)
+        );
+        for entry in table.entries() {
+            let r = entry.registration();
+            if r.queue.unwrap_or("default") != queue {
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "        {}[\"{} v{}<br/>group: {}\"]",
+                message_id(r),
+                label(r.name),
+                r.version,
+                label(&r.group.to_string())
+            );
+        }
+        out.push_str("    end\n");
+    }
+    for entry in table.entries() {
+        for handler in entry.handlers() {
+            let _ = writeln!(
+                out,
+                "    {}[[\"{}\"]]",
+                id("h", handler.name),
+                label(handler.name)
+            );
+        }
+    }
+    for entry in table.entries() {
+        let r = entry.registration();
+        if !published.contains(&(r.name, r.version)) {
+            let _ = writeln!(out, "    app --> {}", message_id(r));
+        }
+        if let Some(upcast) = r.upcast_from
+            && let Some(from) = table.message(upcast.from.name, upcast.from.version)
+        {
+            let _ = writeln!(
+                out,
+                "    {} -. upcast .-> {}",
+                message_id(from.registration()),
+                message_id(r)
+            );
+        }
+        for handler in entry.handlers() {
+            let _ = writeln!(out, "    {} --> {}", message_id(r), id("h", handler.name));
+        }
+    }
+    for edge in table.publish_edges() {
+        if let Some(to) = table.message(edge.to.name, edge.to.version) {
+            let _ = writeln!(
+                out,
+                "    {} -- publishes --> {}",
+                id("h", edge.handler.name),
+                message_id(to.registration())
+            );
+        }
+    }
+    out
 }
 
 /// The checked-in schemas do not match the code.

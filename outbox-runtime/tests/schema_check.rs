@@ -59,13 +59,17 @@ struct OrderExported {
 #[test]
 fn versions_whose_messages_would_reach_no_handler_are_named() {
     let table = DispatchTable::from_registry().unwrap();
+    let app = outbox_runtime::schema::Application {
+        title: "schema_check",
+        version: "1",
+    };
     let dir = std::env::temp_dir().join(format!("outbox-schemas-{}", std::process::id()));
-    outbox_runtime::schema::write(&table, &dir).unwrap();
-    outbox_runtime::schema::check(&table, &dir).expect_err("audit.logged v1 is reported");
+    outbox_runtime::schema::write(&table, &app, &dir).unwrap();
+    outbox_runtime::schema::check(&table, &app, &dir).expect_err("audit.logged v1 is reported");
     // Checked in by an earlier build; gone from this one.
     std::fs::write(dir.join("orders.cancelled.v1.schema.json"), "{}\n").unwrap();
 
-    let err = outbox_runtime::schema::check(&table, &dir).unwrap_err();
+    let err = outbox_runtime::schema::check(&table, &app, &dir).unwrap_err();
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(
         err.problems,

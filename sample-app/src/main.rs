@@ -35,9 +35,10 @@ enum Command {
     /// Create and submit orders and watch the outbox deliver their messages
     /// (the default).
     Demo(demo::DemoArgs),
-    /// Write the JSON Schemas of the envelope and of every message into
-    /// `schemas/`, or with `--check`, fail if the checked-in ones drifted
-    /// from the code or changed incompatibly without a version bump.
+    /// Write the JSON Schemas of the envelope and of every message, and the
+    /// AsyncAPI document, into `schemas/`, or with `--check`, fail if the
+    /// checked-in ones drifted from the code, changed incompatibly without
+    /// a version bump, or a version's messages would reach no handler.
     Schemas {
         /// Compare instead of writing.
         #[arg(long)]
@@ -99,8 +100,11 @@ enum Command {
     /// Print the dispatch table this binary was built with.
     Table {
         /// Print JSON instead of a table.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "graph")]
         json: bool,
+        /// Print the message flow as a Mermaid flowchart.
+        #[arg(long)]
+        graph: bool,
     },
 }
 
@@ -120,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
     match command {
         Command::Demo(args) => demo::run(args).await,
         Command::Schemas { check, dir } => table::schemas(check, &dir),
-        Command::Table { json } => table::print(json),
+        Command::Table { json, graph } => table::print(json, graph),
         Command::Status { db, json } => {
             with_store!(db.open().await?, |store| status::show(&store, json).await)
         }

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use outbox_runtime::dispatch::DispatchTable;
+use outbox_runtime::schema::Application;
 
 use crate::messages::{OrderStatusChanged, OrderSubmitted};
 
@@ -17,26 +18,35 @@ pub(crate) fn checked_table() -> anyhow::Result<DispatchTable> {
     Ok(table)
 }
 
-/// `table`: prints the dispatch table, as text or JSON.
-pub(crate) fn print(json: bool) -> anyhow::Result<()> {
+/// `table`: prints the dispatch table, as text, JSON or a Mermaid graph.
+pub(crate) fn print(json: bool, graph: bool) -> anyhow::Result<()> {
     let table = checked_table()?;
     if json {
         println!("{}", serde_json::to_string_pretty(table.entries())?);
+    } else if graph {
+        print!("{}", outbox_runtime::schema::mermaid(&table));
     } else {
         print!("{table}");
     }
     Ok(())
 }
 
-/// `schemas`: writes the JSON Schemas into `dir`, or with `check`, fails if
-/// the ones there drifted from the code or changed incompatibly.
+/// The application the AsyncAPI document describes.
+const APP: Application<'static> = Application {
+    title: "sample-app (orders)",
+    version: env!("CARGO_PKG_VERSION"),
+};
+
+/// `schemas`: writes the JSON Schemas and the AsyncAPI document into `dir`,
+/// or with `check`, fails if the ones there drifted from the code, changed
+/// incompatibly, or leave a version's messages without a handler.
 pub(crate) fn schemas(check: bool, dir: &Path) -> anyhow::Result<()> {
     let table = checked_table()?;
     if check {
-        outbox_runtime::schema::check(&table, dir)?;
+        outbox_runtime::schema::check(&table, &APP, dir)?;
         println!("schemas in {} match the code", dir.display());
     } else {
-        for path in outbox_runtime::schema::write(&table, dir)? {
+        for path in outbox_runtime::schema::write(&table, &APP, dir)? {
             println!("wrote {}", path.display());
         }
     }

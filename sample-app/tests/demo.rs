@@ -108,6 +108,13 @@ fn checked_in_schemas_match_the_code_and_breaking_edits_are_caught() {
     schema["required"] = serde_json::json!(["order_id"]);
     std::fs::write(&file, serde_json::to_string_pretty(&schema).unwrap()).unwrap();
     std::fs::remove_file(dir.join("orders.status_changed.v1.schema.json")).unwrap();
+    // A version an earlier build had, gone from this one.
+    std::fs::write(dir.join("orders.placed.v1.schema.json"), "{}\n").unwrap();
+    let asyncapi = dir.join("asyncapi.yaml");
+    let edited = std::fs::read_to_string(&asyncapi)
+        .unwrap()
+        .replace("fifoQueue: true", "fifoQueue: false");
+    std::fs::write(&asyncapi, edited).unwrap();
 
     let (ok, out) = sample_app(&["schemas", "--check", "--dir", dir.to_str().unwrap()]);
     assert!(!ok, "{out}");
@@ -118,6 +125,33 @@ fn checked_in_schemas_match_the_code_and_breaking_edits_are_caught() {
     assert!(
         out.contains("orders.submitted.v1.schema.json: changed incompatibly without a version bump (`customer_id` became required; `gift_wrap` was removed)"),
         "{out}"
+    );
+    assert!(
+        out.contains("orders.placed.v1.schema.json: `orders.placed` v1 is gone from the code"),
+        "{out}"
+    );
+    assert!(
+        out.contains("asyncapi.yaml: out of date; regenerate and commit it"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_readme_shows_the_flow_graph_the_table_prints() {
+    let (ok, graph) = sample_app(&["table", "--graph"]);
+    assert!(ok, "{graph}");
+    assert!(graph.starts_with("flowchart LR\n"), "{graph}");
+    assert!(
+        graph.contains("h_orders_record_status -- publishes --> m_orders_submitted_v1"),
+        "the declared edge is drawn: {graph}"
+    );
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let block =
+        format!("<!-- table --graph -->\n```mermaid\n{graph}```\n<!-- end table --graph -->");
+    assert!(
+        readme.contains(&block),
+        "README's graph differs from `sample-app table --graph`; paste this:\n{block}"
     );
 }
 
