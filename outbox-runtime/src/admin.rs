@@ -120,7 +120,11 @@ pub fn replay_message(
     let queue = table
         .message(&envelope.message_type, envelope.version)
         .and_then(|entry| entry.registration().queue);
-    Ok(OutgoingEnvelope { envelope, queue })
+    Ok(OutgoingEnvelope {
+        envelope,
+        queue,
+        not_before: None,
+    })
 }
 
 /// Replays dead letter `id`: enqueues its message again (see the module

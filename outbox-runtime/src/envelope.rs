@@ -349,13 +349,17 @@ pub const REPLAY_OF_HEADER: &str = "outbox-replay-of";
 pub const ONLY_HANDLER_HEADER: &str = "outbox-only-handler";
 
 /// An envelope on its way into the outbox, with the logical queue it is
-/// published to (`OutboxMessage::QUEUE`; `None` is the default queue).
+/// published to (`OutboxMessage::QUEUE`; `None` is the default queue) and,
+/// for a delayed message, the time before which it is not published.
 #[derive(Clone, Debug)]
 pub struct OutgoingEnvelope {
     /// The envelope.
     pub envelope: Envelope,
     /// Its logical queue.
     pub queue: Option<&'static str>,
+    /// Held in the outbox until this time (the database's clock), and the
+    /// messages after it in its group with it; `None`: publish at once.
+    pub not_before: Option<DateTime<Utc>>,
 }
 
 impl OutgoingEnvelope {
@@ -364,7 +368,26 @@ impl OutgoingEnvelope {
         Ok(OutgoingEnvelope {
             envelope: Envelope::from_message(message)?,
             queue: M::QUEUE,
+            not_before: None,
         })
+    }
+
+    /// This envelope, held in the outbox until `when`.
+    #[must_use]
+    pub fn with_not_before(mut self, when: DateTime<Utc>) -> Self {
+        self.not_before = Some(when);
+        self
+    }
+
+    /// This envelope, held in the outbox until `delay` from now (this
+    /// process's clock; a delay past the year 262143 saturates there).
+    #[must_use]
+    pub fn with_delay(self, delay: std::time::Duration) -> Self {
+        let when = chrono::Duration::from_std(delay)
+            .ok()
+            .and_then(|delay| Utc::now().checked_add_signed(delay))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        self.with_not_before(when)
     }
 }
 

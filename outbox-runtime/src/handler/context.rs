@@ -222,6 +222,37 @@ impl<'c> HandlerContext<'c> {
     /// ([`PublishError::Undeclared`]; the run then fails whatever the
     /// handler returns).
     pub fn publish<M: OutboxMessage>(&mut self, message: &M) -> Result<(), PublishError> {
+        self.publish_outgoing(message, |outgoing| outgoing)
+    }
+
+    /// Publishes a follow-up message that is not published before `when`
+    /// (the database's clock); see
+    /// [`StoreExt::enqueue_at`](crate::store::StoreExt::enqueue_at) for how a
+    /// delayed message holds its group. Fails as [`publish`](Self::publish)
+    /// does.
+    pub fn publish_at<M: OutboxMessage>(
+        &mut self,
+        message: &M,
+        when: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), PublishError> {
+        self.publish_outgoing(message, |outgoing| outgoing.with_not_before(when))
+    }
+
+    /// Publishes a follow-up message that is not published before `delay`
+    /// from now, like [`publish_at`](Self::publish_at).
+    pub fn publish_after<M: OutboxMessage>(
+        &mut self,
+        message: &M,
+        delay: std::time::Duration,
+    ) -> Result<(), PublishError> {
+        self.publish_outgoing(message, |outgoing| outgoing.with_delay(delay))
+    }
+
+    fn publish_outgoing<M: OutboxMessage>(
+        &mut self,
+        message: &M,
+        schedule: impl FnOnce(OutgoingEnvelope) -> OutgoingEnvelope,
+    ) -> Result<(), PublishError> {
         if let Some(declared) = self.publishes
             && !declared.iter().any(MessageType::is::<M>)
         {
@@ -233,7 +264,7 @@ impl<'c> HandlerContext<'c> {
             self.undeclared.get_or_insert_with(|| undeclared.clone());
             return Err(PublishError::Undeclared(undeclared));
         }
-        let mut outgoing = OutgoingEnvelope::new(message)?;
+        let mut outgoing = schedule(OutgoingEnvelope::new(message)?);
         outgoing.envelope = outgoing.envelope.caused_by(self.envelope);
         outgoing.envelope.check_size(self.max_message_bytes)?;
         self.published.push(outgoing);
@@ -378,5 +409,38 @@ mod tests {
         assert!(ctx.published().is_empty());
         ctx.publish(&Note { text: "ok".into() }).expect("fits");
         assert_eq!(ctx.published().len(), 1);
+    }
+
+    #[test]
+    fn a_delayed_publish_carries_its_time() {
+        let parent = Envelope::from_message(&Note { text: "hi".into() }).expect("encodes");
+        let state = State::new();
+        let mut ctx = HandlerContext::new(&parent, &state);
+        let when = chrono::Utc::now() + chrono::Duration::hours(1);
+        ctx.publish_at(&Note { text: "at".into() }, when)
+            .expect("publishes");
+        let before = chrono::Utc::now();
+        ctx.publish_after(
+            &Note {
+                text: "after".into(),
+            },
+            std::time::Duration::from_secs(60),
+        )
+        .expect("publishes");
+        ctx.publish(&Note { text: "now".into() })
+            .expect("publishes");
+        let times: Vec<_> = ctx.published().iter().map(|o| o.not_before).collect();
+        assert_eq!(times[0], Some(when));
+        let after = times[1].expect("delayed");
+        assert!(
+            after >= before + chrono::Duration::seconds(60),
+            "{after} vs {before}"
+        );
+        assert_eq!(times[2], None);
+        assert_eq!(
+            ctx.published()[1].envelope.headers.causation_id,
+            Some(parent.id),
+            "a cascade like any other"
+        );
     }
 }

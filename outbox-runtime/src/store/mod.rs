@@ -724,18 +724,55 @@ pub trait StoreExt: Store {
         message: &M,
     ) -> impl Future<Output = Result<Envelope, EnqueueError>> + Send + 'c {
         // Encoded before the future, so the message need not be `Sync`.
-        let outgoing = OutgoingEnvelope::new(message);
-        async move {
-            let outgoing = outgoing?;
-            match self
-                .enqueue_all(conn, std::slice::from_ref(&outgoing))
-                .await
-            {
-                Ok(()) => Ok(outgoing.envelope),
-                Err(StoreError::Encode(too_large)) => Err(EnqueueError::Encode(too_large)),
-                Err(other) => Err(EnqueueError::Store(other)),
-            }
-        }
+        enqueue_one(self, conn, OutgoingEnvelope::new(message))
+    }
+
+    /// Inserts one message that is not published before `when` (compared
+    /// with the database's clock), like [`enqueue`](Self::enqueue).
+    ///
+    /// A delayed message keeps its place in its group: the messages after
+    /// it in the group wait for it, so the group's order stays the commit
+    /// order. Give a message that must not hold others back a group of its
+    /// own. It is published by the first drain of the relay after `when`:
+    /// a pump, or the relay's sweep (`RelayConfig::sweep_interval`; on
+    /// Lambda, the scheduled pump).
+    fn enqueue_at<'c, M: crate::message::OutboxMessage>(
+        &'c self,
+        conn: &'c mut <Self::Database as sqlx::Database>::Connection,
+        message: &M,
+        when: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Envelope, EnqueueError>> + Send + 'c {
+        let outgoing = OutgoingEnvelope::new(message).map(|o| o.with_not_before(when));
+        enqueue_one(self, conn, outgoing)
+    }
+
+    /// Inserts one message that is not published before `delay` from now
+    /// (this process's clock), like [`enqueue_at`](Self::enqueue_at).
+    fn enqueue_after<'c, M: crate::message::OutboxMessage>(
+        &'c self,
+        conn: &'c mut <Self::Database as sqlx::Database>::Connection,
+        message: &M,
+        delay: Duration,
+    ) -> impl Future<Output = Result<Envelope, EnqueueError>> + Send + 'c {
+        let outgoing = OutgoingEnvelope::new(message).map(|o| o.with_delay(delay));
+        enqueue_one(self, conn, outgoing)
+    }
+}
+
+/// Inserts one encoded message; the envelope, or why nothing was written.
+async fn enqueue_one<S: Store>(
+    store: &S,
+    conn: &mut <S::Database as sqlx::Database>::Connection,
+    outgoing: Result<OutgoingEnvelope, crate::message::EncodeError>,
+) -> Result<Envelope, EnqueueError> {
+    let outgoing = outgoing?;
+    match store
+        .enqueue_all(conn, std::slice::from_ref(&outgoing))
+        .await
+    {
+        Ok(()) => Ok(outgoing.envelope),
+        Err(StoreError::Encode(too_large)) => Err(EnqueueError::Encode(too_large)),
+        Err(other) => Err(EnqueueError::Store(other)),
     }
 }
 

@@ -87,10 +87,12 @@ impl PgStore {
     /// the order of their first rows, and takes their rows in sequence
     /// order, round-robin across groups (at most `ceil($1 / groups found)`
     /// from each).
-    /// A group is claimable when its backoff is over, no live claim leases
+    /// A group is claimable when its backoff is over, its first row is due
+    /// (`not_before`), no live claim leases
     /// it, no earlier round of this claim (token `$3`) took it, and no row
     /// it relayed to a non-durable queue is unconfirmed within its
-    /// deadline. Also returns, with a null `seq`, the locked
+    /// deadline. A group's rows are taken up to its first row not yet due
+    /// (the partial index `outbox_not_before` finds it). Also returns, with a null `seq`, the locked
     /// groups that had no rows, for [`Self::DROP_EMPTY_GROUPS_SQL`].
     #[doc(hidden)]
     pub const CLAIM_SQL: &'static str = "WITH
@@ -103,6 +105,13 @@ impl PgStore {
                        SELECT 1 FROM outbox o
                        WHERE o.group_key = g.group_key AND o.seq >= g.head_seq
                          AND o.seq <= g.relayed_through))
+                   AND NOT EXISTS (
+                       SELECT 1 FROM outbox d
+                       WHERE d.group_key = g.group_key AND d.seq >= g.head_seq
+                         AND d.not_before > now()
+                         AND NOT EXISTS (SELECT 1 FROM outbox e
+                                         WHERE e.group_key = g.group_key
+                                           AND e.seq >= g.head_seq AND e.seq < d.seq))
                  ORDER BY g.head_seq
                  LIMIT $4
                  FOR UPDATE SKIP LOCKED
@@ -114,6 +123,11 @@ impl PgStore {
                  SELECT r.seq, r.group_key FROM candidates c CROSS JOIN LATERAL (
                      SELECT o.seq, o.group_key, row_number() OVER (ORDER BY o.seq) AS turn
                      FROM outbox o WHERE o.group_key = c.group_key AND o.seq >= c.head_seq
+                       AND o.seq < COALESCE(
+                           (SELECT min(d.seq) FROM outbox d
+                            WHERE d.group_key = c.group_key AND d.seq >= c.head_seq
+                              AND d.not_before > now()),
+                           9223372036854775807)
                      ORDER BY o.seq
                      LIMIT (SELECT n FROM per_group)) r
                  ORDER BY r.turn, r.seq
@@ -536,6 +550,7 @@ impl Store for PgStore {
             Vec::with_capacity(n),
             Vec::with_capacity(n),
         );
+        let mut not_before = Vec::with_capacity(n);
         let mut locks: Vec<&str> = messages.iter().map(|m| m.envelope.group.as_str()).collect();
         locks.sort_unstable();
         locks.dedup();
@@ -543,7 +558,13 @@ impl Store for PgStore {
             .bind(&locks)
             .execute(&mut *conn)
             .await?;
-        for OutgoingEnvelope { envelope, queue } in messages {
+        for OutgoingEnvelope {
+            envelope,
+            queue,
+            not_before: held_until,
+        } in messages
+        {
+            not_before.push(*held_until);
             ids.push(envelope.id);
             types.push(envelope.message_type.as_str());
             versions.push(i32::try_from(envelope.version).unwrap_or(i32::MAX));
@@ -556,10 +577,10 @@ impl Store for PgStore {
         // The group rows of groups new to the outbox, in the same statement.
         sqlx::query(
             "WITH added AS (
-                 INSERT INTO outbox (id, message_type, version, group_key, queue, payload, headers, created_at)
-                 SELECT id, message_type, version, group_key, queue, payload::json, headers::json, created_at
-                 FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[])
-                      WITH ORDINALITY AS m(id, message_type, version, group_key, queue, payload, headers, created_at, ord)
+                 INSERT INTO outbox (id, message_type, version, group_key, queue, payload, headers, created_at, not_before)
+                 SELECT id, message_type, version, group_key, queue, payload::json, headers::json, created_at, not_before
+                 FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[])
+                      WITH ORDINALITY AS m(id, message_type, version, group_key, queue, payload, headers, created_at, not_before, ord)
                  ORDER BY ord
                  RETURNING seq, group_key)
              INSERT INTO outbox_groups (group_key, head_seq)
@@ -581,6 +602,7 @@ impl Store for PgStore {
         .bind(&payloads)
         .bind(&headers)
         .bind(&created)
+        .bind(&not_before)
         .execute(conn)
         .await?;
         Ok(())

@@ -206,8 +206,14 @@ impl Store for SqliteStore {
             let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
                 "INSERT INTO outbox (id, message_type, version, group_key, queue, payload, headers, created_at, available_at) ",
             );
-            insert.push_values(chunk, |mut row, OutgoingEnvelope { envelope, queue }| {
+            insert.push_values(chunk, |mut row, outgoing| {
+                let OutgoingEnvelope {
+                    envelope,
+                    queue,
+                    not_before,
+                } = outgoing;
                 let created = envelope.created_at.timestamp_millis();
+                let available = not_before.map_or(created, |t| t.timestamp_millis().max(created));
                 row.push_bind(envelope.id.hyphenated().to_string())
                     .push_bind(envelope.message_type.clone())
                     .push_bind(i64::from(envelope.version))
@@ -216,7 +222,7 @@ impl Store for SqliteStore {
                     .push_bind(envelope.payload.get().to_owned())
                     .push_bind(headers_json(envelope))
                     .push_bind(created)
-                    .push_bind(created);
+                    .push_bind(available);
             });
             insert.build().execute(&mut *conn).await?;
         }
@@ -263,15 +269,23 @@ impl Store for SqliteStore {
         let rows = sqlx::query(
             "UPDATE outbox SET lease_until = ?1, lease_token = ?4
              WHERE seq IN (
-                 SELECT seq FROM outbox
-                 WHERE status = 'pending' AND group_key IN (SELECT value FROM json_each(?2))
-                 ORDER BY seq LIMIT ?3)
+                 SELECT o.seq FROM outbox o
+                 WHERE o.status = 'pending' AND o.group_key IN (SELECT value FROM json_each(?2))
+                   -- Up to the group's first row not yet available (delayed
+                   -- or backing off): the rows after it wait.
+                   AND o.seq < COALESCE(
+                       (SELECT min(d.seq) FROM outbox d
+                        WHERE d.group_key = o.group_key AND d.status = 'pending'
+                          AND d.available_at > d.created_at AND d.available_at > ?5),
+                       9223372036854775807)
+                 ORDER BY o.seq LIMIT ?3)
              RETURNING seq, id, message_type, version, group_key, queue, payload, headers, created_at, attempts",
         )
         .bind(now.saturating_add(millis(lease)))
         .bind(json_list(&groups))
         .bind(i64::from(limit))
         .bind(token.hyphenated().to_string())
+        .bind(now)
         .fetch_all(&mut *tx)
         .await?;
         let (claimed, corrupt) =

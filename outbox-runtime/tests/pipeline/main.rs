@@ -530,6 +530,8 @@ on_both_stores!(
     a_failure_the_second_pass_does_not_reach_still_counts,
     old_versions_are_upcast_to_the_handled_one_in_group_order,
     an_undeclared_publish_fails_the_run_and_publishes_nothing,
+    a_delayed_message_waits_for_its_time_and_holds_its_group,
+    a_due_message_is_published_by_the_next_drain,
 );
 
 /// The fault scenarios: `scripts/fault-tests.filter` selects every test

@@ -2201,3 +2201,79 @@ pub(crate) async fn an_undeclared_publish_fails_the_run_and_publishes_nothing<S:
          type to `publishes`"
     );
 }
+
+/// Commits, in one transaction, group `g`'s steps 0 (at once), 1 (not
+/// before `delay`) and 2 (at once), and group `h`'s step 0 (at once).
+async fn commit_with_a_delayed_step<S: TestDb>(store: &S, delay: Duration) -> tokio::time::Instant {
+    let mut tx = store.begin().await.expect("begin");
+    store
+        .enqueue(&mut tx, &step("g", 0))
+        .await
+        .expect("enqueue");
+    store
+        .enqueue_after(&mut tx, &step("g", 1), delay)
+        .await
+        .expect("enqueue");
+    store
+        .enqueue(&mut tx, &step("g", 2))
+        .await
+        .expect("enqueue");
+    store
+        .enqueue(&mut tx, &step("h", 0))
+        .await
+        .expect("enqueue");
+    let due = tokio::time::Instant::now() + delay;
+    tx.commit().await.expect("commit");
+    due
+}
+
+/// A delayed message is not published before its time, and the message
+/// after it in its group waits for it (the group's order is its commit
+/// order); other groups and the messages before it flow. Once due, the
+/// group is handled in order.
+pub(crate) async fn a_delayed_message_waits_for_its_time_and_holds_its_group<S: TestDb>(store: S) {
+    let h = Harness::new(store).await;
+    let due = commit_with_a_delayed_step(&h.store, Duration::from_secs(3)).await;
+    // Relay and consume for a while, well before the delayed step is due.
+    let until = tokio::time::Instant::now() + Duration::from_millis(600);
+    while tokio::time::Instant::now() < until {
+        h.relay.drain().await.expect("relay drains");
+        h.worker.run_once().await.expect("worker runs");
+    }
+    let early = by_group(&h.store.effects().await, "step");
+    assert!(
+        tokio::time::Instant::now() < due,
+        "the check ran too late to mean anything"
+    );
+    assert_eq!(early["g"], [0], "step 1 is not due; step 2 waits for it");
+    assert_eq!(early["h"], [0], "another group flows");
+    assert_eq!(h.store.stats().await.expect("stats").pending, 2);
+
+    tokio::time::sleep_until(due).await;
+    h.settle(Duration::from_secs(10)).await;
+    let effects = by_group(&h.store.effects().await, "step");
+    assert_eq!(effects["g"], [0, 1, 2], "in commit order once due");
+    assert_eq!(effects["h"], [0]);
+}
+
+/// One drain of the relay after a delayed message's time publishes it.
+pub(crate) async fn a_due_message_is_published_by_the_next_drain<S: TestDb>(store: S) {
+    let h = Harness::new(store).await;
+    let when = chrono::Utc::now() + chrono::Duration::milliseconds(800);
+    let mut tx = h.store.begin().await.expect("begin");
+    h.store
+        .enqueue_at(&mut tx, &step("later", 0), when)
+        .await
+        .expect("enqueue");
+    tx.commit().await.expect("commit");
+
+    let before = h.relay.drain().await.expect("relay drains");
+    assert_eq!(before.published, 0, "not due: {before:?}");
+    assert!(before.complete);
+    let wait = (when - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(20)).await;
+    let after = h.relay.drain().await.expect("relay drains");
+    assert_eq!(after.published, 1, "due: {after:?}");
+    h.settle(Duration::from_secs(10)).await;
+    assert_eq!(by_group(&h.store.effects().await, "step")["later"], [0]);
+}

@@ -292,3 +292,58 @@ async fn a_pump_makes_the_consumer_drain_the_outbox(pool: PgPool) {
     }
     assert!(is_pump(outbox_runtime::pump::PUMP_BODY));
 }
+
+/// On Lambda a delayed message is published by the first pump after its
+/// time: the pump of its commit finds it not due and drains nothing; the
+/// scheduled pump after its time publishes it, and it is handled.
+#[sqlx::test(migrations = false)]
+async fn a_delayed_message_is_published_by_the_first_pump_after_its_time(pool: PgPool) {
+    let client = client().await;
+    let (url, _) = fifo_queue(&client, None).await;
+    let store = PgStore::new(pool.clone());
+    store.migrate().await.unwrap();
+    effects_table(&pool).await;
+    let transport = Arc::new(SqsTransport::new(client.clone(), &url));
+    let pump = SqsPump::new(client.clone(), &url);
+    let relay = Relay::new(store.clone(), Arc::clone(&transport)).with_config(RelayConfig {
+        backoff: fast(),
+        ..RelayConfig::default()
+    });
+    let consumer = Consumer::new(
+        store.clone(),
+        Arc::new(Dispatcher::from_registry().unwrap()),
+    )
+    .with_relay(Arc::new(relay))
+    .with_pump(Arc::new(pump.clone()));
+
+    let delay = Duration::from_secs(2);
+    let mut tx = pool.begin().await.unwrap();
+    outbox_runtime::StoreExt::enqueue_after(&store, &mut tx, &step("later", 0), delay)
+        .await
+        .unwrap();
+    let due = tokio::time::Instant::now() + delay;
+    outbox_runtime::commit_and_pump(tx, &pump).await.unwrap();
+
+    // The commit's pump arrives before the message is due.
+    let (received, _) = deliver_as_lambda(&client, &url, &consumer).await;
+    assert_eq!(received, 1, "the commit's pump");
+    assert!(
+        tokio::time::Instant::now() < due,
+        "checked too late to mean anything"
+    );
+    assert_eq!(
+        store.stats().await.unwrap().pending,
+        1,
+        "not due: held in the outbox"
+    );
+    assert!(effects(&pool).await.is_empty());
+
+    tokio::time::sleep_until(due).await;
+    outbox_runtime::pump::Pump::pump(&pump).await.unwrap(); // the schedule's pump
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while effects(&pool).await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never delivered");
+        deliver_as_lambda(&client, &url, &consumer).await;
+    }
+    assert_eq!(effects(&pool).await, [("later".to_owned(), 0)]);
+}
