@@ -72,7 +72,8 @@ fn message_impl(message: &Message<'_>) -> TokenStream {
     let upcast = message.upcast_from.as_ref().map(|from| {
         // The type's name again, spanned at `upcast_from`: the error for a
         // missing `From` names both types there.
-        let this = syn::Ident::new(&ident.to_string(), from.span());
+        let mut this = ident.clone();
+        this.set_span(from.span());
         quote_spanned! {from.span()=>
             .upcasting(#private::Upcast::of::<#this, #from>())
         }

@@ -142,7 +142,7 @@ pub use crate::transport::InProcessQueue;
 /// a version the running build no longer handles. Keep the old type and let
 /// the new version declare it replaces it. A message of a version with no
 /// handler of its own is converted, one `From` at a time along the
-/// `upcast_from` chain, to the nearest later version with handlers, and
+/// `upcast_from` chain, to the first version on it with handlers, and
 /// handled there; the handler's context sees the converted envelope (same
 /// id and group, the handling version's type and version). A version that
 /// has handlers runs them and is not converted. Two types replacing one

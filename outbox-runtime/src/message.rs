@@ -148,11 +148,27 @@ impl fmt::Display for MessageType {
 
 /// Decodes a payload of `P`, converts it into `M` with `From`, and encodes
 /// the result: one step of an upcast (`#[outbox(upcast_from = P)]` on `M`).
+/// A panic in the conversion is an error, not a crash.
 pub fn upcast<P: OutboxMessage, M: OutboxMessage + From<P>>(
     payload: &RawValue,
 ) -> Result<Box<RawValue>, UpcastError> {
     let previous = P::decode(payload)?;
-    Ok(M::from(previous).encode()?)
+    // `previous` is moved in and dropped with the panic; nothing the
+    // closure touches is observed afterwards.
+    let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| M::from(previous)))
+        .map_err(|panic| UpcastError::Panicked(panic_text(&*panic)))?;
+    Ok(next.encode()?)
+}
+
+/// A panic's message, when it is a string.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        String::from("a non-string panic payload")
+    }
 }
 
 /// One step of an upcast failed. The message is poison.
@@ -165,6 +181,9 @@ pub enum UpcastError {
     /// The converted message does not encode.
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// The `From` conversion panicked.
+    #[error("the conversion panicked: {0}")]
+    Panicked(String),
 }
 
 /// A payload did not decode into its message type. The message is poison: it

@@ -158,7 +158,7 @@ fn lost_versions(table: &DispatchTable, dir: &Path) -> Vec<String> {
         let r = entry.registration();
         if entry.handlers().is_empty() && entry.upcast_path().is_empty() && handled(r.name) {
             problems.push(format!(
-                "{}: `{}` v{} (`{}`) has no handler and no upcast path while other versions of `{}` have handlers, so its messages would be acknowledged without any handler running; give the next version `#[outbox(upcast_from = ...)]` naming it, with a `From` impl",
+                "{}: `{}` v{} (`{}`) has no handler and no upcast path while other versions of `{}` have handlers, so its messages would be acknowledged without any handler running; handle it, or let a version with handlers declare `#[outbox(upcast_from = ...)]` naming it, with a `From` impl",
                 file_name(r.name, r.version),
                 r.name,
                 r.version,
@@ -174,6 +174,10 @@ fn lost_versions(table: &DispatchTable, dir: &Path) -> Vec<String> {
 fn parse_file_name(file: &str) -> Option<(String, u32)> {
     let stem = file.strip_suffix(".schema.json")?;
     let (name, version) = stem.rsplit_once(".v")?;
+    let digits = !version.is_empty()
+        && version.bytes().all(|b| b.is_ascii_digit())
+        && !version.starts_with('0');
+    digits.then_some(())?;
     Some((name.to_owned(), version.parse().ok()?))
 }
 
@@ -191,14 +195,17 @@ fn parse_file_name(file: &str) -> Option<(String, u32)> {
 ///   attempts and declared publishes as `x-outbox-*` extensions.
 pub fn asyncapi(table: &DispatchTable, app: &Application<'_>) -> Value {
     use serde_json::{Map, json};
-    let queue_of = |entry: &MessageEntry| entry.registration().queue.unwrap_or("default");
-    let message_ref = |entry: &MessageEntry| json!({"$ref": format!("#/channels/{}/messages/{}", key(queue_of(entry)), message_key(entry))});
+    let entries = table.entries();
+    let ids = message_keys(entries);
+    let queue_of = |at: usize| entries[at].registration().queue.unwrap_or("default");
+    let message_ref =
+        |at: usize| json!({"$ref": format!("#/channels/{}/messages/{}", queue_of(at), ids[at])});
     let mut channels = Map::new();
     let mut messages = Map::new();
     let mut operations = Map::new();
-    for entry in table.entries() {
+    for (at, entry) in entries.iter().enumerate() {
         let r = entry.registration();
-        let id = message_key(entry);
+        let id = &ids[at];
         let mut message = json!({
             "name": r.name,
             "title": format!("{} v{}", r.name, r.version),
@@ -213,8 +220,8 @@ pub fn asyncapi(table: &DispatchTable, app: &Application<'_>) -> Value {
                 json!(format!("{} v{}", upcast.from.name, upcast.from.version));
         }
         messages.insert(id.clone(), message);
-        let channel = channels.entry(key(queue_of(entry))).or_insert_with(|| {
-            let queue = queue_of(entry);
+        let queue = queue_of(at);
+        let channel = channels.entry(queue).or_insert_with(|| {
             json!({
                 "address": queue,
                 "description": format!("The logical queue `{queue}`: an SQS FIFO queue, its URL set at deployment."),
@@ -222,7 +229,7 @@ pub fn asyncapi(table: &DispatchTable, app: &Application<'_>) -> Value {
                 "bindings": {"sqs": {"bindingVersion": "0.2.0", "queue": {"name": queue, "fifoQueue": true}}},
             })
         });
-        channel["messages"][&id] = json!({"$ref": format!("#/components/messages/{id}")});
+        channel["messages"][id] = json!({"$ref": format!("#/components/messages/{id}")});
     }
     for (channel, value) in &channels {
         let refs: Vec<Value> = value["messages"]
@@ -241,38 +248,54 @@ pub fn asyncapi(table: &DispatchTable, app: &Application<'_>) -> Value {
             }),
         );
     }
-    for entry in table.entries() {
-        let sources: Vec<&MessageEntry> = table
-            .entries()
-            .iter()
-            .filter(|e| {
-                std::ptr::eq(table.handled_by(e), entry)
-                    && !std::ptr::eq(*e, entry)
-                    && queue_of(e) == queue_of(entry)
-            })
-            .collect();
+    // A receive operation per handler and per queue its messages arrive
+    // on: its version's, and those of the versions upcast to it.
+    for (at, entry) in entries.iter().enumerate() {
+        let mut arriving: Vec<usize> = vec![at];
+        arriving.extend((0..entries.len()).filter(|&other| {
+            other != at && std::ptr::eq(table.handled_by(&entries[other]), entry)
+        }));
         for handler in entry.handlers() {
-            let mut received = vec![message_ref(entry)];
-            received.extend(sources.iter().map(|e| message_ref(e)));
-            let mut operation = json!({
-                "action": "receive",
-                "channel": {"$ref": format!("#/channels/{}", key(queue_of(entry)))},
-                "summary": format!("Handler `{}`", handler.name),
-                "messages": received,
-                "x-outbox-handler": handler.name,
-            });
-            if let Some(max) = handler.max_attempts {
-                operation["x-outbox-max-attempts"] = json!(max);
-            }
-            if let Some(declared) = handler.publishes {
-                let ids: Vec<String> = declared
+            let mut queues: Vec<&str> = arriving.iter().map(|&i| queue_of(i)).collect();
+            queues.sort_unstable();
+            queues.dedup();
+            for queue in queues {
+                let received: Vec<Value> = arriving
                     .iter()
-                    .filter_map(|t| table.message(t.name, t.version))
-                    .map(message_key)
+                    .filter(|&&i| queue_of(i) == queue)
+                    .map(|&i| message_ref(i))
                     .collect();
-                operation["x-outbox-publishes"] = json!(ids);
+                let mut operation = json!({
+                    "action": "receive",
+                    "channel": {"$ref": format!("#/channels/{queue}")},
+                    "summary": format!("Handler `{}`", handler.name),
+                    "messages": received,
+                    "x-outbox-handler": handler.name,
+                });
+                if let Some(max) = handler.max_attempts {
+                    operation["x-outbox-max-attempts"] = json!(max);
+                }
+                if let Some(declared) = handler.publishes {
+                    let published: Vec<&str> = declared
+                        .iter()
+                        .filter_map(|t| {
+                            entries.iter().position(|e| {
+                                let r = e.registration();
+                                (r.name, r.version) == (t.name, t.version)
+                            })
+                        })
+                        .map(|i| ids[i].as_str())
+                        .collect();
+                    operation["x-outbox-publishes"] = json!(published);
+                }
+                let name = format!("receive.{}.{}", key(handler.name), ids[at]);
+                let name = if queue == queue_of(at) {
+                    name
+                } else {
+                    format!("{name}.from.{queue}")
+                };
+                operations.insert(name, operation);
             }
-            operations.insert(format!("receive.{}", key(handler.name)), operation);
         }
     }
     json!({
@@ -289,10 +312,25 @@ pub fn asyncapi(table: &DispatchTable, app: &Application<'_>) -> Value {
     })
 }
 
-/// A message's id in the AsyncAPI document: `<name>.v<version>`.
-fn message_key(entry: &MessageEntry) -> String {
-    let r = entry.registration();
-    key(&format!("{}.v{}", r.name, r.version))
+/// Each entry's message id in the AsyncAPI document, `<name>.v<version>`
+/// as a component key ([`key`]), made unique with a `-2`, `-3`... suffix
+/// where two names map to one key (`a:b` and `a_b`).
+fn message_keys(entries: &[MessageEntry]) -> Vec<String> {
+    let mut taken = std::collections::HashSet::new();
+    entries
+        .iter()
+        .map(|entry| {
+            let r = entry.registration();
+            let base = key(&format!("{}.v{}", r.name, r.version));
+            let mut id = base.clone();
+            let mut n = 1;
+            while !taken.insert(id.clone()) {
+                n += 1;
+                id = format!("{base}-{n}");
+            }
+            id
+        })
+        .collect()
 }
 
 /// A name as an AsyncAPI component key: ASCII letters, digits, `.`, `-`
@@ -350,10 +388,33 @@ fn yaml_value(value: &Value, indent: usize, out: &mut String) {
         }
         scalar => {
             out.push_str(&pad);
-            out.push_str(&scalar.to_string());
+            out.push_str(&yaml_scalar(scalar));
             out.push('\n');
         }
     }
+}
+
+/// A scalar as YAML: a JSON number, boolean or null as is; a string
+/// double-quoted with JSON's escapes, plus escapes for the characters YAML
+/// does not allow unescaped (DEL, C1 controls, line and paragraph
+/// separators).
+fn yaml_scalar(value: &Value) -> String {
+    let Value::String(text) = value else {
+        return value.to_string();
+    };
+    let json = Value::String(text.clone()).to_string();
+    if !json
+        .chars()
+        .any(|c| matches!(c, '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}'))
+    {
+        return json;
+    }
+    json.chars()
+        .map(|c| match c {
+            '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' => format!("\\u{:04x}", u32::from(c)),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 /// A value after `key:` or `-`: a scalar or empty collection on the same
@@ -370,22 +431,31 @@ fn yaml_nested(value: &Value, indent: usize, out: &mut String) {
         }
         scalar => {
             out.push(' ');
-            out.push_str(&scalar.to_string());
+            out.push_str(&yaml_scalar(scalar));
             out.push('\n');
         }
     }
 }
 
+/// A key, plain when YAML reads it back as this string (it starts with a
+/// letter, `$` or `_`, has no character YAML gives a meaning, and is not a
+/// word YAML reads as a boolean or null), double-quoted otherwise.
 fn yaml_key(key: &str) -> String {
-    let plain = !key.is_empty()
+    const WORDS: [&str; 11] = [
+        "true", "false", "null", "yes", "no", "on", "off", "y", "n", "~", "",
+    ];
+    let plain = key
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || matches!(c, '$' | '_'))
         && key
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '$' | '/'))
-        && !key.starts_with(['-', '.']);
+        && !WORDS.iter().any(|w| key.eq_ignore_ascii_case(w));
     if plain {
         key.to_owned()
     } else {
-        Value::String(key.to_owned()).to_string()
+        yaml_scalar(&Value::String(key.to_owned()))
     }
 }
 
@@ -397,95 +467,71 @@ fn yaml_key(key: &str) -> String {
 /// has no outgoing edge.
 pub fn mermaid(table: &DispatchTable) -> String {
     use std::fmt::Write as _;
-    let id = |prefix: &str, name: &str| {
-        let body: String = name
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        format!("{prefix}_{body}")
+    let entries = table.entries();
+    // Ids by position (`m3`, `h3_0`): names map to ids one to one.
+    let message_at = |name: &str, version: u32| {
+        entries.iter().position(|e| {
+            let r = e.registration();
+            (r.name, r.version) == (name, version)
+        })
     };
-    let message_id =
-        |r: &crate::registry::MessageRegistration| id("m", &format!("{}_v{}", r.name, r.version));
     let label = |text: &str| text.replace('"', "#quot;").replace('`', "");
-    let mut out = String::from("flowchart LR\n");
-    let published: BTreeSet<(&str, u32)> = table
+    let published: BTreeSet<usize> = table
         .publish_edges()
-        .map(|e| (e.to.name, e.to.version))
+        .filter_map(|e| message_at(e.to.name, e.to.version))
         .collect();
-    if table.entries().iter().any(|e| {
-        let r = e.registration();
-        !published.contains(&(r.name, r.version))
-    }) {
+    let mut out = String::from("flowchart LR\n");
+    if (0..entries.len()).any(|at| !published.contains(&at)) {
         out.push_str("    app([app])\n");
     }
-    let mut queues: Vec<&str> = table
-        .entries()
+    let mut queues: Vec<&str> = entries
         .iter()
         .map(|e| e.registration().queue.unwrap_or("default"))
         .collect();
-    queues.dedup();
     queues.sort_unstable();
     queues.dedup();
-    for queue in queues {
-        let _ = writeln!(
-            out,
-            "    subgraph {}[\"queue {}\"]",
-            id("q", queue),
-            label(queue)
-        );
-        for entry in table.entries() {
+    for (q, queue) in queues.iter().enumerate() {
+        let _ = writeln!(out, "    subgraph q{q}[\"queue {}\"]", label(queue));
+        for (at, entry) in entries.iter().enumerate() {
             let r = entry.registration();
-            if r.queue.unwrap_or("default") != queue {
-                continue;
+            if r.queue.unwrap_or("default") == *queue {
+                let _ = writeln!(
+                    out,
+                    "        m{at}[\"{} v{}<br/>group: {}\"]",
+                    label(r.name),
+                    r.version,
+                    label(&r.group.to_string())
+                );
             }
-            let _ = writeln!(
-                out,
-                "        {}[\"{} v{}<br/>group: {}\"]",
-                message_id(r),
-                label(r.name),
-                r.version,
-                label(&r.group.to_string())
-            );
         }
         out.push_str("    end\n");
     }
-    for entry in table.entries() {
-        for handler in entry.handlers() {
-            let _ = writeln!(
-                out,
-                "    {}[[\"{}\"]]",
-                id("h", handler.name),
-                label(handler.name)
-            );
+    for (at, entry) in entries.iter().enumerate() {
+        for (k, handler) in entry.handlers().iter().enumerate() {
+            let _ = writeln!(out, "    h{at}_{k}[[\"{}\"]]", label(handler.name));
         }
     }
-    for entry in table.entries() {
+    for (at, entry) in entries.iter().enumerate() {
         let r = entry.registration();
-        if !published.contains(&(r.name, r.version)) {
-            let _ = writeln!(out, "    app --> {}", message_id(r));
+        if !published.contains(&at) {
+            let _ = writeln!(out, "    app --> m{at}");
         }
         if let Some(upcast) = r.upcast_from
-            && let Some(from) = table.message(upcast.from.name, upcast.from.version)
+            && let Some(from) = message_at(upcast.from.name, upcast.from.version)
         {
-            let _ = writeln!(
-                out,
-                "    {} -. upcast .-> {}",
-                message_id(from.registration()),
-                message_id(r)
-            );
+            let _ = writeln!(out, "    m{from} -. upcast .-> m{at}");
         }
-        for handler in entry.handlers() {
-            let _ = writeln!(out, "    {} --> {}", message_id(r), id("h", handler.name));
+        for k in 0..entry.handlers().len() {
+            let _ = writeln!(out, "    m{at} --> h{at}_{k}");
         }
     }
-    for edge in table.publish_edges() {
-        if let Some(to) = table.message(edge.to.name, edge.to.version) {
-            let _ = writeln!(
-                out,
-                "    {} -- publishes --> {}",
-                id("h", edge.handler.name),
-                message_id(to.registration())
-            );
+    for (at, entry) in entries.iter().enumerate() {
+        for (k, handler) in entry.handlers().iter().enumerate() {
+            for to in handler.publishes.unwrap_or(&[]) {
+                if let Some(to) = message_at(to.name, to.version) {
+                    let _ = writeln!(out, "    h{at}_{k} -- publishes --> m{to}");
+                }
+            }
         }
     }
     out
@@ -666,6 +712,29 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn yaml_quotes_keys_it_would_read_otherwise_and_escapes_what_it_forbids() {
+        let doc = json!({
+            "007": 1,
+            "true": "x",
+            "On": [],
+            "a b": {},
+            "$ref": "#/x",
+            "plain.key-1": [[1, 2], {"k": "v", "n": null}],
+            "s": "del\u{7f} ls\u{2028} quote\" nl\n",
+        });
+        assert_eq!(
+            yaml(&doc),
+            "$ref: \"#/x\"\n\
+             \"007\": 1\n\
+             \"On\": []\n\
+             \"a b\": {}\n\
+             plain.key-1:\n  -\n    - 1\n    - 2\n  - k: \"v\"\n    \"n\": null\n\
+             s: \"del\\u007f ls\\u2028 quote\\\" nl\\n\"\n\
+             \"true\": \"x\"\n"
+        );
+    }
 
     #[test]
     fn compatible_and_incompatible_changes_are_told_apart() {

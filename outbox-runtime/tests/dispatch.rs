@@ -41,6 +41,7 @@ struct SendReceiptV2 {
 
 impl From<SendReceipt> for SendReceiptV2 {
     fn from(v1: SendReceipt) -> Self {
+        assert!(v1.order_id >= 0, "no receipt for order {}", v1.order_id);
         SendReceiptV2 {
             order_id: v1.order_id,
             copies: 1,
@@ -438,4 +439,24 @@ fn handlers_stay_callable_as_written() {
     .unwrap();
     assert_eq!(ctx.published().len(), 1);
     assert_eq!(state.get::<Seen>().unwrap().take(), ["charge 1"]);
+}
+
+#[tokio::test]
+async fn a_conversion_that_panics_is_poison_and_changes_nothing() {
+    let dispatcher = dispatcher();
+    let v1 = Envelope::from_message(&SendReceipt { order_id: -1 }).unwrap();
+    let err = dispatcher.dispatch(&v1).await.unwrap_err();
+    assert!(err.is_poison());
+    assert_eq!(
+        err.to_string(),
+        "cannot upcast receipts.send v1 to receipts.send v2: the conversion panicked: no receipt for order -1"
+    );
+    let mut envelope = v1.clone();
+    dispatcher.resolve(&mut envelope).unwrap_err();
+    assert_eq!(
+        (envelope.version, envelope.payload.get()),
+        (1, v1.payload.get()),
+        "a failed upcast leaves the envelope as delivered"
+    );
+    assert!(seen(&dispatcher).is_empty());
 }

@@ -117,13 +117,20 @@ mod upcasts {
 
     message!(FromManual, name = "from.manual", upcast_from = Manual);
     from!(Manual => FromManual);
+
+    message!(Rock, name = "rock", upcast_from = Scissors);
+    message!(Paper, name = "paper", upcast_from = Rock);
+    message!(Scissors, name = "scissors", upcast_from = Paper);
+    from!(Scissors => Rock);
+    from!(Rock => Paper);
+    from!(Paper => Scissors);
 }
 
 #[test]
 fn every_problem_is_reported_at_once() {
     let err = DispatchTable::from_registry().unwrap_err();
     let problems = err.problems();
-    assert_eq!(problems.len(), 8, "{err}");
+    assert_eq!(problems.len(), 9, "{err}");
     assert!(problems.contains(&TableProblem::DuplicateMessage {
         name: "invoice.issued",
         version: 1,
@@ -161,6 +168,16 @@ fn every_problem_is_reported_at_once() {
             "table_errors::upcasts::Right"
         ],
     }));
+    assert!(
+        problems.contains(&TableProblem::UpcastCycle {
+            types: vec![
+                "table_errors::upcasts::Paper",
+                "table_errors::upcasts::Scissors",
+                "table_errors::upcasts::Rock",
+            ],
+        }),
+        "{err}"
+    );
     assert!(problems.contains(&TableProblem::UnregisteredUpcastSource {
         message_type: "table_errors::upcasts::FromManual",
         replaced: "table_errors::Manual",
@@ -180,7 +197,7 @@ fn every_problem_is_reported_at_once() {
         "{shown}"
     );
     assert!(
-        shown.starts_with("invalid dispatch table (8 problems):\n  - "),
+        shown.starts_with("invalid dispatch table (9 problems):\n  - "),
         "{shown}"
     );
     assert!(

@@ -142,7 +142,7 @@ fn the_readme_shows_the_flow_graph_the_table_prints() {
     assert!(ok, "{graph}");
     assert!(graph.starts_with("flowchart LR\n"), "{graph}");
     assert!(
-        graph.contains("h_orders_record_status -- publishes --> m_orders_submitted_v1"),
+        graph.contains("h0_0 -- publishes --> m1"),
         "the declared edge is drawn: {graph}"
     );
     let readme =

@@ -134,9 +134,14 @@ enum Work<'a> {
         error: String,
     },
     Message {
+        /// Upcast to the version whose handlers run, when its own has none.
         envelope: Envelope,
         /// The id it is handled under ([`Envelope::original_id`]).
         identity: Uuid,
+        /// The logical queue of the version delivered.
+        queue: &'static str,
+        /// The type delivered, when an upcast renamed it.
+        received_type: Option<String>,
         handlers: &'a [&'static HandlerRegistration],
         /// A replayed dead letter runs only the handler that gave up.
         only: Option<String>,
@@ -498,8 +503,17 @@ impl<S: Store> Consumer<S> {
             Ok(envelope) => envelope,
             Err(err) => return poison(None, err.to_string()),
         };
-        let handlers = match self.dispatcher.resolve(&mut envelope) {
-            Ok(entry) => entry.handlers(),
+        let entry = match self.dispatcher.route(&envelope) {
+            Ok(entry) => entry,
+            Err(err) => return poison(Some(envelope), err.to_string()),
+        };
+        let queue = entry.registration().queue.unwrap_or("default");
+        let (handlers, received_type) = match self.dispatcher.upcast(entry, &mut envelope) {
+            Ok(target) => {
+                let renamed = (target.registration().name != entry.registration().name)
+                    .then(|| entry.registration().name.to_owned());
+                (target.handlers(), renamed)
+            }
             Err(err) => return poison(Some(envelope), err.to_string()),
         };
         let only = envelope.headers.extra.get(ONLY_HANDLER_HEADER).cloned();
@@ -517,6 +531,8 @@ impl<S: Store> Consumer<S> {
             delivery,
             work: Work::Message {
                 identity: envelope.original_id(),
+                queue,
+                received_type,
                 envelope,
                 handlers,
                 only,
@@ -726,7 +742,9 @@ impl<S: Store> Consumer<S> {
                         pass.tally.dead_lettered += 1;
                         DeliveryOutcome::DeadLettered
                     }
-                    Work::Message { envelope, .. } => {
+                    Work::Message {
+                        envelope, queue, ..
+                    } => {
                         let span = span_if_wanted!(
                             INFO,
                             "outbox.consume",
@@ -734,7 +752,7 @@ impl<S: Store> Consumer<S> {
                             otel.kind = "consumer",
                             messaging.system = self.messaging_system,
                             messaging.operation.type = "process",
-                            messaging.destination.name = self.dispatcher.queue_of(envelope),
+                            messaging.destination.name = *queue,
                             messaging.message.id = %envelope.id,
                             message.type = %envelope.message_type,
                             message.group = %envelope.group,
@@ -901,7 +919,10 @@ impl<S: Store> Consumer<S> {
     ) -> Result<Option<Duration>, StoreError> {
         // Not a message: no handler ran, nothing to count.
         let Work::Message {
-            envelope, identity, ..
+            envelope,
+            identity,
+            received_type,
+            ..
         } = &item.work
         else {
             return Ok(Some(Duration::ZERO));
@@ -925,7 +946,12 @@ impl<S: Store> Consumer<S> {
             let entry = DeadLetter {
                 message_id: Some(*identity),
                 handler: Some(handler.name.to_owned()),
-                message_type: Some(envelope.message_type.clone()),
+                // The type of the body kept, as delivered.
+                message_type: Some(
+                    received_type
+                        .clone()
+                        .unwrap_or_else(|| envelope.message_type.clone()),
+                ),
                 group: Some(envelope.group.clone()),
                 body: item.delivery.body.clone(),
                 error: error.to_string(),

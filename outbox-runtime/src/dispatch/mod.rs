@@ -141,15 +141,6 @@ impl Dispatcher {
         &self.state
     }
 
-    /// The logical queue of the envelope's message type (`"default"` for the
-    /// default queue or a type the table does not know), for spans.
-    pub(crate) fn queue_of(&self, envelope: &Envelope) -> &'static str {
-        self.route(envelope)
-            .ok()
-            .and_then(|entry| entry.registration().queue)
-            .unwrap_or("default")
-    }
-
     /// Finds the table entry for an envelope.
     ///
     /// Unknown types and unsupported versions are poison
@@ -170,8 +161,8 @@ impl Dispatcher {
     }
 
     /// Routes `envelope` to the entry whose handlers run for it, upcasting it
-    /// first when its version has no handlers of its own and a later version
-    /// with handlers declares it replaces it
+    /// first when its version has no handlers of its own and a version with
+    /// handlers replaces it, directly or through a chain
     /// ([`MessageEntry::upcast_path`]): the payload is converted one version
     /// at a time, and the envelope's type and version become the handling
     /// version's. Its id, group and headers are kept.
@@ -180,30 +171,47 @@ impl Dispatcher {
     /// ([`DispatchError::Upcast`]); all of them are poison.
     pub fn resolve(&self, envelope: &mut Envelope) -> Result<&MessageEntry, DispatchError> {
         let entry = self.route(envelope)?;
+        self.upcast(entry, envelope)
+    }
+
+    /// [`resolve`](Self::resolve) for an envelope already routed to `entry`.
+    /// The envelope changes only when every step succeeded.
+    pub(crate) fn upcast<'t>(
+        &'t self,
+        entry: &'t MessageEntry,
+        envelope: &mut Envelope,
+    ) -> Result<&'t MessageEntry, DispatchError> {
         let target = self.table.handled_by(entry);
         if std::ptr::eq(target, entry) {
             return Ok(entry);
         }
-        let from = (envelope.message_type.clone(), envelope.version);
+        let mut payload: Option<Box<serde_json::value::RawValue>> = None;
+        let mut at = entry.registration();
         for step in entry.upcast_path() {
             let Some(upcast) = step.upcast_from else {
                 unreachable!("every version on an upcast path declares upcast_from");
             };
-            envelope.payload =
-                (upcast.convert)(&envelope.payload).map_err(|source| DispatchError::Upcast {
-                    from: format!("{} v{}", from.0, from.1),
+            let from = payload.as_deref().unwrap_or(&envelope.payload);
+            payload = Some(
+                (upcast.convert)(from).map_err(|source| DispatchError::Upcast {
+                    from: format!("{} v{}", at.name, at.version),
                     to: format!("{} v{}", step.name, step.version),
                     source,
-                })?;
-            envelope.message_type = step.name.to_owned();
-            envelope.version = step.version;
+                })?,
+            );
+            at = step;
         }
         tracing::debug!(
             message.id = %envelope.id,
-            from = %format_args!("{} v{}", from.0, from.1),
-            to = %format_args!("{} v{}", envelope.message_type, envelope.version),
+            from = %format_args!("{} v{}", envelope.message_type, envelope.version),
+            to = %format_args!("{} v{}", at.name, at.version),
             "upcast"
         );
+        if let Some(payload) = payload {
+            envelope.payload = payload;
+        }
+        at.name.clone_into(&mut envelope.message_type);
+        envelope.version = at.version;
         Ok(target)
     }
 
@@ -213,7 +221,7 @@ impl Dispatcher {
     /// published.
     ///
     /// Fails only when the envelope itself is poison: unknown type, unsupported
-    /// version, or a payload that does not decode.
+    /// version, an upcast that fails, or a payload that does not decode.
     pub async fn dispatch(&self, envelope: &Envelope) -> Result<DispatchReport, DispatchError> {
         let mut upcast;
         let mut envelope = envelope;

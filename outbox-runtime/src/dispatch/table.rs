@@ -68,11 +68,12 @@ impl MessageEntry {
         &self.handlers
     }
 
-    /// The later versions a message of this version is converted through
-    /// before it is handled, in order, the last being the version whose
-    /// handlers run. Empty when this version has handlers of its own, or
-    /// when no later version with handlers declares it replaces this one
-    /// (`#[outbox(upcast_from = ...)]`, directly or through a chain).
+    /// The versions a message of this version is converted through before
+    /// it is handled, in order, each declaring it replaces the one before
+    /// (`#[outbox(upcast_from = ...)]`), the last being the first on that
+    /// chain with handlers. Empty when this version has handlers of its
+    /// own, or when no version with handlers replaces it, directly or
+    /// through a chain.
     pub fn upcast_path(&self) -> &[&'static MessageRegistration] {
         &self.upcast_path
     }
@@ -156,13 +157,6 @@ impl DispatchTable {
                 (e.registration.name, e.registration.version)
                     .cmp(&(handler.message_name, handler.message_version))
             });
-            let Ok(at) = found else {
-                problems.push(TableProblem::UnregisteredMessage {
-                    handler: handler.name,
-                    message_type: (handler.message_type)(),
-                });
-                continue;
-            };
             if let Some(published) = handler.publishes {
                 for declared in published {
                     if !entries.iter().any(|e| is_type(e, declared)) {
@@ -173,6 +167,13 @@ impl DispatchTable {
                     }
                 }
             }
+            let Ok(at) = found else {
+                problems.push(TableProblem::UnregisteredMessage {
+                    handler: handler.name,
+                    message_type: (handler.message_type)(),
+                });
+                continue;
+            };
             let entry = &mut entries[at];
             if (entry.registration.type_id)() != (handler.message_type_id)() {
                 problems.push(TableProblem::MessageMismatch {
@@ -244,7 +245,14 @@ impl DispatchTable {
     /// The entry whose handlers run for a message of `entry`'s version: the
     /// last of its [`upcast_path`](MessageEntry::upcast_path), or `entry`.
     pub fn handled_by<'t>(&'t self, entry: &'t MessageEntry) -> &'t MessageEntry {
-        entry.upcast_target.map_or(entry, |at| &self.entries[at])
+        let r = entry.registration;
+        match self.lookup(r.name, r.version) {
+            Ok(own) if std::ptr::eq(own.registration, r) => {
+                own.upcast_target.map_or(own, |at| &self.entries[at])
+            }
+            // Not an entry of this table.
+            _ => entry,
+        }
     }
 
     /// Every declared publish edge: a handler, the message it handles and
@@ -289,8 +297,8 @@ fn is_type(entry: &MessageEntry, declared: &MessageType) -> bool {
 
 /// Links each version to the one that declares it replaces it, refuses a
 /// version replaced twice, a cycle and an unregistered source, and gives
-/// each version without handlers its path to the nearest later version
-/// with handlers.
+/// each version without handlers its path along that chain to the first
+/// version with handlers.
 fn upcast_paths(entries: &mut [MessageEntry], problems: &mut Vec<TableProblem>) {
     // next[i]: the entry that declares it replaces entry i.
     let mut next: Vec<Option<usize>> = vec![None; entries.len()];

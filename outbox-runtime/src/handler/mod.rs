@@ -83,7 +83,9 @@ where
         // no broken invariant of it can be observed.
         match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut self.0).poll(cx))) {
             Ok(poll) => poll,
-            Err(panic) => Poll::Ready(Err(HandlerError::Panicked(panic_message(&*panic)))),
+            Err(panic) => Poll::Ready(Err(HandlerError::Panicked(crate::message::panic_text(
+                &*panic,
+            )))),
         }
     }
 }
@@ -91,15 +93,5 @@ where
 impl<F> fmt::Debug for CatchPanic<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("CatchPanic")
-    }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        String::from("a non-string panic payload")
     }
 }

@@ -295,6 +295,7 @@ pub(crate) struct ReservedV2 {
 
 impl From<ReservedV1> for ReservedV2 {
     fn from(v1: ReservedV1) -> Self {
+        assert!(v1.sku != "panic", "sku {} cannot be converted", v1.sku);
         ReservedV2 {
             group: v1.group,
             n: v1.n,

@@ -2138,6 +2138,16 @@ pub(crate) async fn old_versions_are_upcast_to_the_handled_one_in_group_order<S:
         .enqueue(&mut tx, &v1(3, "e"))
         .await
         .expect("enqueue");
+    // One whose conversion panics: poison, dead-lettered as delivered.
+    let poison = h
+        .store
+        .enqueue(&mut tx, &v1(4, "panic"))
+        .await
+        .expect("enqueue");
+    h.store
+        .enqueue(&mut tx, &v1(5, "f"))
+        .await
+        .expect("enqueue");
     tx.commit().await.expect("commit");
 
     h.settle(Duration::from_secs(10)).await;
@@ -2155,10 +2165,27 @@ pub(crate) async fn old_versions_are_upcast_to_the_handled_one_in_group_order<S:
             ("reserved:v3:bx1,cx1".to_owned(), 1),
             ("reserved:v3:dx4".to_owned(), 2),
             ("reserved:v3:ex1".to_owned(), 3),
+            ("reserved:v3:fx1".to_owned(), 5),
         ],
         "each version handled once by v3's handler, converted, in order"
     );
-    assert_eq!(h.store.dead_letter_errors().await, []);
+    assert_eq!(
+        h.store.dead_letter_errors().await,
+        [(
+            None,
+            "cannot upcast test.reserved v1 to test.reserved v2: the conversion panicked: sku panic cannot be converted".to_owned()
+        )]
+    );
+    let dead = h.store.dead_letters(10).await.expect("dead letters");
+    assert_eq!(dead[0].letter.message_id, Some(poison.id));
+    assert_eq!(
+        dead[0].letter.message_type.as_deref(),
+        Some("test.reserved")
+    );
+    assert!(
+        dead[0].letter.body.contains(r#""version":1"#),
+        "the body as delivered"
+    );
 }
 
 /// A handler that declares `publishes = [Followup]` and publishes a
