@@ -298,6 +298,7 @@ CHECKED = [
     ("order_violations", "order", "order violations"),
     ("stuck_groups", "stuck", "stuck groups"),
     ("attempt_mismatches", "attempt", "attempt mismatches"),
+    ("early_runs", "early", "runs of delayed messages before their time"),
     ("harness_problems", "other", "other failures (a producer out of retries, a task panicked)"),
 ]
 

@@ -159,6 +159,7 @@ fn hostile_input_decodes_or_is_a_typed_error_and_valid_envelopes_survive_the_wir
         order_violations: None,
         stuck_groups: None,
         attempt_mismatches: None,
+        early_runs: None,
         harness_problems: None,
     });
 }

@@ -141,6 +141,7 @@ fn killing_the_worker_process_twenty_times_loses_and_duplicates_nothing() {
         order_violations: Some(out_of_order.unsigned_abs()),
         stuck_groups: None,
         attempt_mismatches: None,
+        early_runs: None,
         harness_problems: None,
     });
     assert_eq!(distinct, ORDERS as i64, "messages lost");
@@ -224,6 +225,7 @@ fn sigterm_mid_drain_then_the_next_worker_handles_the_rest_at_once() {
         order_violations: Some(out_of_order.unsigned_abs()),
         stuck_groups: None,
         attempt_mismatches: None,
+        early_runs: None,
         harness_problems: None,
     });
     assert_eq!(distinct, TERM_ORDERS as i64, "messages lost");

@@ -70,6 +70,9 @@ pub(crate) struct Findings {
     /// Dead letters that are not a give-up of one of our handlers on one of
     /// our messages (poison): none is expected.
     pub(crate) poison: u64,
+    /// **Early runs**: runs of a delayed message that started before the
+    /// time it was enqueued for (`enqueue_at`, `enqueue_after`).
+    pub(crate) early_runs: u64,
     /// Problems outside the checks: a producer transaction failed, a task
     /// panicked.
     pub(crate) trouble: u64,
@@ -85,7 +88,7 @@ impl Findings {
     }
 
     /// Each failure count with its names (singular, plural).
-    fn counts(&self) -> [(u64, &'static str, &'static str); 9] {
+    fn counts(&self) -> [(u64, &'static str, &'static str); 10] {
         [
             (self.lost, "lost message", "lost messages"),
             (self.phantoms, "phantom effect", "phantom effects"),
@@ -107,6 +110,7 @@ impl Findings {
                 "dead letters out of line",
             ),
             (self.poison, "poison dead letter", "poison dead letters"),
+            (self.early_runs, "early run", "early runs"),
             (self.trouble, "harness problem", "harness problems"),
         ]
     }
@@ -144,6 +148,7 @@ impl Findings {
         self.attempt_mismatches += other.attempt_mismatches;
         self.dead_letter_mismatches += other.dead_letter_mismatches;
         self.poison += other.poison;
+        self.early_runs += other.early_runs;
         self.trouble += other.trouble;
         self.duplicates_suppressed += other.duplicates_suppressed;
     }
@@ -190,6 +195,7 @@ pub(crate) fn check(plan: &Plan, history: &History, recorded: &Recorded) -> Find
     findings.sent = committed.len() as u64;
 
     lost_phantoms_duplicates(history, recorded, &committed, &mut findings);
+    early(recorded, &mut findings);
     order(&orders, history, recorded, &mut findings);
     stuck(recorded, &mut findings);
     attempts(recorded, &mut findings);
@@ -550,6 +556,28 @@ fn attempts(recorded: &Recorded, findings: &mut Findings) {
                 format!(
                     "dead letter: {handler} gave up on {} after {failed} failed runs of its life, max_attempts is {MAX_ATTEMPTS}",
                     short(key)
+                )
+            });
+        }
+    }
+}
+
+/// Check 7: no run of a delayed message starts before its time. SQLite
+/// keeps times in milliseconds, so a run may start up to 1 ms early there;
+/// 2 ms are allowed.
+fn early(recorded: &Recorded, findings: &mut Findings) {
+    let mut examples = Examples::new(&mut findings.examples);
+    for run in &recorded.runs {
+        let Some(&due) = recorded.due.get(&run.key) else {
+            continue;
+        };
+        if run.wall + chrono::Duration::milliseconds(2) < due {
+            findings.early_runs += 1;
+            examples.push(|| {
+                format!(
+                    "early: {} ran {} ms before its time",
+                    short(run.key),
+                    (due - run.wall).num_milliseconds()
                 )
             });
         }

@@ -336,11 +336,11 @@ async fn suite<T: Site>(mut site: T, via: Via) {
         scenario: "random histories, checked",
         injection: &match via {
             Via::InProcess => format!(
-                "seeded random schedules: 2-4 producers interleave 20-60 messages in 2-5 groups while relays, workers and whole nodes are killed, queues go down, handlers fail, panic and give up, and dead letters are replayed; every handler run and effect is recorded and checked ({label})"
+                "seeded random schedules: 2-4 producers interleave 20-60 messages in 2-5 groups (one in eight delayed by up to 250 ms) while relays, workers and whole nodes are killed, queues go down, handlers fail, panic and give up, and dead letters are replayed; every handler run and effect is recorded and checked ({label})"
             ),
             #[cfg(feature = "sqs")]
             Via::Sqs => format!(
-                "seeded random schedules: 2-4 producers interleave 20-60 messages in 2-5 groups while 1-2 relays and one worker share one FIFO queue of the local SQS server; no faults, handlers succeed (some slowly); every handler run and effect is recorded and checked ({label})"
+                "seeded random schedules: 2-4 producers interleave 20-60 messages in 2-5 groups (one in eight delayed by up to 250 ms) while 1-2 relays and one worker share one FIFO queue of the local SQS server; no faults, handlers succeed (some slowly); every handler run and effect is recorded and checked ({label})"
             ),
         },
         runs: seeds.len() as u64,
@@ -352,6 +352,7 @@ async fn suite<T: Site>(mut site: T, via: Via) {
         order_violations: Some(total.order_violations),
         stuck_groups: Some(total.stuck_groups),
         attempt_mismatches: Some(total.attempt_mismatches + total.dead_letter_mismatches),
+        early_runs: Some(total.early_runs),
         harness_problems: Some(total.trouble),
     });
     assert!(

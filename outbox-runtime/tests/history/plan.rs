@@ -34,6 +34,9 @@ pub(crate) struct TxPlan {
     pub(crate) gap: Duration,
     /// Its messages, enqueued in this order.
     pub(crate) events: Vec<Event>,
+    /// Per message, the delay it is enqueued with (`enqueue_after`), if any:
+    /// a delayed message holds its group, so commit order still holds.
+    pub(crate) delays: Vec<Option<Duration>>,
     /// How they are enqueued.
     pub(crate) style: EnqueueStyle,
     /// Pause between the enqueue and the commit, so that transactions of one
@@ -209,7 +212,7 @@ impl Plan {
 }
 
 fn transaction(rng: &mut Rng, groups: &[String], size: usize) -> TxPlan {
-    let events = (0..size)
+    let events: Vec<Event> = (0..size)
         .map(|_| {
             let mut key = [0_u8; 16];
             rng.fill(&mut key);
@@ -221,9 +224,15 @@ fn transaction(rng: &mut Rng, groups: &[String], size: usize) -> TxPlan {
             }
         })
         .collect();
+    // One message in eight is delayed, by up to a quarter second.
+    let delays = events
+        .iter()
+        .map(|_| (rng.u8(0..8) == 0).then(|| Duration::from_millis(rng.u64(20..=250))))
+        .collect();
     TxPlan {
         gap: Duration::ZERO,
         events,
+        delays,
         style: if rng.bool() {
             EnqueueStyle::All
         } else {

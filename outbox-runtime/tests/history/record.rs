@@ -46,6 +46,8 @@ pub(crate) struct Run {
     pub(crate) number: u32,
     /// Logical time it started.
     pub(crate) started: u64,
+    /// Wall time it started, for the delayed messages' check.
+    pub(crate) wall: chrono::DateTime<chrono::Utc>,
     /// Logical time it ended and how; `None` if its future was dropped.
     pub(crate) ended: Option<(u64, RunOutcome)>,
 }
@@ -126,6 +128,7 @@ impl Recorder {
             message_id,
             attempt,
             number,
+            wall: chrono::Utc::now(),
             started,
             ended: None,
         });

@@ -11,7 +11,7 @@
 //! (a process of the app); on SQS, the node uses the schedule's FIFO queue
 //! on the local server.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,6 +84,9 @@ pub(crate) struct Recorded {
     pub(crate) killed: bool,
     /// Keys of the messages of rolled-back transactions.
     pub(crate) rolled_back: HashSet<Uuid>,
+    /// The delayed messages' keys, each with the time it was enqueued for
+    /// (not handled before it).
+    pub(crate) due: HashMap<Uuid, chrono::DateTime<chrono::Utc>>,
     /// Set when the schedule did not settle in time.
     pub(crate) unsettled: Option<Unsettled>,
     /// What went wrong outside the checks: a producer transaction failed, a
@@ -434,9 +437,13 @@ pub(crate) async fn run<S: HistoryStore>(store: &S, plan: &Plan, queues: &Queues
 
     inject_faults(plan, &mut nodes, &wiring, queues, started).await;
     let mut rolled_back = HashSet::new();
+    let mut due = HashMap::new();
     for producer in producers {
         match producer.await {
-            Ok(Ok(keys)) => rolled_back.extend(keys),
+            Ok(Ok(done)) => {
+                rolled_back.extend(done.rolled_back);
+                due.extend(done.due);
+            }
             Ok(Err(err)) => trouble.note(err),
             Err(err) => trouble.note(format!("a producer task failed: {err}")),
         }
@@ -463,6 +470,7 @@ pub(crate) async fn run<S: HistoryStore>(store: &S, plan: &Plan, queues: &Queues
         dead_letters,
         killed: plan.kills(),
         rolled_back,
+        due,
         unsettled,
         trouble: trouble.take(),
         duplicates_suppressed: wiring.metrics.snapshot().duplicates_suppressed,
@@ -513,10 +521,18 @@ async fn inject_faults<S: HistoryStore>(
     }
 }
 
-/// One producer task: its transactions in order. Returns the keys it rolled
-/// back.
-async fn produce<S: HistoryStore>(store: S, txs: Vec<TxPlan>) -> Result<Vec<Uuid>, String> {
-    let mut rolled_back = Vec::new();
+/// What one producer task did.
+#[derive(Default)]
+struct Produced {
+    /// The keys it rolled back.
+    rolled_back: Vec<Uuid>,
+    /// The delayed keys it committed, with their times.
+    due: Vec<(Uuid, chrono::DateTime<chrono::Utc>)>,
+}
+
+/// One producer task: its transactions in order.
+async fn produce<S: HistoryStore>(store: S, txs: Vec<TxPlan>) -> Result<Produced, String> {
+    let mut produced = Produced::default();
     for tx in txs {
         tokio::time::sleep(tx.gap).await;
         // As an app does: a transaction the database aborted to break a
@@ -527,7 +543,10 @@ async fn produce<S: HistoryStore>(store: S, txs: Vec<TxPlan>) -> Result<Vec<Uuid
         let mut tries: u32 = 0;
         loop {
             match transact(&store, &tx).await {
-                Ok(()) => break,
+                Ok(due) => {
+                    produced.due.extend(due);
+                    break;
+                }
                 Err(err) if tries < PRODUCER_RETRIES && is_transient(&err) => {
                     tries += 1;
                     let ceiling = 10 * u64::from(tries);
@@ -541,10 +560,10 @@ async fn produce<S: HistoryStore>(store: S, txs: Vec<TxPlan>) -> Result<Vec<Uuid
             }
         }
         if tx.rollback {
-            rolled_back.extend(tx.events.iter().map(|e| e.key));
+            produced.rolled_back.extend(tx.events.iter().map(|e| e.key));
         }
     }
-    Ok(rolled_back)
+    Ok(produced)
 }
 
 /// How often a producer retries a transaction the database aborted.
@@ -566,21 +585,39 @@ fn is_transient(err: &anyhow::Error) -> bool {
 }
 
 /// One producer transaction: enqueue, pause, record the commit order (see
-/// [`crate::db`]), commit or roll back.
-async fn transact<S: HistoryStore>(store: &S, plan: &TxPlan) -> anyhow::Result<()> {
+/// [`crate::db`]), commit or roll back. Returns the delayed keys it
+/// committed, each with the earliest time it may be handled.
+async fn transact<S: HistoryStore>(
+    store: &S,
+    plan: &TxPlan,
+) -> anyhow::Result<Vec<(Uuid, chrono::DateTime<chrono::Utc>)>> {
     let mut tx = store.begin().await?;
+    let mut due = Vec::new();
     match plan.style {
         EnqueueStyle::All => {
-            let outgoing = plan
-                .events
-                .iter()
-                .map(OutgoingEnvelope::new)
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut outgoing = Vec::with_capacity(plan.events.len());
+            for (event, delay) in plan.events.iter().zip(&plan.delays) {
+                let mut one = OutgoingEnvelope::new(event)?;
+                if let Some(delay) = delay {
+                    one = one.with_delay(*delay);
+                    due.extend(one.not_before.map(|when| (event.key, when)));
+                }
+                outgoing.push(one);
+            }
             store.enqueue_all(&mut *tx, &outgoing).await?;
         }
         EnqueueStyle::OneByOne => {
-            for event in &plan.events {
-                store.enqueue(&mut *tx, event).await?;
+            for (event, delay) in plan.events.iter().zip(&plan.delays) {
+                match delay {
+                    Some(delay) => {
+                        let when = chrono::Utc::now() + chrono::Duration::from_std(*delay)?;
+                        store.enqueue_at(&mut *tx, event, when).await?;
+                        due.push((event.key, when));
+                    }
+                    None => {
+                        store.enqueue(&mut *tx, event).await?;
+                    }
+                }
             }
         }
     }
@@ -600,7 +637,7 @@ async fn transact<S: HistoryStore>(store: &S, plan: &TxPlan) -> anyhow::Result<(
     } else {
         tx.commit().await?;
     }
-    Ok(())
+    Ok(if plan.rollback { Vec::new() } else { due })
 }
 
 /// The operator: replays every dead letter of our handlers as soon as it

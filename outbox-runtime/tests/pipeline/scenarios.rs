@@ -555,6 +555,7 @@ async fn concurrent_relays_and_workers<S: TestDb>(store: S, n: usize) {
         order_violations: None,
         stuck_groups: None,
         attempt_mismatches: None,
+        early_runs: None,
         harness_problems: None,
     });
 }
@@ -592,6 +593,7 @@ pub(crate) async fn a_panicking_handler_fails_that_message_only<S: TestDb>(store
         order_violations: None,
         stuck_groups: None,
         attempt_mismatches: None,
+        early_runs: None,
         harness_problems: None,
     });
 }
@@ -693,6 +695,7 @@ pub(crate) async fn connections_killed_mid_batch_lose_nothing(pool: sqlx::PgPool
         order_violations: None,
         stuck_groups: None,
         attempt_mismatches: None,
+        early_runs: None,
         harness_problems: None,
     });
 }
@@ -1995,6 +1998,7 @@ pub(crate) async fn a_shutdown_mid_drain_loses_nothing_and_the_next_process_hand
         order_violations: Some(0),
         stuck_groups: None,
         attempt_mismatches: None,
+        early_runs: None,
         harness_problems: None,
     });
 }

@@ -454,6 +454,7 @@ async fn a_queue_that_goes_down_holds_rows_without_a_busy_loop_and_delivery_resu
         order_violations: None,
         stuck_groups: None,
         attempt_mismatches: None,
+        early_runs: None,
         harness_problems: None,
     });
     println!("{failures} failed publish attempts while down");

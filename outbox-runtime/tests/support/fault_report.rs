@@ -35,6 +35,10 @@ pub(crate) struct FaultRecord<'a> {
     /// where the test logs every run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) attempt_mismatches: Option<u64>,
+    /// Runs of delayed messages that started before their time (must be
+    /// 0), where the test enqueues delayed messages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) early_runs: Option<u64>,
     /// Runs that failed outside the checks (must be 0): a producer
     /// transaction that ran out of retries, a task that panicked; where the
     /// test tells them apart.
