@@ -145,7 +145,9 @@ pub use crate::transport::InProcessQueue;
 /// `upcast_from` chain, to the first version on it with handlers, and
 /// handled there; the handler's context sees the converted envelope (same
 /// id and group, the handling version's type and version). A version that
-/// has handlers runs them and is not converted. Two types replacing one
+/// has handlers runs them and is not converted. A version may also replace
+/// a message of another name (a rename): `upcast_from` names any registered
+/// type. Two types replacing one
 /// version, a cycle, or a source that is not a registered message make
 /// [`DispatchTable::from_registry`](dispatch::DispatchTable::from_registry)
 /// fail, naming the types; a conversion that fails (the old payload does not
@@ -213,7 +215,7 @@ pub use outbox_macros::OutboxMessage;
 ///
 /// | key | meaning | default |
 /// |---|---|---|
-/// | `name = "billing.charge"` | the handler's stable name: its inbox key | the function's path, `crate::module::function` |
+/// | `name = "billing.charge"` | the handler's stable name: its inbox key | the function's path from the crate's name, `my_app::billing::charge` (`module_path!()`); renaming or moving the function, its module or the crate changes it, and the inbox then takes the handler for a new one: name handlers whose messages may be in flight across such a change |
 /// | `max_attempts = 5` | how many times a failing message is tried before it is dead-lettered | the consumer's default |
 /// | `publishes = [OrderConfirmed, OrderShipped]` | the only message types it may publish through its context (`[]`: none) | any type |
 /// | `crate = my::reexport` | where `outbox_runtime` is, if renamed | `::outbox_runtime` |

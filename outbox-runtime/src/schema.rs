@@ -39,7 +39,9 @@ pub struct Application<'a> {
 pub const ASYNCAPI_FILE: &str = "asyncapi.yaml";
 
 /// Every file the code defines: (file name, text with a final newline): the
-/// JSON Schemas, pretty-printed, and the AsyncAPI document.
+/// JSON Schemas, pretty-printed (`envelope.schema.json` and
+/// [`file_name`]`(name, version)` per message), and the AsyncAPI document
+/// ([`ASYNCAPI_FILE`], [`asyncapi_yaml`]).
 pub fn generate(table: &DispatchTable, app: &Application<'_>) -> Vec<(String, String)> {
     let mut files = vec![(
         String::from("envelope.schema.json"),
@@ -49,7 +51,7 @@ pub fn generate(table: &DispatchTable, app: &Application<'_>) -> Vec<(String, St
         let r = entry.registration();
         files.push((file_name(r.name, r.version), pretty(&(r.schema)())));
     }
-    files.push((ASYNCAPI_FILE.to_owned(), yaml(&asyncapi(table, app))));
+    files.push((ASYNCAPI_FILE.to_owned(), asyncapi_yaml(table, app)));
     files
 }
 
@@ -185,7 +187,7 @@ fn parse_file_name(file: &str) -> Option<(String, u32)> {
 ///
 /// - One channel per logical queue (`#[outbox(queue = ...)]`, `default`
 ///   otherwise), with the SQS channel binding of a FIFO queue; its URL is
-///   deployment configuration ([`aws::QueueConfig`](crate::aws::QueueConfig)).
+///   deployment configuration (`aws::QueueConfig`, feature `aws`).
 /// - One message per name and version: its payload is a `$ref` to the
 ///   JSON Schema file [`write()`] puts beside the document; its group
 ///   ([`GroupSpec`](crate::message::GroupSpec)) is the extension
@@ -310,6 +312,11 @@ pub fn asyncapi(table: &DispatchTable, app: &Application<'_>) -> Value {
         "operations": operations,
         "components": {"messages": messages},
     })
+}
+
+/// [`asyncapi`] as YAML, as [`write()`] writes it.
+pub fn asyncapi_yaml(table: &DispatchTable, app: &Application<'_>) -> String {
+    yaml(&asyncapi(table, app))
 }
 
 /// Each entry's message id in the AsyncAPI document, `<name>.v<version>`

@@ -258,7 +258,7 @@ impl TestHarness {
     }
 
     /// The relay's pump: give it to code that commits with
-    /// [`commit_and_pump`](crate::commit_and_pump), as the app's own
+    /// [`crate::commit_and_pump`], as the app's own
     /// functions do. ([`send`](Self::send) pumps by itself.)
     pub fn waker(&self) -> &crate::pump::RelayWaker {
         self.running.waker()
@@ -271,6 +271,11 @@ impl TestHarness {
 
     /// Commits `message` to the outbox in a transaction of its own, and
     /// pumps the relay. Returns its envelope.
+    ///
+    /// For a delayed message, enqueue it yourself in a transaction on
+    /// [`store`](Self::store) (`StoreExt::enqueue_after`) and commit: the
+    /// harness's relay sweeps every 50 ms, so it is published within about
+    /// that after its time, and [`settle`](Self::settle) waits for it.
     ///
     /// # Errors
     ///
@@ -404,6 +409,12 @@ impl TestHarness {
 
 /// What the pipeline did since the harness started, read from its
 /// database once it settled.
+///
+/// Envelopes are read as they were stored, at the version enqueued: a v1
+/// message that reached a v2 handler through an upcast
+/// (`#[outbox(upcast_from = ...)]`) is in `handled::<V1>()` and in the v2
+/// handler's `handled_by`, as a v1 envelope; a dead letter keeps the body
+/// as delivered, so `dead_lettered::<V1>()` holds it too.
 #[derive(Clone, Debug)]
 pub struct Settled {
     published: Vec<Envelope>,
@@ -442,7 +453,8 @@ impl Settled {
     }
 
     /// The envelopes `handler` handled (by its `#[handler(name = ...)]`,
-    /// or its path `crate::module::function`), each once (the inbox holds
+    /// or its path from the crate's name, `my_crate::module::function`),
+    /// each once (the inbox holds
     /// one row per message and handler), in the order of the inbox's
     /// `handled_at` (milliseconds; a batch's runs share one).
     pub fn handled_by(&self, handler: &str) -> Vec<&Envelope> {

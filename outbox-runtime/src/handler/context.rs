@@ -226,15 +226,17 @@ impl<'c> HandlerContext<'c> {
     }
 
     /// Publishes a follow-up message that is not published before `when`
-    /// (the database's clock); see
+    /// (a `chrono::DateTime<Utc>` or a `std::time::SystemTime`, compared
+    /// with the database's clock); see
     /// [`StoreExt::enqueue_at`](crate::store::StoreExt::enqueue_at) for how a
     /// delayed message holds its group. Fails as [`publish`](Self::publish)
     /// does.
     pub fn publish_at<M: OutboxMessage>(
         &mut self,
         message: &M,
-        when: chrono::DateTime<chrono::Utc>,
+        when: impl Into<chrono::DateTime<chrono::Utc>>,
     ) -> Result<(), PublishError> {
+        let when = when.into();
         self.publish_outgoing(message, |outgoing| outgoing.with_not_before(when))
     }
 

@@ -2,7 +2,7 @@
 //! relay claims from, and the consumer records handled messages in.
 //!
 //! Two traits, each implemented once per database behind a cargo feature
-//! ([`PgStore`] with `postgres` for production, [`SqliteStore`] with
+//! (`PgStore` with `postgres` for production, `SqliteStore` with
 //! `sqlite` for the embedded default): [`Store`], what the app, the relay
 //! and the consumer need, and [`AdminStore`], what operators ask. A backend
 //! gives each method its SQL and says how it reads its column types; what
@@ -431,7 +431,7 @@ pub(crate) fn reserved_states<K: Eq + std::hash::Hash>(
 pub type StoreTransaction<DB> = sqlx::Transaction<'static, DB>;
 
 /// An outbox store on one database. Implemented by
-/// [`PgStore`] and [`SqliteStore`].
+/// `PgStore` and `SqliteStore`.
 ///
 /// App code uses [`StoreExt::enqueue`] or [`enqueue_all`](Self::enqueue_all)
 /// inside its own transaction; the
@@ -735,13 +735,18 @@ pub trait StoreExt: Store {
     /// order. Give a message that must not hold others back a group of its
     /// own. It is published by the first drain of the relay after `when`:
     /// a pump, or the relay's sweep (`RelayConfig::sweep_interval`; on
-    /// Lambda, the scheduled pump).
+    /// Lambda, the scheduled pump). Pumping at its commit
+    /// (`commit_and_pump`) does not publish it sooner; a plain commit will
+    /// do.
+    ///
+    /// `when` is a `chrono::DateTime<Utc>` or a `std::time::SystemTime`.
     fn enqueue_at<'c, M: crate::message::OutboxMessage>(
         &'c self,
         conn: &'c mut <Self::Database as sqlx::Database>::Connection,
         message: &M,
-        when: DateTime<Utc>,
+        when: impl Into<DateTime<Utc>>,
     ) -> impl Future<Output = Result<Envelope, EnqueueError>> + Send + 'c {
+        let when = when.into();
         let outgoing = OutgoingEnvelope::new(message).map(|o| o.with_not_before(when));
         enqueue_one(self, conn, outgoing)
     }

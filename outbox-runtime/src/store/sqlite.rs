@@ -59,7 +59,7 @@ impl SqliteStore {
     /// Sets the largest envelope (as JSON) it accepts: your transport's
     /// limit, when it is not SQS's default 256 KiB (an SQS queue can be
     /// configured up to 1 MiB; set the same on
-    /// [`SqsTransport::with_max_body_bytes`](crate::transport::sqs::SqsTransport)).
+    /// `SqsTransport::with_max_body_bytes`, feature `sqs`).
     #[must_use]
     pub fn with_max_message_bytes(mut self, limit: usize) -> Self {
         self.max_message_bytes = limit;
