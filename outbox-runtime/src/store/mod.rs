@@ -286,7 +286,10 @@ pub struct OutboxStats {
     /// Rows not yet delivered: waiting to be published, or relayed to a
     /// non-durable queue and not yet confirmed.
     pub pending: u64,
-    /// Age of the oldest pending row, by `created_at`.
+    /// Age of the oldest pending row that is due: from its `created_at`,
+    /// or for a delayed message from its time. A delayed message not yet
+    /// due is not counted (so it raises no stuck alert); the rows waiting
+    /// behind it in its group are.
     pub oldest_pending_age: Option<Duration>,
     /// Published rows not yet deleted by retention.
     pub published: u64,
@@ -708,7 +711,8 @@ pub struct GroupStats {
     pub group: String,
     /// Rows not yet delivered.
     pub pending: u64,
-    /// Age of its oldest undelivered row.
+    /// Age of its oldest undelivered row that is due, as
+    /// [`OutboxStats::oldest_pending_age`] counts it.
     pub oldest_pending_age: Option<Duration>,
     /// Rows the relay gave up on.
     pub dead: u64,

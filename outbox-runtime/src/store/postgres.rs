@@ -967,7 +967,9 @@ impl Store for PgStore {
                  (SELECT count(*) FROM outbox) AS pending,
                  count(*) FILTER (WHERE status = 'published') AS published,
                  count(*) FILTER (WHERE status = 'dead') AS dead,
-                 (EXTRACT(EPOCH FROM now() - (SELECT min(created_at) FROM outbox)) * 1000)::int8 AS oldest_ms,
+                 (EXTRACT(EPOCH FROM now() - (
+                     SELECT min(GREATEST(created_at, not_before)) FROM outbox
+                     WHERE not_before IS NULL OR not_before <= now())) * 1000)::int8 AS oldest_ms,
                  (SELECT count(*) FROM outbox_dead_letters) AS dead_letters
              FROM outbox_archive",
         )
@@ -986,7 +988,9 @@ impl Store for PgStore {
     async fn group_stats(&self, limit: u32) -> Result<Vec<GroupStats>, StoreError> {
         let rows = sqlx::query(
             "WITH waiting AS (
-                 SELECT group_key, count(*) AS pending, min(created_at) AS oldest
+                 SELECT group_key, count(*) AS pending,
+                        min(GREATEST(created_at, not_before))
+                            FILTER (WHERE not_before IS NULL OR not_before <= now()) AS oldest
                  FROM outbox GROUP BY group_key),
              dead AS (
                  SELECT group_key, count(*) AS dead

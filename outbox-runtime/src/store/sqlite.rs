@@ -575,7 +575,12 @@ impl Store for SqliteStore {
                  (SELECT count(*) FROM outbox WHERE status IN ('pending', 'relayed')) AS pending,
                  (SELECT count(*) FROM outbox WHERE status = 'published') AS published,
                  (SELECT count(*) FROM outbox WHERE status = 'dead') AS dead,
-                 ?1 - (SELECT min(created_at) FROM outbox WHERE status IN ('pending', 'relayed'))
+                 -- A delayed row (no attempt yet, available later than its
+                 -- creation) counts from its time, and not before it.
+                 ?1 - (SELECT min(CASE WHEN attempts = 0 THEN max(created_at, available_at)
+                                       ELSE created_at END)
+                        FROM outbox WHERE status IN ('pending', 'relayed')
+                          AND (attempts > 0 OR available_at <= ?1))
                      AS oldest_ms,
                  (SELECT count(*) FROM outbox_dead_letters) AS dead_letters",
         )
@@ -589,7 +594,11 @@ impl Store for SqliteStore {
         let rows = sqlx::query(
             "SELECT group_key,
                     sum(status IN ('pending', 'relayed')) AS pending,
-                    ?2 - min(CASE WHEN status IN ('pending', 'relayed') THEN created_at END)
+                    ?2 - min(CASE WHEN status IN ('pending', 'relayed')
+                                       AND (attempts > 0 OR available_at <= ?2)
+                                  THEN CASE WHEN attempts = 0 THEN max(created_at, available_at)
+                                            ELSE created_at END
+                             END)
                         AS oldest_ms,
                     sum(status = 'dead') AS dead
              FROM outbox WHERE status IN ('pending', 'relayed', 'dead')

@@ -2301,8 +2301,23 @@ pub(crate) async fn a_due_message_is_published_by_the_next_drain<S: TestDb>(stor
     let before = h.relay.drain().await.expect("relay drains");
     assert_eq!(before.published, 0, "not due: {before:?}");
     assert!(before.complete);
+    let stats = h.store.stats().await.expect("stats");
+    assert_eq!(
+        (stats.pending, stats.oldest_pending_age),
+        (1, None),
+        "a message not yet due is pending but ages from its time"
+    );
+    assert_eq!(
+        h.store.group_stats(10).await.expect("group stats")[0].oldest_pending_age,
+        None
+    );
     let wait = (when - chrono::Utc::now()).to_std().unwrap_or_default();
     tokio::time::sleep(wait + Duration::from_millis(20)).await;
+    let age = h.store.stats().await.expect("stats").oldest_pending_age;
+    assert!(
+        age.is_some_and(|age| age < Duration::from_millis(500)),
+        "due: it ages from its time, not its creation: {age:?}"
+    );
     let after = h.relay.drain().await.expect("relay drains");
     assert_eq!(after.published, 1, "due: {after:?}");
     h.settle(Duration::from_secs(10)).await;
