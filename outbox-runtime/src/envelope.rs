@@ -352,6 +352,7 @@ pub const ONLY_HANDLER_HEADER: &str = "outbox-only-handler";
 /// published to (`OutboxMessage::QUEUE`; `None` is the default queue) and,
 /// for a delayed message, the time before which it is not published.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct OutgoingEnvelope {
     /// The envelope.
     pub envelope: Envelope,
@@ -388,6 +389,44 @@ impl OutgoingEnvelope {
             .and_then(|delay| Utc::now().checked_add_signed(delay))
             .unwrap_or(DateTime::<Utc>::MAX_UTC);
         self.with_not_before(when)
+    }
+}
+
+/// A time before which a delayed message is not published
+/// (`StoreExt::enqueue_at`, `HandlerContext::publish_at`): a
+/// `chrono::DateTime<Utc>`, or a `std::time::SystemTime`, which saturates
+/// at the ends of chrono's range instead of panicking.
+pub trait NotBefore {
+    /// The time, in UTC.
+    fn to_utc(&self) -> DateTime<Utc>;
+}
+
+impl NotBefore for DateTime<Utc> {
+    fn to_utc(&self) -> DateTime<Utc> {
+        *self
+    }
+}
+
+impl NotBefore for std::time::SystemTime {
+    fn to_utc(&self) -> DateTime<Utc> {
+        let utc = match self.duration_since(std::time::UNIX_EPOCH) {
+            Ok(after) => i64::try_from(after.as_secs())
+                .ok()
+                .and_then(|secs| DateTime::from_timestamp(secs, after.subsec_nanos())),
+            Err(before) => {
+                let before = before.duration();
+                i64::try_from(before.as_secs()).ok().and_then(|secs| {
+                    DateTime::from_timestamp(-secs, 0).map(|t| {
+                        t - chrono::Duration::nanoseconds(i64::from(before.subsec_nanos()))
+                    })
+                })
+            }
+        };
+        utc.unwrap_or(if *self > std::time::UNIX_EPOCH {
+            DateTime::<Utc>::MAX_UTC
+        } else {
+            DateTime::<Utc>::MIN_UTC
+        })
     }
 }
 

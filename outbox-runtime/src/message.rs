@@ -148,16 +148,18 @@ impl fmt::Display for MessageType {
 
 /// Decodes a payload of `P`, converts it into `M` with `From`, and encodes
 /// the result: one step of an upcast (`#[outbox(upcast_from = P)]` on `M`).
-/// A panic in the conversion is an error, not a crash.
+/// A panic in the user's code it calls (the conversion, or a hand-written
+/// `Deserialize` or `Serialize`) is an error, not a crash.
 pub fn upcast<P: OutboxMessage, M: OutboxMessage + From<P>>(
     payload: &RawValue,
 ) -> Result<Box<RawValue>, UpcastError> {
-    let previous = P::decode(payload)?;
-    // `previous` is moved in and dropped with the panic; nothing the
-    // closure touches is observed afterwards.
-    let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| M::from(previous)))
-        .map_err(|panic| UpcastError::Panicked(panic_text(&*panic)))?;
-    Ok(next.encode()?)
+    // Nothing the closure touches is observed after a panic: its values
+    // are dropped with it.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let previous = P::decode(payload)?;
+        Ok(M::from(previous).encode()?)
+    }))
+    .unwrap_or_else(|panic| Err(UpcastError::Panicked(panic_text(&*panic))))
 }
 
 /// A panic's message, when it is a string.
@@ -181,7 +183,8 @@ pub enum UpcastError {
     /// The converted message does not encode.
     #[error(transparent)]
     Encode(#[from] EncodeError),
-    /// The `From` conversion panicked.
+    /// The conversion (or the old version's decoding, or the new one's
+    /// encoding) panicked.
     #[error("the conversion panicked: {0}")]
     Panicked(String),
 }

@@ -186,3 +186,19 @@ fn the_checked_in_schema_matches_the_code() {
         "schemas/envelope.schema.json is out of date; rerun with OUTBOX_BLESS=1 and review the diff"
     );
 }
+
+#[test]
+fn a_system_time_becomes_utc_and_saturates_instead_of_panicking() {
+    use chrono::{DateTime, Utc};
+    use outbox_runtime::envelope::NotBefore;
+    use std::time::{Duration, UNIX_EPOCH};
+    let second = UNIX_EPOCH + Duration::new(1, 500);
+    assert_eq!(second.to_utc(), DateTime::from_timestamp(1, 500).unwrap());
+    let far = UNIX_EPOCH + Duration::from_secs(u64::MAX / 4);
+    assert_eq!(far.to_utc(), DateTime::<Utc>::MAX_UTC);
+    let before = UNIX_EPOCH - Duration::new(2, 250);
+    assert_eq!(
+        before.to_utc(),
+        DateTime::from_timestamp(-2, 0).unwrap() - chrono::Duration::nanoseconds(250)
+    );
+}

@@ -394,6 +394,15 @@ impl Serialize for MessageEntry {
                 }
             }
         }
+        impl From<&MessageRegistration> for Type {
+            fn from(m: &MessageRegistration) -> Self {
+                Type {
+                    name: m.name,
+                    version: m.version,
+                    rust_type: (m.rust_type)(),
+                }
+            }
+        }
         #[derive(serde::Serialize)]
         struct Handler {
             name: &'static str,
@@ -408,15 +417,7 @@ impl Serialize for MessageEntry {
         entry.serialize_field("group", &r.group)?;
         entry.serialize_field("queue", &r.queue)?;
         entry.serialize_field("upcast_from", &r.upcast_from.map(|u| Type::from(u.from)))?;
-        let path: Vec<Type> = self
-            .upcast_path
-            .iter()
-            .map(|m| Type {
-                name: m.name,
-                version: m.version,
-                rust_type: (m.rust_type)(),
-            })
-            .collect();
+        let path: Vec<Type> = self.upcast_path.iter().map(|&m| Type::from(m)).collect();
         entry.serialize_field("upcast_path", &path)?;
         let handlers: Vec<Handler> = self
             .handlers

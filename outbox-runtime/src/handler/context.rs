@@ -226,17 +226,18 @@ impl<'c> HandlerContext<'c> {
     }
 
     /// Publishes a follow-up message that is not published before `when`
-    /// (a `chrono::DateTime<Utc>` or a `std::time::SystemTime`, compared
-    /// with the database's clock); see
+    /// (a `chrono::DateTime<Utc>` or a `std::time::SystemTime`,
+    /// [`NotBefore`](crate::envelope::NotBefore), compared with the
+    /// database's clock); see
     /// [`StoreExt::enqueue_at`](crate::store::StoreExt::enqueue_at) for how a
     /// delayed message holds its group. Fails as [`publish`](Self::publish)
     /// does.
     pub fn publish_at<M: OutboxMessage>(
         &mut self,
         message: &M,
-        when: impl Into<chrono::DateTime<chrono::Utc>>,
+        when: impl crate::envelope::NotBefore,
     ) -> Result<(), PublishError> {
-        let when = when.into();
+        let when = when.to_utc();
         self.publish_outgoing(message, |outgoing| outgoing.with_not_before(when))
     }
 

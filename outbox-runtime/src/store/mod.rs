@@ -743,14 +743,15 @@ pub trait StoreExt: Store {
     /// (`commit_and_pump`) does not publish it sooner; a plain commit will
     /// do.
     ///
-    /// `when` is a `chrono::DateTime<Utc>` or a `std::time::SystemTime`.
+    /// `when` is a `chrono::DateTime<Utc>` or a `std::time::SystemTime`
+    /// ([`NotBefore`](crate::envelope::NotBefore)).
     fn enqueue_at<'c, M: crate::message::OutboxMessage>(
         &'c self,
         conn: &'c mut <Self::Database as sqlx::Database>::Connection,
         message: &M,
-        when: impl Into<DateTime<Utc>>,
+        when: impl crate::envelope::NotBefore,
     ) -> impl Future<Output = Result<Envelope, EnqueueError>> + Send + 'c {
-        let when = when.into();
+        let when = when.to_utc();
         let outgoing = OutgoingEnvelope::new(message).map(|o| o.with_not_before(when));
         enqueue_one(self, conn, outgoing)
     }

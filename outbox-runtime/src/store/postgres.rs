@@ -106,12 +106,10 @@ impl PgStore {
                        WHERE o.group_key = g.group_key AND o.seq >= g.head_seq
                          AND o.seq <= g.relayed_through))
                    AND NOT EXISTS (
-                       SELECT 1 FROM outbox d
-                       WHERE d.group_key = g.group_key AND d.seq >= g.head_seq
-                         AND d.not_before > now()
-                         AND NOT EXISTS (SELECT 1 FROM outbox e
-                                         WHERE e.group_key = g.group_key
-                                           AND e.seq >= g.head_seq AND e.seq < d.seq))
+                       SELECT 1 FROM (SELECT f.not_before FROM outbox f
+                                      WHERE f.group_key = g.group_key AND f.seq >= g.head_seq
+                                      ORDER BY f.seq LIMIT 1) first
+                       WHERE first.not_before > now())
                  ORDER BY g.head_seq
                  LIMIT $4
                  FOR UPDATE SKIP LOCKED

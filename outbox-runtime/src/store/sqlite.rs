@@ -204,7 +204,7 @@ impl Store for SqliteStore {
         // parameters, 9 per row.
         for chunk in messages.chunks(3000) {
             let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
-                "INSERT INTO outbox (id, message_type, version, group_key, queue, payload, headers, created_at, available_at) ",
+                "INSERT INTO outbox (id, message_type, version, group_key, queue, payload, headers, created_at, available_at, not_before) ",
             );
             insert.push_values(chunk, |mut row, outgoing| {
                 let OutgoingEnvelope {
@@ -213,7 +213,8 @@ impl Store for SqliteStore {
                     not_before,
                 } = outgoing;
                 let created = envelope.created_at.timestamp_millis();
-                let available = not_before.map_or(created, |t| t.timestamp_millis().max(created));
+                let not_before = not_before.map(|t| t.timestamp_millis());
+                let available = not_before.map_or(created, |t| t.max(created));
                 row.push_bind(envelope.id.hyphenated().to_string())
                     .push_bind(envelope.message_type.clone())
                     .push_bind(i64::from(envelope.version))
@@ -222,7 +223,8 @@ impl Store for SqliteStore {
                     .push_bind(envelope.payload.get().to_owned())
                     .push_bind(headers_json(envelope))
                     .push_bind(created)
-                    .push_bind(available);
+                    .push_bind(available)
+                    .push_bind(not_before);
             });
             insert.build().execute(&mut *conn).await?;
         }
@@ -271,12 +273,12 @@ impl Store for SqliteStore {
              WHERE seq IN (
                  SELECT o.seq FROM outbox o
                  WHERE o.status = 'pending' AND o.group_key IN (SELECT value FROM json_each(?2))
-                   -- Up to the group's first row not yet available (delayed
-                   -- or backing off): the rows after it wait.
+                   -- Up to the group's first delayed row not yet due: the
+                   -- rows after it wait.
                    AND o.seq < COALESCE(
                        (SELECT min(d.seq) FROM outbox d
                         WHERE d.group_key = o.group_key AND d.status = 'pending'
-                          AND d.available_at > d.created_at AND d.available_at > ?5),
+                          AND d.not_before IS NOT NULL AND d.not_before > ?5),
                        9223372036854775807)
                  ORDER BY o.seq LIMIT ?3)
              RETURNING seq, id, message_type, version, group_key, queue, payload, headers, created_at, attempts",
@@ -575,12 +577,10 @@ impl Store for SqliteStore {
                  (SELECT count(*) FROM outbox WHERE status IN ('pending', 'relayed')) AS pending,
                  (SELECT count(*) FROM outbox WHERE status = 'published') AS published,
                  (SELECT count(*) FROM outbox WHERE status = 'dead') AS dead,
-                 -- A delayed row (no attempt yet, available later than its
-                 -- creation) counts from its time, and not before it.
-                 ?1 - (SELECT min(CASE WHEN attempts = 0 THEN max(created_at, available_at)
-                                       ELSE created_at END)
+                 -- A delayed row counts from its time, and not before it.
+                 ?1 - (SELECT min(max(created_at, coalesce(not_before, created_at)))
                         FROM outbox WHERE status IN ('pending', 'relayed')
-                          AND (attempts > 0 OR available_at <= ?1))
+                          AND (not_before IS NULL OR not_before <= ?1))
                      AS oldest_ms,
                  (SELECT count(*) FROM outbox_dead_letters) AS dead_letters",
         )
@@ -595,9 +595,8 @@ impl Store for SqliteStore {
             "SELECT group_key,
                     sum(status IN ('pending', 'relayed')) AS pending,
                     ?2 - min(CASE WHEN status IN ('pending', 'relayed')
-                                       AND (attempts > 0 OR available_at <= ?2)
-                                  THEN CASE WHEN attempts = 0 THEN max(created_at, available_at)
-                                            ELSE created_at END
+                                       AND (not_before IS NULL OR not_before <= ?2)
+                                  THEN max(created_at, coalesce(not_before, created_at))
                              END)
                         AS oldest_ms,
                     sum(status = 'dead') AS dead

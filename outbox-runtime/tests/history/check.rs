@@ -562,9 +562,10 @@ fn attempts(recorded: &Recorded, findings: &mut Findings) {
     }
 }
 
-/// Check 7: no run of a delayed message starts before its time. SQLite
-/// keeps times in milliseconds, so a run may start up to 1 ms early there;
-/// 2 ms are allowed.
+/// Check 7: no run of a delayed message starts before its time. The time
+/// is the producer's clock and the claim compares with the database's: the
+/// same machine's here. SQLite keeps times in milliseconds, so a run may
+/// start up to 1 ms early there; 2 ms are allowed.
 fn early(recorded: &Recorded, findings: &mut Findings) {
     let mut examples = Examples::new(&mut findings.examples);
     for run in &recorded.runs {

@@ -2290,7 +2290,7 @@ pub(crate) async fn a_delayed_message_waits_for_its_time_and_holds_its_group<S: 
 /// One drain of the relay after a delayed message's time publishes it.
 pub(crate) async fn a_due_message_is_published_by_the_next_drain<S: TestDb>(store: S) {
     let h = Harness::new(store).await;
-    let when = chrono::Utc::now() + chrono::Duration::milliseconds(800);
+    let when = chrono::Utc::now() + chrono::Duration::seconds(3);
     let mut tx = h.store.begin().await.expect("begin");
     h.store
         .enqueue_at(&mut tx, &step("later", 0), when)
@@ -2299,6 +2299,10 @@ pub(crate) async fn a_due_message_is_published_by_the_next_drain<S: TestDb>(stor
     tx.commit().await.expect("commit");
 
     let before = h.relay.drain().await.expect("relay drains");
+    assert!(
+        chrono::Utc::now() < when,
+        "the check ran too late to mean anything"
+    );
     assert_eq!(before.published, 0, "not due: {before:?}");
     assert!(before.complete);
     let stats = h.store.stats().await.expect("stats");

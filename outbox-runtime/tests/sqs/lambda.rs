@@ -222,13 +222,22 @@ async fn poison_records_are_dead_lettered_and_acknowledged(pool: PgPool) {
     assert_eq!(dead[1].0, "unknown message type `nobody.handles.this`");
 }
 
-#[sqlx::test(migrations = false)]
-async fn a_pump_makes_the_consumer_drain_the_outbox(pool: PgPool) {
+/// A consumer that drains its outbox (PostgreSQL) on a pump, through a
+/// new FIFO queue of the local server, as the Lambda consumer is wired.
+struct PumpedConsumer {
+    client: Client,
+    url: String,
+    store: PgStore,
+    pump: SqsPump,
+    consumer: Consumer<PgStore>,
+}
+
+async fn pumped_consumer(pool: &PgPool) -> PumpedConsumer {
     let client = client().await;
     let (url, _) = fifo_queue(&client, None).await;
     let store = PgStore::new(pool.clone());
     store.migrate().await.unwrap();
-    effects_table(&pool).await;
+    effects_table(pool).await;
     let transport = Arc::new(SqsTransport::new(client.clone(), &url));
     let pump = SqsPump::new(client.clone(), &url);
     let relay = Relay::new(store.clone(), Arc::clone(&transport)).with_config(RelayConfig {
@@ -241,6 +250,24 @@ async fn a_pump_makes_the_consumer_drain_the_outbox(pool: PgPool) {
     )
     .with_relay(Arc::new(relay))
     .with_pump(Arc::new(pump.clone()));
+    PumpedConsumer {
+        client,
+        url,
+        store,
+        pump,
+        consumer,
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_pump_makes_the_consumer_drain_the_outbox(pool: PgPool) {
+    let PumpedConsumer {
+        client,
+        url,
+        store,
+        pump,
+        consumer,
+    } = pumped_consumer(&pool).await;
 
     // A rolled-back transaction sends no pump and leaves nothing.
     let mut tx = pool.begin().await.unwrap();
@@ -298,25 +325,15 @@ async fn a_pump_makes_the_consumer_drain_the_outbox(pool: PgPool) {
 /// scheduled pump after its time publishes it, and it is handled.
 #[sqlx::test(migrations = false)]
 async fn a_delayed_message_is_published_by_the_first_pump_after_its_time(pool: PgPool) {
-    let client = client().await;
-    let (url, _) = fifo_queue(&client, None).await;
-    let store = PgStore::new(pool.clone());
-    store.migrate().await.unwrap();
-    effects_table(&pool).await;
-    let transport = Arc::new(SqsTransport::new(client.clone(), &url));
-    let pump = SqsPump::new(client.clone(), &url);
-    let relay = Relay::new(store.clone(), Arc::clone(&transport)).with_config(RelayConfig {
-        backoff: fast(),
-        ..RelayConfig::default()
-    });
-    let consumer = Consumer::new(
-        store.clone(),
-        Arc::new(Dispatcher::from_registry().unwrap()),
-    )
-    .with_relay(Arc::new(relay))
-    .with_pump(Arc::new(pump.clone()));
+    let PumpedConsumer {
+        client,
+        url,
+        store,
+        pump,
+        consumer,
+    } = pumped_consumer(&pool).await;
 
-    let delay = Duration::from_secs(2);
+    let delay = Duration::from_secs(5);
     let mut tx = pool.begin().await.unwrap();
     outbox_runtime::StoreExt::enqueue_after(&store, &mut tx, &step("later", 0), delay)
         .await
