@@ -176,10 +176,13 @@ fn lost_versions(table: &DispatchTable, dir: &Path) -> Vec<String> {
 fn parse_file_name(file: &str) -> Option<(String, u32)> {
     let stem = file.strip_suffix(".schema.json")?;
     let (name, version) = stem.rsplit_once(".v")?;
-    let digits = !version.is_empty()
-        && version.bytes().all(|b| b.is_ascii_digit())
-        && !version.starts_with('0');
-    digits.then_some(())?;
+    // Only what `file_name` writes: digits, no sign, no leading zero.
+    if version.is_empty()
+        || version.starts_with('0')
+        || !version.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
     Some((name.to_owned(), version.parse().ok()?))
 }
 
@@ -448,9 +451,7 @@ fn yaml_nested(value: &Value, indent: usize, out: &mut String) {
 /// letter, `$` or `_`, has no character YAML gives a meaning, and is not a
 /// word YAML reads as a boolean or null), double-quoted otherwise.
 fn yaml_key(key: &str) -> String {
-    const WORDS: [&str; 11] = [
-        "true", "false", "null", "yes", "no", "on", "off", "y", "n", "~", "",
-    ];
+    const WORDS: [&str; 9] = ["true", "false", "null", "yes", "no", "on", "off", "y", "n"];
     let plain = key
         .chars()
         .next()

@@ -223,14 +223,16 @@ impl Dispatcher {
     /// Fails only when the envelope itself is poison: unknown type, unsupported
     /// version, an upcast that fails, or a payload that does not decode.
     pub async fn dispatch(&self, envelope: &Envelope) -> Result<DispatchReport, DispatchError> {
-        let mut upcast;
-        let mut envelope = envelope;
-        let mut entry = self.route(envelope)?;
-        if !std::ptr::eq(self.table.handled_by(entry), entry) {
-            upcast = envelope.clone();
-            entry = self.resolve(&mut upcast)?;
-            envelope = &upcast;
-        }
+        let routed = self.route(envelope)?;
+        let upcast;
+        let (entry, envelope) = if routed.upcast_path().is_empty() {
+            (routed, envelope)
+        } else {
+            let mut copy = envelope.clone();
+            let target = self.upcast(routed, &mut copy)?;
+            upcast = copy;
+            (target, &upcast)
+        };
         let span = span_if_wanted!(
             INFO,
             "outbox.dispatch",
