@@ -39,11 +39,13 @@ pub(crate) struct HandlerAttrs {
     pub(crate) name: Option<LitStr>,
     pub(crate) max_attempts: Option<u32>,
     pub(crate) publishes: Option<Vec<Type>>,
+    /// `on_dead_letter = "hold_group"`: `true`; `"move_on"`: `false`.
+    pub(crate) holds_group: Option<bool>,
     pub(crate) krate: Option<Path>,
 }
 
 const MESSAGE_KEYS: &str = "`name`, `version`, `group`, `queue`, `upcast_from`, `crate`";
-const HANDLER_KEYS: &str = "`name`, `max_attempts`, `publishes`, `crate`";
+const HANDLER_KEYS: &str = "`name`, `max_attempts`, `publishes`, `on_dead_letter`, `crate`";
 
 pub(crate) fn message_attrs(attrs: &[Attribute], cx: &mut Ctxt) -> MessageAttrs {
     let mut out = MessageAttrs::default();
@@ -89,6 +91,8 @@ pub(crate) fn handler_attrs(args: TokenStream, cx: &mut Ctxt) -> HandlerAttrs {
             positive_u32(&meta).map(|n| set_once(&meta, &mut out.max_attempts, n))
         } else if meta.path.is_ident("publishes") {
             publishes_value(&meta).map(|t| set_once(&meta, &mut out.publishes, t))
+        } else if meta.path.is_ident("on_dead_letter") {
+            on_dead_letter_value(&meta).map(|h| set_once(&meta, &mut out.holds_group, h))
         } else if meta.path.is_ident("crate") {
             crate_path(&meta).map(|p| set_once(&meta, &mut out.krate, p))
         } else {
@@ -232,6 +236,22 @@ fn publishes_value(meta: &ParseNestedMeta<'_>) -> syn::Result<Vec<Type>> {
         out.push(ty);
     }
     Ok(out)
+}
+
+/// `on_dead_letter = "hold_group"` (`true`) or `"move_on"` (`false`).
+fn on_dead_letter_value(meta: &ParseNestedMeta<'_>) -> syn::Result<bool> {
+    const USAGE: &str = "`on_dead_letter` takes \"move_on\" (the default: later messages of the group go on) or \"hold_group\" (they wait until an operator releases the group)";
+    let value = meta.value()?;
+    if !value.peek(LitStr) {
+        let bad: syn::Expr = value.parse()?;
+        return Err(syn::Error::new_spanned(bad, USAGE));
+    }
+    let lit: LitStr = value.parse()?;
+    match lit.value().as_str() {
+        "hold_group" => Ok(true),
+        "move_on" => Ok(false),
+        _ => Err(syn::Error::new(lit.span(), USAGE)),
+    }
 }
 
 fn crate_path(meta: &ParseNestedMeta<'_>) -> syn::Result<Path> {

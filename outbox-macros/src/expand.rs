@@ -188,13 +188,15 @@ fn handler_registration(handler: &Handler<'_>) -> TokenStream {
         }
     };
 
+    let holding = handler.holds_group.then(|| quote!(.holding_group()));
+
     quote! {
         #[doc(hidden)]
         const _: () = {
             #[#private::linkme::distributed_slice(#private::HANDLERS)]
             #[linkme(crate = #private::linkme)]
             static __OUTBOX_HANDLER: #private::HandlerRegistration =
-                #private::HandlerRegistration::of::<#message_ty>(#name, #max_attempts, __outbox_handler)#publishing;
+                #private::HandlerRegistration::of::<#message_ty>(#name, #max_attempts, __outbox_handler)#publishing #holding;
             #publishes
 
             fn __outbox_handler<'a, 'c>(

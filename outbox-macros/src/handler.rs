@@ -16,6 +16,8 @@ pub(crate) struct Handler<'a> {
     pub(crate) max_attempts: Option<u32>,
     /// `publishes = [...]`: the types it may publish.
     pub(crate) publishes: Option<Vec<Type>>,
+    /// `on_dead_letter = "hold_group"`.
+    pub(crate) holds_group: bool,
     pub(crate) message_ty: &'a Type,
     /// The type of the context parameter, if the handler takes one.
     pub(crate) context_ty: Option<&'a Type>,
@@ -37,6 +39,7 @@ impl<'a> Handler<'a> {
             name,
             max_attempts,
             publishes,
+            holds_group,
             krate,
         } = attr::handler_attrs(args, &mut cx);
         if let Some(name) = &name
@@ -132,6 +135,7 @@ impl<'a> Handler<'a> {
             },
             max_attempts,
             publishes,
+            holds_group: holds_group.unwrap_or(false),
             message_ty,
             context_ty,
             output_ty,

@@ -42,7 +42,8 @@
 use uuid::Uuid;
 
 use crate::dispatch::DispatchTable;
-use crate::envelope::{Envelope, ONLY_HANDLER_HEADER, OutgoingEnvelope, REPLAY_OF_HEADER};
+use crate::envelope::{Envelope, OutgoingEnvelope};
+use crate::store::holds;
 use crate::store::{AdminStore, DeadLetter, Store, StoreError, StoredDeadLetter};
 use crate::transport::{Receiver, TransportError};
 
@@ -66,6 +67,39 @@ pub enum AdminError {
     /// No outbox row with this sequence number is dead.
     #[error("outbox row {0} is not dead (or does not exist)")]
     NotDead(i64),
+    /// The dead letter is kept by a group's hold: replaying or purging it
+    /// alone would break its group's order.
+    #[error(
+        "dead letter {id} is kept by the hold of handler `{handler}` on group `{group}`; release the group instead (admin::release_group), so its messages run in order"
+    )]
+    Held {
+        /// The dead letter.
+        id: i64,
+        /// The holding handler.
+        handler: String,
+        /// The group held.
+        group: String,
+    },
+    /// The group is not held for this handler.
+    #[error("group `{group}` is not held for handler `{handler}`")]
+    NotHeld {
+        /// The handler.
+        handler: String,
+        /// The group.
+        group: String,
+    },
+    /// A release of the group is running: its replays are not all handled.
+    #[error(
+        "group `{group}` is being released for handler `{handler}`: {outstanding} of its replays are not handled yet; wait for them"
+    )]
+    Releasing {
+        /// The holding handler.
+        handler: String,
+        /// The group.
+        group: String,
+        /// The release's replays not handled yet.
+        outstanding: u32,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -99,24 +133,7 @@ pub fn replay_message(
             id: letter.id,
             reason: err.to_string(),
         })?;
-    let mut envelope = Envelope {
-        id: Uuid::now_v7(),
-        created_at: chrono::Utc::now(),
-        ..original.clone()
-    };
-    envelope.headers.causation_id = Some(original.id);
-    envelope.headers.correlation_id = Some(original.headers.correlation_id.unwrap_or(original.id));
-    // A replay of a replay still names the first message: its inbox key.
-    envelope.headers.extra.insert(
-        REPLAY_OF_HEADER.to_owned(),
-        original.original_id().to_string(),
-    );
-    if let Some(handler) = &letter.letter.handler {
-        envelope
-            .headers
-            .extra
-            .insert(ONLY_HANDLER_HEADER.to_owned(), handler.clone());
-    }
+    let envelope = original.replay(letter.letter.handler.as_deref());
     let queue = table
         .message(&envelope.message_type, envelope.version)
         .and_then(|entry| entry.registration().queue);
@@ -138,6 +155,7 @@ pub async fn replay_dead_letter<S: AdminStore>(
         .dead_letter_by_id(id)
         .await?
         .ok_or(AdminError::NoSuchDeadLetter(id))?;
+    refuse_held(store, &letter).await?;
     let replay = replay_message(&letter, table)?;
     if !store.replay_dead_letter(id, &replay).await? {
         return Err(AdminError::NoSuchDeadLetter(id));
@@ -210,12 +228,142 @@ pub async fn import_dead_letter_queue<S: Store, R: Receiver>(
 
 /// Deletes dead letter `id` for good.
 pub async fn purge_dead_letter<S: AdminStore>(store: &S, id: i64) -> Result<(), AdminError> {
+    let letter = store
+        .dead_letter_by_id(id)
+        .await?
+        .ok_or(AdminError::NoSuchDeadLetter(id))?;
+    refuse_held(store, &letter).await?;
     if store.purge_dead_letter(id).await? {
         tracing::info!(dead_letter = id, "dead letter purged");
         Ok(())
     } else {
         Err(AdminError::NoSuchDeadLetter(id))
     }
+}
+
+/// Refuses to act on `letter` alone when a group's hold keeps it.
+async fn refuse_held<S: Store>(store: &S, letter: &StoredDeadLetter) -> Result<(), AdminError> {
+    let (Some(handler), Some(group)) = (&letter.letter.handler, &letter.letter.group) else {
+        return Ok(());
+    };
+    let mut tx = store.begin().await?;
+    let held = !store
+        .group_holds(&mut tx, &[(handler.as_str(), group.as_str())])
+        .await?
+        .is_empty();
+    tx.rollback().await.map_err(StoreError::from)?;
+    if held {
+        return Err(AdminError::Held {
+            id: letter.id,
+            handler: handler.clone(),
+            group: group.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// How [`release_group`] resumes a held group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// Runs the message the handler gave up on again, then the messages
+    /// kept behind it: for a fixed handler.
+    Replay,
+    /// Drops the message the handler gave up on (its dead letter is
+    /// deleted and the message stays handled), then runs the messages kept
+    /// behind it.
+    Skip,
+}
+
+/// A held group released: see [`release_group`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct GroupReleased {
+    /// The holding handler.
+    pub handler: String,
+    /// The group.
+    pub group: String,
+    /// The dead letter of the message the handler gave up on, deleted
+    /// without a replay ([`Resume::Skip`]).
+    pub skipped: Option<i64>,
+    /// The dead letters replayed, oldest first; each replay runs only the
+    /// holding handler.
+    pub replays: Vec<Replayed>,
+}
+
+/// Releases `group`, held for `handler` (`#[handler(on_dead_letter =
+/// "hold_group")]`), in one transaction: its dead letters for that handler,
+/// oldest first (the give-up, then the messages kept behind it), are
+/// replayed for that handler, or with [`Resume::Skip`] all but the oldest.
+/// The replays carry the release's id ([`RELEASE_HEADER`](crate::envelope::RELEASE_HEADER)).
+/// Until the last is handled the group stays held: the handler runs the
+/// replays, in order, and keeps the group's other messages; those are
+/// then released the same way, and the hold ends. If a replay gives up
+/// again, the group is held again from it. Pump or wake the relay after.
+///
+/// Refused while a release of the group runs ([`AdminError::Releasing`]).
+/// A held group's dead letters cannot be replayed or purged one by one
+/// ([`AdminError::Held`]).
+///
+/// ```no_run
+/// # async fn example(store: outbox_runtime::PgStore) -> Result<(), outbox_runtime::admin::AdminError> {
+/// use outbox_runtime::admin::{self, Resume};
+/// use outbox_runtime::dispatch::DispatchTable;
+/// use outbox_runtime::store::AdminStore;
+///
+/// let table = DispatchTable::from_registry().expect("a complete table");
+/// for held in store.held_groups(100).await? {
+///     println!("{} {}: {} kept", held.hold.handler, held.hold.group, held.dead_letters);
+/// }
+/// let released = admin::release_group(&store, &table, "billing::charge", "customer-7", Resume::Replay).await?;
+/// println!("{} messages run again, in order", released.replays.len());
+/// # Ok(()) }
+/// ```
+pub async fn release_group<S: AdminStore>(
+    store: &S,
+    table: &DispatchTable,
+    handler: &str,
+    group: &str,
+    resume: Resume,
+) -> Result<GroupReleased, AdminError> {
+    let mut tx = store.begin().await?;
+    let hold = store
+        .group_holds(&mut tx, &[(handler, group)])
+        .await?
+        .pop()
+        .ok_or_else(|| AdminError::NotHeld {
+            handler: handler.to_owned(),
+            group: group.to_owned(),
+        })?;
+    if hold.release.is_some() {
+        return Err(AdminError::Releasing {
+            handler: hold.handler,
+            group: hold.group,
+            outstanding: hold.outstanding,
+        });
+    }
+    let release = holds::release(store, &mut tx, table, hold, resume == Resume::Skip).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    tracing::info!(
+        handler,
+        group,
+        replays = release.replays.len(),
+        skipped = ?release.skipped,
+        "group released"
+    );
+    Ok(GroupReleased {
+        handler: handler.to_owned(),
+        group: group.to_owned(),
+        skipped: release.skipped,
+        replays: release
+            .replays
+            .into_iter()
+            .map(|released| Replayed {
+                dead_letter: released.dead_letter,
+                original_id: released.original_id,
+                replay_id: released.replay_id,
+                handler: Some(handler.to_owned()),
+            })
+            .collect(),
+    })
 }
 
 /// Puts dead outbox row `seq` back to pending (attempts reset).
@@ -241,6 +389,7 @@ pub async fn purge_dead_row<S: AdminStore>(store: &S, seq: i64) -> Result<(), Ad
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::{ONLY_HANDLER_HEADER, REPLAY_OF_HEADER};
 
     fn letter(body: &str, handler: Option<&str>) -> StoredDeadLetter {
         StoredDeadLetter {

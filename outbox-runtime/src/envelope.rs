@@ -328,6 +328,36 @@ impl Envelope {
             .unwrap_or(self.id)
     }
 
+    /// The message that replays this one (see [`crate::admin`]): a fresh
+    /// id and time, the same type, version, group and payload, this id as
+    /// causation id, the same correlation id (or this id), and the headers
+    /// [`REPLAY_OF_HEADER`] (the [original id](Self::original_id)) and, for
+    /// one handler's give-up, [`ONLY_HANDLER_HEADER`].
+    #[must_use]
+    pub fn replay(&self, handler: Option<&str>) -> Envelope {
+        let mut envelope = Envelope {
+            id: Uuid::now_v7(),
+            created_at: chrono::Utc::now(),
+            ..self.clone()
+        };
+        envelope.headers.causation_id = Some(self.id);
+        envelope.headers.correlation_id = Some(self.headers.correlation_id.unwrap_or(self.id));
+        // A replay of a replay still names the first message: its inbox key.
+        envelope
+            .headers
+            .extra
+            .insert(REPLAY_OF_HEADER.to_owned(), self.original_id().to_string());
+        envelope.headers.extra.remove(RELEASE_HEADER);
+        match handler {
+            Some(handler) => envelope
+                .headers
+                .extra
+                .insert(ONLY_HANDLER_HEADER.to_owned(), handler.to_owned()),
+            None => envelope.headers.extra.remove(ONLY_HANDLER_HEADER),
+        };
+        envelope
+    }
+
     /// The JSON Schema of the envelope, as checked in at `schemas/envelope.schema.json`.
     pub fn json_schema() -> schemars::Schema {
         schemars::schema_for!(Envelope)
@@ -347,6 +377,11 @@ pub const REPLAY_OF_HEADER: &str = "outbox-replay-of";
 /// Header of a replayed message: the only handler to run (the one that gave
 /// up). Without it, every handler of the message runs.
 pub const ONLY_HANDLER_HEADER: &str = "outbox-only-handler";
+
+/// The header of a replay sent by a group's release
+/// ([`admin::release_group`](crate::admin::release_group)): the release's
+/// id. While a group is held, only these replays run its holding handler.
+pub const RELEASE_HEADER: &str = "outbox-release";
 
 /// An envelope on its way into the outbox, with the logical queue it is
 /// published to (`OutboxMessage::QUEUE`; `None` is the default queue) and,

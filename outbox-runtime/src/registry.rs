@@ -127,6 +127,11 @@ pub struct HandlerRegistration {
     /// `#[handler(publishes = [...])]`, if given: the only message types it
     /// may publish. `None` allows any.
     pub publishes: Option<&'static [MessageType]>,
+    /// `#[handler(on_dead_letter = "hold_group")]`: when this handler gives
+    /// up on a message, the later messages of its group wait for it (see
+    /// [`crate::admin::release_group`]). `false` (`"move_on"`, the
+    /// default): they go on.
+    pub holds_group: bool,
     /// The type-erased handler.
     pub call: HandlerFn,
 }
@@ -146,6 +151,7 @@ impl HandlerRegistration {
             message_type_id: TypeId::of::<M>,
             max_attempts,
             publishes: None,
+            holds_group: false,
             call,
         }
     }
@@ -155,6 +161,14 @@ impl HandlerRegistration {
     #[must_use]
     pub const fn publishing(mut self, types: &'static [MessageType]) -> Self {
         self.publishes = Some(types);
+        self
+    }
+
+    /// This registration, holding its group when it gives up. Used by
+    /// `#[handler(on_dead_letter = "hold_group")]`.
+    #[must_use]
+    pub const fn holding_group(mut self) -> Self {
+        self.holds_group = true;
         self
     }
 }

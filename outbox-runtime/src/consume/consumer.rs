@@ -10,14 +10,15 @@ use uuid::Uuid;
 
 use crate::backoff::Backoff;
 use crate::dispatch::{Dispatcher, continue_trace, in_span, run_handler, span_if_wanted};
-use crate::envelope::{Envelope, ONLY_HANDLER_HEADER};
+use crate::envelope::{Envelope, ONLY_HANDLER_HEADER, RELEASE_HEADER};
 use crate::handler::HandlerContext;
 use crate::handler::HandlerError;
 use crate::metrics::Metrics;
 use crate::pump::{Pump, is_pump};
 use crate::registry::HandlerRegistration;
 use crate::relay::OutboxDrain;
-use crate::store::{DeadLetter, Store, StoreError, StoreTransaction};
+use crate::store::holds;
+use crate::store::{DeadLetter, GroupHold, Store, StoreError, StoreTransaction};
 use crate::transport::Delivery;
 
 /// Settings of a [`Consumer`].
@@ -149,6 +150,41 @@ enum Work<'a> {
 }
 
 impl Prepared<'_> {
+    /// The dead letter of `handler`'s give-up on this message, with the
+    /// body and type as delivered.
+    fn letter(&self, handler: &str, error: String, attempts: u32) -> DeadLetter {
+        let (message_id, message_type, group) = match &self.work {
+            Work::Message {
+                envelope,
+                identity,
+                received_type,
+                ..
+            } => (
+                Some(*identity),
+                Some(
+                    received_type
+                        .clone()
+                        .unwrap_or_else(|| envelope.message_type.clone()),
+                ),
+                envelope.group.clone(),
+            ),
+            Work::Poison { envelope, .. } => (
+                envelope.as_ref().map(Envelope::original_id),
+                envelope.as_ref().map(|e| e.message_type.clone()),
+                self.delivery.group.clone(),
+            ),
+        };
+        DeadLetter {
+            message_id,
+            handler: Some(handler.to_owned()),
+            message_type,
+            group: Some(group),
+            body: self.delivery.body.clone(),
+            error,
+            attempts,
+        }
+    }
+
     /// The handlers to run.
     fn handlers(&self) -> impl Iterator<Item = &'static HandlerRegistration> + '_ {
         let (handlers, only) = match &self.work {
@@ -202,6 +238,23 @@ struct Tally {
     published: bool,
 }
 
+/// The holds on the groups of a transaction's messages, by holding handler
+/// and group (`#[handler(on_dead_letter = "hold_group")]`).
+type Holds = HashMap<(&'static str, String), GroupHold>;
+
+/// Whether `envelope` is a replay of `hold`'s running release: only those
+/// run the holding handler while its group is held.
+fn is_release_of(envelope: &Envelope, hold: &GroupHold) -> bool {
+    hold.release.is_some_and(|release| {
+        envelope
+            .headers
+            .extra
+            .get(RELEASE_HEADER)
+            .and_then(|id| Uuid::parse_str(id).ok())
+            == Some(release)
+    })
+}
+
 /// A run that failed in a transaction's first pass.
 struct FailedRun {
     /// The message's place in the batch.
@@ -216,6 +269,8 @@ struct Pass {
     /// The outcome of each message, by its place in the batch.
     done: Vec<(usize, DeliveryOutcome)>,
     runs: HashMap<(Uuid, &'static str), Run>,
+    /// The holds as this pass left them.
+    holds: Holds,
     tally: Tally,
     /// In a pass under one shared savepoint: the failed run that ended it.
     failed: Option<FailedRun>,
@@ -227,10 +282,11 @@ struct Pass {
 }
 
 impl Pass {
-    fn new(runs: HashMap<(Uuid, &'static str), Run>) -> Self {
+    fn new(runs: HashMap<(Uuid, &'static str), Run>, holds: Holds) -> Self {
         Pass {
             done: Vec::new(),
             runs,
+            holds,
             tally: Tally::default(),
             failed: None,
             first_failure: None,
@@ -640,11 +696,12 @@ impl<S: Store> Consumer<S> {
                 (*key, run)
             })
             .collect();
-        let mut second = Pass::new(runs);
+        let holds = self.read_holds(&mut tx, chunk, stopped, late).await?;
+        let mut second = Pass::new(runs, holds);
         if self.config.savepoints == Savepoints::OnFailure {
             let mut tried = stopped.clone();
             self.store.begin_run(&mut tx).await?;
-            let first = Pass::new(second.runs.clone());
+            let first = Pass::new(second.runs.clone(), second.holds.clone());
             match self
                 .pass(&mut tx, chunk, &mut tried, late, first, true)
                 .await
@@ -737,7 +794,7 @@ impl<S: Store> Consumer<S> {
             } else {
                 match &item.work {
                     Work::Poison { envelope, error } => {
-                        self.poison(tx, item.delivery, envelope.as_ref(), error)
+                        self.poison(tx, item, envelope.as_ref(), error, &mut pass)
                             .await?;
                         pass.tally.dead_lettered += 1;
                         DeliveryOutcome::DeadLettered
@@ -866,6 +923,29 @@ impl<S: Store> Consumer<S> {
                     continue;
                 }
             };
+            // A held group's messages wait for the holding handler, as
+            // dead letters, except the replays of its release.
+            let held = handler
+                .holds_group
+                .then(|| pass.holds.get(&(handler.name, envelope.group.clone())))
+                .flatten();
+            let released = held.is_some_and(|hold| is_release_of(envelope, hold));
+            if let Some(hold) = held.filter(|_| !released) {
+                let error = format!(
+                    "kept: `{}` gave up on an earlier message of group `{}` at {}; release the group to run it (admin::release_group)",
+                    handler.name,
+                    envelope.group,
+                    hold.held_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                );
+                let entry = item.letter(handler.name, error, failures);
+                self.store.dead_letter(tx, &entry).await?;
+                tracing::info!(handler = handler.name, group = %envelope.group, "message kept behind its group's hold");
+                pass.runs.insert(key, Run::GaveUp { at: item.at });
+                pass.tally.dead_lettered += 1;
+                dead = true;
+                continue;
+            }
             let attempt = failures.saturating_add(1);
             let error = match self
                 .run_handler(tx, envelope, handler, attempt, !shared)
@@ -875,6 +955,10 @@ impl<S: Store> Consumer<S> {
                     pass.runs.insert(key, Run::Committed);
                     pass.tally.handled += 1;
                     pass.tally.published |= published;
+                    if released {
+                        self.release_step(tx, handler.name, &envelope.group, pass)
+                            .await?;
+                    }
                     continue;
                 }
                 Err(error) => error,
@@ -919,10 +1003,7 @@ impl<S: Store> Consumer<S> {
     ) -> Result<Option<Duration>, StoreError> {
         // Not a message: no handler ran, nothing to count.
         let Work::Message {
-            envelope,
-            identity,
-            received_type,
-            ..
+            envelope, identity, ..
         } = &item.work
         else {
             return Ok(Some(Duration::ZERO));
@@ -943,22 +1024,13 @@ impl<S: Store> Consumer<S> {
             // letter commits with the reserved inbox row, so other
             // handlers' redeliveries do not run it again. A replay of
             // the dead letter does (see `crate::admin`).
-            let entry = DeadLetter {
-                message_id: Some(*identity),
-                handler: Some(handler.name.to_owned()),
-                // The type of the body kept, as delivered.
-                message_type: Some(
-                    received_type
-                        .clone()
-                        .unwrap_or_else(|| envelope.message_type.clone()),
-                ),
-                group: Some(envelope.group.clone()),
-                body: item.delivery.body.clone(),
-                error: error.to_string(),
-                attempts: attempt,
-            };
+            let entry = item.letter(handler.name, error.to_string(), attempt);
             self.store.dead_letter(tx, &entry).await?;
             tracing::error!(handler = handler.name, %error, attempt, permanent = error.is_permanent(), "handler gave up; dead-lettered");
+            if handler.holds_group {
+                self.hold_group(tx, handler.name, &envelope.group, pass)
+                    .await?;
+            }
             pass.runs.insert(key, Run::GaveUp { at: item.at });
             pass.tally.dead_lettered += 1;
             return Ok(None);
@@ -970,6 +1042,116 @@ impl<S: Store> Consumer<S> {
         };
         pass.runs.insert(key, Run::Failed(delay));
         Ok(Some(delay))
+    }
+
+    /// Holds `group` for `handler`, which gave up on a message of it, in
+    /// `tx`: its later messages wait as dead letters until a release. A
+    /// replay of a running release that gave up ends that release: the
+    /// release's later replays wait too.
+    async fn hold_group(
+        &self,
+        tx: &mut StoreTransaction<S::Database>,
+        handler: &'static str,
+        group: &str,
+        pass: &mut Pass,
+    ) -> Result<(), StoreError> {
+        let hold = pass
+            .holds
+            .entry((handler, group.to_owned()))
+            .or_insert_with(|| GroupHold {
+                handler: handler.to_owned(),
+                group: group.to_owned(),
+                held_at: chrono::Utc::now(),
+                release: None,
+                outstanding: 0,
+            });
+        hold.release = None;
+        hold.outstanding = 0;
+        self.store.put_group_hold(tx, hold).await?;
+        tracing::error!(handler, group, "group held until an operator releases it");
+        Ok(())
+    }
+
+    /// A replay of `group`'s release for `handler` was handled, in `tx`:
+    /// counts it, and after the release's last replay, releases what was
+    /// kept meanwhile the same way, or ends the hold.
+    async fn release_step(
+        &self,
+        tx: &mut StoreTransaction<S::Database>,
+        handler: &'static str,
+        group: &str,
+        pass: &mut Pass,
+    ) -> Result<(), StoreError> {
+        let key = (handler, group.to_owned());
+        let Some(hold) = pass.holds.get_mut(&key) else {
+            return Ok(());
+        };
+        hold.outstanding = hold.outstanding.saturating_sub(1);
+        if hold.outstanding > 0 {
+            return self.store.put_group_hold(tx, hold).await;
+        }
+        let release = holds::release(
+            &self.store,
+            tx,
+            self.dispatcher.table(),
+            hold.clone(),
+            false,
+        )
+        .await?;
+        if release.replays.is_empty() {
+            tracing::info!(handler, group, "group released");
+        } else {
+            tracing::info!(
+                handler,
+                group,
+                replays = release.replays.len(),
+                "messages kept during the release are released"
+            );
+            pass.tally.published = true;
+        }
+        match release.hold {
+            Some(next) => *hold = next,
+            None => {
+                pass.holds.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
+    /// The holds on the groups of `chunk`'s messages that it runs, for
+    /// their handlers that hold groups, read and locked in `tx`. None is
+    /// read when no such handler runs.
+    async fn read_holds(
+        &self,
+        tx: &mut StoreTransaction<S::Database>,
+        chunk: &[Prepared<'_>],
+        stopped: &HashSet<&str>,
+        late: bool,
+    ) -> Result<Holds, StoreError> {
+        let mut keys: Vec<(&'static str, &str)> = Vec::new();
+        for item in chunk.iter().filter(|item| !is_held(item, stopped, late)) {
+            if let Work::Message { envelope, .. } = &item.work {
+                for handler in item.handlers().filter(|h| h.holds_group) {
+                    let key = (handler.name, envelope.group.as_str());
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
+                }
+            }
+        }
+        if keys.is_empty() {
+            return Ok(Holds::new());
+        }
+        let holds = self.store.group_holds(tx, &keys).await?;
+        Ok(keys
+            .iter()
+            .filter_map(|(handler, group)| {
+                let hold = holds
+                    .iter()
+                    .find(|hold| hold.handler == *handler && hold.group == *group)?;
+                Some(((*handler, group.to_string()), hold.clone()))
+            })
+            .collect())
     }
 
     /// Runs `handler` on `envelope` in `tx` and stores the messages it
@@ -1054,23 +1236,80 @@ impl<S: Store> Consumer<S> {
     }
 
     /// The message can never be handled: keep it in dead letters, in `tx`,
-    /// and acknowledge it.
+    /// and acknowledge it. A replay of a held group's running release is
+    /// the holding handler's give-up: its dead letter is that handler's, and
+    /// the group is held again.
     async fn poison(
         &self,
         tx: &mut StoreTransaction<S::Database>,
-        delivery: &Delivery,
+        item: &Prepared<'_>,
         envelope: Option<&Envelope>,
         error: &str,
+        pass: &mut Pass,
     ) -> Result<(), StoreError> {
-        let entry = DeadLetter {
-            message_id: envelope.map(Envelope::original_id),
-            handler: None,
-            message_type: envelope.map(|e| e.message_type.clone()),
-            group: Some(delivery.group.clone()),
-            body: delivery.body.clone(),
-            error: error.to_owned(),
-            attempts: delivery.receive_count,
+        let delivery = item.delivery;
+        let hold = match envelope {
+            Some(envelope) => self.release_of(tx, envelope, pass).await?,
+            None => None,
         };
-        self.store.dead_letter(tx, &entry).await
+        let Some(mut hold) = hold else {
+            let entry = DeadLetter {
+                message_id: envelope.map(Envelope::original_id),
+                handler: None,
+                message_type: envelope.map(|e| e.message_type.clone()),
+                group: Some(delivery.group.clone()),
+                body: delivery.body.clone(),
+                error: error.to_owned(),
+                attempts: delivery.receive_count,
+            };
+            return self.store.dead_letter(tx, &entry).await;
+        };
+        let mut entry = item.letter(&hold.handler, error.to_owned(), delivery.receive_count);
+        if let Some(envelope) = envelope {
+            entry.group = Some(envelope.group.clone());
+        }
+        self.store.dead_letter(tx, &entry).await?;
+        hold.release = None;
+        hold.outstanding = 0;
+        self.store.put_group_hold(tx, &hold).await?;
+        tracing::error!(handler = %hold.handler, group = %hold.group, "a replay of the group's release is poison; group held again");
+        if let Some((_, kept)) = pass
+            .holds
+            .iter_mut()
+            .find(|((handler, group), _)| *handler == hold.handler && *group == hold.group)
+        {
+            *kept = hold;
+        }
+        Ok(())
+    }
+
+    /// The hold whose running release `envelope` is a replay of, if any.
+    async fn release_of(
+        &self,
+        tx: &mut StoreTransaction<S::Database>,
+        envelope: &Envelope,
+        pass: &Pass,
+    ) -> Result<Option<GroupHold>, StoreError> {
+        let headers = &envelope.headers.extra;
+        let (Some(handler), true) = (
+            headers.get(ONLY_HANDLER_HEADER),
+            headers.contains_key(RELEASE_HEADER),
+        ) else {
+            return Ok(None);
+        };
+        let kept = pass
+            .holds
+            .iter()
+            .find(|((h, group), _)| h == handler && *group == envelope.group)
+            .map(|(_, hold)| hold.clone());
+        let hold = match kept {
+            Some(hold) => Some(hold),
+            None => self
+                .store
+                .group_holds(tx, &[(handler.as_str(), envelope.group.as_str())])
+                .await?
+                .pop(),
+        };
+        Ok(hold.filter(|hold| is_release_of(envelope, hold)))
     }
 }

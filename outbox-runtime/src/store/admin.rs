@@ -5,7 +5,9 @@ use std::future::Future;
 
 use uuid::Uuid;
 
-use super::{OutboxRow, RowStatus, Store, StoreError, StoreTransaction, StoredDeadLetter};
+use super::{
+    GroupHold, OutboxRow, RowStatus, Store, StoreError, StoreTransaction, StoredDeadLetter,
+};
 use crate::envelope::OutgoingEnvelope;
 
 /// Operator queries and actions on a store: rows and dead letters listed,
@@ -82,6 +84,24 @@ pub trait AdminStore: Store {
     /// group's pending rows.
     fn requeue_dead_row(&self, seq: i64) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// The held groups (`#[handler(on_dead_letter = "hold_group")]`), the
+    /// oldest hold first, at most `limit`.
+    fn held_groups(
+        &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<HeldGroup>, StoreError>> + Send;
+
     /// Deletes a `dead` outbox row; `false` if row `seq` is not dead.
     fn purge_dead_row(&self, seq: i64) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+/// A held group, listed by [`AdminStore::held_groups`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct HeldGroup {
+    /// The hold.
+    #[serde(flatten)]
+    pub hold: GroupHold,
+    /// Its dead letters: the message the handler gave up on and those kept
+    /// behind it.
+    pub dead_letters: u64,
 }

@@ -43,12 +43,13 @@ use uuid::Uuid;
 use crate::envelope::{Envelope, OutgoingEnvelope};
 
 mod admin;
+pub(crate) mod holds;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
-pub use admin::AdminStore;
+pub use admin::{AdminStore, HeldGroup};
 #[cfg(feature = "postgres")]
 pub use postgres::PgStore;
 #[cfg(feature = "sqlite")]
@@ -323,6 +324,17 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A dead letter of a held group is not an envelope (edited by hand),
+    /// so its group cannot be released. Nothing was changed.
+    #[error(
+        "dead letter {id} of a held group is not an envelope ({reason}); purge it, then release the group"
+    )]
+    CorruptDeadLetter {
+        /// The dead letter.
+        id: i64,
+        /// Why its body is not an envelope.
+        reason: String,
+    },
 }
 
 impl StoreError {
@@ -330,7 +342,10 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Database(err) => is_transient(err),
-            StoreError::Migrate(_) | StoreError::Encode(_) | StoreError::CorruptRow { .. } => false,
+            StoreError::Migrate(_)
+            | StoreError::Encode(_)
+            | StoreError::CorruptRow { .. }
+            | StoreError::CorruptDeadLetter { .. } => false,
         }
     }
 }
@@ -343,7 +358,10 @@ impl StoreError {
             StoreError::Database(err) => err
                 .as_database_error()
                 .is_some_and(|db| db.is_unique_violation()),
-            StoreError::Migrate(_) | StoreError::Encode(_) | StoreError::CorruptRow { .. } => false,
+            StoreError::Migrate(_)
+            | StoreError::Encode(_)
+            | StoreError::CorruptRow { .. }
+            | StoreError::CorruptDeadLetter { .. } => false,
         }
     }
 }
@@ -633,6 +651,43 @@ pub trait Store: Clone + Send + Sync + 'static {
         entry: &'t DeadLetter,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
 
+    /// The holds among `keys` (handler, group), read in `tx` and locked
+    /// until it ends (on SQLite the transaction holds the write lock).
+    fn group_holds<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Self::Database>,
+        keys: &'t [(&'t str, &'t str)],
+    ) -> impl Future<Output = Result<Vec<GroupHold>, StoreError>> + Send + 't;
+
+    /// Writes `hold` in `tx`: inserts it, or updates its release (its
+    /// `held_at` stays the first give-up's).
+    fn put_group_hold<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Self::Database>,
+        hold: &'t GroupHold,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
+
+    /// Deletes the hold of `handler` on `group` in `tx`.
+    fn delete_group_hold<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Self::Database>,
+        handler: &'t str,
+        group: &'t str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
+
+    /// Deletes, in `tx`, the dead letters of `handler` in `group`, with what
+    /// their give-ups recorded (the handler's inbox rows and failed
+    /// attempts, so a replay runs it again), and returns them, oldest
+    /// first. With `skip_first`, the oldest keeps its inbox row: its
+    /// message stays handled.
+    fn take_held_letters<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Self::Database>,
+        handler: &'t str,
+        group: &'t str,
+        skip_first: bool,
+    ) -> impl Future<Output = Result<Vec<StoredDeadLetter>, StoreError>> + Send + 't;
+
     /// Deletes up to `batch` rows of one kind from before `before`, in one
     /// statement; returns how many it deleted. [`cleanup`](Self::cleanup)
     /// calls it with one `before` per kind until a batch comes back short.
@@ -702,6 +757,28 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<GroupStats>, StoreError>> + Send;
+}
+
+/// A group held for one handler (`#[handler(on_dead_letter = "hold_group")]`):
+/// the handler gave up on a message of the group, and its later messages of
+/// the group are kept as dead letters, in order, until an operator
+/// releases the group ([`crate::admin::release_group`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct GroupHold {
+    /// The handler that gave up.
+    pub handler: String,
+    /// The group held.
+    pub group: String,
+    /// When the handler gave up.
+    pub held_at: DateTime<Utc>,
+    /// While a release runs: the id its replays carry
+    /// ([`RELEASE_HEADER`](crate::envelope::RELEASE_HEADER)). Only they run;
+    /// other messages of the group are still kept.
+    pub release: Option<Uuid>,
+    /// Replays of the release not handled yet. When the last is handled,
+    /// the messages kept meanwhile are released the same way, and then the
+    /// hold ends.
+    pub outstanding: u32,
 }
 
 /// One message group's state, from [`Store::group_stats`].
@@ -814,6 +891,6 @@ pub(crate) fn own_migrator(embedded: &sqlx::migrate::Migrator) -> sqlx::migrate:
 mod row;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) use row::{
-    Columns, DEAD_LETTER_SELECT, check_sizes, claimed_from_row, group_stats, headers_json, millis,
-    outbox_row, outbox_stats, sort_out, stored_dead_letter,
+    Columns, DEAD_LETTER_SELECT, GROUP_HOLD_COLUMNS, check_sizes, claimed_from_row, group_hold,
+    group_stats, headers_json, millis, outbox_row, outbox_stats, sort_out, stored_dead_letter,
 };

@@ -13,10 +13,10 @@ use uuid::Uuid;
 
 use super::{
     AdminStore, BEGIN_RUN_SQL, ClaimedMessage, Columns, DEAD_LETTER_SELECT, DeadLetter, Expired,
-    GroupStats, HandlerState, KEEP_RUN_SQL, OutboxRow, OutboxStats, PublishFailure, RowStatus,
-    Settlement, Store, StoreError, StoreTransaction, StoredDeadLetter, UNDO_RUN_SQL,
-    claimed_from_row, group_stats, headers_json, millis, outbox_row, outbox_stats, reserved_states,
-    stored_dead_letter,
+    GROUP_HOLD_COLUMNS, GroupHold, GroupStats, HandlerState, HeldGroup, KEEP_RUN_SQL, OutboxRow,
+    OutboxStats, PublishFailure, RowStatus, Settlement, Store, StoreError, StoreTransaction,
+    StoredDeadLetter, UNDO_RUN_SQL, claimed_from_row, group_hold, group_stats, headers_json,
+    millis, outbox_row, outbox_stats, reserved_states, stored_dead_letter,
 };
 use crate::envelope::OutgoingEnvelope;
 
@@ -882,6 +882,88 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn group_holds<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Postgres>,
+        keys: &'t [(&'t str, &'t str)],
+    ) -> Result<Vec<GroupHold>, StoreError> {
+        let (handlers, groups): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {GROUP_HOLD_COLUMNS} FROM outbox_group_holds
+             WHERE (handler, group_key) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
+             FOR UPDATE"
+        )))
+        .bind(&handlers)
+        .bind(&groups)
+        .fetch_all(&mut **tx)
+        .await?;
+        rows.iter().map(group_hold).collect()
+    }
+
+    async fn put_group_hold<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Postgres>,
+        hold: &'t GroupHold,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO outbox_group_holds (handler, group_key, held_at, release_id, outstanding)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (handler, group_key)
+             DO UPDATE SET release_id = EXCLUDED.release_id, outstanding = EXCLUDED.outstanding",
+        )
+        .bind(&hold.handler)
+        .bind(&hold.group)
+        .bind(hold.held_at)
+        .bind(hold.release)
+        .bind(i32::try_from(hold.outstanding).unwrap_or(i32::MAX))
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_group_hold<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Postgres>,
+        handler: &'t str,
+        group: &'t str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM outbox_group_holds WHERE handler = $1 AND group_key = $2")
+            .bind(handler)
+            .bind(group)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn take_held_letters<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Postgres>,
+        handler: &'t str,
+        group: &'t str,
+        skip_first: bool,
+    ) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        let rows = sqlx::query(
+            "WITH gone AS (
+                 DELETE FROM outbox_dead_letters WHERE handler = $1 AND group_key = $2
+                 RETURNING id, message_id, handler, message_type, group_key, body, error,
+                           attempts, dead_at),
+             inbox AS (
+                 DELETE FROM outbox_inbox i USING gone
+                 WHERE i.message_id = gone.message_id AND i.handler = $1
+                   AND NOT ($3 AND gone.id = (SELECT min(id) FROM gone))),
+             attempts AS (
+                 DELETE FROM outbox_attempts a USING gone
+                 WHERE a.message_id = gone.message_id AND a.handler = $1)
+             SELECT * FROM gone ORDER BY id",
+        )
+        .bind(handler)
+        .bind(group)
+        .bind(skip_first)
+        .fetch_all(&mut **tx)
+        .await?;
+        rows.iter().map(stored_dead_letter).collect()
+    }
+
     async fn repair(&self) -> Result<(), StoreError> {
         // Rows whose group has no row in `outbox_groups` are never claimed:
         // a producer of a version before groups existed, still running after
@@ -1130,6 +1212,26 @@ impl AdminStore for PgStore {
         .await?;
         tx.commit().await?;
         Ok(restored > 0)
+    }
+
+    async fn held_groups(&self, limit: u32) -> Result<Vec<HeldGroup>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {GROUP_HOLD_COLUMNS},
+                    (SELECT count(*) FROM outbox_dead_letters d
+                     WHERE d.handler = h.handler AND d.group_key = h.group_key) AS letters
+             FROM outbox_group_holds h ORDER BY held_at, handler, group_key LIMIT $1"
+        )))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(HeldGroup {
+                    hold: group_hold(row)?,
+                    dead_letters: row.count("letters")?,
+                })
+            })
+            .collect()
     }
 
     async fn purge_dead_row(&self, seq: i64) -> Result<bool, StoreError> {

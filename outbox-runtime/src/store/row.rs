@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    ClaimedMessage, DeadLetter, GroupStats, OutboxRow, OutboxStats, PublishFailure, RowStatus,
-    StoreError, StoredDeadLetter,
+    ClaimedMessage, DeadLetter, GroupHold, GroupStats, OutboxRow, OutboxStats, PublishFailure,
+    RowStatus, StoreError, StoredDeadLetter,
 };
 use crate::envelope::Envelope;
 
@@ -128,6 +128,20 @@ pub(crate) fn stored_dead_letter(row: &impl Columns) -> Result<StoredDeadLetter,
             error: row.text("error")?,
             attempts: u32::try_from(row.int("attempts")?).unwrap_or(0),
         },
+    })
+}
+
+/// The columns [`group_hold`] reads.
+pub(crate) const GROUP_HOLD_COLUMNS: &str = "handler, group_key, held_at, release_id, outstanding";
+
+/// A row of `outbox_group_holds` ([`GROUP_HOLD_COLUMNS`]).
+pub(crate) fn group_hold(row: &impl Columns) -> Result<GroupHold, StoreError> {
+    Ok(GroupHold {
+        handler: row.text("handler")?,
+        group: row.text("group_key")?,
+        held_at: row.time(0, "held_at")?,
+        release: row.opt_uuid(0, "release_id")?,
+        outstanding: u32::try_from(row.int("outstanding")?).unwrap_or(0),
     })
 }
 

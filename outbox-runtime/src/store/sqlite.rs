@@ -28,10 +28,10 @@ use uuid::Uuid;
 
 use super::{
     AdminStore, BEGIN_RUN_SQL, ClaimedMessage, Columns, DEAD_LETTER_SELECT, DeadLetter, Expired,
-    GroupStats, HandlerState, KEEP_RUN_SQL, OutboxRow, OutboxStats, PublishFailure, RowStatus,
-    Settlement, Store, StoreError, StoreTransaction, StoredDeadLetter, UNDO_RUN_SQL,
-    claimed_from_row, group_stats, headers_json, millis, outbox_row, outbox_stats, reserved_states,
-    stored_dead_letter,
+    GROUP_HOLD_COLUMNS, GroupHold, GroupStats, HandlerState, HeldGroup, KEEP_RUN_SQL, OutboxRow,
+    OutboxStats, PublishFailure, RowStatus, Settlement, Store, StoreError, StoreTransaction,
+    StoredDeadLetter, UNDO_RUN_SQL, claimed_from_row, group_hold, group_stats, headers_json,
+    millis, outbox_row, outbox_stats, reserved_states, stored_dead_letter,
 };
 use crate::envelope::OutgoingEnvelope;
 
@@ -532,6 +532,106 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn group_holds<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Sqlite>,
+        keys: &'t [(&'t str, &'t str)],
+    ) -> Result<Vec<GroupHold>, StoreError> {
+        let mut holds = Vec::new();
+        for (handler, group) in keys {
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {GROUP_HOLD_COLUMNS} FROM outbox_group_holds
+                 WHERE handler = ?1 AND group_key = ?2"
+            )))
+            .bind(handler)
+            .bind(group)
+            .fetch_optional(&mut **tx)
+            .await?;
+            if let Some(row) = row {
+                holds.push(group_hold(&row)?);
+            }
+        }
+        Ok(holds)
+    }
+
+    async fn put_group_hold<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Sqlite>,
+        hold: &'t GroupHold,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO outbox_group_holds (handler, group_key, held_at, release_id, outstanding)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (handler, group_key)
+             DO UPDATE SET release_id = excluded.release_id, outstanding = excluded.outstanding",
+        )
+        .bind(&hold.handler)
+        .bind(&hold.group)
+        .bind(hold.held_at.timestamp_millis())
+        .bind(hold.release.map(|id| id.hyphenated().to_string()))
+        .bind(i64::from(hold.outstanding))
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_group_hold<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Sqlite>,
+        handler: &'t str,
+        group: &'t str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM outbox_group_holds WHERE handler = ?1 AND group_key = ?2")
+            .bind(handler)
+            .bind(group)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn take_held_letters<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Sqlite>,
+        handler: &'t str,
+        group: &'t str,
+        skip_first: bool,
+    ) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{DEAD_LETTER_SELECT} WHERE handler = ?1 AND group_key = ?2 ORDER BY id"
+        )))
+        .bind(handler)
+        .bind(group)
+        .fetch_all(&mut **tx)
+        .await?;
+        let letters = rows
+            .iter()
+            .map(stored_dead_letter)
+            .collect::<Result<Vec<_>, _>>()?;
+        for (at, letter) in letters.iter().enumerate() {
+            sqlx::query("DELETE FROM outbox_dead_letters WHERE id = ?1")
+                .bind(letter.id)
+                .execute(&mut **tx)
+                .await?;
+            let Some(message_id) = letter.letter.message_id else {
+                continue;
+            };
+            let message_id = message_id.hyphenated().to_string();
+            if !(skip_first && at == 0) {
+                sqlx::query("DELETE FROM outbox_inbox WHERE message_id = ?1 AND handler = ?2")
+                    .bind(&message_id)
+                    .bind(handler)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            sqlx::query("DELETE FROM outbox_attempts WHERE message_id = ?1 AND handler = ?2")
+                .bind(&message_id)
+                .bind(handler)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(letters)
+    }
+
     async fn delete_expired(
         &self,
         kind: Expired,
@@ -703,6 +803,26 @@ impl AdminStore for SqliteStore {
         .await?
         .rows_affected();
         Ok(updated > 0)
+    }
+
+    async fn held_groups(&self, limit: u32) -> Result<Vec<HeldGroup>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {GROUP_HOLD_COLUMNS},
+                    (SELECT count(*) FROM outbox_dead_letters d
+                     WHERE d.handler = h.handler AND d.group_key = h.group_key) AS letters
+             FROM outbox_group_holds h ORDER BY held_at, handler, group_key LIMIT ?1"
+        )))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(HeldGroup {
+                    hold: group_hold(row)?,
+                    dead_letters: row.count("letters")?,
+                })
+            })
+            .collect()
     }
 
     async fn purge_dead_row(&self, seq: i64) -> Result<bool, StoreError> {

@@ -359,6 +359,33 @@ async fn publish_announced(msg: Announced, ctx: &mut HandlerContext<'_>) -> anyh
     db::record_effect(ctx, "announced", &msg.group, msg.n).await
 }
 
+/// A ledger entry: `ledger.post` holds its group when it gives up (it
+/// fails while `(group, n)` is in [`BROKEN`]); `ledger.audit` moves on.
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, OutboxMessage)]
+#[outbox(name = "test.ledger", group = group)]
+pub(crate) struct Ledger {
+    pub(crate) group: String,
+    pub(crate) n: i64,
+}
+
+/// The entries `ledger.post` fails on (a bug until removed).
+pub(crate) static BROKEN: std::sync::Mutex<Vec<(String, i64)>> = std::sync::Mutex::new(Vec::new());
+
+#[handler(name = "ledger.post", max_attempts = 2, on_dead_letter = "hold_group")]
+async fn post_ledger(msg: Ledger, ctx: &mut HandlerContext<'_>) -> anyhow::Result<()> {
+    let broken = BROKEN
+        .lock()
+        .expect("not poisoned")
+        .contains(&(msg.group.clone(), msg.n));
+    anyhow::ensure!(!broken, "posting {} {} hits the bug", msg.group, msg.n);
+    db::record_effect(ctx, "post", &msg.group, msg.n).await
+}
+
+#[handler(name = "ledger.audit")]
+async fn audit_ledger(msg: Ledger, ctx: &mut HandlerContext<'_>) -> anyhow::Result<()> {
+    db::record_effect(ctx, "audit", &msg.group, msg.n).await
+}
+
 /// Taken by every [`Harness`] for its life: the handlers' statics are
 /// shared by the tests of this binary, so under `cargo test` (threads in one
 /// process, unlike nextest's process per test) harnesses run one at a time,
@@ -370,6 +397,7 @@ fn reset_statics() {
     use std::sync::atomic::Ordering::SeqCst;
     RUNS.lock().expect("not poisoned").clear();
     FIXED.lock().expect("not poisoned").clear();
+    BROKEN.lock().expect("not poisoned").clear();
     RECOUNTED.lock().expect("not poisoned").clear();
     *CONTEST.lock().expect("not poisoned") = None;
     *RECOUNT.lock().expect("not poisoned") = None;
@@ -533,6 +561,8 @@ on_both_stores!(
     an_undeclared_publish_fails_the_run_and_publishes_nothing,
     a_delayed_message_waits_for_its_time_and_holds_its_group,
     a_due_message_is_published_by_the_next_drain,
+    a_held_group_stays_held_across_a_restart_and_resumes_in_order,
+    a_release_whose_replay_gives_up_holds_the_group_again,
 );
 
 /// The fault scenarios: `scripts/fault-tests.filter` selects every test

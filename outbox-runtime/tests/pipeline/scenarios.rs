@@ -16,8 +16,8 @@ use outbox_runtime::{
 
 use crate::db::{HandlerRows, TestDb};
 use crate::{
-    Announced, CONTEST, CONTEST_RUNS, Contested, Doomed, FIXED, Flaky, Harness, ReservedV1,
-    ReservedV2, ReservedV3, Step,
+    Announced, BROKEN, CONTEST, CONTEST_RUNS, Contested, Doomed, FIXED, Flaky, Harness, Ledger,
+    ReservedV1, ReservedV2, ReservedV3, Step,
 };
 
 fn step(group: &str, n: i64) -> Step {
@@ -2326,4 +2326,199 @@ pub(crate) async fn a_due_message_is_published_by_the_next_drain<S: TestDb>(stor
     assert_eq!(after.published, 1, "due: {after:?}");
     h.settle(Duration::from_secs(10)).await;
     assert_eq!(by_group(&h.store.effects().await, "step")["later"], [0]);
+}
+
+/// Commits `ns` of `group`'s ledger, one app transaction each.
+async fn commit_ledger<S: TestDb>(store: &S, group: &str, ns: impl IntoIterator<Item = i64>) {
+    for n in ns {
+        commit_message(
+            store,
+            &Ledger {
+                group: group.into(),
+                n,
+            },
+        )
+        .await;
+    }
+}
+
+/// The ledger's dead letters for `ledger.post` in `group`: (n, error),
+/// oldest first.
+async fn held_letters<S: TestDb>(store: &S, group: &str) -> Vec<(i64, i64, String)> {
+    let mut letters: Vec<(i64, i64, String)> = store
+        .dead_letters(1000)
+        .await
+        .expect("dead letters")
+        .into_iter()
+        .filter(|d| {
+            d.letter.handler.as_deref() == Some("ledger.post")
+                && d.letter.group.as_deref() == Some(group)
+        })
+        .map(|d| {
+            let ledger: Ledger = serde_json::from_str(
+                Envelope::from_json(&d.letter.body)
+                    .expect("an envelope")
+                    .payload
+                    .get(),
+            )
+            .expect("a ledger entry");
+            (d.id, ledger.n, d.letter.error)
+        })
+        .collect();
+    letters.sort();
+    letters
+}
+
+pub(crate) async fn a_held_group_stays_held_across_a_restart_and_resumes_in_order<S: TestDb>(
+    store: S,
+) {
+    use outbox_runtime::admin::{self, AdminError, Resume};
+
+    let h = Harness::new(store.clone()).await;
+    let (held, other) = ("held", "other");
+    BROKEN.lock().expect("not poisoned").push((held.into(), 2));
+    commit_ledger(&h.store, held, 1..=5).await;
+    commit_ledger(&h.store, other, 1..=3).await;
+    h.settle(Duration::from_secs(20)).await;
+
+    // `ledger.post` gave up on 2: 3 to 5 wait behind it, as dead letters;
+    // the other group and the other handler went on.
+    let effects = h.store.effects().await;
+    let post = by_group(&effects, "post");
+    assert_eq!(post[held], [1]);
+    assert_eq!(post[other], [1, 2, 3]);
+    assert_eq!(by_group(&effects, "audit")[held], [1, 2, 3, 4, 5]);
+    let letters = held_letters(&h.store, held).await;
+    let ns: Vec<i64> = letters.iter().map(|(_, n, _)| *n).collect();
+    assert_eq!(ns, [2, 3, 4, 5]);
+    assert!(letters[0].2.contains("hits the bug"), "{}", letters[0].2);
+    assert!(
+        letters[1]
+            .2
+            .starts_with("kept: `ledger.post` gave up on an earlier message of group `held`"),
+        "{}",
+        letters[1].2
+    );
+    let holds = h.store.held_groups(10).await.expect("held groups");
+    assert_eq!(holds.len(), 1, "{holds:?}");
+    assert_eq!(
+        (holds[0].hold.handler.as_str(), holds[0].hold.group.as_str()),
+        ("ledger.post", held)
+    );
+    assert_eq!((holds[0].hold.release, holds[0].dead_letters), (None, 4));
+    drop(h);
+
+    // A restart: the hold is in the database, so 6 waits too.
+    let h = Harness::new(store).await;
+    BROKEN.lock().expect("not poisoned").push((held.into(), 2));
+    commit_ledger(&h.store, held, [6]).await;
+    h.settle(Duration::from_secs(20)).await;
+    let effects = h.store.effects().await;
+    assert_eq!(by_group(&effects, "post")[held], [1]);
+    assert_eq!(by_group(&effects, "audit")[held], [1, 2, 3, 4, 5, 6]);
+    let letters = held_letters(&h.store, held).await;
+    assert_eq!(letters.len(), 5);
+
+    // One letter alone cannot be replayed or purged: it would run out of
+    // order.
+    let table = outbox_runtime::dispatch::DispatchTable::from_registry().expect("table");
+    let kept = letters[1].0;
+    let replay = admin::replay_dead_letter(&h.store, &table, kept).await;
+    assert!(
+        matches!(replay, Err(AdminError::Held { id, .. }) if id == kept),
+        "{replay:?}"
+    );
+    let purge = admin::purge_dead_letter(&h.store, kept).await;
+    assert!(
+        matches!(purge, Err(AdminError::Held { id, .. }) if id == kept),
+        "{purge:?}"
+    );
+    let not_held =
+        admin::release_group(&h.store, &table, "ledger.post", other, Resume::Replay).await;
+    assert!(
+        matches!(not_held, Err(AdminError::NotHeld { .. })),
+        "{not_held:?}"
+    );
+
+    // 7 is on the queue, not consumed yet, when the operator releases the
+    // group (the fix deployed): it arrives before the replays, and waits
+    // for them. 8 is committed after the release.
+    commit_ledger(&h.store, held, [7]).await;
+    h.relay.drain().await.expect("relay drains");
+    BROKEN.lock().expect("not poisoned").clear();
+    let released = admin::release_group(&h.store, &table, "ledger.post", held, Resume::Replay)
+        .await
+        .expect("released");
+    assert_eq!(released.skipped, None);
+    let replayed: Vec<i64> = released.replays.iter().map(|r| r.dead_letter).collect();
+    assert_eq!(
+        replayed,
+        letters.iter().map(|(id, _, _)| *id).collect::<Vec<_>>()
+    );
+    let again = admin::release_group(&h.store, &table, "ledger.post", held, Resume::Replay).await;
+    assert!(
+        matches!(again, Err(AdminError::Releasing { outstanding: 5, .. })),
+        "{again:?}"
+    );
+    commit_ledger(&h.store, held, [8]).await;
+    h.settle(Duration::from_secs(20)).await;
+
+    let effects = h.store.effects().await;
+    assert_eq!(by_group(&effects, "post")[held], [1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(by_group(&effects, "post")[other], [1, 2, 3]);
+    assert_eq!(
+        by_group(&effects, "audit")[held],
+        [1, 2, 3, 4, 5, 6, 7, 8],
+        "a replay runs only the holding handler"
+    );
+    assert_eq!(held_letters(&h.store, held).await, []);
+    assert_eq!(h.store.held_groups(10).await.expect("held groups"), []);
+    assert!(
+        h.store
+            .dead_letters(10)
+            .await
+            .expect("dead letters")
+            .is_empty()
+    );
+}
+
+pub(crate) async fn a_release_whose_replay_gives_up_holds_the_group_again<S: TestDb>(store: S) {
+    use outbox_runtime::admin::{self, Resume};
+
+    let h = Harness::new(store).await;
+    let group = "held";
+    BROKEN.lock().expect("not poisoned").push((group.into(), 2));
+    commit_ledger(&h.store, group, 1..=4).await;
+    h.settle(Duration::from_secs(20)).await;
+    assert_eq!(held_letters(&h.store, group).await.len(), 3);
+
+    // Released before the fix: 2 gives up again, and 3 and 4 wait again.
+    let table = outbox_runtime::dispatch::DispatchTable::from_registry().expect("table");
+    admin::release_group(&h.store, &table, "ledger.post", group, Resume::Replay)
+        .await
+        .expect("released");
+    h.settle(Duration::from_secs(20)).await;
+    assert_eq!(by_group(&h.store.effects().await, "post")[group], [1]);
+    let letters = held_letters(&h.store, group).await;
+    let ns: Vec<i64> = letters.iter().map(|(_, n, _)| *n).collect();
+    assert_eq!(ns, [2, 3, 4]);
+    let holds = h.store.held_groups(10).await.expect("held groups");
+    assert_eq!((holds.len(), holds[0].hold.release), (1, None), "{holds:?}");
+
+    // Skipped: 2 is dropped (and stays handled), 3 and 4 run in order.
+    let released = admin::release_group(&h.store, &table, "ledger.post", group, Resume::Skip)
+        .await
+        .expect("released");
+    assert_eq!(released.skipped, Some(letters[0].0));
+    assert_eq!(released.replays.len(), 2);
+    h.settle(Duration::from_secs(20)).await;
+    assert_eq!(by_group(&h.store.effects().await, "post")[group], [1, 3, 4]);
+    assert_eq!(h.store.held_groups(10).await.expect("held groups"), []);
+    assert!(
+        h.store
+            .dead_letters(10)
+            .await
+            .expect("dead letters")
+            .is_empty()
+    );
 }

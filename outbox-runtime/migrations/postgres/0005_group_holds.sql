@@ -1,0 +1,16 @@
+-- Groups held for one handler (`#[handler(on_dead_letter = "hold_group")]`):
+-- the handler gave up on a message of the group, and its later messages of
+-- the group are kept as dead letters until an operator releases the group.
+-- While a release runs, `release_id` is the id its replays carry and
+-- `outstanding` counts those not handled yet.
+CREATE TABLE outbox_group_holds (
+    handler     TEXT        NOT NULL,
+    group_key   TEXT        NOT NULL,
+    held_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
+    release_id  UUID,
+    outstanding INTEGER     NOT NULL DEFAULT 0,
+    PRIMARY KEY (handler, group_key)
+);
+
+-- A release takes a held group's dead letters in order.
+CREATE INDEX outbox_dead_letters_group ON outbox_dead_letters (handler, group_key, id);
