@@ -77,6 +77,16 @@ async fn publishing_nothing(_: RawField) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[handler(on_dead_letter = "hold_group", max_attempts = 2)]
+async fn holding(_: Payment) -> anyhow::Result<()> {
+    Ok(())
+}
+
+#[handler(on_dead_letter = "move_on")]
+async fn moving_on(_: Payment) -> anyhow::Result<()> {
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("custom failure")]
 struct CustomError;
@@ -128,6 +138,8 @@ fn main() {
     assert!(table.message("orders.placed", 2).unwrap().upcast_path().is_empty());
     let edges: Vec<_> = table.publish_edges().map(|e| (e.from.version, e.to.name)).collect();
     assert_eq!(edges, [(3, "Tick"), (3, "Pair")], "in declared order");
+    let payment: Vec<_> = table.message("Payment", 1).unwrap().handlers().iter().map(|h| (h.name.rsplit("::").next().unwrap(), h.holds_group)).collect();
+    assert_eq!(payment, [("boxed_error", false), ("holding", true), ("moving_on", false)]);
     let raw = table.message("RawField", 1).unwrap();
     assert_eq!(raw.handlers()[0].publishes.map(<[_]>::len), Some(0));
     let placed = table.message("orders.placed", 2).unwrap();

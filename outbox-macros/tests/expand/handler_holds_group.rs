@@ -1,0 +1,5 @@
+#[handler(name = "ledger.post", max_attempts = 3, on_dead_letter = "hold_group")]
+async fn post(msg: EntryPosted, ctx: &mut HandlerContext<'_>) -> anyhow::Result<()> {
+    let _ = (msg, ctx);
+    Ok(())
+}
