@@ -197,7 +197,8 @@ fn parse_file_name(file: &str) -> Option<(String, u32)> {
 ///   `x-outbox-group`, since the SQS message binding is reserved empty.
 /// - One `send` operation per channel (the relay publishes every message of
 ///   the queue), and one `receive` operation per handler, with its name,
-///   attempts and declared publishes as `x-outbox-*` extensions.
+///   attempts, declared publishes and `on_dead_letter = "hold_group"` as
+///   `x-outbox-*` extensions.
 pub fn asyncapi(table: &DispatchTable, app: &Application<'_>) -> Value {
     use serde_json::{Map, json};
     let entries = table.entries();
@@ -279,6 +280,9 @@ pub fn asyncapi(table: &DispatchTable, app: &Application<'_>) -> Value {
                 });
                 if let Some(max) = handler.max_attempts {
                     operation["x-outbox-max-attempts"] = json!(max);
+                }
+                if handler.holds_group {
+                    operation["x-outbox-on-dead-letter"] = json!("hold_group");
                 }
                 if let Some(declared) = handler.publishes {
                     let published: Vec<&str> = declared

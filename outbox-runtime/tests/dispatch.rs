@@ -83,7 +83,11 @@ mod billing {
 mod shipping {
     use super::*;
 
-    #[outbox_runtime::handler(name = "shipping.reserve", max_attempts = 3)]
+    #[outbox_runtime::handler(
+        name = "shipping.reserve",
+        max_attempts = 3,
+        on_dead_letter = "hold_group"
+    )]
     pub(crate) async fn reserve(
         msg: OrderPlaced,
         ctx: &mut HandlerContext<'_>,
@@ -196,8 +200,14 @@ fn the_table_lists_every_message_and_handler() {
                     "publishes": [
                         {"name": "receipts.send", "version": 1, "rust_type": "dispatch::SendReceipt"},
                     ],
+                    "on_dead_letter": "move_on",
                 },
-                {"name": "shipping.reserve", "max_attempts": 3, "publishes": null},
+                {
+                    "name": "shipping.reserve",
+                    "max_attempts": 3,
+                    "publishes": null,
+                    "on_dead_letter": "hold_group",
+                },
             ],
         })
     );
@@ -218,7 +228,7 @@ fn the_table_lists_every_message_and_handler() {
         "\
 message        version  group                queue      handler
 orders.placed  v1       field `customer_id`  default    dispatch::billing::charge
-                                                        shipping.reserve
+                                                        shipping.reserve (holds group)
 orders.placed  v2       field `customer_id`  orders-v2  dispatch::shipping::reserve_v2
 receipts.send  v1       constant \"receipts\"  default    (upcast to v2) mail.receipt
 receipts.send  v2       constant \"receipts\"  default    mail.receipt

@@ -44,7 +44,7 @@ impl From<SendReceipt> for SendReceiptV2 {
     }
 }
 
-#[handler(max_attempts = 3, publishes = [OrderExported])]
+#[handler(max_attempts = 3, publishes = [OrderExported], on_dead_letter = "hold_group")]
 async fn send_receipt(_: SendReceiptV2) -> anyhow::Result<()> {
     Ok(())
 }

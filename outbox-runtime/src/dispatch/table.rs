@@ -375,8 +375,9 @@ impl fmt::Debug for DispatchTable {
 /// The entry as JSON: `name`, `version`, `rust_type`, `group`, `queue`,
 /// `upcast_from` (the type it replaces, or null), `upcast_path` (the
 /// versions a message of it is converted through before it is handled)
-/// and `handlers` (each with `name`, `max_attempts` and `publishes`, the
-/// declared types or null), as `sample-app table --json` prints it.
+/// and `handlers` (each with `name`, `max_attempts`, `publishes`, the
+/// declared types or null, and `on_dead_letter`, `"move_on"` or
+/// `"hold_group"`), as `sample-app table --json` prints it.
 impl Serialize for MessageEntry {
     fn serialize<Ser: Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
         #[derive(serde::Serialize)]
@@ -408,6 +409,7 @@ impl Serialize for MessageEntry {
             name: &'static str,
             max_attempts: Option<u32>,
             publishes: Option<Vec<Type>>,
+            on_dead_letter: &'static str,
         }
         let r = self.registration;
         let mut entry = serializer.serialize_struct("MessageEntry", 8)?;
@@ -428,6 +430,11 @@ impl Serialize for MessageEntry {
                 publishes: h
                     .publishes
                     .map(|types| types.iter().copied().map(Type::from).collect()),
+                on_dead_letter: if h.holds_group {
+                    "hold_group"
+                } else {
+                    "move_on"
+                },
             })
             .collect();
         entry.serialize_field("handlers", &handlers)?;
@@ -459,6 +466,16 @@ impl fmt::Debug for MessageEntry {
 }
 
 /// Renders the table for people, one line per handler.
+/// A handler as the table's text shows it: its name, and whether it holds
+/// its group when it gives up.
+fn shown(handler: &&HandlerRegistration) -> String {
+    if handler.holds_group {
+        format!("{} (holds group)", handler.name)
+    } else {
+        handler.name.to_owned()
+    }
+}
+
 impl fmt::Display for DispatchTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let rows: Vec<[String; 5]> = self
@@ -485,10 +502,10 @@ impl fmt::Display for DispatchTable {
                     target
                         .handlers
                         .iter()
-                        .map(|h| format!("({via}) {}", h.name))
+                        .map(|h| format!("({via}) {}", shown(h)))
                         .collect()
                 } else {
-                    entry.handlers.iter().map(|h| h.name.to_owned()).collect()
+                    entry.handlers.iter().map(shown).collect()
                 };
                 handlers.into_iter().enumerate().map(move |(i, handler)| {
                     let [a, b, c, d] = if i == 0 {
