@@ -80,6 +80,24 @@ pub(crate) enum DeadLetterCommand {
         #[arg(long)]
         all: bool,
     },
+    /// The groups held by a handler declared `on_dead_letter = "hold_group"`
+    /// that gave up on one of their messages.
+    Held {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release a held group: replay, for its handler and in order, the
+    /// message it gave up on (unless `--skip`) and those kept behind it.
+    Release {
+        /// The holding handler.
+        handler: String,
+        /// The group.
+        group: String,
+        /// Drop the message the handler gave up on instead of replaying it.
+        #[arg(long)]
+        skip: bool,
+    },
     /// Move what the SQS queue gave up on (its dead-letter queue: the stack
     /// output `DeadLetterQueueUrl`) into the dead letters, to replay from
     /// there.
@@ -200,6 +218,59 @@ pub(crate) async fn dead_letters<S: AdminStore>(
                 admin::purge_dead_letter(store, id)
             })
             .await
+        }
+        DeadLetterCommand::Held { json } => {
+            let held = store.held_groups(u32::MAX).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&held)?);
+                return Ok(());
+            }
+            println!(
+                "{:<32}  {:<20}  {:<24}  {:>12}  release",
+                "handler", "group", "held since", "dead letters"
+            );
+            for h in &held {
+                let release = match h.hold.release {
+                    Some(_) => format!("running, {} replays left", h.hold.outstanding),
+                    None => "-".to_owned(),
+                };
+                println!(
+                    "{:<32}  {:<20}  {:<24}  {:>12}  {release}",
+                    clip(&h.hold.handler, 32),
+                    clip(&h.hold.group, 20),
+                    h.hold
+                        .held_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    h.dead_letters,
+                );
+            }
+            Ok(())
+        }
+        DeadLetterCommand::Release {
+            handler,
+            group,
+            skip,
+        } => {
+            let resume = if skip {
+                admin::Resume::Skip
+            } else {
+                admin::Resume::Replay
+            };
+            let released = admin::release_group(store, table, &handler, &group, resume).await?;
+            if let Some(id) = released.skipped {
+                println!("skipped dead letter {id}");
+            }
+            for r in &released.replays {
+                println!(
+                    "replayed dead letter {} as message {}",
+                    r.dead_letter, r.replay_id
+                );
+            }
+            println!(
+                "group {group} released for {handler}: {} message(s) run again in order",
+                released.replays.len()
+            );
+            Ok(())
         }
         DeadLetterCommand::Import { queue_url } => {
             let sqs = aws_sdk_sqs::Client::new(&outbox_runtime::aws::sdk_config().await);

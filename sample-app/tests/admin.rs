@@ -129,6 +129,27 @@ fn replayed_dead_letters_are_handled_once_the_handler_works_again() {
     assert_eq!(db.scalar("SELECT count(*) FROM outbox_dead_letters"), 0);
     let listed = run(&["dead-letters", "--database-url", url, "list", "--json"]);
     assert_eq!(listed.stdout.trim(), "[]");
+
+    // The sample's handlers move on when they give up: no group is held.
+    let held = run(&["dead-letters", "--database-url", url, "held", "--json"]);
+    assert!(held.ok, "{}", held.text());
+    assert_eq!(held.stdout.trim(), "[]");
+    let release = run(&[
+        "dead-letters",
+        "--database-url",
+        url,
+        "release",
+        "notifications.order_confirmation",
+        "customer-1",
+    ]);
+    assert!(!release.ok);
+    assert!(
+        release.stderr.contains(
+            "group `customer-1` is not held for handler `notifications.order_confirmation`"
+        ),
+        "{}",
+        release.text()
+    );
 }
 
 #[test]
