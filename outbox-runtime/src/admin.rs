@@ -88,17 +88,16 @@ pub enum AdminError {
         /// The group.
         group: String,
     },
-    /// A release of the group is running: its replays are not all handled.
+    /// A release of the group is running: its last replay is not handled
+    /// yet.
     #[error(
-        "group `{group}` is being released for handler `{handler}`: {outstanding} of its replays are not handled yet; wait for them"
+        "group `{group}` is being released for handler `{handler}`: its replays are not all handled yet; wait for them"
     )]
     Releasing {
         /// The holding handler.
         handler: String,
         /// The group.
         group: String,
-        /// The release's replays not handled yet.
-        outstanding: u32,
     },
     /// The store failed.
     #[error(transparent)]
@@ -337,7 +336,6 @@ pub async fn release_group<S: AdminStore>(
         return Err(AdminError::Releasing {
             handler: hold.handler,
             group: hold.group,
-            outstanding: hold.outstanding,
         });
     }
     let release = holds::release(store, &mut tx, table, hold, resume == Resume::Skip).await?;

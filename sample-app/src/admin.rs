@@ -231,7 +231,7 @@ pub(crate) async fn dead_letters<S: AdminStore>(
             );
             for h in &held {
                 let release = match h.hold.release {
-                    Some(_) => format!("running, {} replays left", h.hold.outstanding),
+                    Some(release) => format!("running, until message {}", release.last),
                     None => "-".to_owned(),
                 };
                 println!(

@@ -2,13 +2,13 @@
 -- the handler gave up on a message of the group, and its later messages of
 -- the group are kept as dead letters until an operator releases the group.
 -- While a release runs, `release_id` is the id its replays carry and
--- `outstanding` counts those not handled yet.
+-- `release_last` the message id its last replay is handled under.
 CREATE TABLE outbox_group_holds (
-    handler     TEXT        NOT NULL,
-    group_key   TEXT        NOT NULL,
-    held_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
-    release_id  UUID,
-    outstanding INTEGER     NOT NULL DEFAULT 0,
+    handler      TEXT        NOT NULL,
+    group_key    TEXT        NOT NULL,
+    held_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
+    release_id   UUID,
+    release_last UUID,
     PRIMARY KEY (handler, group_key)
 );
 

@@ -2,14 +2,14 @@
 -- the handler gave up on a message of the group, and its later messages of
 -- the group are kept as dead letters until an operator releases the group.
 -- While a release runs, `release_id` is the id its replays carry and
--- `outstanding` counts those not handled yet. `held_at` is unix
+-- `release_last` the message id its last replay is handled under. `held_at` is unix
 -- milliseconds.
 CREATE TABLE outbox_group_holds (
-    handler     TEXT    NOT NULL,
-    group_key   TEXT    NOT NULL,
-    held_at     INTEGER NOT NULL,
-    release_id  TEXT,
-    outstanding INTEGER NOT NULL DEFAULT 0,
+    handler      TEXT    NOT NULL,
+    group_key    TEXT    NOT NULL,
+    held_at      INTEGER NOT NULL,
+    release_id   TEXT,
+    release_last TEXT,
     PRIMARY KEY (handler, group_key)
 );
 

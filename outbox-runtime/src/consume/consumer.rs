@@ -18,7 +18,7 @@ use crate::pump::{Pump, is_pump};
 use crate::registry::HandlerRegistration;
 use crate::relay::OutboxDrain;
 use crate::store::holds;
-use crate::store::{DeadLetter, GroupHold, Store, StoreError, StoreTransaction};
+use crate::store::{DeadLetter, GroupHold, HoldRelease, Store, StoreError, StoreTransaction};
 use crate::transport::Delivery;
 
 /// Settings of a [`Consumer`].
@@ -222,8 +222,13 @@ enum Run {
     /// Ran and succeeded in this transaction.
     Committed,
     /// Out of attempts: dead-lettered in this transaction, on the delivery
-    /// at this place in the batch.
-    GaveUp { at: usize },
+    /// at this place in the batch. Its reservation commits with the dead
+    /// letter, unless the handler holds its group: then the group's hold
+    /// keeps it from running, and the release's replay runs it.
+    GaveUp { at: usize, reserved: bool },
+    /// Kept behind its group's hold: dead-lettered in this transaction, not
+    /// run; its reservation is given back, so the release's replay runs it.
+    Kept,
     /// Ran and failed; deliver again after this delay.
     Failed(Duration),
 }
@@ -242,17 +247,12 @@ struct Tally {
 /// and group (`#[handler(on_dead_letter = "hold_group")]`).
 type Holds = HashMap<(&'static str, String), GroupHold>;
 
-/// Whether `envelope` is a replay of `hold`'s running release: only those
-/// run the holding handler while its group is held.
-fn is_release_of(envelope: &Envelope, hold: &GroupHold) -> bool {
-    hold.release.is_some_and(|release| {
-        envelope
-            .headers
-            .extra
-            .get(RELEASE_HEADER)
-            .and_then(|id| Uuid::parse_str(id).ok())
-            == Some(release)
-    })
+/// `hold`'s running release, if `envelope` is one of its replays: only
+/// those run the holding handler while its group is held.
+fn release_of(envelope: &Envelope, hold: &GroupHold) -> Option<HoldRelease> {
+    let release = hold.release?;
+    let id = envelope.headers.extra.get(RELEASE_HEADER)?;
+    (Uuid::parse_str(id).ok()? == release.id).then_some(release)
 }
 
 /// A run that failed in a transaction's first pass.
@@ -847,7 +847,18 @@ impl<S: Store> Consumer<S> {
         } = pass;
         let unrun: Vec<(Uuid, &str)> = keys
             .iter()
-            .filter(|key| matches!(runs[*key], Run::Reserved { .. } | Run::Failed(_)))
+            .filter(|key| {
+                matches!(
+                    runs[*key],
+                    Run::Reserved { .. }
+                        | Run::Failed(_)
+                        | Run::Kept
+                        | Run::GaveUp {
+                            reserved: false,
+                            ..
+                        }
+                )
+            })
             .copied()
             .collect();
         self.store.inbox_unreserve(&mut tx, &unrun).await?;
@@ -904,16 +915,30 @@ impl<S: Store> Consumer<S> {
         let mut dead = false;
         for handler in item.handlers() {
             let key = (*identity, handler.name);
+            // A held group's messages wait for the holding handler, as
+            // dead letters, except the replays of its running release; the
+            // release's last replay ends it, run now or handled before.
+            let hold = handler
+                .holds_group
+                .then(|| pass.holds.get(&(handler.name, envelope.group.clone())))
+                .flatten()
+                .map(|hold| (hold.held_at, release_of(envelope, hold)));
+            let ends_release =
+                hold.is_some_and(|(_, release)| release.is_some_and(|r| r.last == *identity));
             let failures = match pass.runs[&key] {
                 Run::Reserved { failures } => failures,
                 // This delivery's handler gave up (its failure in the first
                 // pass, counted just before).
-                Run::GaveUp { at } if at == item.at => {
+                Run::GaveUp { at, .. } if at == item.at => {
                     dead = true;
                     continue;
                 }
-                Run::Handled | Run::Committed | Run::GaveUp { .. } => {
+                Run::Handled | Run::Committed | Run::GaveUp { .. } | Run::Kept => {
                     pass.tally.duplicates += 1;
+                    if ends_release {
+                        self.release_step(tx, handler.name, &envelope.group, pass)
+                            .await?;
+                    }
                     continue;
                 }
                 Run::Failed(delay) => {
@@ -923,25 +948,17 @@ impl<S: Store> Consumer<S> {
                     continue;
                 }
             };
-            // A held group's messages wait for the holding handler, as
-            // dead letters, except the replays of its release.
-            let held = handler
-                .holds_group
-                .then(|| pass.holds.get(&(handler.name, envelope.group.clone())))
-                .flatten();
-            let released = held.is_some_and(|hold| is_release_of(envelope, hold));
-            if let Some(hold) = held.filter(|_| !released) {
+            if let Some((held_at, None)) = hold {
                 let error = format!(
                     "kept: `{}` gave up on an earlier message of group `{}` at {}; release the group to run it (admin::release_group)",
                     handler.name,
                     envelope.group,
-                    hold.held_at
-                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    held_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 );
                 let entry = item.letter(handler.name, error, failures);
                 self.store.dead_letter(tx, &entry).await?;
                 tracing::info!(handler = handler.name, group = %envelope.group, "message kept behind its group's hold");
-                pass.runs.insert(key, Run::GaveUp { at: item.at });
+                pass.runs.insert(key, Run::Kept);
                 pass.tally.dead_lettered += 1;
                 dead = true;
                 continue;
@@ -955,7 +972,7 @@ impl<S: Store> Consumer<S> {
                     pass.runs.insert(key, Run::Committed);
                     pass.tally.handled += 1;
                     pass.tally.published |= published;
-                    if released {
+                    if ends_release {
                         self.release_step(tx, handler.name, &envelope.group, pass)
                             .await?;
                     }
@@ -1031,7 +1048,13 @@ impl<S: Store> Consumer<S> {
                 self.hold_group(tx, handler.name, &envelope.group, pass)
                     .await?;
             }
-            pass.runs.insert(key, Run::GaveUp { at: item.at });
+            pass.runs.insert(
+                key,
+                Run::GaveUp {
+                    at: item.at,
+                    reserved: !handler.holds_group,
+                },
+            );
             pass.tally.dead_lettered += 1;
             return Ok(None);
         } else {
@@ -1063,18 +1086,16 @@ impl<S: Store> Consumer<S> {
                 group: group.to_owned(),
                 held_at: chrono::Utc::now(),
                 release: None,
-                outstanding: 0,
             });
         hold.release = None;
-        hold.outstanding = 0;
         self.store.put_group_hold(tx, hold).await?;
         tracing::error!(handler, group, "group held until an operator releases it");
         Ok(())
     }
 
-    /// A replay of `group`'s release for `handler` was handled, in `tx`:
-    /// counts it, and after the release's last replay, releases what was
-    /// kept meanwhile the same way, or ends the hold.
+    /// The last replay of `group`'s release for `handler` was handled, in
+    /// `tx`: releases what was kept meanwhile the same way, or ends the
+    /// hold.
     async fn release_step(
         &self,
         tx: &mut StoreTransaction<S::Database>,
@@ -1086,10 +1107,6 @@ impl<S: Store> Consumer<S> {
         let Some(hold) = pass.holds.get_mut(&key) else {
             return Ok(());
         };
-        hold.outstanding = hold.outstanding.saturating_sub(1);
-        if hold.outstanding > 0 {
-            return self.store.put_group_hold(tx, hold).await;
-        }
         let release = holds::release(
             &self.store,
             tx,
@@ -1270,7 +1287,6 @@ impl<S: Store> Consumer<S> {
         }
         self.store.dead_letter(tx, &entry).await?;
         hold.release = None;
-        hold.outstanding = 0;
         self.store.put_group_hold(tx, &hold).await?;
         tracing::error!(handler = %hold.handler, group = %hold.group, "a replay of the group's release is poison; group held again");
         if let Some((_, kept)) = pass
@@ -1310,6 +1326,6 @@ impl<S: Store> Consumer<S> {
                 .await?
                 .pop(),
         };
-        Ok(hold.filter(|hold| is_release_of(envelope, hold)))
+        Ok(hold.filter(|hold| release_of(envelope, hold).is_some()))
     }
 }

@@ -4,7 +4,7 @@
 
 use uuid::Uuid;
 
-use super::{GroupHold, Store, StoreError, StoreTransaction};
+use super::{GroupHold, HoldRelease, Store, StoreError, StoreTransaction};
 use crate::dispatch::DispatchTable;
 use crate::envelope::{Envelope, OutgoingEnvelope, RELEASE_HEADER};
 
@@ -33,7 +33,7 @@ pub(crate) struct Release {
 /// In `tx`, whose hold row `hold` is locked: takes the group's dead letters
 /// for the holding handler, oldest first, and enqueues a replay of each for
 /// that handler, carrying a new release id ([`RELEASE_HEADER`]); the hold
-/// then waits for those replays. With no dead letter to replay, the hold
+/// then waits for the last of them. With no dead letter to replay, the hold
 /// ends. With `skip_first`, the oldest letter is deleted without a replay
 /// and its message stays handled.
 pub(crate) async fn release<S: Store>(
@@ -89,8 +89,10 @@ pub(crate) async fn release<S: Store>(
         });
     }
     store.enqueue_all(tx, &replays).await?;
-    hold.release = Some(release);
-    hold.outstanding = u32::try_from(replays.len()).unwrap_or(u32::MAX);
+    hold.release = released.last().map(|last| HoldRelease {
+        id: release,
+        last: last.original_id,
+    });
     store.put_group_hold(tx, &hold).await?;
     Ok(Release {
         skipped,

@@ -675,11 +675,12 @@ pub trait Store: Clone + Send + Sync + 'static {
         group: &'t str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
 
-    /// Deletes, in `tx`, the dead letters of `handler` in `group`, with what
-    /// their give-ups recorded (the handler's inbox rows and failed
-    /// attempts, so a replay runs it again), and returns them, oldest
-    /// first. With `skip_first`, the oldest keeps its inbox row: its
-    /// message stays handled.
+    /// Deletes, in `tx`, the dead letters of `handler` in `group` with the
+    /// handler's failed attempts of their messages (a replay starts a fresh
+    /// count), and returns them, oldest first. A held group's letters hold
+    /// no inbox row: their replays run. With `skip_first`, the oldest's
+    /// message is marked handled by `handler` instead (an inbox row), so
+    /// no copy of it runs.
     fn take_held_letters<'t>(
         &'t self,
         tx: &'t mut StoreTransaction<Self::Database>,
@@ -771,14 +772,20 @@ pub struct GroupHold {
     pub group: String,
     /// When the handler gave up.
     pub held_at: DateTime<Utc>,
-    /// While a release runs: the id its replays carry
-    /// ([`RELEASE_HEADER`](crate::envelope::RELEASE_HEADER)). Only they run;
-    /// other messages of the group are still kept.
-    pub release: Option<Uuid>,
-    /// Replays of the release not handled yet. When the last is handled,
-    /// the messages kept meanwhile are released the same way, and then the
-    /// hold ends.
-    pub outstanding: u32,
+    /// The release running, if one is. Only its replays run; other
+    /// messages of the group are still kept.
+    pub release: Option<HoldRelease>,
+}
+
+/// A release of a held group, running until its last replay is handled;
+/// then the messages kept meanwhile are released the same way, or the hold
+/// ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct HoldRelease {
+    /// The id its replays carry ([`RELEASE_HEADER`](crate::envelope::RELEASE_HEADER)).
+    pub id: Uuid,
+    /// The id its last replay is handled under ([`Envelope::original_id`]).
+    pub last: Uuid,
 }
 
 /// One message group's state, from [`Store::group_stats`].

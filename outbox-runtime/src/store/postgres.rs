@@ -906,16 +906,16 @@ impl Store for PgStore {
         hold: &'t GroupHold,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO outbox_group_holds (handler, group_key, held_at, release_id, outstanding)
+            "INSERT INTO outbox_group_holds (handler, group_key, held_at, release_id, release_last)
              VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (handler, group_key)
-             DO UPDATE SET release_id = EXCLUDED.release_id, outstanding = EXCLUDED.outstanding",
+             DO UPDATE SET release_id = EXCLUDED.release_id, release_last = EXCLUDED.release_last",
         )
         .bind(&hold.handler)
         .bind(&hold.group)
         .bind(hold.held_at)
-        .bind(hold.release)
-        .bind(i32::try_from(hold.outstanding).unwrap_or(i32::MAX))
+        .bind(hold.release.map(|r| r.id))
+        .bind(hold.release.map(|r| r.last))
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -947,13 +947,14 @@ impl Store for PgStore {
                  DELETE FROM outbox_dead_letters WHERE handler = $1 AND group_key = $2
                  RETURNING id, message_id, handler, message_type, group_key, body, error,
                            attempts, dead_at),
-             inbox AS (
-                 DELETE FROM outbox_inbox i USING gone
-                 WHERE i.message_id = gone.message_id AND i.handler = $1
-                   AND NOT ($3 AND gone.id = (SELECT min(id) FROM gone))),
              attempts AS (
                  DELETE FROM outbox_attempts a USING gone
-                 WHERE a.message_id = gone.message_id AND a.handler = $1)
+                 WHERE a.message_id = gone.message_id AND a.handler = $1),
+             skipped AS (
+                 INSERT INTO outbox_inbox (message_id, handler)
+                 SELECT message_id, $1 FROM gone
+                 WHERE $3 AND message_id IS NOT NULL AND id = (SELECT min(id) FROM gone)
+                 ON CONFLICT DO NOTHING)
              SELECT * FROM gone ORDER BY id",
         )
         .bind(handler)

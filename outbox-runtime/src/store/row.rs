@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    ClaimedMessage, DeadLetter, GroupHold, GroupStats, OutboxRow, OutboxStats, PublishFailure,
-    RowStatus, StoreError, StoredDeadLetter,
+    ClaimedMessage, DeadLetter, GroupHold, GroupStats, HoldRelease, OutboxRow, OutboxStats,
+    PublishFailure, RowStatus, StoreError, StoredDeadLetter,
 };
 use crate::envelope::Envelope;
 
@@ -132,7 +132,7 @@ pub(crate) fn stored_dead_letter(row: &impl Columns) -> Result<StoredDeadLetter,
 }
 
 /// The columns [`group_hold`] reads.
-pub(crate) const GROUP_HOLD_COLUMNS: &str = "handler, group_key, held_at, release_id, outstanding";
+pub(crate) const GROUP_HOLD_COLUMNS: &str = "handler, group_key, held_at, release_id, release_last";
 
 /// A row of `outbox_group_holds` ([`GROUP_HOLD_COLUMNS`]).
 pub(crate) fn group_hold(row: &impl Columns) -> Result<GroupHold, StoreError> {
@@ -140,8 +140,13 @@ pub(crate) fn group_hold(row: &impl Columns) -> Result<GroupHold, StoreError> {
         handler: row.text("handler")?,
         group: row.text("group_key")?,
         held_at: row.time(0, "held_at")?,
-        release: row.opt_uuid(0, "release_id")?,
-        outstanding: u32::try_from(row.int("outstanding")?).unwrap_or(0),
+        release: match (
+            row.opt_uuid(0, "release_id")?,
+            row.opt_uuid(0, "release_last")?,
+        ) {
+            (Some(id), Some(last)) => Some(HoldRelease { id, last }),
+            _ => None,
+        },
     })
 }
 

@@ -560,16 +560,16 @@ impl Store for SqliteStore {
         hold: &'t GroupHold,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO outbox_group_holds (handler, group_key, held_at, release_id, outstanding)
+            "INSERT INTO outbox_group_holds (handler, group_key, held_at, release_id, release_last)
              VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (handler, group_key)
-             DO UPDATE SET release_id = excluded.release_id, outstanding = excluded.outstanding",
+             DO UPDATE SET release_id = excluded.release_id, release_last = excluded.release_last",
         )
         .bind(&hold.handler)
         .bind(&hold.group)
         .bind(hold.held_at.timestamp_millis())
-        .bind(hold.release.map(|id| id.hyphenated().to_string()))
-        .bind(i64::from(hold.outstanding))
+        .bind(hold.release.map(|r| r.id.hyphenated().to_string()))
+        .bind(hold.release.map(|r| r.last.hyphenated().to_string()))
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -616,12 +616,16 @@ impl Store for SqliteStore {
                 continue;
             };
             let message_id = message_id.hyphenated().to_string();
-            if !(skip_first && at == 0) {
-                sqlx::query("DELETE FROM outbox_inbox WHERE message_id = ?1 AND handler = ?2")
-                    .bind(&message_id)
-                    .bind(handler)
-                    .execute(&mut **tx)
-                    .await?;
+            if skip_first && at == 0 {
+                sqlx::query(
+                    "INSERT INTO outbox_inbox (message_id, handler, handled_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(&message_id)
+                .bind(handler)
+                .bind(now_ms())
+                .execute(&mut **tx)
+                .await?;
             }
             sqlx::query("DELETE FROM outbox_attempts WHERE message_id = ?1 AND handler = ?2")
                 .bind(&message_id)

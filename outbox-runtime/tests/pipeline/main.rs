@@ -563,6 +563,7 @@ on_both_stores!(
     a_due_message_is_published_by_the_next_drain,
     a_held_group_stays_held_across_a_restart_and_resumes_in_order,
     a_release_whose_replay_gives_up_holds_the_group_again,
+    a_late_copy_of_a_kept_message_during_a_release_does_not_stick_the_group,
 );
 
 /// The fault scenarios: `scripts/fault-tests.filter` selects every test
