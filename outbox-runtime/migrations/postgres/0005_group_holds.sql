@@ -12,5 +12,8 @@ CREATE TABLE outbox_group_holds (
     PRIMARY KEY (handler, group_key)
 );
 
--- A release takes a held group's dead letters in order.
+-- A held group's dead letters, in order: a release marks them with its id
+-- (`release_id`) and a replay handled deletes its own. One that gives up or
+-- is kept again is held again in its place.
+ALTER TABLE outbox_dead_letters ADD COLUMN release_id UUID;
 CREATE INDEX outbox_dead_letters_group ON outbox_dead_letters (handler, group_key, id);

@@ -923,6 +923,7 @@ impl<S: Store> Consumer<S> {
                 .then(|| pass.holds.get(&(handler.name, envelope.group.clone())))
                 .flatten()
                 .map(|hold| (hold.held_at, release_of(envelope, hold)));
+            let released = hold.is_some_and(|(_, release)| release.is_some());
             let ends_release =
                 hold.is_some_and(|(_, release)| release.is_some_and(|r| r.last == *identity));
             let failures = match pass.runs[&key] {
@@ -933,11 +934,22 @@ impl<S: Store> Consumer<S> {
                     dead = true;
                     continue;
                 }
-                Run::Handled | Run::Committed | Run::GaveUp { .. } | Run::Kept => {
+                Run::GaveUp { .. } | Run::Kept => {
                     pass.tally.duplicates += 1;
-                    if ends_release {
-                        self.release_step(tx, handler.name, &envelope.group, pass)
-                            .await?;
+                    continue;
+                }
+                Run::Handled | Run::Committed => {
+                    pass.tally.duplicates += 1;
+                    if released {
+                        self.released_handled(
+                            tx,
+                            handler.name,
+                            envelope,
+                            *identity,
+                            ends_release,
+                            pass,
+                        )
+                        .await?;
                     }
                     continue;
                 }
@@ -949,6 +961,14 @@ impl<S: Store> Consumer<S> {
                 }
             };
             if let Some((held_at, None)) = hold {
+                // The group's running release, if any, replays it already
+                // when it has its letter.
+                let running = handler
+                    .holds_group
+                    .then(|| pass.holds.get(&(handler.name, envelope.group.clone())))
+                    .flatten()
+                    .and_then(|hold| hold.release)
+                    .map(|release| release.id);
                 let error = format!(
                     "kept: `{}` gave up on an earlier message of group `{}` at {}; release the group to run it (admin::release_group)",
                     handler.name,
@@ -956,7 +976,11 @@ impl<S: Store> Consumer<S> {
                     held_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 );
                 let entry = item.letter(handler.name, error, failures);
-                self.store.dead_letter(tx, &entry).await?;
+                if !self.store.keep_letter(tx, &entry, running).await? {
+                    // A late copy: the running release replays it.
+                    pass.tally.duplicates += 1;
+                    continue;
+                }
                 tracing::info!(handler = handler.name, group = %envelope.group, "message kept behind its group's hold");
                 pass.runs.insert(key, Run::Kept);
                 pass.tally.dead_lettered += 1;
@@ -972,9 +996,16 @@ impl<S: Store> Consumer<S> {
                     pass.runs.insert(key, Run::Committed);
                     pass.tally.handled += 1;
                     pass.tally.published |= published;
-                    if ends_release {
-                        self.release_step(tx, handler.name, &envelope.group, pass)
-                            .await?;
+                    if released {
+                        self.released_handled(
+                            tx,
+                            handler.name,
+                            envelope,
+                            *identity,
+                            ends_release,
+                            pass,
+                        )
+                        .await?;
                     }
                     continue;
                 }
@@ -1042,7 +1073,11 @@ impl<S: Store> Consumer<S> {
             // handlers' redeliveries do not run it again. A replay of
             // the dead letter does (see `crate::admin`).
             let entry = item.letter(handler.name, error.to_string(), attempt);
-            self.store.dead_letter(tx, &entry).await?;
+            if handler.holds_group {
+                self.store.keep_letter(tx, &entry, None).await?;
+            } else {
+                self.store.dead_letter(tx, &entry).await?;
+            }
             tracing::error!(handler = handler.name, %error, attempt, permanent = error.is_permanent(), "handler gave up; dead-lettered");
             if handler.holds_group {
                 self.hold_group(tx, handler.name, &envelope.group, pass)
@@ -1090,6 +1125,29 @@ impl<S: Store> Consumer<S> {
         hold.release = None;
         self.store.put_group_hold(tx, hold).await?;
         tracing::error!(handler, group, "group held until an operator releases it");
+        Ok(())
+    }
+
+    /// A replay of the running release of `envelope`'s group for `handler`
+    /// was handled (now, or before), in `tx`: deletes its dead letter, and
+    /// after the release's `last` replay, releases what was kept meanwhile
+    /// the same way, or ends the hold.
+    async fn released_handled(
+        &self,
+        tx: &mut StoreTransaction<S::Database>,
+        handler: &'static str,
+        envelope: &Envelope,
+        identity: Uuid,
+        last: bool,
+        pass: &mut Pass,
+    ) -> Result<(), StoreError> {
+        self.store
+            .settle_letter(tx, handler, &envelope.group, identity)
+            .await?;
+        if last {
+            self.release_step(tx, handler, &envelope.group, pass)
+                .await?;
+        }
         Ok(())
     }
 
@@ -1285,7 +1343,7 @@ impl<S: Store> Consumer<S> {
         if let Some(envelope) = envelope {
             entry.group = Some(envelope.group.clone());
         }
-        self.store.dead_letter(tx, &entry).await?;
+        self.store.keep_letter(tx, &entry, None).await?;
         hold.release = None;
         self.store.put_group_hold(tx, &hold).await?;
         tracing::error!(handler = %hold.handler, group = %hold.group, "a replay of the group's release is poison; group held again");

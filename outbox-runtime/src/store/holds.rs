@@ -30,12 +30,13 @@ pub(crate) struct Release {
     pub(crate) hold: Option<GroupHold>,
 }
 
-/// In `tx`, whose hold row `hold` is locked: takes the group's dead letters
-/// for the holding handler, oldest first, and enqueues a replay of each for
-/// that handler, carrying a new release id ([`RELEASE_HEADER`]); the hold
-/// then waits for the last of them. With no dead letter to replay, the hold
-/// ends. With `skip_first`, the oldest letter is deleted without a replay
-/// and its message stays handled.
+/// In `tx`, whose hold row `hold` is locked: marks the group's held dead
+/// letters for the holding handler as released ([`Store::release_letters`])
+/// and enqueues a replay of each for that handler, oldest first, carrying
+/// a new release id ([`RELEASE_HEADER`]); the hold then waits for the last
+/// of them. With no dead letter to replay, the hold ends. With
+/// `skip_first`, the oldest letter is deleted without a replay and its
+/// message stays handled.
 pub(crate) async fn release<S: Store>(
     store: &S,
     tx: &mut StoreTransaction<S::Database>,
@@ -43,13 +44,13 @@ pub(crate) async fn release<S: Store>(
     mut hold: GroupHold,
     skip_first: bool,
 ) -> Result<Release, StoreError> {
+    let release = Uuid::now_v7();
     let letters = store
-        .take_held_letters(tx, &hold.handler, &hold.group, skip_first)
+        .release_letters(tx, &hold.handler, &hold.group, release, skip_first)
         .await?;
     let skipped = skip_first
         .then(|| letters.first().map(|letter| letter.id))
         .flatten();
-    let release = Uuid::now_v7();
     let mut replays = Vec::with_capacity(letters.len());
     let mut released = Vec::with_capacity(letters.len());
     for letter in letters.iter().skip(usize::from(skipped.is_some())) {

@@ -675,19 +675,47 @@ pub trait Store: Clone + Send + Sync + 'static {
         group: &'t str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
 
-    /// Deletes, in `tx`, the dead letters of `handler` in `group` with the
-    /// handler's failed attempts of their messages (a replay starts a fresh
-    /// count), and returns them, oldest first. A held group's letters hold
-    /// no inbox row: their replays run. With `skip_first`, the oldest's
-    /// message is marked handled by `handler` instead (an inbox row), so
-    /// no copy of it runs.
-    fn take_held_letters<'t>(
+    /// Keeps, in `tx`, a holding handler's dead letter of a held group
+    /// (its give-up, or a message kept behind the hold): the letter of the
+    /// same handler, group and message, if there is one, is held again in
+    /// its place (its error, attempts and time updated, out of its
+    /// release), unless `running`, the group's running release, replays it
+    /// (then nothing changes: that replay is on its way, and `false` is
+    /// returned); otherwise `entry` is inserted. So a held group's letters
+    /// stay in the group's order across releases.
+    fn keep_letter<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Self::Database>,
+        entry: &'t DeadLetter,
+        running: Option<Uuid>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 't;
+
+    /// Marks, in `tx`, the dead letters of `handler` in `group` (held, or
+    /// left by an earlier release whose replay has not come back) as
+    /// replayed by `release`, deletes the handler's failed
+    /// attempts of their messages (a replay starts a fresh count), and
+    /// returns them, oldest first. A held group's letters hold no inbox
+    /// row: their replays run. With `skip_first`, the oldest is deleted
+    /// instead and its message marked handled by `handler` (an inbox row),
+    /// so no copy of it runs; it is still returned, first.
+    fn release_letters<'t>(
         &'t self,
         tx: &'t mut StoreTransaction<Self::Database>,
         handler: &'t str,
         group: &'t str,
+        release: Uuid,
         skip_first: bool,
     ) -> impl Future<Output = Result<Vec<StoredDeadLetter>, StoreError>> + Send + 't;
+
+    /// Deletes, in `tx`, the dead letters of `handler` in `group` for
+    /// `message_id` that a release replays: its replay was handled.
+    fn settle_letter<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Self::Database>,
+        handler: &'t str,
+        group: &'t str,
+        message_id: Uuid,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
 
     /// Deletes up to `batch` rows of one kind from before `before`, in one
     /// statement; returns how many it deleted. [`cleanup`](Self::cleanup)

@@ -935,34 +935,101 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn take_held_letters<'t>(
+    async fn keep_letter<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Postgres>,
+        entry: &'t DeadLetter,
+        running: Option<Uuid>,
+    ) -> Result<bool, StoreError> {
+        let attempts = i32::try_from(entry.attempts).unwrap_or(i32::MAX);
+        let (found, held): (i64, i64) = sqlx::query_as(
+            "WITH found AS (
+                 SELECT id, release_id FROM outbox_dead_letters
+                 WHERE handler = $1 AND group_key = $2 AND message_id = $3
+                 FOR UPDATE),
+             held AS (
+                 UPDATE outbox_dead_letters d
+                 SET error = $4, attempts = $5, dead_at = now(), release_id = NULL
+                 FROM found
+                 WHERE d.id = found.id AND found.release_id IS DISTINCT FROM $6
+                 RETURNING d.id)
+             SELECT (SELECT count(*) FROM found), (SELECT count(*) FROM held)",
+        )
+        .bind(&entry.handler)
+        .bind(&entry.group)
+        .bind(entry.message_id)
+        .bind(&entry.error)
+        .bind(attempts)
+        .bind(running)
+        .fetch_one(&mut **tx)
+        .await?;
+        if found == 0 {
+            self.dead_letter(tx, entry).await?;
+        }
+        Ok(found == 0 || held > 0)
+    }
+
+    async fn release_letters<'t>(
         &'t self,
         tx: &'t mut StoreTransaction<Postgres>,
         handler: &'t str,
         group: &'t str,
+        release: Uuid,
         skip_first: bool,
     ) -> Result<Vec<StoredDeadLetter>, StoreError> {
         let rows = sqlx::query(
-            "WITH gone AS (
-                 DELETE FROM outbox_dead_letters WHERE handler = $1 AND group_key = $2
-                 RETURNING id, message_id, handler, message_type, group_key, body, error,
-                           attempts, dead_at),
-             attempts AS (
-                 DELETE FROM outbox_attempts a USING gone
-                 WHERE a.message_id = gone.message_id AND a.handler = $1),
+            "WITH locked AS (
+                 SELECT id, message_id FROM outbox_dead_letters
+                 WHERE handler = $1 AND group_key = $2
+                 FOR UPDATE),
+             held AS (
+                 SELECT id, message_id, $4 AND id = (SELECT min(id) FROM locked) AS skipped
+                 FROM locked),
+             released AS (
+                 UPDATE outbox_dead_letters d SET release_id = $3
+                 FROM held WHERE d.id = held.id AND NOT held.skipped
+                 RETURNING d.id, d.message_id, d.handler, d.message_type, d.group_key, d.body,
+                           d.error, d.attempts, d.dead_at),
              skipped AS (
+                 DELETE FROM outbox_dead_letters d USING held
+                 WHERE d.id = held.id AND held.skipped
+                 RETURNING d.id, d.message_id, d.handler, d.message_type, d.group_key, d.body,
+                           d.error, d.attempts, d.dead_at),
+             handled AS (
                  INSERT INTO outbox_inbox (message_id, handler)
-                 SELECT message_id, $1 FROM gone
-                 WHERE $3 AND message_id IS NOT NULL AND id = (SELECT min(id) FROM gone)
-                 ON CONFLICT DO NOTHING)
-             SELECT * FROM gone ORDER BY id",
+                 SELECT message_id, $1 FROM skipped WHERE message_id IS NOT NULL
+                 ON CONFLICT DO NOTHING),
+             attempts AS (
+                 DELETE FROM outbox_attempts a USING held
+                 WHERE a.message_id = held.message_id AND a.handler = $1)
+             SELECT * FROM released UNION ALL SELECT * FROM skipped ORDER BY id",
         )
         .bind(handler)
         .bind(group)
+        .bind(release)
         .bind(skip_first)
         .fetch_all(&mut **tx)
         .await?;
         rows.iter().map(stored_dead_letter).collect()
+    }
+
+    async fn settle_letter<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Postgres>,
+        handler: &'t str,
+        group: &'t str,
+        message_id: Uuid,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM outbox_dead_letters
+             WHERE handler = $1 AND group_key = $2 AND message_id = $3 AND release_id IS NOT NULL",
+        )
+        .bind(handler)
+        .bind(group)
+        .bind(message_id)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 
     async fn repair(&self) -> Result<(), StoreError> {

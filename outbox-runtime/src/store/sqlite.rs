@@ -589,11 +589,53 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn take_held_letters<'t>(
+    async fn keep_letter<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Sqlite>,
+        entry: &'t DeadLetter,
+        running: Option<Uuid>,
+    ) -> Result<bool, StoreError> {
+        let message_id = entry.message_id.map(|id| id.hyphenated().to_string());
+        let found: Vec<(i64, Option<String>)> = sqlx::query_as(
+            "SELECT id, release_id FROM outbox_dead_letters
+             WHERE handler = ?1 AND group_key = ?2 AND message_id = ?3",
+        )
+        .bind(&entry.handler)
+        .bind(&entry.group)
+        .bind(&message_id)
+        .fetch_all(&mut **tx)
+        .await?;
+        let running = running.map(|id| id.hyphenated().to_string());
+        let mut held = false;
+        for (id, release) in &found {
+            if release.is_some() && *release == running {
+                continue;
+            }
+            sqlx::query(
+                "UPDATE outbox_dead_letters
+                 SET error = ?2, attempts = ?3, dead_at = ?4, release_id = NULL
+                 WHERE id = ?1",
+            )
+            .bind(id)
+            .bind(&entry.error)
+            .bind(i64::from(entry.attempts))
+            .bind(now_ms())
+            .execute(&mut **tx)
+            .await?;
+            held = true;
+        }
+        if found.is_empty() {
+            self.dead_letter(tx, entry).await?;
+        }
+        Ok(found.is_empty() || held)
+    }
+
+    async fn release_letters<'t>(
         &'t self,
         tx: &'t mut StoreTransaction<Sqlite>,
         handler: &'t str,
         group: &'t str,
+        release: Uuid,
         skip_first: bool,
     ) -> Result<Vec<StoredDeadLetter>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -607,16 +649,18 @@ impl Store for SqliteStore {
             .iter()
             .map(stored_dead_letter)
             .collect::<Result<Vec<_>, _>>()?;
+        let release = release.hyphenated().to_string();
         for (at, letter) in letters.iter().enumerate() {
-            sqlx::query("DELETE FROM outbox_dead_letters WHERE id = ?1")
-                .bind(letter.id)
-                .execute(&mut **tx)
-                .await?;
-            let Some(message_id) = letter.letter.message_id else {
-                continue;
-            };
-            let message_id = message_id.hyphenated().to_string();
-            if skip_first && at == 0 {
+            let skipped = skip_first && at == 0;
+            let message_id = letter
+                .letter
+                .message_id
+                .map(|id| id.hyphenated().to_string());
+            if skipped {
+                sqlx::query("DELETE FROM outbox_dead_letters WHERE id = ?1")
+                    .bind(letter.id)
+                    .execute(&mut **tx)
+                    .await?;
                 sqlx::query(
                     "INSERT INTO outbox_inbox (message_id, handler, handled_at) VALUES (?1, ?2, ?3)
                      ON CONFLICT DO NOTHING",
@@ -626,6 +670,12 @@ impl Store for SqliteStore {
                 .bind(now_ms())
                 .execute(&mut **tx)
                 .await?;
+            } else {
+                sqlx::query("UPDATE outbox_dead_letters SET release_id = ?2 WHERE id = ?1")
+                    .bind(letter.id)
+                    .bind(&release)
+                    .execute(&mut **tx)
+                    .await?;
             }
             sqlx::query("DELETE FROM outbox_attempts WHERE message_id = ?1 AND handler = ?2")
                 .bind(&message_id)
@@ -634,6 +684,25 @@ impl Store for SqliteStore {
                 .await?;
         }
         Ok(letters)
+    }
+
+    async fn settle_letter<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Sqlite>,
+        handler: &'t str,
+        group: &'t str,
+        message_id: Uuid,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM outbox_dead_letters
+             WHERE handler = ?1 AND group_key = ?2 AND message_id = ?3 AND release_id IS NOT NULL",
+        )
+        .bind(handler)
+        .bind(group)
+        .bind(message_id.hyphenated().to_string())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 
     async fn delete_expired(

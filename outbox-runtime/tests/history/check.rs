@@ -13,8 +13,9 @@
 //! - A *run* is one call of a handler, from the run log; it *failed* when
 //!   it returned an error or panicked.
 //! - A *life* of a (key, handler) runs from the message's commit, or from a
-//!   replay of its dead letter, to the next dead letter of that (key,
-//!   handler). A run belongs to the life in which it started.
+//!   replay of its dead letter, to the next give-up of that (key, handler)
+//!   (a message kept behind its group's hold is not one). A run belongs to
+//!   the life in which it started.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -44,10 +45,11 @@ pub(crate) struct Findings {
     /// **Duplicate effects**: effects beyond the first of one (key, handler).
     pub(crate) duplicate_effects: u64,
     /// **Order violations**: per (group, handler), the effects sorted by
-    /// the handler clock, restricted to keys never dead-lettered for that
-    /// handler (a dead letter lets its group move on, and its replay comes
-    /// later by design), must follow the group's commit order; each
-    /// adjacent pair that is inverted counts once.
+    /// the handler clock must follow the group's commit order; each
+    /// adjacent pair that is inverted counts once. For the handlers that
+    /// move on, keys dead-lettered for that handler are left out (a dead
+    /// letter lets its group move on, and its replay comes later by
+    /// design); the ledger holds its group, so none is.
     pub(crate) order_violations: u64,
     /// Of the order violations, those whose two messages' outbox rows are
     /// already in the inverted order (`seq`): the library's insert order
@@ -371,7 +373,7 @@ fn story(recorded: &Recorded, key: Uuid, handler: &str) -> String {
 }
 
 /// Check 3: per (group, handler), effects follow the commit order, except
-/// for keys dead-lettered for that handler.
+/// for keys dead-lettered for a handler that lets its group move on.
 fn order(
     orders: &BTreeMap<&str, Vec<Uuid>>,
     history: &History,
@@ -389,7 +391,9 @@ fn order(
             // The commit position of each key that must keep its place.
             let position: HashMap<Uuid, usize> = keys
                 .iter()
-                .filter(|&&key| !dead_lettered.contains(&(key, handler)))
+                .filter(|&&key| {
+                    handler == HandlerName::Ledger || !dead_lettered.contains(&(key, handler))
+                })
                 .enumerate()
                 .map(|(at, &key)| (key, at))
                 .collect();
@@ -428,7 +432,7 @@ fn order(
                             } else {
                                 "their outbox rows are in commit order"
                             }
-                        )
+                        ) + &format!("; before: {}; after: {}", story(recorded, before, handler.name()), story(recorded, after, handler.name()))
                     });
                 }
             }
@@ -467,11 +471,13 @@ fn poison(recorded: &Recorded, findings: &mut Findings) {
 }
 
 /// Check 5: `ctx.attempt()` counts the handler's own failed runs, and a
-/// give-up comes after `max_attempts` of them.
+/// give-up comes after `max_attempts` of them. A message kept behind its
+/// group's hold is not a give-up: it was not run, its attempts stand, and
+/// its life goes on in its replay.
 fn attempts(recorded: &Recorded, findings: &mut Findings) {
     // When each (key, handler)'s lives end: its dead letters, as seen.
     let mut ends: HashMap<(Uuid, HandlerName), Vec<u64>> = HashMap::new();
-    for d in &recorded.dead_letters {
+    for d in recorded.dead_letters.iter().filter(|d| !d.kept) {
         if let (Some(key), Some(handler)) = (d.key, d.handler) {
             ends.entry((key, handler)).or_default().push(d.seen);
         }
@@ -540,7 +546,7 @@ fn attempts(recorded: &Recorded, findings: &mut Findings) {
     }
 
     let mut examples = Examples::new(&mut findings.examples);
-    for d in &recorded.dead_letters {
+    for d in recorded.dead_letters.iter().filter(|d| !d.kept) {
         let (Some(key), Some(handler)) = (d.key, d.handler) else {
             continue;
         };

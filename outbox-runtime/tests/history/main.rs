@@ -78,6 +78,8 @@ pub(crate) struct Event {
     pub(crate) apply: Script,
     /// What `history.audit` does with it.
     pub(crate) audit: Script,
+    /// What `history.ledger` does with it.
+    pub(crate) ledger: Script,
 }
 
 impl Event {
@@ -85,6 +87,7 @@ impl Event {
         match handler {
             HandlerName::Apply => self.apply,
             HandlerName::Audit => self.audit,
+            HandlerName::Ledger => self.ledger,
         }
     }
 }
@@ -107,23 +110,29 @@ pub(crate) struct Script {
     pub(crate) doomed: bool,
 }
 
-/// The two handlers of [`Event`].
+/// The three handlers of [`Event`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum HandlerName {
     /// `history.apply`: the ordered one; fails and panics as scripted, never doomed.
     Apply,
     /// `history.audit`: sometimes doomed, to exercise give-up and replay.
     Audit,
+    /// `history.ledger`: holds its group when it gives up
+    /// (`on_dead_letter = "hold_group"`), so it is ordered without
+    /// exception; sometimes doomed, to exercise holds and releases.
+    Ledger,
 }
 
 impl HandlerName {
-    pub(crate) const ALL: [HandlerName; 2] = [HandlerName::Apply, HandlerName::Audit];
+    pub(crate) const ALL: [HandlerName; 3] =
+        [HandlerName::Apply, HandlerName::Audit, HandlerName::Ledger];
 
     /// Its registered name: the inbox key and the dead letter's `handler`.
     pub(crate) fn name(self) -> &'static str {
         match self {
             HandlerName::Apply => "history.apply",
             HandlerName::Audit => "history.audit",
+            HandlerName::Ledger => "history.ledger",
         }
     }
 
@@ -146,6 +155,15 @@ async fn apply(event: Event, ctx: &mut HandlerContext<'_>) -> anyhow::Result<()>
 #[handler(name = "history.audit", max_attempts = 3)]
 async fn audit(event: Event, ctx: &mut HandlerContext<'_>) -> anyhow::Result<()> {
     scripted(HandlerName::Audit, &event, ctx).await
+}
+
+#[handler(
+    name = "history.ledger",
+    max_attempts = 3,
+    on_dead_letter = "hold_group"
+)]
+async fn ledger(event: Event, ctx: &mut HandlerContext<'_>) -> anyhow::Result<()> {
+    scripted(HandlerName::Ledger, &event, ctx).await
 }
 
 /// One handler run: logged when it starts, its effect written in the
@@ -294,13 +312,9 @@ async fn suite<T: Site>(mut site: T, via: Via) {
                 findings.summary()
             );
             println!("{line}");
-            // The evidence prints on a replay; what went wrong outside the
-            // checks always does, as a replay may not meet it again.
-            for example in findings
-                .examples
-                .iter()
-                .filter(|example| replay || example.starts_with("harness:"))
-            {
+            // The evidence prints at once: a replay may not meet the same
+            // timing again.
+            for example in &findings.examples {
                 println!("    {example}");
             }
             failed.push(seed);

@@ -194,7 +194,7 @@ impl Plan {
         self.nodes[0].workers = 1;
         for tx in self.producers.iter_mut().flatten() {
             for event in &mut tx.events {
-                for script in [&mut event.apply, &mut event.audit] {
+                for script in [&mut event.apply, &mut event.audit, &mut event.ledger] {
                     *script = Script {
                         slow_ms: script.slow_ms,
                         ..Script::default()
@@ -221,6 +221,7 @@ fn transaction(rng: &mut Rng, groups: &[String], size: usize) -> TxPlan {
                 group: groups[rng.usize(..groups.len())].clone(),
                 apply: script(rng, false),
                 audit: script(rng, true),
+                ledger: script(rng, true),
             }
         })
         .collect();
@@ -244,7 +245,7 @@ fn transaction(rng: &mut Rng, groups: &[String], size: usize) -> TxPlan {
 }
 
 /// A handler's script: mostly fine, sometimes failing once or twice,
-/// panicking, slow, or (the audit only) doomed.
+/// panicking, slow, or (the audit and the ledger) doomed.
 fn script(rng: &mut Rng, may_be_doomed: bool) -> Script {
     Script {
         fail_first: match rng.u8(0..20) {

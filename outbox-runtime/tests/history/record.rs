@@ -56,11 +56,16 @@ pub(crate) struct Run {
 #[derive(Clone, Debug)]
 pub(crate) struct SeenDeadLetter {
     pub(crate) id: i64,
+    /// When it was written. A held group's letter is held again in its
+    /// place (same id, a new time) when its replay gives up or is kept.
+    pub(crate) dead_at: chrono::DateTime<chrono::Utc>,
     /// The message's key, when the body is an [`Event`] envelope.
     pub(crate) key: Option<Uuid>,
     pub(crate) group: Option<String>,
     /// The handler that gave up, when it is one of ours (`None`: poison).
     pub(crate) handler: Option<HandlerName>,
+    /// Kept behind its group's hold (not run), not given up on.
+    pub(crate) kept: bool,
     /// Logical time it was seen: it was written before, and everything of
     /// its (key, handler) that starts later belongs to the replay's life.
     pub(crate) seen: u64,
@@ -145,8 +150,8 @@ impl Recorder {
         log.runs[index].ended = Some((ended, outcome));
     }
 
-    /// Logs a dead letter the operator found (once per dead letter, however
-    /// often it is listed). Returns whether it is one of our handlers' give-ups,
+    /// Logs a dead letter the operator found (once per dead letter and time
+    /// written, however often it is listed). Returns whether it is one of our handlers' give-ups,
     /// which the operator replays.
     pub(crate) fn saw_dead_letter(&self, letter: &StoredDeadLetter) -> bool {
         let event = Envelope::from_json(&letter.letter.body)
@@ -158,15 +163,21 @@ impl Recorder {
             .as_deref()
             .and_then(HandlerName::from_name);
         let mut log = self.log();
-        if log.dead_letters.iter().any(|d| d.id == letter.id) {
+        if log
+            .dead_letters
+            .iter()
+            .any(|d| d.id == letter.id && d.dead_at == letter.dead_at)
+        {
             return handler.is_some() && event.is_some();
         }
         let seen = log.tick();
         log.dead_letters.push(SeenDeadLetter {
             id: letter.id,
+            dead_at: letter.dead_at,
             key: event.as_ref().map(|e| e.key),
             group: event.map(|e| e.group),
             handler,
+            kept: letter.letter.error.starts_with("kept:"),
             seen,
             replay_id: None,
         });
@@ -176,7 +187,7 @@ impl Recorder {
     /// Logs the message that replays dead letter `id`.
     pub(crate) fn replayed(&self, id: i64, replay_id: Uuid) {
         let mut log = self.log();
-        if let Some(letter) = log.dead_letters.iter_mut().find(|d| d.id == id) {
+        if let Some(letter) = log.dead_letters.iter_mut().rev().find(|d| d.id == id) {
             letter.replay_id = Some(replay_id);
         }
     }

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use outbox_runtime::consume::Consumer;
 use outbox_runtime::{
-    Dispatcher, InProcessQueue, Relay, StoreExt, Worker, admin,
+    Dispatcher, InProcessQueue, Relay, StoreExt, Worker,
+    admin::{self, Resume},
     backoff::Backoff,
     consume::{ConsumerConfig, WorkerConfig},
     envelope::OutgoingEnvelope,
@@ -30,6 +31,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::HandlerName;
 use crate::db::HistoryStore;
 use crate::plan::{EnqueueStyle, FaultKind, NodeShape, Plan, TxPlan};
 use crate::record::{Recorder, Run, SeenDeadLetter};
@@ -641,18 +643,41 @@ async fn transact<S: HistoryStore>(
 }
 
 /// The operator: replays every dead letter of our handlers as soon as it
-/// appears (logging it first, so the run log knows where the replay's life
-/// starts). A replay that fails is tried again at the next look.
+/// appears, and releases every group the ledger holds (logging the letters
+/// first, so the run log knows where the replays' lives start). What fails
+/// is tried again at the next look.
 async fn operate<S: AdminStore>(store: S, dispatcher: Arc<Dispatcher>, recorder: Arc<Recorder>) {
+    let ledger = Some(HandlerName::Ledger.name());
     loop {
+        // The holds first: a hold's give-up committed with it, so the
+        // letters listed next hold it. A held group's letters are replayed
+        // by its release only.
+        let holds = store.held_groups(1000).await.unwrap_or_default();
         if let Ok(letters) = store.dead_letters(1000).await {
             // Newest first: replay the oldest first.
             for letter in letters.iter().rev() {
                 if recorder.saw_dead_letter(letter)
+                    && letter.letter.handler.as_deref() != ledger
                     && let Ok(replayed) =
                         admin::replay_dead_letter(&store, dispatcher.table(), letter.id).await
                 {
                     recorder.replayed(letter.id, replayed.replay_id);
+                }
+            }
+        }
+        for held in holds.iter().filter(|held| held.hold.release.is_none()) {
+            let hold = &held.hold;
+            if let Ok(released) = admin::release_group(
+                &store,
+                dispatcher.table(),
+                &hold.handler,
+                &hold.group,
+                Resume::Replay,
+            )
+            .await
+            {
+                for replayed in released.replays {
+                    recorder.replayed(replayed.dead_letter, replayed.replay_id);
                 }
             }
         }
@@ -661,7 +686,8 @@ async fn operate<S: AdminStore>(store: S, dispatcher: Arc<Dispatcher>, recorder:
 }
 
 /// Waits until nothing is pending in the outbox, no queue holds anything
-/// and no dead letter is left; `Some` if that did not happen in time.
+/// and no dead letter or group hold is left; `Some` if that did not happen
+/// in time.
 async fn settle<S: AdminStore>(store: &S, nodes: &[Node]) -> Option<Unsettled> {
     let deadline = Instant::now() + SETTLE_LIMIT;
     loop {
@@ -670,9 +696,11 @@ async fn settle<S: AdminStore>(store: &S, nodes: &[Node]) -> Option<Unsettled> {
         for node in nodes {
             queued = queued.saturating_add(node.queue.queued().await);
         }
-        if let Ok(stats) = &stats
+        let holds = store.held_groups(10_000).await;
+        if let (Ok(stats), Ok(holds)) = (&stats, &holds)
             && stats.pending == 0
             && stats.dead_letters == 0
+            && holds.is_empty()
             && queued == 0
         {
             return None;
@@ -694,9 +722,14 @@ async fn settle<S: AdminStore>(store: &S, nodes: &[Node]) -> Option<Unsettled> {
                     .into_iter()
                     .filter_map(|d| d.letter.group),
             );
+            let holds = holds.unwrap_or_default();
+            groups.extend(holds.iter().map(|held| held.hold.group.clone()));
             return Some(Unsettled {
                 groups,
-                state: format!("{stats:?}, {queued} in the queues"),
+                state: format!(
+                    "{stats:?}, {queued} in the queues, holds {:?}",
+                    holds.iter().map(|held| &held.hold).collect::<Vec<_>>()
+                ),
             });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
