@@ -350,7 +350,7 @@ async fn suite<T: Site>(mut site: T, via: Via) {
         scenario: "random histories, checked",
         injection: &match via {
             Via::InProcess => format!(
-                "seeded random schedules: 2-4 producers interleave 20-60 messages in 2-5 groups (one in eight delayed by up to 250 ms) while relays, workers and whole nodes are killed, queues go down, handlers fail, panic and give up, and dead letters are replayed; every handler run and effect is recorded and checked ({label})"
+                "seeded random schedules: 2-4 producers interleave 20-60 messages in 2-5 groups (one in eight delayed by up to 250 ms) while relays, workers and whole nodes are killed, queues go down, handlers fail, panic and give up, dead letters are replayed and held groups released; every handler run and effect is recorded and checked ({label})"
             ),
             #[cfg(feature = "sqs")]
             Via::Sqs => format!(
