@@ -51,7 +51,9 @@ What the toolkit promises, and the faults that test it.
   A group is in one relay's hands at a time, and rows handed to an
   in-process queue hold it until a worker confirms them. A failing message
   holds back its group only. What the toolkit gives up on (a dead letter,
-  a dead row) lets its group move on.
+  a dead row) lets its group move on, unless its handler holds its group
+  (`on_dead_letter = "hold_group"`): then the group's later messages wait
+  for that handler, in order, until an operator releases the group.
 - **Attempts are the handler's own failed runs**, stored per message and
   handler: a delivery held back behind its group, an outage of the queue or
   the database, or a transaction the database aborted uses none.
@@ -189,6 +191,18 @@ HOLES = [
             t("one_failing_handler_in_a_batch_rolls_back_alone"),
             t("a_failing_head_holds_back_its_group_across_the_batch", "(both stores)"),
             text("the history checker (1-8 handler runs per transaction)"),
+        ],
+    ),
+    (
+        "a held group ran out of order around its releases (a replay that gave up again, a "
+        "release while a replay of the previous one was on its way), or lost a message kept "
+        "earlier in the same batch",
+        [
+            t(
+                "a_late_copy_of_a_kept_message_during_a_release_does_not_stick_the_group",
+                "(both stores)",
+            ),
+            text("the history checker (its ledger handler holds its groups)"),
         ],
     ),
     (
