@@ -58,7 +58,8 @@ What the toolkit promises, and the faults that test it.
   handler: a delivery held back behind its group, an outage of the queue or
   the database, or a transaction the database aborted uses none.
   `ctx.attempt()` is that count from 1; after `max_attempts` the handler
-  gives up, writing its dead letter and inbox row in one transaction.
+  gives up, writing its dead letter and inbox row (or, for a handler that
+  holds its group, the group's hold) in one transaction.
 - **A failure is kept, not dropped.** A handler out of attempts, a message
   that can never be handled (malformed, unknown type, a version from the
   future), a row the queue refuses and a message the SQS queue moved to its
@@ -198,6 +199,8 @@ HOLES = [
         "release while a replay of the previous one was on its way), or lost a message kept "
         "earlier in the same batch",
         [
+            t("a_release_whose_replay_gives_up_holds_the_group_again", "(both stores)"),
+            t("a_release_runs_its_replays_only_in_turn", "(both stores)"),
             t(
                 "a_late_copy_of_a_kept_message_during_a_release_does_not_stick_the_group",
                 "(both stores)",

@@ -8,8 +8,10 @@
 //! A dead letter is replayed as a **new** message: a fresh id (a FIFO queue
 //! drops a repeated deduplication id for five minutes), the same type,
 //! version, group and payload, the original id as causation id, the same
-//! correlation id, and two headers: [`REPLAY_OF_HEADER`] (the original id)
-//! and, when one handler gave up, [`ONLY_HANDLER_HEADER`] (its name).
+//! correlation id, and two headers:
+//! [`REPLAY_OF_HEADER`](crate::envelope::REPLAY_OF_HEADER) (the original
+//! id) and, when one handler gave up,
+//! [`ONLY_HANDLER_HEADER`](crate::envelope::ONLY_HANDLER_HEADER) (its name).
 //!
 //! The consumer handles a replay under the original id
 //! ([`Envelope::original_id`]): that is its inbox key, so a handler that
@@ -19,6 +21,14 @@
 //! clears what the give-up recorded for that handler (its inbox row and its
 //! failed attempts), so the handler runs again with a fresh count of
 //! attempts. Replaying twice cannot enqueue twice.
+//!
+//! # Held groups
+//!
+//! A handler declared `#[handler(on_dead_letter = "hold_group")]` holds
+//! its group when it gives up: its later messages of the group are kept as
+//! dead letters, in order, until [`release_group`] replays them (listed by
+//! [`AdminStore::held_groups`]). A
+//! held group's dead letters are not replayed or purged one by one.
 //!
 //! A row the relay gave up on is requeued: back to `pending`, due now,
 //! attempts reset, last error cleared. It keeps its id; on SQLite also its
@@ -84,17 +94,6 @@ pub enum AdminError {
     #[error("group `{group}` is not held for handler `{handler}`")]
     NotHeld {
         /// The handler.
-        handler: String,
-        /// The group.
-        group: String,
-    },
-    /// A release of the group is running: its last replay is not handled
-    /// yet.
-    #[error(
-        "group `{group}` is being released for handler `{handler}`: its replays are not all handled yet; wait for them"
-    )]
-    Releasing {
-        /// The holding handler.
         handler: String,
         /// The group.
         group: String,
@@ -231,7 +230,11 @@ pub async fn purge_dead_letter<S: AdminStore>(store: &S, id: i64) -> Result<(), 
         .dead_letter_by_id(id)
         .await?
         .ok_or(AdminError::NoSuchDeadLetter(id))?;
-    refuse_held(store, &letter).await?;
+    // One that is not an envelope cannot be replayed: a held group's release
+    // stops at it until it is purged.
+    if Envelope::from_json(&letter.letter.body).is_ok() {
+        refuse_held(store, &letter).await?;
+    }
     if store.purge_dead_letter(id).await? {
         tracing::info!(dead_letter = id, "dead letter purged");
         Ok(())
@@ -268,7 +271,8 @@ pub enum Resume {
     /// kept behind it: for a fixed handler.
     Replay,
     /// Drops the message the handler gave up on (its dead letter is
-    /// deleted and the message stays handled), then runs the messages kept
+    /// deleted and the message is marked handled by the holding handler),
+    /// then runs the messages kept
     /// behind it.
     Skip,
 }
@@ -298,9 +302,17 @@ pub struct GroupReleased {
 /// then released the same way, and the hold ends. If a replay gives up
 /// again, the group is held again from it. Pump or wake the relay after.
 ///
-/// Refused while a release of the group runs ([`AdminError::Releasing`]).
+/// Releasing a group whose release runs starts it over from the oldest
+/// letter: the first release's replays still on their way change nothing.
+/// That is the way out when a replay is lost (its outbox row went dead, or
+/// the queue moved it to its dead-letter queue): the release waits for it
+/// (the group shows its release running), and nothing after it runs.
+/// When `handler` no longer holds its group in this build (or is gone),
+/// the letters are replayed and the hold ends at once.
+///
 /// A held group's dead letters cannot be replayed or purged one by one
-/// ([`AdminError::Held`]).
+/// ([`AdminError::Held`]), except one that is not an envelope, which can
+/// only be purged.
 ///
 /// ```no_run
 /// # async fn example(store: outbox_runtime::PgStore) -> Result<(), outbox_runtime::admin::AdminError> {
@@ -332,13 +344,15 @@ pub async fn release_group<S: AdminStore>(
             handler: handler.to_owned(),
             group: group.to_owned(),
         })?;
-    if hold.release.is_some() {
-        return Err(AdminError::Releasing {
-            handler: hold.handler,
-            group: hold.group,
-        });
-    }
+    let holding = table
+        .entries()
+        .iter()
+        .flat_map(|entry| entry.handlers())
+        .any(|h| h.name == handler && h.holds_group);
     let release = holds::release(store, &mut tx, table, hold, resume == Resume::Skip).await?;
+    if !holding && release.hold.is_some() {
+        store.delete_group_hold(&mut tx, handler, group).await?;
+    }
     tx.commit().await.map_err(StoreError::from)?;
     tracing::info!(
         handler,

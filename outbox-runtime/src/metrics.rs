@@ -127,7 +127,8 @@ pub struct MetricsSnapshot {
     pub handler_failures: u64,
     /// Redelivered messages whose handler had already committed: not run again.
     pub duplicates_suppressed: u64,
-    /// Messages a consumer dead-lettered (poison, or out of attempts).
+    /// Messages a consumer dead-lettered (poison, out of attempts, or kept
+    /// behind a held group).
     pub dead_lettered: u64,
     /// Checks that found the oldest undelivered row older than the
     /// worker's `stuck_after`.

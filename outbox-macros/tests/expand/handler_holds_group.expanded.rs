@@ -11,7 +11,11 @@ const _: () = {
     static __OUTBOX_HANDLER: ::outbox_runtime::__private::HandlerRegistration = ::outbox_runtime::__private::HandlerRegistration::of::<
         EntryPosted,
     >("ledger.post", ::core::option::Option::Some(3), __outbox_handler)
+        .publishing(&__OUTBOX_PUBLISHES)
         .holding_group();
+    static __OUTBOX_PUBLISHES: [::outbox_runtime::__private::MessageType; 1] = [
+        ::outbox_runtime::__private::MessageType::of::<EntryPosted>(),
+    ];
     fn __outbox_handler<'a, 'c>(
         payload: &'a ::outbox_runtime::__private::RawValue,
         ctx: &'a mut ::outbox_runtime::__private::HandlerContext<'c>,

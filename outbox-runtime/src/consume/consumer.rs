@@ -18,7 +18,9 @@ use crate::pump::{Pump, is_pump};
 use crate::registry::HandlerRegistration;
 use crate::relay::OutboxDrain;
 use crate::store::holds;
-use crate::store::{DeadLetter, GroupHold, HoldRelease, Store, StoreError, StoreTransaction};
+use crate::store::{
+    DeadLetter, GroupHold, HeldLetter, HoldRelease, Store, StoreError, StoreTransaction,
+};
 use crate::transport::Delivery;
 
 /// Settings of a [`Consumer`].
@@ -336,8 +338,12 @@ fn is_held(item: &Prepared<'_>, stopped: &HashSet<&str>, late: bool) -> bool {
 ///    serialization failure, lost connection);
 /// 3. poison (not an envelope, unknown type, unsupported version,
 ///    undecodable payload) and handlers out of attempts go to dead letters,
-///    and the delivery is acknowledged: they never block their group. A
-///    handler's give-up commits its dead letter and its inbox row together;
+///    and the delivery is acknowledged: they do not block their group. A
+///    handler's give-up commits its dead letter and its inbox row together.
+///    A handler declared `on_dead_letter = "hold_group"` commits its dead
+///    letter and a hold on the group instead: its later deliveries of the
+///    group are kept as dead letters, in order, until a release
+///    ([`crate::admin::release_group`]) replays them;
 /// 4. a pump message makes it drain the outbox (when it has a relay), after
 ///    the batch's envelopes.
 pub struct Consumer<S> {
@@ -681,6 +687,8 @@ impl<S: Store> Consumer<S> {
             }
         }
         let mut tx = self.store.begin().await?;
+        // The holds first: a release locks its hold, then writes inbox rows.
+        let holds = self.read_holds(&mut tx, chunk, stopped, late).await?;
         let states = self.store.inbox_reserve(&mut tx, &keys).await?;
         let runs: HashMap<(Uuid, &'static str), Run> = keys
             .iter()
@@ -696,7 +704,6 @@ impl<S: Store> Consumer<S> {
                 (*key, run)
             })
             .collect();
-        let holds = self.read_holds(&mut tx, chunk, stopped, late).await?;
         let mut second = Pass::new(runs, holds);
         if self.config.savepoints == Savepoints::OnFailure {
             let mut tried = stopped.clone();
@@ -757,6 +764,7 @@ impl<S: Store> Consumer<S> {
         tx: &mut StoreTransaction<S::Database>,
         item: &Prepared<'_>,
         failed: FailedRun,
+        held: bool,
         pass: &mut Pass,
     ) -> Result<(), StoreError> {
         let handler = item.handlers().find(|h| h.name == failed.key.1);
@@ -766,7 +774,7 @@ impl<S: Store> Consumer<S> {
             return Ok(());
         };
         let attempt = failures.saturating_add(1);
-        self.count_failure(tx, item, handler, attempt, failed.error, pass)
+        self.count_failure(tx, item, handler, attempt, failed.error, held, pass)
             .await?;
         Ok(())
     }
@@ -786,7 +794,8 @@ impl<S: Store> Consumer<S> {
         pass.done.reserve(chunk.len());
         for item in chunk {
             if let Some(failed) = pass.first_failure.take_if(|failed| failed.at == item.at) {
-                self.count_first_failure(tx, item, failed, &mut pass)
+                let held = is_held(item, stopped, late);
+                self.count_first_failure(tx, item, failed, held, &mut pass)
                     .await?;
             }
             let outcome = if is_held(item, stopped, late) {
@@ -960,6 +969,21 @@ impl<S: Store> Consumer<S> {
                     continue;
                 }
             };
+            if released
+                && self
+                    .store
+                    .first_letter(tx, handler.name, &envelope.group)
+                    .await?
+                    != Some(*identity)
+            {
+                // A replay of the release out of turn: the replay of an older
+                // letter was lost (its outbox row went dead, or the queue
+                // gave up on it). The release waits: releasing the group
+                // again replays from the oldest.
+                tracing::warn!(handler = handler.name, group = %envelope.group, "a release's replay came before an older one, which was lost; release the group again");
+                pass.tally.duplicates += 1;
+                continue;
+            }
             if let Some((held_at, None)) = hold {
                 // The group's running release, if any, replays it already
                 // when it has its letter.
@@ -976,8 +1000,13 @@ impl<S: Store> Consumer<S> {
                     held_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 );
                 let entry = item.letter(handler.name, error, failures);
-                if !self.store.keep_letter(tx, &entry, running).await? {
-                    // A late copy: the running release replays it.
+                if !self
+                    .store
+                    .keep_letter(tx, &entry, HeldLetter::NotRun { running })
+                    .await?
+                {
+                    // A copy of a message kept already, or that the running
+                    // release replays.
                     pass.tally.duplicates += 1;
                     continue;
                 }
@@ -1021,7 +1050,7 @@ impl<S: Store> Consumer<S> {
             }
             self.store.end_run(tx, false).await?;
             match self
-                .count_failure(tx, item, handler, attempt, error, pass)
+                .count_failure(tx, item, handler, attempt, error, false, pass)
                 .await?
             {
                 Some(delay) => retry = Some(retry.map_or(delay, |longest| longest.max(delay))),
@@ -1037,9 +1066,14 @@ impl<S: Store> Consumer<S> {
 
     /// Counts a failed run of `handler` on `item` in `tx`: a transient store
     /// error counts no attempt; out of attempts (or a permanent error), the
-    /// handler gives up (dead letter, committed with its inbox row);
-    /// otherwise its failure is stored. Returns the delay before the message
+    /// handler gives up (dead letter, committed with its inbox row, or for
+    /// a handler that holds its group with the group's hold);
+    /// otherwise its failure is stored. A handler that holds its group does
+    /// not give up on a message `held` back in this pass behind an earlier
+    /// one (that one would be kept behind it): the failure is stored, and
+    /// the next run's failure gives up. Returns the delay before the message
     /// comes back, or `None` when the handler gave up.
+    #[allow(clippy::too_many_arguments)]
     async fn count_failure(
         &self,
         tx: &mut StoreTransaction<S::Database>,
@@ -1047,6 +1081,7 @@ impl<S: Store> Consumer<S> {
         handler: &'static HandlerRegistration,
         attempt: u32,
         error: HandlerError,
+        held: bool,
         pass: &mut Pass,
     ) -> Result<Option<Duration>, StoreError> {
         // Not a message: no handler ran, nothing to count.
@@ -1066,15 +1101,19 @@ impl<S: Store> Consumer<S> {
             // attempt is counted.
             tracing::warn!(handler = handler.name, %error, "the store failed the handler's run; will retry");
             self.config.retry_backoff.delay(item.delivery.receive_count)
-        } else if error.is_permanent() || attempt >= max {
+        } else if (error.is_permanent() || attempt >= max) && !(held && handler.holds_group) {
             // Out of attempts, or an error retrying cannot heal (the
             // payload does not decode, the handler says so): the dead
             // letter commits with the reserved inbox row, so other
             // handlers' redeliveries do not run it again. A replay of
-            // the dead letter does (see `crate::admin`).
+            // the dead letter does (see `crate::admin`). A handler that
+            // holds its group keeps no inbox row: the hold keeps its
+            // redeliveries from running, and the release's replay runs.
             let entry = item.letter(handler.name, error.to_string(), attempt);
             if handler.holds_group {
-                self.store.keep_letter(tx, &entry, None).await?;
+                self.store
+                    .keep_letter(tx, &entry, HeldLetter::GaveUp)
+                    .await?;
             } else {
                 self.store.dead_letter(tx, &entry).await?;
             }
@@ -1343,7 +1382,9 @@ impl<S: Store> Consumer<S> {
         if let Some(envelope) = envelope {
             entry.group = Some(envelope.group.clone());
         }
-        self.store.keep_letter(tx, &entry, None).await?;
+        self.store
+            .keep_letter(tx, &entry, HeldLetter::GaveUp)
+            .await?;
         hold.release = None;
         self.store.put_group_hold(tx, &hold).await?;
         tracing::error!(handler = %hold.handler, group = %hold.group, "a replay of the group's release is poison; group held again");

@@ -676,26 +676,23 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 't;
 
     /// Keeps, in `tx`, a holding handler's dead letter of a held group
-    /// (its give-up, or a message kept behind the hold): the letter of the
-    /// same handler, group and message, if there is one, is held again in
-    /// its place (its error, attempts and time updated, out of its
-    /// release), unless `running`, the group's running release, replays it
-    /// (then nothing changes: that replay is on its way, and `false` is
-    /// returned); otherwise `entry` is inserted. So a held group's letters
-    /// stay in the group's order across releases.
+    /// (see [`HeldLetter`]): the letter of the same handler, group and
+    /// message, if there is one, is held again in its place (its error,
+    /// attempts and time updated, out of its release), or `entry` is
+    /// inserted. So a held group's letters stay in the group's order across
+    /// releases. `false` when nothing changed.
     fn keep_letter<'t>(
         &'t self,
         tx: &'t mut StoreTransaction<Self::Database>,
         entry: &'t DeadLetter,
-        running: Option<Uuid>,
+        why: HeldLetter,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send + 't;
 
     /// Marks, in `tx`, the dead letters of `handler` in `group` (held, or
     /// left by an earlier release whose replay has not come back) as
     /// replayed by `release`, deletes the handler's failed
-    /// attempts of their messages (a replay starts a fresh count), and
-    /// returns them, oldest first. A held group's letters hold no inbox
-    /// row: their replays run. With `skip_first`, the oldest is deleted
+    /// attempts and inbox rows of their messages (a replay starts a fresh
+    /// count, and runs), and returns them, oldest first. With `skip_first`, the oldest is deleted
     /// instead and its message marked handled by `handler` (an inbox row),
     /// so no copy of it runs; it is still returned, first.
     fn release_letters<'t>(
@@ -706,6 +703,15 @@ pub trait Store: Clone + Send + Sync + 'static {
         release: Uuid,
         skip_first: bool,
     ) -> impl Future<Output = Result<Vec<StoredDeadLetter>, StoreError>> + Send + 't;
+
+    /// The message id of the oldest dead letter of `handler` in `group`, in
+    /// `tx`: the next a release of the group may run.
+    fn first_letter<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Self::Database>,
+        handler: &'t str,
+        group: &'t str,
+    ) -> impl Future<Output = Result<Option<Uuid>, StoreError>> + Send + 't;
 
     /// Deletes, in `tx`, the dead letters of `handler` in `group` for
     /// `message_id` that a release replays: its replay was handled.
@@ -803,6 +809,22 @@ pub struct GroupHold {
     /// The release running, if one is. Only its replays run; other
     /// messages of the group are still kept.
     pub release: Option<HoldRelease>,
+}
+
+/// Why [`Store::keep_letter`] keeps a held group's dead letter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeldLetter {
+    /// The handler gave up on the message (or its replay is poison): its
+    /// letter is held again, whatever its state.
+    GaveUp,
+    /// The message was not run: its letter is held again only when an
+    /// earlier release left it behind; a letter already held, or replayed by
+    /// `running` (the group's running release: that replay is on its way),
+    /// stays as it is.
+    NotRun {
+        /// The group's running release, if one runs.
+        running: Option<Uuid>,
+    },
 }
 
 /// A release of a held group, running until its last replay is handled;

@@ -13,10 +13,10 @@ use uuid::Uuid;
 
 use super::{
     AdminStore, BEGIN_RUN_SQL, ClaimedMessage, Columns, DEAD_LETTER_SELECT, DeadLetter, Expired,
-    GROUP_HOLD_COLUMNS, GroupHold, GroupStats, HandlerState, HeldGroup, KEEP_RUN_SQL, OutboxRow,
-    OutboxStats, PublishFailure, RowStatus, Settlement, Store, StoreError, StoreTransaction,
-    StoredDeadLetter, UNDO_RUN_SQL, claimed_from_row, group_hold, group_stats, headers_json,
-    millis, outbox_row, outbox_stats, reserved_states, stored_dead_letter,
+    GROUP_HOLD_COLUMNS, GroupHold, GroupStats, HandlerState, HeldGroup, HeldLetter, KEEP_RUN_SQL,
+    OutboxRow, OutboxStats, PublishFailure, RowStatus, Settlement, Store, StoreError,
+    StoreTransaction, StoredDeadLetter, UNDO_RUN_SQL, claimed_from_row, group_hold, group_stats,
+    headers_json, millis, outbox_row, outbox_stats, reserved_states, stored_dead_letter,
 };
 use crate::envelope::OutgoingEnvelope;
 
@@ -939,8 +939,12 @@ impl Store for PgStore {
         &'t self,
         tx: &'t mut StoreTransaction<Postgres>,
         entry: &'t DeadLetter,
-        running: Option<Uuid>,
+        why: HeldLetter,
     ) -> Result<bool, StoreError> {
+        let (gave_up, running) = match why {
+            HeldLetter::GaveUp => (true, None),
+            HeldLetter::NotRun { running } => (false, running),
+        };
         let attempts = i32::try_from(entry.attempts).unwrap_or(i32::MAX);
         let (found, held): (i64, i64) = sqlx::query_as(
             "WITH found AS (
@@ -951,7 +955,9 @@ impl Store for PgStore {
                  UPDATE outbox_dead_letters d
                  SET error = $4, attempts = $5, dead_at = now(), release_id = NULL
                  FROM found
-                 WHERE d.id = found.id AND found.release_id IS DISTINCT FROM $6
+                 WHERE d.id = found.id
+                   AND ($7 OR (found.release_id IS NOT NULL
+                               AND found.release_id IS DISTINCT FROM $6))
                  RETURNING d.id)
              SELECT (SELECT count(*) FROM found), (SELECT count(*) FROM held)",
         )
@@ -961,6 +967,7 @@ impl Store for PgStore {
         .bind(&entry.error)
         .bind(attempts)
         .bind(running)
+        .bind(gave_up)
         .fetch_one(&mut **tx)
         .await?;
         if found == 0 {
@@ -1001,7 +1008,10 @@ impl Store for PgStore {
                  ON CONFLICT DO NOTHING),
              attempts AS (
                  DELETE FROM outbox_attempts a USING held
-                 WHERE a.message_id = held.message_id AND a.handler = $1)
+                 WHERE a.message_id = held.message_id AND a.handler = $1),
+             inbox AS (
+                 DELETE FROM outbox_inbox i USING held
+                 WHERE i.message_id = held.message_id AND i.handler = $1 AND NOT held.skipped)
              SELECT * FROM released UNION ALL SELECT * FROM skipped ORDER BY id",
         )
         .bind(handler)
@@ -1011,6 +1021,23 @@ impl Store for PgStore {
         .fetch_all(&mut **tx)
         .await?;
         rows.iter().map(stored_dead_letter).collect()
+    }
+
+    async fn first_letter<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Postgres>,
+        handler: &'t str,
+        group: &'t str,
+    ) -> Result<Option<Uuid>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT message_id FROM outbox_dead_letters
+             WHERE handler = $1 AND group_key = $2 ORDER BY id LIMIT 1",
+        )
+        .bind(handler)
+        .bind(group)
+        .fetch_optional(&mut **tx)
+        .await?
+        .flatten())
     }
 
     async fn settle_letter<'t>(

@@ -28,10 +28,10 @@ use uuid::Uuid;
 
 use super::{
     AdminStore, BEGIN_RUN_SQL, ClaimedMessage, Columns, DEAD_LETTER_SELECT, DeadLetter, Expired,
-    GROUP_HOLD_COLUMNS, GroupHold, GroupStats, HandlerState, HeldGroup, KEEP_RUN_SQL, OutboxRow,
-    OutboxStats, PublishFailure, RowStatus, Settlement, Store, StoreError, StoreTransaction,
-    StoredDeadLetter, UNDO_RUN_SQL, claimed_from_row, group_hold, group_stats, headers_json,
-    millis, outbox_row, outbox_stats, reserved_states, stored_dead_letter,
+    GROUP_HOLD_COLUMNS, GroupHold, GroupStats, HandlerState, HeldGroup, HeldLetter, KEEP_RUN_SQL,
+    OutboxRow, OutboxStats, PublishFailure, RowStatus, Settlement, Store, StoreError,
+    StoreTransaction, StoredDeadLetter, UNDO_RUN_SQL, claimed_from_row, group_hold, group_stats,
+    headers_json, millis, outbox_row, outbox_stats, reserved_states, stored_dead_letter,
 };
 use crate::envelope::OutgoingEnvelope;
 
@@ -593,8 +593,12 @@ impl Store for SqliteStore {
         &'t self,
         tx: &'t mut StoreTransaction<Sqlite>,
         entry: &'t DeadLetter,
-        running: Option<Uuid>,
+        why: HeldLetter,
     ) -> Result<bool, StoreError> {
+        let (gave_up, running) = match why {
+            HeldLetter::GaveUp => (true, None),
+            HeldLetter::NotRun { running } => (false, running),
+        };
         let message_id = entry.message_id.map(|id| id.hyphenated().to_string());
         let found: Vec<(i64, Option<String>)> = sqlx::query_as(
             "SELECT id, release_id FROM outbox_dead_letters
@@ -608,7 +612,7 @@ impl Store for SqliteStore {
         let running = running.map(|id| id.hyphenated().to_string());
         let mut held = false;
         for (id, release) in &found {
-            if release.is_some() && *release == running {
+            if !gave_up && (release.is_none() || *release == running) {
                 continue;
             }
             sqlx::query(
@@ -676,6 +680,11 @@ impl Store for SqliteStore {
                     .bind(&release)
                     .execute(&mut **tx)
                     .await?;
+                sqlx::query("DELETE FROM outbox_inbox WHERE message_id = ?1 AND handler = ?2")
+                    .bind(&message_id)
+                    .bind(handler)
+                    .execute(&mut **tx)
+                    .await?;
             }
             sqlx::query("DELETE FROM outbox_attempts WHERE message_id = ?1 AND handler = ?2")
                 .bind(&message_id)
@@ -684,6 +693,23 @@ impl Store for SqliteStore {
                 .await?;
         }
         Ok(letters)
+    }
+
+    async fn first_letter<'t>(
+        &'t self,
+        tx: &'t mut StoreTransaction<Sqlite>,
+        handler: &'t str,
+        group: &'t str,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let first: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT message_id FROM outbox_dead_letters
+             WHERE handler = ?1 AND group_key = ?2 ORDER BY id LIMIT 1",
+        )
+        .bind(handler)
+        .bind(group)
+        .fetch_optional(&mut **tx)
+        .await?;
+        Ok(first.flatten().and_then(|id| Uuid::parse_str(&id).ok()))
     }
 
     async fn settle_letter<'t>(

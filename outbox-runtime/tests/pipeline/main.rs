@@ -562,7 +562,6 @@ on_both_stores!(
     a_delayed_message_waits_for_its_time_and_holds_its_group,
     a_due_message_is_published_by_the_next_drain,
     a_held_group_stays_held_across_a_restart_and_resumes_in_order,
-    a_release_whose_replay_gives_up_holds_the_group_again,
 );
 
 /// The fault scenarios: `scripts/fault-tests.filter` selects every test
@@ -587,6 +586,8 @@ mod faults {
         a_past_deadline_holds_back_all_but_the_first_transaction,
         a_shutdown_mid_drain_loses_nothing_and_the_next_process_handles_the_rest_at_once,
         a_late_copy_of_a_kept_message_during_a_release_does_not_stick_the_group,
+        a_release_whose_replay_gives_up_holds_the_group_again,
+        a_release_runs_its_replays_only_in_turn,
     );
 
     /// PostgreSQL only: connections killed under a running relay and

@@ -2342,7 +2342,7 @@ async fn commit_ledger<S: TestDb>(store: &S, group: &str, ns: impl IntoIterator<
     }
 }
 
-/// The ledger's dead letters for `ledger.post` in `group`: (n, error),
+/// The ledger's dead letters for `ledger.post` in `group`: (id, n, error),
 /// oldest first.
 async fn held_letters<S: TestDb>(store: &S, group: &str) -> Vec<(i64, i64, String)> {
     let mut letters: Vec<(i64, i64, String)> = store
@@ -2455,22 +2455,19 @@ pub(crate) async fn a_held_group_stays_held_across_a_restart_and_resumes_in_orde
         replayed,
         letters.iter().map(|(id, _, _)| *id).collect::<Vec<_>>()
     );
-    let again = admin::release_group(&h.store, &table, "ledger.post", held, Resume::Replay).await;
-    assert!(
-        matches!(again, Err(AdminError::Releasing { .. })),
-        "{again:?}"
-    );
+    // Released again while the release runs: it starts over, and the first
+    // release's replays change nothing.
+    let again = admin::release_group(&h.store, &table, "ledger.post", held, Resume::Replay)
+        .await
+        .expect("released again");
+    assert_eq!(again.replays.len(), 5);
     commit_ledger(&h.store, held, [8]).await;
     h.settle(Duration::from_secs(20)).await;
 
     let effects = h.store.effects().await;
     assert_eq!(by_group(&effects, "post")[held], [1, 2, 3, 4, 5, 6, 7, 8]);
     assert_eq!(by_group(&effects, "post")[other], [1, 2, 3]);
-    assert_eq!(
-        by_group(&effects, "audit")[held],
-        [1, 2, 3, 4, 5, 6, 7, 8],
-        "a replay runs only the holding handler"
-    );
+    assert_eq!(by_group(&effects, "audit")[held], [1, 2, 3, 4, 5, 6, 7, 8]);
     assert_eq!(held_letters(&h.store, held).await, []);
     assert_eq!(h.store.held_groups(10).await.expect("held groups"), []);
     assert!(
@@ -2502,17 +2499,38 @@ pub(crate) async fn a_release_whose_replay_gives_up_holds_the_group_again<S: Tes
     let letters = held_letters(&h.store, group).await;
     let ns: Vec<i64> = letters.iter().map(|(_, n, _)| *n).collect();
     assert_eq!(ns, [2, 3, 4]);
-    let holds = h.store.held_groups(10).await.expect("held groups");
-    assert_eq!((holds.len(), holds[0].hold.release), (1, None), "{holds:?}");
-
-    // Skipped: 2 is dropped (and stays handled), 3 and 4 run in order.
-    let skipped = h
+    let gave_up = h
         .store
         .dead_letter_by_id(letters[0].0)
         .await
         .expect("dead letter")
         .expect("the give-up");
-    let skipped = Envelope::from_json(&skipped.letter.body).expect("an envelope");
+    assert!(gave_up.letter.error.contains("hits the bug"), "{gave_up:?}");
+    assert_eq!(
+        gave_up.letter.attempts, 2,
+        "the replay ran its two attempts"
+    );
+    let holds = h.store.held_groups(10).await.expect("held groups");
+    assert_eq!((holds.len(), holds[0].hold.release), (1, None), "{holds:?}");
+
+    // A copy of 2 (a redelivery) while the group is held changes nothing:
+    // its letter keeps the give-up's error and place.
+    let skipped = Envelope::from_json(&gave_up.letter.body).expect("an envelope");
+    let outcome = consumer(&h, 50).handle(&delivery(&skipped)).await;
+    assert_eq!(outcome, DeliveryOutcome::Done);
+    let again = h
+        .store
+        .dead_letter_by_id(letters[0].0)
+        .await
+        .expect("dead letter")
+        .expect("still there");
+    assert_eq!(
+        (again.letter.error.as_str(), again.letter.attempts),
+        (gave_up.letter.error.as_str(), 2)
+    );
+    assert_eq!(held_letters(&h.store, group).await, letters);
+
+    // Skipped: 2 is dropped (and stays handled), 3 and 4 run in order.
     let released = admin::release_group(&h.store, &table, "ledger.post", group, Resume::Skip)
         .await
         .expect("released");
@@ -2580,4 +2598,52 @@ pub(crate) async fn a_late_copy_of_a_kept_message_during_a_release_does_not_stic
             .expect("dead letters")
             .is_empty()
     );
+}
+
+pub(crate) async fn a_release_runs_its_replays_only_in_turn<S: TestDb>(store: S) {
+    use outbox_runtime::admin::{self, Resume};
+    use outbox_runtime::envelope::RELEASE_HEADER;
+
+    let h = Harness::new(store).await;
+    let group = "held";
+    BROKEN.lock().expect("not poisoned").push((group.into(), 2));
+    commit_ledger(&h.store, group, 1..=4).await;
+    h.settle(Duration::from_secs(20)).await;
+    let letters = held_letters(&h.store, group).await;
+    assert_eq!(letters.iter().map(|l| l.1).collect::<Vec<_>>(), [2, 3, 4]);
+    BROKEN.lock().expect("not poisoned").clear();
+    let table = outbox_runtime::dispatch::DispatchTable::from_registry().expect("table");
+    admin::release_group(&h.store, &table, "ledger.post", group, Resume::Replay)
+        .await
+        .expect("released");
+
+    // 3's replay arrives before 2's (as if 2's were lost): it does not run.
+    let release = h.store.held_groups(10).await.expect("held groups")[0]
+        .hold
+        .release
+        .expect("a release runs");
+    let third = h
+        .store
+        .dead_letter_by_id(letters[1].0)
+        .await
+        .expect("dead letter")
+        .expect("kept");
+    let mut early = Envelope::from_json(&third.letter.body)
+        .expect("an envelope")
+        .replay(Some("ledger.post"));
+    early
+        .headers
+        .extra
+        .insert(RELEASE_HEADER.to_owned(), release.id.to_string());
+    let outcome = consumer(&h, 50).handle(&delivery(&early)).await;
+    assert_eq!(outcome, DeliveryOutcome::Done);
+    assert_eq!(by_group(&h.store.effects().await, "post")[group], [1]);
+    assert_eq!(held_letters(&h.store, group).await.len(), 3);
+
+    h.settle(Duration::from_secs(20)).await;
+    assert_eq!(
+        by_group(&h.store.effects().await, "post")[group],
+        [1, 2, 3, 4]
+    );
+    assert_eq!(h.store.held_groups(10).await.expect("held groups"), []);
 }
