@@ -300,7 +300,9 @@ pub struct GroupReleased {
 /// Until the last is handled the group stays held: the handler runs the
 /// replays, in order, and keeps the group's other messages; those are
 /// then released the same way, and the hold ends. If a replay gives up
-/// again, the group is held again from it. Pump or wake the relay after.
+/// again, the group is held again from it. The replays are outbox rows:
+/// pump the relay after (a `local::Pipeline`'s or
+/// `testing::TestHarness`'s `waker().wake()`), or its sweep publishes them.
 ///
 /// Releasing a group whose release runs starts it over from the oldest
 /// letter: the first release's replays still on their way change nothing.

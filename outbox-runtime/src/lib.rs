@@ -216,7 +216,7 @@ pub use outbox_macros::OutboxMessage;
 /// | key | meaning | default |
 /// |---|---|---|
 /// | `name = "billing.charge"` | the handler's stable name: its inbox key | the function's path from the crate's name, `my_app::billing::charge` (`module_path!()`); renaming or moving the function, its module or the crate changes it, and the inbox then takes the handler for a new one: name handlers whose messages may be in flight across such a change |
-/// | `max_attempts = 5` | how many times a failing message is tried before it is dead-lettered | the consumer's default |
+/// | `max_attempts = 5` | how many times a failing message is tried before it is dead-lettered | the consumer's default, [`ConsumerConfig::default_max_attempts`](consume::ConsumerConfig::default_max_attempts): 5 |
 /// | `publishes = [OrderConfirmed, OrderShipped]` | the only message types it may publish through its context (`[]`: none) | any type |
 /// | `on_dead_letter = "hold_group"` | when it gives up on a message, its later messages of that group wait for it (kept as dead letters) until an operator releases the group with [`admin::release_group`] | `"move_on"`: the group goes on |
 /// | `crate = my::reexport` | where `outbox_runtime` is, if renamed | `::outbox_runtime` |

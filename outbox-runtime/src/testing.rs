@@ -319,8 +319,11 @@ impl TestHarness {
     }
 
     /// Waits until no message is pending or in flight (every message sent,
-    /// and every message handlers published, handled or dead-lettered),
-    /// then reads everything since the harness started.
+    /// and every message handlers published, handled or dead-lettered; a
+    /// message kept behind a held group counts as dead-lettered, and the
+    /// replays of a release are messages like any other), then reads what
+    /// was published and handled since the harness started, and the dead
+    /// letters there are now.
     ///
     /// # Errors
     ///

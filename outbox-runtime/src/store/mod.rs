@@ -118,7 +118,8 @@ pub struct DeadLetter {
     pub message_type: Option<String>,
     /// The message group, when known.
     pub group: Option<String>,
-    /// The body as received.
+    /// The body as received: for an envelope, its JSON
+    /// ([`Envelope::from_json`] reads it back).
     pub body: String,
     /// Why.
     pub error: String,
