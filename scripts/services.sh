@@ -47,4 +47,7 @@ export OUTBOX_CARGO_LAMBDA="$root/.venv/bin/cargo-lambda"
 export OUTBOX_SERVICES=required
 # For tests that start (and stop) a moto server of their own.
 export OUTBOX_PYTHON="$root/.venv/bin/python"
+# The SAM CLI's Python, for the test that runs the sample from the
+# rehearsed stack (scripts/rehearse-stack.py --describe).
+export OUTBOX_SAM_PYTHON="$root/.venv-sam/bin/python"
 
