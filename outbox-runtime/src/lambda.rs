@@ -4,11 +4,24 @@
 //! A function on an SQS FIFO event source (with `ReportBatchItemFailures`)
 //! calls [`run`] from `main`. Each invocation carries a batch of records in
 //! queue order; the [`Consumer`] handles them: pump records drain the outbox
-//! (bounded by the invocation's remaining time, re-pumping if it runs out),
-//! envelopes are dispatched with the inbox. The response lists the records
-//! to retry: those that failed, and, because the queue is FIFO, the later
-//! records of their groups, which are not run. Poison records are
-//! dead-lettered in the store and acknowledged.
+//! (bounded by the invocation's remaining time, re-pumping if it runs out;
+//! [`NO_DEADLINE_BUDGET`] when the runtime gives no deadline), envelopes
+//! are dispatched with the inbox. The response lists the records to retry:
+//! those that failed, and, because the queue is FIFO, the later records of
+//! their groups, which are not run. Poison records are dead-lettered in the
+//! store and acknowledged.
+//!
+//! What the consumer reads of a record: `body`; `messageId` (the id a batch
+//! item failure names); the attributes `MessageGroupId` (the group: a
+//! failure holds back the later records of its group) and
+//! `ApproximateReceiveCount` (for the retry delay of an outage); with
+//! [`run_with_backoff`], `receiptHandle` and `eventSourceARN`. A record
+//! without `MessageGroupId` comes from a standard queue, which keeps no
+//! order: it is handled, with a warning, in one group with the batch's other
+//! such records, so a failure holds back every later one. Use FIFO queues.
+//!
+//! [`event_source`] plays the event source mapping on your machine: a
+//! function under `cargo lambda watch`, fed from a real or local queue.
 //!
 //! With the environment variable `OUTBOX_EMF_NAMESPACE` set (off unless
 //! set), [`run`] installs a [`metrics`](crate::metrics) recorder that writes
@@ -28,6 +41,8 @@
 //! outbox_runtime::lambda::run(Consumer::new(store, dispatcher)).await
 //! # }
 //! ```
+
+pub mod event_source;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -65,6 +80,11 @@ fn emf_from_env() -> Option<&'static metrics_cloudwatch_embedded::Collector> {
         }
     }
 }
+
+/// How long an invocation works when its deadline is not ahead of it: a
+/// runtime that gives none, such as cargo-lambda's emulator (which sends one
+/// already past). Lambda itself always gives the function's timeout.
+pub const NO_DEADLINE_BUDGET: Duration = Duration::from_secs(10);
 
 /// Time kept back from the invocation's deadline for answering the runtime:
 /// a tenth of the time left, at most two seconds.
@@ -131,11 +151,16 @@ async fn handle_event_with<S: Store>(
     event: LambdaEvent<SqsEvent>,
     visibility: Option<&RetryVisibility>,
 ) -> SqsBatchResponse {
-    let remaining = event
-        .context
-        .deadline()
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
+    let remaining = match event.context.deadline().duration_since(SystemTime::now()) {
+        Ok(remaining) if !remaining.is_zero() => remaining,
+        _ => {
+            tracing::debug!(
+                budget_ms = NO_DEADLINE_BUDGET.as_millis(),
+                "the invocation has no deadline ahead; using the fallback budget"
+            );
+            NO_DEADLINE_BUDGET
+        }
+    };
     let remaining = remaining.saturating_sub(safety_margin(remaining));
     let deadline = Instant::now() + remaining;
     tracing::debug!(
@@ -164,6 +189,17 @@ pub async fn handle_records_with<S: Store>(
     visibility: Option<&RetryVisibility>,
 ) -> SqsBatchResponse {
     let arns: Vec<Option<String>> = records.iter().map(|r| r.event_source_arn.clone()).collect();
+    let ungrouped = records
+        .iter()
+        .filter(|r| !r.attributes.contains_key("MessageGroupId"))
+        .count();
+    if ungrouped > 0 {
+        tracing::warn!(
+            ungrouped,
+            records = records.len(),
+            "records without a MessageGroupId: the event source is not a FIFO queue, which keeps no order; they are handled as one group, in batch order (a failure holds back every later one)"
+        );
+    }
     let (ids, deliveries): (Vec<Option<String>>, Vec<Delivery>) =
         records.into_iter().map(delivery).unzip();
     let outcomes = consumer.handle_batch_until(&deliveries, deadline).await;
@@ -290,8 +326,10 @@ impl RetryVisibility {
     }
 }
 
-/// A record as a delivery. A record without a body is delivered as an empty
-/// body, which the consumer dead-letters as poison.
+/// A record as a delivery: its group is the `MessageGroupId` attribute (the
+/// empty group without one), its receive count `ApproximateReceiveCount`.
+/// A record without a body is delivered as an empty body, which the
+/// consumer dead-letters as poison.
 fn delivery(record: SqsMessage) -> (Option<String>, Delivery) {
     let group = record
         .attributes

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::types::QueueAttributeName;
+use outbox_runtime::lambda::event_source::EventSourceMapping;
 use outbox_runtime::{
     Dispatcher, Envelope, OutboxMessage, PgStore, Relay, Store,
     consume::Consumer,
@@ -18,9 +18,10 @@ use sqlx::PgPool;
 
 use crate::{Step, client, effects, effects_table, entries, fast, fifo_queue, step};
 
-/// Plays the SQS event source mapping against `handle_records`: receive up
-/// to 10, hand them over as Lambda records, delete the successes, leave the
-/// failures to the visibility timeout and the redrive policy.
+/// Plays the SQS event source mapping (the toolkit's player) against
+/// `handle_records`: receive up to 10, hand them over as Lambda records,
+/// delete the successes, leave the failures to the visibility timeout and
+/// the redrive policy.
 async fn deliver_as_lambda(
     client: &Client,
     url: &str,
@@ -40,41 +41,25 @@ pub(crate) async fn deliver_as_lambda_with(
     visibility: Option<&outbox_runtime::lambda::RetryVisibility>,
     release_now: bool,
 ) -> (usize, Vec<String>) {
-    let arn = client
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
+    let mapping = EventSourceMapping::for_queue(client.clone(), url)
         .await
-        .unwrap()
-        .attributes
-        .unwrap()
-        .remove(&QueueAttributeName::QueueArn)
         .unwrap();
-    let messages = crate::support::lambda::receive(client, url).await;
-    let records: Vec<aws_lambda_events::event::sqs::SqsMessage> =
-        crate::support::lambda::records(&messages, &arn)
-            .into_iter()
-            .map(|record| serde_json::from_value(record).expect("an SQS record"))
-            .collect();
-    let response =
-        outbox_runtime::lambda::handle_records_with(consumer, records, None, visibility).await;
-    let failed: Vec<String> = response
-        .batch_item_failures
-        .into_iter()
-        .map(|f| f.item_identifier)
-        .collect();
-    for m in &messages {
-        let to_retry = failed.iter().any(|f| Some(f.as_str()) == m.message_id());
-        if !to_retry {
-            client
-                .delete_message()
-                .queue_url(url)
-                .receipt_handle(m.receipt_handle().unwrap())
-                .send()
-                .await
-                .unwrap();
-        } else if release_now {
+    let played = mapping
+        .play_once(|event| async move {
+            Ok::<_, std::convert::Infallible>(
+                outbox_runtime::lambda::handle_records_with(
+                    consumer,
+                    event.records,
+                    None,
+                    visibility,
+                )
+                .await,
+            )
+        })
+        .await
+        .unwrap();
+    if release_now {
+        for m in &played.retried {
             client
                 .change_message_visibility()
                 .queue_url(url)
@@ -85,7 +70,12 @@ pub(crate) async fn deliver_as_lambda_with(
                 .unwrap();
         }
     }
-    (messages.len(), failed)
+    let failed = played
+        .retried
+        .iter()
+        .map(|m| m.message_id().unwrap().to_owned())
+        .collect();
+    (played.received, failed)
 }
 
 #[sqlx::test(migrations = false)]
@@ -363,4 +353,103 @@ async fn a_delayed_message_is_published_by_the_first_pump_after_its_time(pool: P
         deliver_as_lambda(&client, &url, &consumer).await;
     }
     assert_eq!(effects(&pool).await, [("later".to_owned(), 0)]);
+}
+
+/// Records as Lambda sends them, from `envelopes`, each in the group
+/// `group` gives it (`None`: no `MessageGroupId` attribute, as from a
+/// standard queue).
+fn records_of(
+    envelopes: &[Envelope],
+    group: impl Fn(&Envelope) -> Option<String>,
+) -> Vec<aws_lambda_events::event::sqs::SqsMessage> {
+    entries(envelopes)
+        .into_iter()
+        .zip(envelopes)
+        .enumerate()
+        .map(|(i, (entry, envelope))| {
+            let mut attributes = serde_json::json!({ "ApproximateReceiveCount": "1" });
+            if let Some(group) = group(envelope) {
+                attributes["MessageGroupId"] = group.into();
+            }
+            serde_json::from_value(serde_json::json!({
+                "messageId": format!("m-{i}"),
+                "receiptHandle": format!("r-{i}"),
+                "body": entry.body,
+                "attributes": attributes,
+                "eventSource": "aws:sqs",
+            }))
+            .expect("an SQS record")
+        })
+        .collect()
+}
+
+#[sqlx::test(migrations = false)]
+async fn records_without_a_group_are_one_group_so_a_failure_holds_back_the_later_ones(
+    pool: PgPool,
+) {
+    let store = PgStore::new(pool.clone());
+    store.migrate().await.unwrap();
+    effects_table(&pool).await;
+    let mut failing = step("a", 0);
+    failing.fail_first = 99;
+    let envelopes = [
+        Envelope::from_message(&failing).unwrap(),
+        Envelope::from_message(&step("b", 0)).unwrap(),
+    ];
+    let consumer = Consumer::new(store, Arc::new(Dispatcher::from_registry().unwrap()));
+    let failed = |response: aws_lambda_events::event::sqs::SqsBatchResponse| -> Vec<String> {
+        response
+            .batch_item_failures
+            .into_iter()
+            .map(|f| f.item_identifier)
+            .collect()
+    };
+
+    // From a standard queue (no group): the records are one group, so the
+    // later record waits behind the failure; nothing runs out of order.
+    let response =
+        outbox_runtime::lambda::handle_records(&consumer, records_of(&envelopes, |_| None), None)
+            .await;
+    assert_eq!(failed(response), ["m-0", "m-1"]);
+    assert_eq!(effects(&pool).await, []);
+
+    // From a FIFO queue: the groups are apart, the failure stops only its own.
+    let response = outbox_runtime::lambda::handle_records(
+        &consumer,
+        records_of(&envelopes, |e| Some(e.group.clone())),
+        None,
+    )
+    .await;
+    assert_eq!(failed(response), ["m-0"]);
+    assert_eq!(effects(&pool).await, [("b".to_owned(), 0)]);
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_invocation_without_a_deadline_works_for_the_fallback_budget(pool: PgPool) {
+    let store = PgStore::new(pool.clone());
+    store.migrate().await.unwrap();
+    effects_table(&pool).await;
+    let envelopes: Vec<Envelope> = (0..10)
+        .map(|n| Envelope::from_message(&step(&format!("g{n}"), 0)).unwrap())
+        .collect();
+    // One run per transaction: ten transactions for the batch.
+    let consumer = Consumer::new(store, Arc::new(Dispatcher::from_registry().unwrap()))
+        .with_config(outbox_runtime::consume::ConsumerConfig {
+            runs_per_transaction: 1,
+            ..Default::default()
+        });
+    let mut event = aws_lambda_events::event::sqs::SqsEvent::default();
+    event.records = records_of(&envelopes, |e| Some(e.group.clone()));
+    // cargo-lambda's emulator gives no deadline (0, long past): the
+    // invocation works for NO_DEADLINE_BUDGET instead of holding back all
+    // but the first transaction.
+    let context = lambda_runtime::Context::default();
+    assert_eq!(context.deadline, 0);
+    let response = outbox_runtime::lambda::handle_event(
+        &consumer,
+        lambda_runtime::LambdaEvent::new(event, context),
+    )
+    .await;
+    assert_eq!(response.batch_item_failures.len(), 0, "{response:?}");
+    assert_eq!(effects(&pool).await.len(), 10);
 }
