@@ -19,10 +19,9 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::QueueAttributeName;
-use outbox_runtime::{PgStore, Store};
 use sqlx::PgPool;
 
-use support::{Process, TempDatabase, post_json};
+use support::{Process, TempDatabase, api_call, invoke, post_json};
 
 /// The sample's binary as the Lambda function `role`, polling the emulator
 /// on `port`, with `env` added and its stdout to `stdout`.
@@ -92,60 +91,6 @@ fn assert_emf_lines(path: &std::path::Path, handled: i64) {
     );
 }
 
-/// Invokes the function on `port` with `event`; returns its response.
-fn invoke(port: u16, event: &serde_json::Value) -> serde_json::Value {
-    let response = post_json(
-        port,
-        "/2015-03-31/functions/_/invocations",
-        &event.to_string(),
-    );
-    assert_eq!(response.status, 200, "the invocation failed: {response:?}");
-    response.json()
-}
-
-/// What a Lambda function URL sends for an HTTP request (payload format 2.0).
-fn function_url_event(method: &str, path: &str, body: &str) -> serde_json::Value {
-    serde_json::json!({
-        "version": "2.0",
-        "routeKey": "$default",
-        "rawPath": path,
-        "rawQueryString": "",
-        "headers": {
-            "content-type": "application/json",
-            "host": "abc123.lambda-url.us-east-1.on.aws",
-        },
-        "requestContext": {
-            "accountId": "anonymous",
-            "apiId": "abc123",
-            "domainName": "abc123.lambda-url.us-east-1.on.aws",
-            "domainPrefix": "abc123",
-            "http": {
-                "method": method,
-                "path": path,
-                "protocol": "HTTP/1.1",
-                "sourceIp": "127.0.0.1",
-                "userAgent": "lambda_e2e",
-            },
-            "requestId": uuid::Uuid::now_v7().to_string(),
-            "routeKey": "$default",
-            "stage": "$default",
-            "time": "28/Nov/2026:09:00:00 +0000",
-            "timeEpoch": 1_795_856_400_000_i64,
-        },
-        "body": body,
-        "isBase64Encoded": false,
-    })
-}
-
-/// Sends an HTTP request through the api function; returns (status, JSON body).
-fn api_call(port: u16, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-    let response = invoke(port, &function_url_event(method, path, body));
-    let status = response["statusCode"].as_u64().expect("a status code") as u16;
-    let body = response["body"].as_str().unwrap_or_default();
-    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"));
-    (status, json)
-}
-
 #[test]
 fn orders_flow_from_the_api_function_through_sqs_to_the_consumer_function_exactly_once_in_order() {
     let (Some(endpoint), Some(cargo_lambda)) = (
@@ -196,20 +141,7 @@ fn orders_flow_from_the_api_function_through_sqs_to_the_consumer_function_exactl
 
     // The app, through its API: each call commits and pumps the queue.
     const ORDERS: i64 = 12;
-    for i in 0..ORDERS {
-        let customer = format!("customer-{}", i % 3);
-        let (status, order) = api_call(
-            api,
-            "POST",
-            "/orders",
-            &serde_json::json!({ "customer_id": customer }).to_string(),
-        );
-        assert_eq!(status, 201, "{order}");
-        let id = order["id"].as_i64().expect("an id");
-        let (status, order) = api_call(api, "POST", &format!("/orders/{id}/submit"), "");
-        assert_eq!(status, 200, "{order}");
-        assert_eq!(order["status"], "submitted");
-    }
+    support::place_orders(api, ORDERS);
     // Client mistakes through the function URL: problems, not failures.
     let (status, problem) = api_call(api, "POST", "/orders", "{");
     assert_eq!(
@@ -227,59 +159,15 @@ fn orders_flow_from_the_api_function_through_sqs_to_the_consumer_function_exactl
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut invocations = 0;
     loop {
-        let (history, notifications): (i64, i64) = rt.block_on(async {
-            sqlx::query_as("SELECT (SELECT count(*) FROM order_status_history), (SELECT count(*) FROM notifications)")
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-        });
-        if history == 2 * ORDERS && notifications == ORDERS {
+        let (done, counts) = rt.block_on(support::delivered(&pool, ORDERS));
+        if done {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "not delivered: {history} history rows, {notifications} notifications"
-        );
+        assert!(Instant::now() < deadline, "not delivered: {counts}");
         invocations += usize::from(rt.block_on(support::play_once(&client, &queue_url, port)) > 0);
     }
 
-    let (history, stats) = rt.block_on(async {
-        let history: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT h.order_id, h.status, o.customer_id FROM order_status_history h JOIN orders o ON o.id = h.order_id ORDER BY h.id",
-        )
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-        let stats = PgStore::new(pool.clone()).stats().await.unwrap();
-        (history, stats)
-    });
-    // Exactly once: two history rows per order, distinct.
-    let mut seen = std::collections::HashSet::new();
-    for (order, status, _) in &history {
-        assert!(
-            seen.insert((order, status.clone())),
-            "handled twice: order {order} {status}"
-        );
-    }
-    // In group order: per customer, orders and their statuses as committed.
-    for customer in 0..3 {
-        let customer = format!("customer-{customer}");
-        let mine: Vec<(i64, &str)> = history
-            .iter()
-            .filter(|h| h.2 == customer)
-            .map(|h| (h.0, h.1.as_str()))
-            .collect();
-        let mut expected = mine.clone();
-        expected.sort_by_key(|(order, status)| (*order, *status != "created"));
-        assert_eq!(mine, expected, "{customer} out of order");
-    }
-    // The cascade: every submission published a confirmation, all delivered.
-    assert_eq!(stats.pending, 0);
-    assert_eq!(
-        stats.published as i64,
-        3 * ORDERS,
-        "status changes and the confirmations they cascaded into"
-    );
+    rt.block_on(support::assert_delivered_once_in_order(&pool, ORDERS));
     assert!(invocations > 0);
     assert_emf_lines(&emf_path, 3 * ORDERS);
 
