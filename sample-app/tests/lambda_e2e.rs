@@ -3,9 +3,9 @@
 //! `api` function gets function URL events (through `lambda_http`); its
 //! transactions commit orders and outbox rows in PostgreSQL and pump the
 //! local SQS server. The `consumer` function gets SQS events; this test
-//! plays the SQS event source mapping (receive
-//! up to 10, invoke, delete the successes, leave the failures to the
-//! visibility timeout). The function drains the outbox on the pump,
+//! plays the SQS event source mapping through
+//! `outbox_runtime::lambda::event_source` (receive up to 10, invoke, delete
+//! the successes, leave the failures to the visibility timeout). The function drains the outbox on the pump,
 //! publishes the envelopes to the queue with their groups, and handles them
 //! when they come back: effects in PostgreSQL, exactly once, in group order.
 //!
