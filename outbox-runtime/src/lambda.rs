@@ -81,10 +81,15 @@ fn emf_from_env() -> Option<&'static metrics_cloudwatch_embedded::Collector> {
     }
 }
 
-/// How long an invocation works when its deadline is not ahead of it: a
-/// runtime that gives none, such as cargo-lambda's emulator (which sends one
-/// already past). Lambda itself always gives the function's timeout.
+/// How long an invocation works when the runtime gives no deadline: one
+/// more than 15 minutes (Lambda's longest timeout) in the past, such as
+/// cargo-lambda's emulator sends. Lambda itself always gives the function's
+/// timeout; a deadline just past leaves no time (each batch's first
+/// transaction runs, the rest is held back).
 pub const NO_DEADLINE_BUDGET: Duration = Duration::from_secs(10);
+
+/// Lambda's longest function timeout.
+const LONGEST_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// Time kept back from the invocation's deadline for answering the runtime:
 /// a tenth of the time left, at most two seconds.
@@ -152,14 +157,16 @@ async fn handle_event_with<S: Store>(
     visibility: Option<&RetryVisibility>,
 ) -> SqsBatchResponse {
     let remaining = match event.context.deadline().duration_since(SystemTime::now()) {
-        Ok(remaining) if !remaining.is_zero() => remaining,
-        _ => {
+        Ok(remaining) => remaining,
+        // Long before any invocation could have started: no deadline given.
+        Err(past) if past.duration() > LONGEST_TIMEOUT => {
             tracing::debug!(
                 budget_ms = NO_DEADLINE_BUDGET.as_millis(),
-                "the invocation has no deadline ahead; using the fallback budget"
+                "the invocation has no deadline; using the fallback budget"
             );
             NO_DEADLINE_BUDGET
         }
+        Err(_) => Duration::ZERO,
     };
     let remaining = remaining.saturating_sub(safety_margin(remaining));
     let deadline = Instant::now() + remaining;

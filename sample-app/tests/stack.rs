@@ -224,7 +224,7 @@ fn the_sample_runs_from_the_rehearsed_stacks_own_configuration_exactly_once_in_o
             "not delivered: {counts}; the consumer's log:\n{}",
             std::fs::read_to_string(&consumer.log).unwrap_or_default()
         );
-        rt.block_on(player.play_once(|event| function.invoke(event)))
+        rt.block_on(player.play_once(|event| function.invoke_sqs(event)))
             .unwrap_or_else(|err| {
                 panic!(
                     "{err}; the consumer's log:\n{}",

@@ -1332,6 +1332,7 @@ impl<S: Store> Consumer<S> {
         };
         match relay.drain_before(deadline).await {
             Ok(report) => {
+                tracing::debug!(?report, "pump drained the outbox");
                 if !report.complete {
                     // Out of time with rows left: ask for another drain.
                     if let Some(pump) = &self.pump

@@ -5,15 +5,16 @@
 //!
 //! One [`EventSourceMapping::play_once`] receives up to the batch size of
 //! messages (long-polling up to a second), makes them an [`SqsEvent`] with
-//! the records Lambda sends (every system attribute, `eventSourceARN`,
-//! `awsRegion`), invokes the function, and deletes what succeeded: with
-//! `ReportBatchItemFailures` every record the response does not name, without
-//! it the whole batch. An invocation that fails deletes nothing; the batch
-//! comes back after the queue's visibility timeout, and the queue's redrive
-//! policy counts the receives, as on AWS.
+//! the records Lambda sends (body, ids, every system attribute,
+//! `eventSourceARN`, `awsRegion`; message attributes are not passed), invokes
+//! the function, and deletes what succeeded: with `ReportBatchItemFailures`
+//! every record the response does not name, without it the whole batch. An
+//! invocation that fails deletes nothing; the batch comes back after the
+//! queue's visibility timeout, and the queue's redrive policy counts the
+//! receives, as on AWS.
 //!
 //! Not played: Lambda's concurrency (one batch at a time here), its
-//! retries of a failed invocation, and batching windows.
+//! scaling, and batching windows.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -25,11 +26,12 @@
 //! let mapping = EventSourceMapping::for_queue(sqs, url).await?.batch_size(10);
 //! // The consumer function, started under `cargo lambda watch` on port 9000.
 //! let function = LocalFunction::emulator(9000);
-//! loop {
-//!     let played = mapping.play_once(|event| function.invoke(event)).await?;
-//!     if played.received == 0 {
-//!         break; // nothing was waiting
-//!     }
+//! // Play until your own condition holds (here: 100 rounds). A round that
+//! // receives nothing does not mean the queue is empty: a FIFO group whose
+//! // records wait out their visibility timeout is invisible meanwhile.
+//! for _ in 0..100 {
+//!     let played = mapping.play_once(|event| function.invoke_sqs(event)).await?;
+//!     println!("{} received, {} to retry", played.received, played.retried.len());
 //! }
 //! # Ok(())
 //! # }
@@ -44,8 +46,9 @@ use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName, QueueAttributeName,
 };
 
-/// The largest batch Lambda takes from a FIFO queue.
-pub const MAX_FIFO_BATCH: i32 = 10;
+/// The largest batch one receive returns (`ReceiveMessage`'s limit, and
+/// Lambda's batch limit on a FIFO queue).
+pub const MAX_BATCH: i32 = 10;
 
 /// The event source mapping from one SQS queue to one function.
 #[derive(Clone, Debug)]
@@ -62,7 +65,9 @@ pub struct EventSourceMapping {
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct Played {
-    /// The messages received and handed to the function (0: none waited).
+    /// The messages received and handed to the function. 0 when none
+    /// arrived within the wait time, which on a FIFO queue also happens
+    /// while every waiting group has a record in flight.
     pub received: usize,
     /// The messages left on the queue for a retry: the batch item failures
     /// the function reported. They come back after the queue's visibility
@@ -74,8 +79,8 @@ pub struct Played {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PlayError {
-    /// The batch size is not 1 to [`MAX_FIFO_BATCH`].
-    #[error("batch size {0} is not 1 to 10 (the largest batch Lambda takes from a FIFO queue)")]
+    /// The batch size is not 1 to [`MAX_BATCH`].
+    #[error("batch size {0} is not 1 to 10 (the most one SQS receive returns)")]
     BatchSize(i32),
     /// An SQS call failed (the action and the error).
     #[error("SQS {action} on {queue}: {error}")]
@@ -89,10 +94,16 @@ pub enum PlayError {
     },
     /// The function's invocation failed; nothing of the batch was deleted.
     #[error("the invocation failed: {0}")]
-    Invoke(Box<dyn std::error::Error + Send + Sync>),
+    Invoke(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The function's response named a record that was not in the batch.
-    #[error("the function reported batch item failure {0:?}, which is not a record of the batch")]
+    /// Lambda then fails the whole batch: nothing was deleted.
+    #[error(
+        "the function reported batch item failure {0:?}, which is not a record of the batch; nothing was deleted"
+    )]
     UnknownItem(String),
+    /// A received message has no receipt handle, so it cannot be deleted.
+    #[error("SQS returned message {0:?} without a receipt handle")]
+    NoReceipt(String),
 }
 
 impl EventSourceMapping {
@@ -108,7 +119,7 @@ impl EventSourceMapping {
             sqs,
             queue_url: queue_url.into(),
             queue_arn: queue_arn.into(),
-            batch_size: MAX_FIFO_BATCH,
+            batch_size: MAX_BATCH,
             report_batch_item_failures: true,
             wait: Duration::from_secs(1),
         }
@@ -137,8 +148,8 @@ impl EventSourceMapping {
         Ok(Self::new(sqs, queue_url, arn))
     }
 
-    /// Up to `size` messages per invocation (default 10; 1 to 10 on a FIFO
-    /// queue, checked when played).
+    /// Up to `size` messages per invocation (default 10; 1 to [`MAX_BATCH`],
+    /// checked when played).
     pub fn batch_size(mut self, size: i32) -> Self {
         self.batch_size = size;
         self
@@ -152,7 +163,9 @@ impl EventSourceMapping {
         self
     }
 
-    /// How long a receive waits for messages (default 1 s; at most 20 s).
+    /// How long a receive waits for messages (default 1 s), in whole seconds
+    /// rounded up, at most 20 s. Zero is a short poll, which on SQS can
+    /// answer empty while messages wait.
     pub fn wait_time(mut self, wait: Duration) -> Self {
         self.wait = wait;
         self
@@ -195,7 +208,7 @@ impl EventSourceMapping {
         Fut: Future<Output = Result<SqsBatchResponse, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        if !(1..=MAX_FIFO_BATCH).contains(&self.batch_size) {
+        if !(1..=MAX_BATCH).contains(&self.batch_size) {
             return Err(PlayError::BatchSize(self.batch_size));
         }
         let messages = self
@@ -203,7 +216,7 @@ impl EventSourceMapping {
             .receive_message()
             .queue_url(&self.queue_url)
             .max_number_of_messages(self.batch_size)
-            .wait_time_seconds(self.wait.as_secs().min(20) as i32)
+            .wait_time_seconds(self.wait.as_secs_f64().ceil().min(20.0) as i32)
             .message_system_attribute_names(MessageSystemAttributeName::All)
             .send()
             .await
@@ -212,6 +225,11 @@ impl EventSourceMapping {
             .unwrap_or_default();
         if messages.is_empty() {
             return Ok(Played::default());
+        }
+        if let Some(message) = messages.iter().find(|m| m.receipt_handle.is_none()) {
+            return Err(PlayError::NoReceipt(
+                message.message_id.clone().unwrap_or_default(),
+            ));
         }
         let response = invoke(self.event(&messages))
             .await
@@ -251,7 +269,7 @@ impl EventSourceMapping {
             .map(|(i, m)| {
                 DeleteMessageBatchRequestEntry::builder()
                     .id(i.to_string())
-                    .receipt_handle(m.receipt_handle().unwrap_or_default())
+                    .set_receipt_handle(m.receipt_handle.clone())
                     .build()
                     .expect("id and receipt handle are set")
             })
@@ -298,7 +316,8 @@ where
 }
 
 /// A function served by a local Lambda runtime emulator (`cargo lambda
-/// watch`), invoked over HTTP as the AWS Lambda `Invoke` API does.
+/// watch`), invoked over plain, unsigned HTTP at the emulator's invocation
+/// URL: for a local emulator, not for AWS.
 #[derive(Clone, Debug)]
 pub struct LocalFunction {
     url: String,
@@ -309,7 +328,7 @@ pub struct LocalFunction {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum InvokeError {
-    /// The emulator could not be reached, or did not answer in time.
+    /// The emulator could not be reached, or the exchange broke off.
     #[error("invoking {url}: {reason}")]
     Unreachable {
         /// The invocation URL.
@@ -317,9 +336,21 @@ pub enum InvokeError {
         /// What went wrong.
         reason: String,
     },
+    /// No answer within the [`LocalFunction::timeout`]. The emulator keeps
+    /// the invocation queued until a function takes it.
+    #[error("invoking {url}: no answer in {after:?}")]
+    Timeout {
+        /// The invocation URL.
+        url: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The event could not be serialized.
+    #[error("the event cannot be serialized: {0}")]
+    Event(#[source] serde_json::Error),
     /// The function failed: the emulator answered with an error status (an
     /// error the handler returned, or an event the runtime could not
-    /// deserialize), or AWS's `X-Amz-Function-Error`.
+    /// deserialize), or with an `X-Amz-Function-Error` header.
     #[error("the function failed (HTTP {status}): {body}")]
     Function {
         /// The HTTP status.
@@ -364,23 +395,36 @@ impl LocalFunction {
         self
     }
 
-    /// Invokes the function with `event`; returns its response.
+    /// Invokes the function with `event`; returns its response, read as `R`.
     pub async fn invoke<T, R>(&self, event: T) -> Result<R, InvokeError>
     where
         T: serde::Serialize,
         R: serde::de::DeserializeOwned,
     {
-        let body = serde_json::to_vec(&event).map_err(|error| InvokeError::Response {
-            error,
-            body: "(the event)".into(),
-        })?;
+        let text = self.invoke_text(&event).await?;
+        serde_json::from_str(&text).map_err(|error| InvokeError::Response { error, body: text })
+    }
+
+    /// Invokes an SQS consumer with `event`; returns its partial batch
+    /// response, read as Lambda reads it: an empty, `null` or `{}` response,
+    /// or one without `batchItemFailures`, reports no failure.
+    pub async fn invoke_sqs(&self, event: SqsEvent) -> Result<SqsBatchResponse, InvokeError> {
+        let text = self.invoke_text(&event).await?;
+        batch_response(&text).map_err(|error| InvokeError::Response { error, body: text })
+    }
+
+    async fn invoke_text<T: serde::Serialize>(&self, event: &T) -> Result<String, InvokeError> {
+        let body = serde_json::to_vec(event).map_err(InvokeError::Event)?;
         let (status, function_error, text) = tokio::time::timeout(self.timeout, self.post(body))
             .await
-            .map_err(|_| self.unreachable(format!("no answer in {:?}", self.timeout)))??;
+            .map_err(|_| InvokeError::Timeout {
+                url: self.url.clone(),
+                after: self.timeout,
+            })??;
         if status != 200 || function_error {
             return Err(InvokeError::Function { status, body: text });
         }
-        serde_json::from_str(&text).map_err(|error| InvokeError::Response { error, body: text })
+        Ok(text)
     }
 
     async fn post(&self, body: Vec<u8>) -> Result<(u16, bool, String), InvokeError> {
@@ -418,5 +462,42 @@ impl LocalFunction {
             url: self.url.clone(),
             reason,
         }
+    }
+}
+
+/// A partial batch response as Lambda reads it: an empty, `null` or `{}`
+/// response, or one without `batchItemFailures`, reports no failure.
+fn batch_response(text: &str) -> Result<SqsBatchResponse, serde_json::Error> {
+    let value: serde_json::Value = match text.trim() {
+        "" => serde_json::Value::Null,
+        trimmed => serde_json::from_str(trimmed)?,
+    };
+    match value.get("batchItemFailures") {
+        None | Some(serde_json::Value::Null) => Ok(SqsBatchResponse::default()),
+        Some(_) => serde_json::from_value(value),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_response_without_failures_reports_none_as_lambda_reads_it() {
+        for empty in [
+            "",
+            "null",
+            "{}",
+            r#"{"batchItemFailures": null}"#,
+            r#"{"batchItemFailures": []}"#,
+        ] {
+            let response = batch_response(empty).unwrap();
+            assert!(response.batch_item_failures.is_empty(), "{empty:?}");
+        }
+        let response =
+            batch_response(r#"{"batchItemFailures": [{"itemIdentifier": "m-1"}]}"#).unwrap();
+        assert_eq!(response.batch_item_failures[0].item_identifier, "m-1");
+        assert!(batch_response("not json").is_err());
+        assert!(batch_response(r#"{"batchItemFailures": "m-1"}"#).is_err());
     }
 }

@@ -452,4 +452,159 @@ async fn an_invocation_without_a_deadline_works_for_the_fallback_budget(pool: Pg
     .await;
     assert_eq!(response.batch_item_failures.len(), 0, "{response:?}");
     assert_eq!(effects(&pool).await.len(), 10);
+
+    // A real deadline just past is not "none": the first transaction runs,
+    // the rest is held back for the next invocation.
+    let envelopes: Vec<Envelope> = (0..3)
+        .map(|n| Envelope::from_message(&step(&format!("late{n}"), 0)).unwrap())
+        .collect();
+    let mut event = aws_lambda_events::event::sqs::SqsEvent::default();
+    event.records = records_of(&envelopes, |e| Some(e.group.clone()));
+    let mut context = lambda_runtime::Context::default();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    context.deadline = now_ms - 1;
+    let response = outbox_runtime::lambda::handle_event(
+        &consumer,
+        lambda_runtime::LambdaEvent::new(event, context),
+    )
+    .await;
+    let held: Vec<String> = response
+        .batch_item_failures
+        .into_iter()
+        .map(|f| f.item_identifier)
+        .collect();
+    assert_eq!(held, ["m-1", "m-2"]);
+    assert_eq!(effects(&pool).await.len(), 11);
+}
+
+/// Ids of `response`'s batch item failures.
+fn failure(ids: &[&str]) -> aws_lambda_events::event::sqs::SqsBatchResponse {
+    let mut response = aws_lambda_events::event::sqs::SqsBatchResponse::default();
+    for id in ids {
+        let mut failure = aws_lambda_events::event::sqs::BatchItemFailure::default();
+        failure.item_identifier = (*id).to_owned();
+        response.batch_item_failures.push(failure);
+    }
+    response
+}
+
+/// Messages on the queue, visible or in flight.
+async fn on_queue(client: &Client, url: &str) -> usize {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let attributes = client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap();
+    [
+        A::ApproximateNumberOfMessages,
+        A::ApproximateNumberOfMessagesNotVisible,
+    ]
+    .iter()
+    .map(|a| attributes[a].parse::<usize>().unwrap())
+    .sum()
+}
+
+#[tokio::test]
+async fn the_event_source_player_deletes_what_lambda_would() {
+    use outbox_runtime::lambda::event_source::PlayError;
+    type Response = Result<aws_lambda_events::event::sqs::SqsBatchResponse, std::io::Error>;
+
+    let client = client().await;
+    let (url, _) = fifo_queue(&client, None).await; // visibility timeout 1 s
+    let envelopes: Vec<Envelope> = (0..3)
+        .map(|n| Envelope::from_message(&step(&format!("p{n}"), 0)).unwrap())
+        .collect();
+    SqsTransport::new(client.clone(), &url)
+        .publish(&entries(&envelopes))
+        .await
+        .unwrap();
+    let mapping = EventSourceMapping::for_queue(client.clone(), &url)
+        .await
+        .unwrap();
+    let back = || tokio::time::sleep(Duration::from_millis(1100));
+
+    // Out of bounds: refused before anything is received.
+    let err = mapping
+        .clone()
+        .batch_size(11)
+        .play_once(|_| async { Response::Ok(Default::default()) })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PlayError::BatchSize(11)), "{err}");
+
+    // The event: the records Lambda sends.
+    let mut ids = Vec::new();
+    let err = mapping
+        .play_once(|event| {
+            for record in &event.records {
+                assert_eq!(record.event_source.as_deref(), Some("aws:sqs"));
+                assert!(
+                    record
+                        .event_source_arn
+                        .as_deref()
+                        .unwrap()
+                        .ends_with(".fifo")
+                );
+                assert_eq!(record.aws_region.as_deref(), Some("us-east-1"));
+                assert!(record.attributes.contains_key("MessageGroupId"));
+                assert!(record.attributes.contains_key("ApproximateReceiveCount"));
+                ids.push(record.message_id.clone().unwrap());
+            }
+            async { Response::Err(std::io::Error::other("the function failed")) }
+        })
+        .await
+        .unwrap_err();
+    // A failed invocation deletes nothing.
+    assert!(matches!(err, PlayError::Invoke(_)), "{err}");
+    assert_eq!(ids.len(), 3);
+    assert_eq!(on_queue(&client, &url).await, 3);
+    back().await;
+
+    // A failure the batch does not hold: nothing deleted.
+    let err = mapping
+        .play_once(|_| async { Response::Ok(failure(&["not-a-record"])) })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PlayError::UnknownItem(_)), "{err}");
+    assert_eq!(on_queue(&client, &url).await, 3);
+    back().await;
+
+    // Batch item failures: the named record stays, the others are deleted.
+    let mut first = None;
+    let played = mapping
+        .play_once(|event| {
+            first = event.records[0].message_id.clone();
+            let id = first.clone().unwrap();
+            async move { Response::Ok(failure(&[&id])) }
+        })
+        .await
+        .unwrap();
+    assert_eq!(played.received, 3);
+    assert_eq!(played.retried.len(), 1);
+    assert_eq!(played.retried[0].message_id, first);
+    assert_eq!(on_queue(&client, &url).await, 1);
+    back().await;
+
+    // Without ReportBatchItemFailures a successful invocation deletes the
+    // batch, whatever the response names.
+    let played = mapping
+        .clone()
+        .report_batch_item_failures(false)
+        .play_once(|event| {
+            let id = event.records[0].message_id.clone().unwrap();
+            async move { Response::Ok(failure(&[&id])) }
+        })
+        .await
+        .unwrap();
+    assert_eq!((played.received, played.retried.len()), (1, 0));
+    assert_eq!(on_queue(&client, &url).await, 0);
 }

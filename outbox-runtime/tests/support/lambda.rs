@@ -48,7 +48,7 @@ pub async fn play_once(client: &Client, url: &str, port: u16) -> usize {
         .expect("reads the queue's ARN");
     let function = LocalFunction::emulator(port);
     mapping
-        .play_once(|event| function.invoke(event))
+        .play_once(|event| function.invoke_sqs(event))
         .await
         .expect("plays the event source mapping")
         .received
