@@ -716,7 +716,7 @@ def main():
     print(
         f"{args.template}: created in the emulator as {context['stack']}: FIFO queues with the "
         f"redrive after {MAX_RECEIVE_COUNT} receives, the mapping (batch 10, batch item failures), "
-        "the pump schedule, each role exactly what its code calls, each function's environment; "
+        "the pump schedule, each role exactly the actions listed for its code, each function's environment; "
         "function URL and queue policy as translated (moto creates neither); "
         "updated to batch 5 with the queues and their message kept: ok"
     )
