@@ -684,6 +684,8 @@ def main():
                 delete(aws, context)
             except Problems as err:
                 found = err.found
+            except Exception as err:  # botocore's, or moto's answer to a bad template
+                raise SystemExit(f"self-test: {what}: the rehearsal broke: {err!r}") from err
             if not found:
                 raise SystemExit(f"self-test: a template with {what} passed the rehearsal")
             said = [problem for problem in found if expected in problem]

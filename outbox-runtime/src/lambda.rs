@@ -14,7 +14,8 @@
 //! What the consumer reads of a record: `body`; `messageId` (the id a batch
 //! item failure names); the attributes `MessageGroupId` (the group: a
 //! failure holds back the later records of its group) and
-//! `ApproximateReceiveCount` (for the retry delay of an outage); with
+//! `ApproximateReceiveCount` (for the retry delay of an outage), and
+//! `SentTimestamp` (for the time from publishing to handling); with
 //! [`run_with_backoff`], `receiptHandle` and `eventSourceARN`. A record
 //! without `MessageGroupId` comes from a standard queue, which keeps no
 //! order: it is handled, with a warning, in one group with the batch's other

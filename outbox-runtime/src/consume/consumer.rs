@@ -524,8 +524,7 @@ impl<S: Store> Consumer<S> {
         let mut stopped: HashSet<&str> = HashSet::new();
         let mut rest = &batch[..];
         // The first transaction runs whatever the deadline says, so every
-        // call makes progress (cargo-lambda's emulator sends a deadline
-        // already past).
+        // call makes progress (a Lambda deadline already past).
         let mut until = None;
         while !rest.is_empty() {
             let (chunk, tail) = rest.split_at(chunk_len(rest, self.config.runs_per_transaction));

@@ -94,7 +94,7 @@ pub enum PlayError {
     },
     /// The function's invocation failed; nothing of the batch was deleted.
     #[error("the invocation failed: {0}")]
-    Invoke(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Invoke(Box<dyn std::error::Error + Send + Sync>),
     /// The function's response named a record that was not in the batch.
     /// Lambda then fails the whole batch: nothing was deleted.
     #[error(
@@ -347,7 +347,7 @@ pub enum InvokeError {
     },
     /// The event could not be serialized.
     #[error("the event cannot be serialized: {0}")]
-    Event(#[source] serde_json::Error),
+    Event(serde_json::Error),
     /// The function failed: the emulator answered with an error status (an
     /// error the handler returned, or an event the runtime could not
     /// deserialize), or with an `X-Amz-Function-Error` header.
@@ -406,8 +406,9 @@ impl LocalFunction {
     }
 
     /// Invokes an SQS consumer with `event`; returns its partial batch
-    /// response, read as Lambda reads it: an empty, `null` or `{}` response,
-    /// or one without `batchItemFailures`, reports no failure.
+    /// response, read as Lambda reads it: an empty or `null` response, or an
+    /// object without `batchItemFailures` (or with `null`), reports no
+    /// failure; a response that is not a partial batch response is an error.
     pub async fn invoke_sqs(&self, event: SqsEvent) -> Result<SqsBatchResponse, InvokeError> {
         let text = self.invoke_text(&event).await?;
         batch_response(&text).map_err(|error| InvokeError::Response { error, body: text })
@@ -465,16 +466,25 @@ impl LocalFunction {
     }
 }
 
-/// A partial batch response as Lambda reads it: an empty, `null` or `{}`
-/// response, or one without `batchItemFailures`, reports no failure.
+/// A partial batch response as Lambda reads it: an empty or `null`
+/// response, or an object without `batchItemFailures` (or with `null`),
+/// reports no failure. Anything else that is not a partial batch response
+/// is an error.
 fn batch_response(text: &str) -> Result<SqsBatchResponse, serde_json::Error> {
     let value: serde_json::Value = match text.trim() {
-        "" => serde_json::Value::Null,
+        "" => return Ok(SqsBatchResponse::default()),
         trimmed => serde_json::from_str(trimmed)?,
     };
-    match value.get("batchItemFailures") {
-        None | Some(serde_json::Value::Null) => Ok(SqsBatchResponse::default()),
-        Some(_) => serde_json::from_value(value),
+    match &value {
+        serde_json::Value::Null => Ok(SqsBatchResponse::default()),
+        serde_json::Value::Object(fields)
+            if fields
+                .get("batchItemFailures")
+                .is_none_or(serde_json::Value::is_null) =>
+        {
+            Ok(SqsBatchResponse::default())
+        }
+        _ => serde_json::from_value(value),
     }
 }
 
@@ -498,6 +508,9 @@ mod tests {
             batch_response(r#"{"batchItemFailures": [{"itemIdentifier": "m-1"}]}"#).unwrap();
         assert_eq!(response.batch_item_failures[0].item_identifier, "m-1");
         assert!(batch_response("not json").is_err());
+        for not_a_response in ["\"ok\"", "[]", "42"] {
+            assert!(batch_response(not_a_response).is_err(), "{not_a_response}");
+        }
         assert!(batch_response(r#"{"batchItemFailures": "m-1"}"#).is_err());
     }
 }

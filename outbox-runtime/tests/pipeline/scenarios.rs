@@ -1338,8 +1338,8 @@ pub(crate) async fn a_delivery_that_waited_for_another_counts_that_ones_failure(
     );
 }
 
-/// A deadline already past (a Lambda out of time, or cargo-lambda's
-/// emulator, which sends one): the batch's first transaction still runs,
+/// A deadline already past (a Lambda out of time): the batch's first
+/// transaction still runs,
 /// so every invocation makes progress; the later ones are held back, not
 /// run and not counted.
 pub(crate) async fn a_past_deadline_holds_back_all_but_the_first_transaction<S: TestDb>(store: S) {

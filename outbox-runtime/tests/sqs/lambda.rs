@@ -440,9 +440,10 @@ async fn an_invocation_without_a_deadline_works_for_the_fallback_budget(pool: Pg
         });
     let mut event = aws_lambda_events::event::sqs::SqsEvent::default();
     event.records = records_of(&envelopes, |e| Some(e.group.clone()));
-    // cargo-lambda's emulator gives no deadline (0, long past): the
-    // invocation works for NO_DEADLINE_BUDGET instead of holding back all
-    // but the first transaction.
+    // No deadline (0, as in a default context; cargo-lambda's emulator sends
+    // one ten minutes after 1970): the invocation works for
+    // NO_DEADLINE_BUDGET instead of holding back all but the first
+    // transaction.
     let context = lambda_runtime::Context::default();
     assert_eq!(context.deadline, 0);
     let response = outbox_runtime::lambda::handle_event(
@@ -465,22 +466,33 @@ async fn an_invocation_without_a_deadline_works_for_the_fallback_budget(pool: Pg
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    context.deadline = now_ms - 1;
-    let response = outbox_runtime::lambda::handle_event(
-        &consumer,
-        lambda_runtime::LambdaEvent::new(event, context),
-    )
-    .await;
-    let held: Vec<String> = response
-        .batch_item_failures
-        .into_iter()
-        .map(|f| f.item_identifier)
-        .collect();
-    assert_eq!(held, ["m-1", "m-2"]);
-    assert_eq!(effects(&pool).await.len(), 11);
+    // Just past, and 14 minutes past (within Lambda's longest timeout): no
+    // time left. 16 minutes past: no deadline given, the fallback budget.
+    let mut handled = 10;
+    for (past_ms, held) in [(1, 2), (14 * 60 * 1000, 2), (16 * 60 * 1000, 0)] {
+        let envelopes: Vec<Envelope> = (0..3)
+            .map(|n| Envelope::from_message(&step(&format!("late{past_ms}-{n}"), 0)).unwrap())
+            .collect();
+        let mut event = aws_lambda_events::event::sqs::SqsEvent::default();
+        event.records = records_of(&envelopes, |e| Some(e.group.clone()));
+        let mut context = lambda_runtime::Context::default();
+        context.deadline = now_ms - past_ms;
+        let response = outbox_runtime::lambda::handle_event(
+            &consumer,
+            lambda_runtime::LambdaEvent::new(event, context),
+        )
+        .await;
+        assert_eq!(
+            response.batch_item_failures.len(),
+            held,
+            "deadline {past_ms} ms past: {response:?}"
+        );
+        handled += 3 - held;
+        assert_eq!(effects(&pool).await.len(), handled);
+    }
 }
 
-/// Ids of `response`'s batch item failures.
+/// A partial batch response naming `ids` as failed.
 fn failure(ids: &[&str]) -> aws_lambda_events::event::sqs::SqsBatchResponse {
     let mut response = aws_lambda_events::event::sqs::SqsBatchResponse::default();
     for id in ids {
@@ -542,21 +554,33 @@ async fn the_event_source_player_deletes_what_lambda_would() {
     assert!(matches!(err, PlayError::BatchSize(11)), "{err}");
 
     // The event: the records Lambda sends.
+    let arn = client
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+        .clone();
+    let region = client.config().region().map(ToString::to_string);
+    let bodies: Vec<String> = entries(&envelopes).into_iter().map(|e| e.body).collect();
     let mut ids = Vec::new();
     let err = mapping
         .play_once(|event| {
             for record in &event.records {
                 assert_eq!(record.event_source.as_deref(), Some("aws:sqs"));
-                assert!(
-                    record
-                        .event_source_arn
-                        .as_deref()
-                        .unwrap()
-                        .ends_with(".fifo")
-                );
-                assert_eq!(record.aws_region.as_deref(), Some("us-east-1"));
-                assert!(record.attributes.contains_key("MessageGroupId"));
-                assert!(record.attributes.contains_key("ApproximateReceiveCount"));
+                assert_eq!(record.event_source_arn.as_ref(), Some(&arn));
+                assert_eq!(record.aws_region, region);
+                assert!(bodies.contains(record.body.as_ref().unwrap()), "{record:?}");
+                assert!(record.receipt_handle.is_some());
+                for attribute in ["MessageGroupId", "ApproximateReceiveCount", "SentTimestamp"] {
+                    assert!(
+                        record.attributes.contains_key(attribute),
+                        "{attribute}: {record:?}"
+                    );
+                }
                 ids.push(record.message_id.clone().unwrap());
             }
             async { Response::Err(std::io::Error::other("the function failed")) }
@@ -565,6 +589,8 @@ async fn the_event_source_player_deletes_what_lambda_would() {
         .unwrap_err();
     // A failed invocation deletes nothing.
     assert!(matches!(err, PlayError::Invoke(_)), "{err}");
+    ids.sort();
+    ids.dedup();
     assert_eq!(ids.len(), 3);
     assert_eq!(on_queue(&client, &url).await, 3);
     back().await;

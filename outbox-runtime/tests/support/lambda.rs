@@ -41,7 +41,7 @@ pub fn emulator(cargo_lambda: &str, project_dir: &str) -> (Process, u16) {
 /// One round of the event source mapping (the toolkit's own player,
 /// `outbox_runtime::lambda::event_source`) against the function under the
 /// emulator on `port`: receive, invoke, delete what succeeded. Returns how
-/// many messages it delivered (0: none was waiting).
+/// many messages it delivered (0: none arrived within a second).
 pub async fn play_once(client: &Client, url: &str, port: u16) -> usize {
     let mapping = EventSourceMapping::for_queue(client.clone(), url)
         .await
