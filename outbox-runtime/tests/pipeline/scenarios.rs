@@ -2344,6 +2344,16 @@ async fn commit_ledger<S: TestDb>(store: &S, group: &str, ns: impl IntoIterator<
 
 /// The ledger's dead letters for `ledger.post` in `group`: (id, n, error),
 /// oldest first.
+/// A harness in which `ledger.post` holds `group`: messages 1 to 4
+/// committed, 2 failing for good, settled (2 given up, 3 and 4 kept).
+async fn held_ledger<S: TestDb>(store: S, group: &str) -> Harness<S> {
+    let h = Harness::new(store).await;
+    BROKEN.lock().expect("not poisoned").push((group.into(), 2));
+    commit_ledger(&h.store, group, 1..=4).await;
+    h.settle(Duration::from_secs(20)).await;
+    h
+}
+
 async fn held_letters<S: TestDb>(store: &S, group: &str) -> Vec<(i64, i64, String)> {
     let mut letters: Vec<(i64, i64, String)> = store
         .dead_letters(1000)
@@ -2482,11 +2492,8 @@ pub(crate) async fn a_held_group_stays_held_across_a_restart_and_resumes_in_orde
 pub(crate) async fn a_release_whose_replay_gives_up_holds_the_group_again<S: TestDb>(store: S) {
     use outbox_runtime::admin::{self, Resume};
 
-    let h = Harness::new(store).await;
     let group = "held";
-    BROKEN.lock().expect("not poisoned").push((group.into(), 2));
-    commit_ledger(&h.store, group, 1..=4).await;
-    h.settle(Duration::from_secs(20)).await;
+    let h = held_ledger(store, group).await;
     assert_eq!(held_letters(&h.store, group).await.len(), 3);
 
     // Released before the fix: 2 gives up again, and 3 and 4 wait again.
@@ -2559,11 +2566,8 @@ pub(crate) async fn a_late_copy_of_a_kept_message_during_a_release_does_not_stic
 ) {
     use outbox_runtime::admin::{self, Resume};
 
-    let h = Harness::new(store).await;
     let group = "held";
-    BROKEN.lock().expect("not poisoned").push((group.into(), 2));
-    commit_ledger(&h.store, group, 1..=4).await;
-    h.settle(Duration::from_secs(20)).await;
+    let h = held_ledger(store, group).await;
     let letters = held_letters(&h.store, group).await;
     assert_eq!(letters.iter().map(|l| l.1).collect::<Vec<_>>(), [2, 3, 4]);
     let kept = h
@@ -2604,11 +2608,8 @@ pub(crate) async fn a_release_runs_its_replays_only_in_turn<S: TestDb>(store: S)
     use outbox_runtime::admin::{self, Resume};
     use outbox_runtime::envelope::RELEASE_HEADER;
 
-    let h = Harness::new(store).await;
     let group = "held";
-    BROKEN.lock().expect("not poisoned").push((group.into(), 2));
-    commit_ledger(&h.store, group, 1..=4).await;
-    h.settle(Duration::from_secs(20)).await;
+    let h = held_ledger(store, group).await;
     let letters = held_letters(&h.store, group).await;
     assert_eq!(letters.iter().map(|l| l.1).collect::<Vec<_>>(), [2, 3, 4]);
     BROKEN.lock().expect("not poisoned").clear();
