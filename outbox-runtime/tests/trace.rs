@@ -189,13 +189,14 @@ fn one_trace_runs_from_the_request_through_sqs_and_lambda_to_the_handler_two_hop
             published_ids.push(id);
         }
 
-        play(&client, &url, port, 2).await;
+        let player = support::lambda::Player::new(&client, &url, port).await;
+        play(&player, 2).await;
 
         // A third, alone: its batch is of one trace.
         let (trace, id) = request(&store, &pump, 3, true).await;
         requests.push(trace);
         published_ids.push(id);
-        play(&client, &url, port, 3).await;
+        play(&player, 3).await;
         pool.close().await;
         (requests, published_ids)
     });
@@ -360,14 +361,14 @@ async fn request(
 
 /// Plays the SQS event source mapping until `until` confirmations were
 /// handled.
-async fn play(client: &Client, url: &str, port: u16, until: usize) {
+async fn play(player: &support::lambda::Player, until: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while NOTIFIED.load(Ordering::SeqCst) < until {
         assert!(
             Instant::now() < deadline,
             "{until} confirmations were not handled in 60 s"
         );
-        support::lambda::play_once(client, url, port).await;
+        player.play_once().await;
     }
 }
 

@@ -156,6 +156,7 @@ fn orders_flow_from_the_api_function_through_sqs_to_the_consumer_function_exactl
     let pool = rt.block_on(async { PgPool::connect(&db.url).await.unwrap() });
 
     // The event source mapping.
+    let player = rt.block_on(support::Player::new(&client, &queue_url, port));
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut invocations = 0;
     loop {
@@ -164,7 +165,7 @@ fn orders_flow_from_the_api_function_through_sqs_to_the_consumer_function_exactl
             break;
         }
         assert!(Instant::now() < deadline, "not delivered: {counts}");
-        invocations += usize::from(rt.block_on(support::play_once(&client, &queue_url, port)) > 0);
+        invocations += usize::from(rt.block_on(player.play_once()) > 0);
     }
 
     rt.block_on(support::assert_delivered_once_in_order(&pool, ORDERS));

@@ -38,18 +38,31 @@ pub fn emulator(cargo_lambda: &str, project_dir: &str) -> (Process, u16) {
     (process, port)
 }
 
-/// One round of the event source mapping (the toolkit's own player,
-/// `outbox_runtime::lambda::event_source`) against the function under the
-/// emulator on `port`: receive, invoke, delete what succeeded. Returns how
-/// many messages it delivered (0: none arrived within a second).
-pub async fn play_once(client: &Client, url: &str, port: u16) -> usize {
-    let mapping = EventSourceMapping::for_queue(client.clone(), url)
-        .await
-        .expect("reads the queue's ARN");
-    let function = LocalFunction::emulator(port);
-    mapping
-        .play_once(|event| function.invoke_sqs(event))
-        .await
-        .expect("plays the event source mapping")
-        .received
+/// The event source mapping (the toolkit's own player,
+/// `outbox_runtime::lambda::event_source`) from the queue at `url` to the
+/// function under the emulator on `port`; the queue's ARN is read once.
+pub struct Player {
+    mapping: EventSourceMapping,
+    function: LocalFunction,
+}
+
+impl Player {
+    pub async fn new(client: &Client, url: &str, port: u16) -> Self {
+        Player {
+            mapping: EventSourceMapping::for_queue(client.clone(), url)
+                .await
+                .expect("reads the queue's ARN"),
+            function: LocalFunction::emulator(port),
+        }
+    }
+
+    /// One round: receive, invoke, delete what succeeded. Returns how many
+    /// messages it delivered (0: none arrived within a second).
+    pub async fn play_once(&self) -> usize {
+        self.mapping
+            .play_once(|event| self.function.invoke_sqs(event))
+            .await
+            .expect("plays the event source mapping")
+            .received
+    }
 }

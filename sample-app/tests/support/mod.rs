@@ -20,7 +20,7 @@ pub use database::{TempDatabase, postgres_server};
 #[allow(unused_imports)]
 pub use http::{Response, get, post_json, request};
 #[allow(unused_imports)]
-pub use lambda::{emulator, play_once};
+pub use lambda::{Player, emulator};
 #[allow(unused_imports)]
 pub use process::{Process, free_port, read_line_starting, stand_in, wait_for_port};
 
