@@ -109,6 +109,9 @@ def pump_group():
     return found.group(1)
 
 
+PUMP_GROUP = pump_group()
+
+
 class Aws:
     """Clients for the emulator at AWS_ENDPOINT_URL."""
 
@@ -294,6 +297,17 @@ def policy_document(document):
         return ast.literal_eval(document)
 
 
+def role_policies(aws, role_arn):
+    """The inline policy documents of the role `role_arn`."""
+    role_name = role_arn.rsplit("/", 1)[-1]
+    return [
+        policy_document(
+            aws.iam.get_role_policy(RoleName=role_name, PolicyName=policy)["PolicyDocument"]
+        )
+        for policy in aws.iam.list_role_policies(RoleName=role_name)["PolicyNames"]
+    ]
+
+
 def statements(document):
     """(sid, effect, sorted actions, resource) of each statement."""
     out = set()
@@ -406,13 +420,11 @@ def check(aws, context, template, expect_batch, enabled=True):
             found.append(f"{name}: VPC {vpc}, not the parameters' subnets and security groups")
 
         # The role: the inline statements the template declares, resolved.
-        role_name = f["Role"].rsplit("/", 1)[-1]
+        # Kept for action_problems.
+        documents = context.setdefault("roles", {})[name] = role_policies(aws, f["Role"])
         inline = set()
-        for policy in aws.iam.list_role_policies(RoleName=role_name)["PolicyNames"]:
-            document = aws.iam.get_role_policy(RoleName=role_name, PolicyName=policy)[
-                "PolicyDocument"
-            ]
-            inline |= statements(policy_document(document))
+        for document in documents:
+            inline |= statements(document)
         source = template["Resources"][name]["Properties"].get("Policies", [])
         declared_statements = set()
         for policy in source:
@@ -438,8 +450,8 @@ def check(aws, context, template, expect_batch, enabled=True):
             if main and t["Arn"] != main["attributes"]["QueueArn"]:
                 found.append(f"rule target {t['Id']}: sends to {t['Arn']}, not OrdersQueue")
             group = t.get("SqsParameters", {}).get("MessageGroupId")
-            if group != pump_group():
-                found.append(f"rule target {t['Id']}: group {group}, not {pump_group()}")
+            if group != PUMP_GROUP:
+                found.append(f"rule target {t['Id']}: group {group}, not {PUMP_GROUP}")
             body = t.get("InputTransformer", {}).get("InputTemplate", "").replace("<time>", "2026-12-07T00:00:00Z")
             try:
                 if json.loads(body).get("outbox_pump") != 1:
@@ -508,20 +520,16 @@ ACTIONS = {
 }
 
 
-def action_problems(aws, context, description):
+def action_problems(context, description):
     """Each role against what its function's code calls."""
     found = []
     values = {
         "queue": description["queue_arn"],
         "secret": context["parameters"]["DatabaseSecretArn"],
     }
-    for name, function in description["functions"].items():
-        f = aws.lambda_.get_function_configuration(FunctionName=function["name"])
-        role_name = f["Role"].rsplit("/", 1)[-1]
+    for name, documents in context["roles"].items():
         granted = set()
-        for policy in aws.iam.list_role_policies(RoleName=role_name)["PolicyNames"]:
-            document = aws.iam.get_role_policy(RoleName=role_name, PolicyName=policy)["PolicyDocument"]
-            document = policy_document(document)
+        for document in documents:
             for s in document.get("Statement", []):
                 if s.get("Effect") != "Allow":
                     continue
@@ -543,7 +551,7 @@ def rehearse(aws, template, database_url, expect_batch=10):
     """Creates and checks; returns (context, problems, description)."""
     context = create(aws, template, database_url)
     found, description = check(aws, context, template, expect_batch)
-    found += action_problems(aws, context, description)
+    found += action_problems(context, description)
     return context, found, description
 
 
@@ -574,7 +582,7 @@ def update(aws, context, template, database_url):
     aws.sqs.send_message(
         QueueUrl=url,
         MessageBody='{"outbox_pump":1,"at":"before the update"}',
-        MessageGroupId=pump_group(),
+        MessageGroupId=PUMP_GROUP,
     )
     newer = second_version(template)
     code_uri = context["cfn"]["Resources"]["ApiFunction"]["Properties"]["Code"]
