@@ -322,7 +322,14 @@ where
 pub struct LocalFunction {
     url: String,
     timeout: Duration,
+    /// One client for every invocation: its connections are reused.
+    client: HttpClient,
 }
+
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
 
 /// Invoking a [`LocalFunction`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -375,6 +382,10 @@ impl LocalFunction {
         LocalFunction {
             url: url.into(),
             timeout: Duration::from_secs(30),
+            client: hyper_util::client::legacy::Client::builder(
+                hyper_util::rt::TokioExecutor::new(),
+            )
+            .build_http(),
         }
     }
 
@@ -430,16 +441,13 @@ impl LocalFunction {
 
     async fn post(&self, body: Vec<u8>) -> Result<(u16, bool, String), InvokeError> {
         use http_body_util::{BodyExt as _, Full};
-        use hyper_util::client::legacy::Client;
-        use hyper_util::rt::TokioExecutor;
 
-        let client: Client<_, Full<bytes::Bytes>> =
-            Client::builder(TokioExecutor::new()).build_http();
         let request = http::Request::post(&self.url)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(bytes::Bytes::from(body)))
             .map_err(|err| self.unreachable(err.to_string()))?;
-        let response = client
+        let response = self
+            .client
             .request(request)
             .await
             .map_err(|err| self.unreachable(err.to_string()))?;
